@@ -1,0 +1,195 @@
+/**
+ * The four networks of a Stable-Diffusion-family pack, each a thin wrapper that reads its tensor contract
+ * from the session's metadata (REFERENCE §5) and never guesses: int32 or int64 ids; timestep int64 [B],
+ * float32 [] or float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters.
+ */
+import { ServiceError } from './errors.ts';
+import { OnnxModel, type DType, type IoSpec } from './runtime.ts';
+
+function requireInput(model: OnnxModel, names: readonly string[]): IoSpec {
+  const spec = names.map((n) => model.input(n)).find((s) => s !== undefined);
+  if (!spec) throw new ServiceError('model_invalid', `${model.label}: no input named ${names.join(' or ')} (has ${model.describeContract()})`);
+  return spec;
+}
+
+function requireOutput(model: OnnxModel, names: readonly string[]): IoSpec {
+  const spec = names.map((n) => model.output(n)).find((s) => s !== undefined);
+  if (!spec) {
+    const has = model.outputs.map((o) => o.name).join(', ');
+    throw new ServiceError('model_invalid', `${model.label}: no output named ${names.join(' or ')} (has ${has})`);
+  }
+  return spec;
+}
+
+export interface PromptEmbedding {
+  /** last_hidden_state, [77 * D] */
+  readonly hidden: Float32Array;
+  /** pooler_output, [D] (the router's input); zeros when the model has none */
+  readonly pooled: Float32Array;
+}
+
+export class ClipTextEncoder {
+  readonly idsType: DType;
+  readonly hiddenName: string;
+  readonly pooledName: string | undefined;
+
+  constructor(readonly model: OnnxModel) {
+    this.idsType = requireInput(model, ['input_ids']).dtype;
+    this.hiddenName = requireOutput(model, ['last_hidden_state']).name;
+    this.pooledName = ['pooler_output', 'text_embeds'].find((n) => model.output(n) !== undefined);
+  }
+
+  /** Encodes token id rows ([B, 77] flattened). */
+  async encode(ids: readonly Int32Array[]): Promise<PromptEmbedding[]> {
+    const length = ids[0]?.length ?? 0;
+    const flat = new Int32Array(ids.length * length);
+    ids.forEach((r, i) => flat.set(r, i * length));
+    const data = this.idsType === 'int64' ? BigInt64Array.from(flat, (v) => BigInt(v)) : flat;
+    const out = await this.model.run({ input_ids: { data, dims: [ids.length, length] } });
+    const hidden = out[this.hiddenName]!;
+    const pooled = this.pooledName ? out[this.pooledName] : undefined;
+    const hiddenSize = hidden.data.length / ids.length;
+    const pooledSize = pooled ? pooled.data.length / ids.length : 0;
+    return ids.map((_, i) => ({
+      hidden: hidden.data.slice(i * hiddenSize, (i + 1) * hiddenSize),
+      pooled: pooled ? pooled.data.slice(i * pooledSize, (i + 1) * pooledSize) : new Float32Array(0),
+    }));
+  }
+}
+
+/** One row of UNet work: a latent [4 * h * w], its timestep, and the prompt embedding [77 * D] it is conditioned on. */
+export interface UnetRow {
+  readonly sample: Float32Array;
+  readonly timestep: number;
+  readonly context: Float32Array;
+}
+
+export type TimestepContract = { readonly dtype: 'int64' | 'float32' | 'float16'; readonly perRow: boolean };
+
+export class Unet {
+  readonly timestep: TimestepContract;
+  readonly latentChannels: number;
+  readonly outputName: string;
+
+  constructor(readonly model: OnnxModel) {
+    requireInput(model, ['sample']);
+    requireInput(model, ['encoder_hidden_states']);
+    const t = requireInput(model, ['timestep']);
+    if (t.dtype === 'int32') throw new ServiceError('unsupported', `${model.label}: int32 timestep is not a known export contract`);
+    if (t.dims.length > 1) throw new ServiceError('unsupported', `${model.label}: timestep of rank ${t.dims.length} is not a known export contract`);
+    this.timestep = { dtype: t.dtype, perRow: t.dims.length === 1 };
+    const channels = model.input('sample')!.dims[1];
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+    this.outputName = requireOutput(model, ['out_sample']).name;
+  }
+
+  /**
+   * Predicts noise for every row. A UNet whose timestep is a scalar cannot mix timesteps in one batch, so its
+   * rows are grouped by timestep and run group by group (same results, more calls).
+   */
+  async predict(rows: readonly UnetRow[], latentHeight: number, latentWidth: number): Promise<Float32Array[]> {
+    if (rows.length === 0) return [];
+    const groups = this.timestep.perRow ? [rows.map((_, i) => i)] : groupByTimestep(rows);
+    const out: Float32Array[] = new Array(rows.length);
+    for (const group of groups) {
+      const predictions = await this.run(group.map((i) => rows[i]!), latentHeight, latentWidth);
+      group.forEach((rowIndex, k) => (out[rowIndex] = predictions[k]!));
+    }
+    return out;
+  }
+
+  private async run(rows: readonly UnetRow[], h: number, w: number): Promise<Float32Array[]> {
+    const b = rows.length;
+    const latentSize = this.latentChannels * h * w;
+    const contextSize = rows[0]!.context.length;
+    const sample = new Float32Array(b * latentSize); // [B, 4, h, w]
+    const context = new Float32Array(b * contextSize); // [B, 77, D]
+    rows.forEach((r, i) => {
+      if (r.sample.length !== latentSize) throw new Error(`UNet row ${i} has ${r.sample.length} latent values, expected ${latentSize}`);
+      if (r.context.length !== contextSize) throw new Error(`UNet row ${i} has a prompt embedding of another size`);
+      sample.set(r.sample, i * latentSize);
+      context.set(r.context, i * contextSize);
+    });
+    const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
+    const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / 77;
+    const steps = rows.map((r) => r.timestep);
+    const timestep = this.timestep.perRow
+      ? this.timestep.dtype === 'int64'
+        ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims: [b] }
+        : { data: Float32Array.from(steps), dims: [b] }
+      : { data: Float32Array.of(steps[0]!), dims: [] };
+    const out = await this.model.run({
+      sample: { data: sample, dims: [b, this.latentChannels, h, w] },
+      timestep,
+      encoder_hidden_states: { data: context, dims: [b, contextSize / d, d] },
+    });
+    const eps = out[this.outputName]!.data;
+    return rows.map((_, i) => eps.slice(i * latentSize, (i + 1) * latentSize));
+  }
+}
+
+function groupByTimestep(rows: readonly UnetRow[]): number[][] {
+  const groups = new Map<number, number[]>();
+  rows.forEach((r, i) => groups.set(r.timestep, [...(groups.get(r.timestep) ?? []), i]));
+  return [...groups.values()];
+}
+
+/** Image [3, H, W] in [-1, 1] -> latent [4, H/8, W/8], multiplied by the scaling factor. */
+export class VaeEncoder {
+  readonly outputName: string;
+  /** latent_parameters holds mean and logvar; the mean (first half of the channels) is used. */
+  readonly outputsParameters: boolean;
+
+  constructor(
+    readonly model: OnnxModel,
+    readonly scalingFactor: number,
+  ) {
+    requireInput(model, ['sample']);
+    const out = requireOutput(model, ['latent_sample', 'latent_parameters', 'latent', 'latents']);
+    this.outputName = out.name;
+    this.outputsParameters = out.name === 'latent_parameters';
+  }
+
+  async encode(images: readonly Float32Array[], height: number, width: number): Promise<Float32Array[]> {
+    const size = 3 * height * width;
+    const batch = new Float32Array(images.length * size);
+    images.forEach((img, i) => batch.set(img, i * size));
+    const out = (await this.model.run({ sample: { data: batch, dims: [images.length, 3, height, width] } }))[this.outputName]!;
+    const perImage = out.data.length / images.length;
+    const keep = this.outputsParameters ? perImage / 2 : perImage; // [mean ; logvar] per image
+    return images.map((_, i) => {
+      const latent = out.data.slice(i * perImage, i * perImage + keep);
+      for (let j = 0; j < latent.length; j++) latent[j]! *= this.scalingFactor;
+      return latent;
+    });
+  }
+}
+
+/** Latent [4, h, w] (scaled) -> image [3, 8h, 8w] in [-1, 1]. */
+export class VaeDecoder {
+  readonly outputName: string;
+  readonly latentChannels: number;
+
+  constructor(
+    readonly model: OnnxModel,
+    readonly scalingFactor: number,
+  ) {
+    requireInput(model, ['latent_sample', 'latent', 'latents']);
+    this.outputName = requireOutput(model, ['sample', 'image']).name;
+    const channels = model.inputs[0]!.dims[1];
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+  }
+
+  async decode(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Promise<{ images: Float32Array[]; height: number; width: number }> {
+    const size = this.latentChannels * latentHeight * latentWidth;
+    const batch = new Float32Array(latents.length * size);
+    latents.forEach((l, i) => {
+      for (let j = 0; j < size; j++) batch[i * size + j] = l[j]! / this.scalingFactor;
+    });
+    const inputName = this.model.inputs[0]!.name;
+    const out = (await this.model.run({ [inputName]: { data: batch, dims: [latents.length, this.latentChannels, latentHeight, latentWidth] } }))[this.outputName]!;
+    const [, , height, width] = out.dims as [number, number, number, number];
+    const perImage = out.data.length / latents.length;
+    return { images: latents.map((_, i) => out.data.slice(i * perImage, (i + 1) * perImage)), height, width };
+  }
+}

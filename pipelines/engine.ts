@@ -1,0 +1,127 @@
+/**
+ * The engine: one loaded pack and what every flow shares: the scheduler, prompt embeddings (cached),
+ * image <-> latent conversion and the UNet runner. Streams and batch renders are built on top of it.
+ */
+import type { PromptEmbedding } from '../models/components.ts';
+import { ServiceError } from '../models/errors.ts';
+import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
+import { blend, blendedNoise } from './blending.ts';
+import type { NoiseTable, PromptContext, UnetRunner } from './denoise-step.ts';
+import type { GenerationParams } from './params.ts';
+import { LcmScheduler, parseSchedulerConfig, tIndexListForStrength, type StepCoefficients } from './schedulers/lcm.ts';
+
+/** Default strength for img2img and streams when neither strength nor t_index_list is given. */
+export const DEFAULT_IMG2IMG_STRENGTH = 0.5;
+/** Prompt embeddings kept in memory (a few MB for SD's 77 x 1024 floats). */
+const EMBEDDING_CACHE_SIZE = 256;
+
+export interface Size {
+  readonly width: number;
+  readonly height: number;
+  readonly latentWidth: number;
+  readonly latentHeight: number;
+}
+
+/** A prompt context plus the pooled text embedding the expert router reads. */
+export interface EncodedPrompt extends PromptContext {
+  readonly pooled: Float32Array;
+}
+
+export class Engine {
+  readonly scheduler: LcmScheduler;
+  private readonly embeddings = new Map<string, Promise<PromptEmbedding>>();
+
+  constructor(readonly pack: ModelPack) {
+    this.scheduler = new LcmScheduler(parseSchedulerConfig(pack.schedulerConfig));
+  }
+
+  static async load(dir: string = EMBEDDED_PACK_DIR, options: PackOptions = DEFAULT_PACK_OPTIONS): Promise<Engine> {
+    return new Engine(await loadPack(dir, options));
+  }
+
+  get latentChannels(): number {
+    return this.pack.unet.latentChannels;
+  }
+
+  size(params: Pick<GenerationParams, 'width' | 'height'>): Size {
+    const width = params.width ?? this.pack.defaultImageSize;
+    const height = params.height ?? this.pack.defaultImageSize;
+    const s = this.pack.vaeScale;
+    if (width % s !== 0 || height % s !== 0) throw new ServiceError('bad_request', `width and height must be multiples of ${s}`, { field: 'width' });
+    return { width, height, latentWidth: width / s, latentHeight: height / s };
+  }
+
+  latentSize(size: Size): number {
+    return this.latentChannels * size.latentHeight * size.latentWidth;
+  }
+
+  /** Step coefficients: raw t_index_list, else steps spread from the strength (1 for txt2img). */
+  coefficients(params: GenerationParams, mode: 'txt2img' | 'img2img'): StepCoefficients {
+    const grid = this.scheduler.grid.length;
+    const list =
+      params.t_index_list ??
+      tIndexListForStrength(mode === 'txt2img' ? 1 : (params.strength ?? DEFAULT_IMG2IMG_STRENGTH), params.steps, grid);
+    return this.scheduler.coefficients(list);
+  }
+
+  /** Text embedding of one prompt, cached (a stream that switches back and forth costs nothing). */
+  embed(text: string): Promise<PromptEmbedding> {
+    const hit = this.embeddings.get(text);
+    if (hit) {
+      this.embeddings.delete(text); // refresh its place in the LRU order
+      this.embeddings.set(text, hit);
+      return hit;
+    }
+    const pending = this.pack.textEncoder.encode([this.pack.tokenizer.encode(text)]).then((r) => r[0]!);
+    pending.catch(() => this.embeddings.delete(text));
+    this.embeddings.set(text, pending);
+    if (this.embeddings.size > EMBEDDING_CACHE_SIZE) this.embeddings.delete(this.embeddings.keys().next().value!);
+    return pending;
+  }
+
+  /** Conditional (possibly blended) and unconditional embeddings for the parameters. */
+  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'>): Promise<EncodedPrompt> {
+    const parts = typeof params.prompt === 'string' ? [{ text: params.prompt, weight: 1 }] : params.prompt;
+    if (parts.every((p) => p.weight === 0)) throw new ServiceError('bad_request', 'prompt weights must not all be 0', { field: 'prompt' });
+    const [embeddings, uncond] = await Promise.all([Promise.all(parts.map((p) => this.embed(p.text))), this.embed(params.negative_prompt)]);
+    const weighted = (pick: (e: PromptEmbedding) => Float32Array) => embeddings.map((e, i) => ({ value: pick(e), weight: parts[i]!.weight }));
+    return {
+      cond: blend(weighted((e) => e.hidden), params.prompt_blend),
+      pooled: blend(weighted((e) => e.pooled), 'linear'),
+      uncond: uncond.hidden,
+    };
+  }
+
+  /**
+   * Initial noise for `lanes` parallel latents through `steps` steps. With perLaneSeed, lane j is drawn from
+   * seed + j (a batch of N images = N single renders with consecutive seeds, as A1111 does); otherwise all
+   * rows come from the one seed in order (StreamDiffusion's randn(batch)).
+   */
+  noise(params: Pick<GenerationParams, 'seed'>, steps: number, lanes: number, size: Size, perLaneSeed: boolean): NoiseTable {
+    const seeds = typeof params.seed === 'number' ? [{ seed: params.seed, weight: 1 }] : params.seed;
+    const latent = this.latentSize(size);
+    const table = (offset: number, count: number) => blendedNoise(seeds.map((s) => ({ value: (s.seed + offset) % 2 ** 32, weight: s.weight })), count, latent);
+    if (!perLaneSeed) return { rows: table(0, steps * lanes), lanes };
+    const perLane = Array.from({ length: lanes }, (_, j) => table(j, steps));
+    // rows are step-major: row (k, j) = perLane[j][k]
+    const rows = Array.from({ length: steps * lanes }, (_, r) => perLane[r % lanes]![Math.floor(r / lanes)]!);
+    return { rows, lanes };
+  }
+
+  /** The plain UNet runner for latents of this size (the server wraps it to batch across streams). */
+  unetRunner(size: Size): UnetRunner {
+    return (rows) => this.pack.unet.predict(rows, size.latentHeight, size.latentWidth);
+  }
+
+  /** Images [3, H, W] in [-1, 1] -> scaled latents. */
+  async encodeImages(images: readonly Float32Array[], size: Size): Promise<Float32Array[]> {
+    const encoder = this.pack.vaeEncoder;
+    if (!encoder) throw new ServiceError('unsupported', `model pack ${this.pack.name} has no vae_encoder: img2img is not available`);
+    return encoder.encode(images, size.height, size.width);
+  }
+
+  /** Scaled latents -> images [3, H, W] in [-1, 1]. */
+  async decodeLatents(latents: readonly Float32Array[], size: Size): Promise<Float32Array[]> {
+    return (await this.pack.vaeDecoder.decode(latents, size.latentHeight, size.latentWidth)).images;
+  }
+}

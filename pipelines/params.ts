@@ -1,0 +1,78 @@
+/**
+ * Generation parameters: one schema for streams, batch renders and the CLI. Field names follow
+ * StreamDiffusion's (t_index_list, guidance_scale, delta) in snake_case, as JSON clients send them.
+ * Unknown keys and wrong types are rejected with a message that names the field.
+ */
+import { z } from 'zod';
+import { ServiceError } from '../models/errors.ts';
+
+/** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
+export const MAX_PROMPT_CHARS = 2000;
+/** Largest side in pixels: 1024 covers SD 1.5/2.x/Turbo; more only costs memory on a CPU. */
+export const MAX_SIDE = 1024;
+
+const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
+const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
+const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a multiple of 8');
+
+export const paramsSchema = z
+  .object({
+    /** A prompt, or a weighted list of prompts blended together. */
+    prompt: z.union([promptText, z.array(z.object({ text: promptText, weight: z.number().min(0).max(100) }).strict()).min(1).max(8)]).default(''),
+    /** linear: weighted mean of embeddings; slerp: spherical interpolation (for two or more). */
+    prompt_blend: z.enum(['linear', 'slerp']).default('linear'),
+    negative_prompt: promptText.default(''),
+    /** RCFG kind; self is StreamDiffusion's fast default (no extra UNet rows). */
+    guidance: z.enum(['none', 'full', 'self', 'initialize']).default('self'),
+    /** gamma; StreamDiffusion's default 1.2. <= 1 switches guidance off. */
+    guidance_scale: z.number().min(0).max(20).default(1.2),
+    /** RCFG delta: how much of the residual noise estimate stands in for the uncond prediction (1.0). */
+    delta: z.number().min(0).max(2).default(1.0),
+    /** Denoising steps; with strength they give t_index_list. 2 is the stream default (lag 1 frame). */
+    steps: z.number().int().min(1).max(8).default(2),
+    /** 0..1: how far the output may move from the input (img2img); 1 = start from noise. */
+    strength: z.number().gt(0).max(1).optional(),
+    /** Raw indices on the 50-step LCM grid; overrides steps/strength. */
+    t_index_list: z.array(z.number().int().min(0).max(49)).min(1).max(8).optional(),
+    /** One seed, or a weighted list of seeds blended into the initial noise. */
+    seed: z.union([seedValue, z.array(z.object({ seed: seedValue, weight: z.number().min(0).max(100) }).strict()).min(1).max(8)]).default(2),
+    width: side.optional(),
+    height: side.optional(),
+    /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
+    similarity_threshold: z.number().min(0).max(1).default(0.98),
+    max_skip_frames: z.number().int().min(0).max(1000).default(10),
+    /** Frames stacked per UNet call (StreamDiffusion's frame_buffer_size). */
+    frame_buffer_size: z.number().int().min(1).max(4).default(1),
+  })
+  .strict();
+
+export type GenerationParams = z.infer<typeof paramsSchema>;
+export type GenerationParamsInput = z.input<typeof paramsSchema>;
+
+function toServiceError(error: z.ZodError): ServiceError {
+  const issue = error.issues[0]!;
+  const field = issue.path.join('.') || '(body)';
+  const message = issue.code === 'unrecognized_keys' ? `unknown field(s): ${issue.keys.join(', ')}` : issue.message;
+  return new ServiceError('bad_request', `${field}: ${message}`, { field: issue.code === 'unrecognized_keys' ? issue.keys[0]! : field });
+}
+
+/** Full parameters with defaults filled in. */
+export function parseParams(input: unknown): GenerationParams {
+  const result = paramsSchema.safeParse(input ?? {});
+  if (!result.success) throw toServiceError(result.error);
+  return result.data;
+}
+
+/** A live update: only the given fields, each validated; returns the merged parameters. */
+export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {
+  if (typeof update !== 'object' || update === null || Array.isArray(update)) {
+    throw new ServiceError('bad_request', 'parameters must be a JSON object');
+  }
+  const partial = paramsSchema.partial().safeParse(update);
+  if (!partial.success) throw toServiceError(partial.error);
+  const merged: Record<string, unknown> = { ...current };
+  for (const [key, value] of Object.entries(update)) merged[key] = value;
+  // A new steps or strength asks for a new schedule: an older raw t_index_list must not override it.
+  if (('steps' in update || 'strength' in update) && !('t_index_list' in update)) delete merged['t_index_list'];
+  return parseParams(merged);
+}

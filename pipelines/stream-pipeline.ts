@@ -1,0 +1,127 @@
+/**
+ * One live stream: frame in -> similarity filter -> VAE encode -> stream batch -> VAE decode -> frame out.
+ * Each stream owns its buffer, noise, stock noise and filter state (two streams never mix frames), and
+ * every parameter can change between frames without reloading sessions or emitting a broken frame:
+ * prompt and guidance apply to the frames in flight, a new schedule or size re-primes the buffer.
+ */
+import type { Engine, EncodedPrompt, Size } from './engine.ts';
+import type { UnetRunner } from './denoise-step.ts';
+import { mergeParams, type GenerationParams } from './params.ts';
+import { makeGuidance } from './rcfg.ts';
+import { Generator } from './random.ts';
+import type { StepCoefficients } from './schedulers/lcm.ts';
+import { SimilarityFilter } from './similarity-filter.ts';
+import { StreamBatch } from './stream-batch.ts';
+
+export interface FrameResult {
+  /** [3, H, W] in [-1, 1] */
+  readonly image: Float32Array;
+  readonly width: number;
+  readonly height: number;
+  /** True when the similarity filter skipped the models and repeated the previous output. */
+  readonly skipped: boolean;
+  readonly similarity: number | undefined;
+}
+
+export type RunnerFactory = (size: Size) => UnetRunner;
+
+/** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
+const FILTER_SEED_SALT = 0x5f3759df;
+
+export class StreamPipeline {
+  private size!: Size;
+  private coefficients!: StepCoefficients;
+  private batch!: StreamBatch;
+  private prompt!: EncodedPrompt;
+  private lastOutput: FrameResult | undefined;
+  readonly filter: SimilarityFilter;
+
+  private constructor(
+    private readonly engine: Engine,
+    private current: GenerationParams,
+    private readonly runners: RunnerFactory,
+  ) {
+    const seed = typeof current.seed === 'number' ? current.seed : current.seed[0]!.seed;
+    this.filter = new SimilarityFilter(
+      { threshold: current.similarity_threshold, maxSkipFrames: current.max_skip_frames },
+      new Generator((seed ^ FILTER_SEED_SALT) >>> 0),
+    );
+  }
+
+  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory): Promise<StreamPipeline> {
+    const stream = new StreamPipeline(engine, params, runners ?? ((size) => engine.unetRunner(size)));
+    stream.prompt = await engine.encodePrompt(params);
+    stream.rebuild();
+    return stream;
+  }
+
+  get params(): GenerationParams {
+    return this.current;
+  }
+
+  get frameSize(): Size {
+    return this.size;
+  }
+
+  /** The pooled prompt embedding (what the expert router reads). */
+  get pooledPrompt(): Float32Array {
+    return this.prompt.pooled;
+  }
+
+  /** Applies a live update at the next frame. Validation errors throw and change nothing. */
+  async update(update: unknown): Promise<GenerationParams> {
+    const next = mergeParams(this.current, update);
+    const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
+    // Encode first: if it fails, the stream keeps its old prompt and parameters.
+    const prompt = changed('prompt', 'prompt_blend', 'negative_prompt') ? await this.engine.encodePrompt(next) : this.prompt;
+    const previous = this.current;
+    this.current = next;
+    this.prompt = prompt;
+    this.filter.config = { threshold: next.similarity_threshold, maxSkipFrames: next.max_skip_frames };
+    if (changed('width', 'height', 'frame_buffer_size', 'steps', 'strength', 't_index_list')) {
+      this.rebuild();
+      if (previous.width !== next.width || previous.height !== next.height) this.filter.reset();
+      return next;
+    }
+    if (changed('guidance', 'guidance_scale', 'delta')) this.batch.setGuidance(makeGuidance(next.guidance, next.guidance_scale, next.delta));
+    if (changed('seed')) this.batch.setNoise(this.engine.noise(next, this.coefficients.timesteps.length, next.frame_buffer_size, this.size, false));
+    return next;
+  }
+
+  /**
+   * Processes one group of frame_buffer_size frames ([3, H, W] each at frameSize) and returns the group
+   * that finished. With one frame per group the similarity filter may skip the models entirely.
+   */
+  async process(frames: readonly Float32Array[]): Promise<FrameResult[]> {
+    const { width, height } = this.size;
+    // 1. filter: a near-identical frame repeats the previous output and runs no model
+    if (frames.length === 1 && this.lastOutput) {
+      const decision = this.filter.check(frames[0]!);
+      if (decision.skip) return [{ ...this.lastOutput, skipped: true, similarity: decision.similarity }];
+    } else if (frames.length === 1) this.filter.check(frames[0]!);
+    // 2. encode, 3. denoise in the stream batch, 4. decode
+    const latents = await this.engine.encodeImages(frames, this.size);
+    const denoised = await this.batch.process(latents, this.prompt, this.runners(this.size));
+    const images = await this.engine.decodeLatents(denoised, this.size);
+    const results = images.map((image) => ({ image, width, height, skipped: false, similarity: undefined }));
+    this.lastOutput = results[results.length - 1];
+    return results;
+  }
+
+  /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
+  async generate(): Promise<FrameResult[]> {
+    const zeros = Array.from({ length: this.current.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(this.size)));
+    const denoised = await this.batch.process(zeros, this.prompt, this.runners(this.size));
+    const images = await this.engine.decodeLatents(denoised, this.size);
+    return images.map((image) => ({ image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined }));
+  }
+
+  private rebuild(): void {
+    const p = this.current;
+    this.size = this.engine.size(p);
+    this.coefficients = this.engine.coefficients(p, 'img2img');
+    const noise = this.engine.noise(p, this.coefficients.timesteps.length, p.frame_buffer_size, this.size, false);
+    this.batch = new StreamBatch(this.coefficients, makeGuidance(p.guidance, p.guidance_scale, p.delta), noise);
+    this.lastOutput = undefined;
+  }
+}
