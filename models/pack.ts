@@ -42,6 +42,8 @@ export interface ModelPack {
   readonly defaultImageSize: number;
   /** Latent down-sampling factor of the VAE (8 for SD). */
   readonly vaeScale: number;
+  /** Width and height must be multiples of this (VAE factor x the UNet's own down-sampling). */
+  readonly sizeMultiple: number;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -107,6 +109,9 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   const factor = useTiny ? 1 : scalingFactor(decoderConfig, SD_SCALING_FACTOR);
   const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : 64;
   const vaeScale = 8;
+  // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
+  const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
+  const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);
   return {
     dir: root,
     name: typeof modelIndex['name'] === 'string' ? modelIndex['name'] : (root.split(/[\\/]/).pop() ?? 'model'),
@@ -119,5 +124,6 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     vaeDecoder: new VaeDecoder(decoderModel, factor),
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
+    sizeMultiple: vaeScale * latentMultiple,
   };
 }

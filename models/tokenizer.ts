@@ -5,6 +5,7 @@
  */
 import { readFile, access } from 'node:fs/promises';
 import { join } from 'node:path';
+import { decodeHTML } from 'entities';
 import { ServiceError } from './errors.ts';
 
 export interface TokenizerOptions {
@@ -58,9 +59,14 @@ export class ClipTokenizer {
 
   /** Token ids without BOS/EOS or padding. A piece outside the vocabulary becomes <|endoftext|> (HF's unk). */
   encodeText(text: string): number[] {
-    const clean = text.normalize('NFC').replace(/\s+/g, ' ').trim().toLowerCase();
+    // CLIP's basic_clean: HTML entities unescaped twice, whitespace collapsed, lower-cased.
+    const clean = decodeHTML(decodeHTML(text)).normalize('NFC').replace(/\s+/g, ' ').trim().toLowerCase();
     const ids: number[] = [];
     for (const match of clean.matchAll(PATTERN)) {
+      if (match[0] === BOS || match[0] === EOS) {
+        ids.push(match[0] === BOS ? this.bosId : this.eosId); // written-out special tokens stay special, as in CLIP
+        continue;
+      }
       const word = Array.from(new TextEncoder().encode(match[0]), (b) => BYTE_TO_UNICODE[b]!).join('');
       for (const piece of this.bpe(word)) {
         ids.push(this.vocab.get(piece) ?? this.eosId);

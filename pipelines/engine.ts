@@ -46,8 +46,11 @@ export class Engine {
   size(params: Pick<GenerationParams, 'width' | 'height'>): Size {
     const width = params.width ?? this.pack.defaultImageSize;
     const height = params.height ?? this.pack.defaultImageSize;
+    const m = this.pack.sizeMultiple;
+    for (const [field, value] of [['width', width], ['height', height]] as const) {
+      if (value % m !== 0) throw new ServiceError('bad_request', `${field} must be a multiple of ${m} for model ${this.pack.name}, got ${value}`, { field });
+    }
     const s = this.pack.vaeScale;
-    if (width % s !== 0 || height % s !== 0) throw new ServiceError('bad_request', `width and height must be multiples of ${s}`, { field: 'width' });
     return { width, height, latentWidth: width / s, latentHeight: height / s };
   }
 

@@ -1,0 +1,69 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loadPack } from '../../models/pack.ts';
+import { ServiceError } from '../../models/errors.ts';
+import { Engine } from '../../pipelines/engine.ts';
+import { parseParams } from '../../pipelines/params.ts';
+import { img2img, txt2img } from '../../pipelines/generate.ts';
+import { CONTRACTS, CONTRACT_VARIANTS, copyPack, BASE_PACK } from '../helpers/fixtures.ts';
+import { DEFAULT_PACK_OPTIONS } from '../../models/pack.ts';
+
+const expectedContracts: Record<string, (e: Engine) => void> = {
+  base: (e) => {
+    assert.deepEqual(e.pack.unet.timestep, { dtype: 'float32', perRow: true });
+    assert.equal(e.pack.textEncoder.idsType, 'int32');
+  },
+  'int64-timestep': (e) => assert.deepEqual(e.pack.unet.timestep, { dtype: 'int64', perRow: true }),
+  'scalar-timestep': (e) => assert.deepEqual(e.pack.unet.timestep, { dtype: 'float32', perRow: false }),
+  fp16: (e) => assert.equal(e.pack.unet.model.input('sample')!.dtype, 'float16'),
+  'latent-parameters': (e) => assert.equal(e.pack.vaeEncoder!.outputsParameters, true),
+  'int64-ids': (e) => assert.equal(e.pack.textEncoder.idsType, 'int64'),
+};
+
+for (const variant of CONTRACT_VARIANTS) {
+  test(`contract variant ${variant}: loads, reads its contract from metadata, runs txt2img and img2img at a non-square size`, async () => {
+    const engine = await Engine.load(join(CONTRACTS, variant));
+    expectedContracts[variant]!(engine);
+    const params = parseParams({ prompt: 'a red circle', width: 128, height: 96, steps: 2, guidance: 'full', guidance_scale: 1.5 });
+    const [image] = await txt2img(engine, params, 1);
+    assert.equal(image!.width, 128);
+    assert.equal(image!.height, 96);
+    assert.equal(image!.data.length, 3 * 128 * 96);
+    assert.ok(image!.data.every(Number.isFinite));
+    const [edited] = await img2img(engine, { ...params, strength: 0.6 }, [image!.data]);
+    assert.equal(edited!.data.length, 3 * 128 * 96);
+    assert.ok(edited!.data.every(Number.isFinite));
+  });
+}
+
+test('a missing model file names the component', async () => {
+  const dir = await copyPack();
+  await rm(join(dir, 'unet', 'model.onnx'));
+  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'model_invalid' && /missing unet\/model\.onnx/.test(e.message));
+});
+
+test('a folder missing model_index.json, or with a broken one, is a clear error', async () => {
+  const dir = await copyPack();
+  await writeFile(join(dir, 'model_index.json'), '{ not json');
+  await assert.rejects(loadPack(dir), /model_index\.json is not valid JSON/);
+  await rm(join(dir, 'model_index.json'));
+  await assert.rejects(loadPack(dir), /missing model_index\.json/);
+  await assert.rejects(loadPack(join(dir, 'nope')), /does not exist/);
+});
+
+test('a corrupt ONNX file is a load error naming the component', async () => {
+  const dir = await copyPack();
+  await writeFile(join(dir, 'vae_decoder', 'model.onnx'), Buffer.from('this is not a protobuf'));
+  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'model_invalid' && e.message.startsWith('vae_decoder'));
+});
+
+test('an execution provider this build lacks is named in the error', async () => {
+  await assert.rejects(loadPack(BASE_PACK, { ...DEFAULT_PACK_OPTIONS, provider: 'coreml' }), (e: ServiceError) => e.code === 'unsupported' && /"coreml" is not available/.test(e.message));
+});
+
+test('a size the UNet cannot take is rejected with the field named', async () => {
+  const engine = await Engine.load(BASE_PACK);
+  assert.throws(() => engine.size({ width: 120, height: 128 }), (e: ServiceError) => e.field === 'width' && e.message.includes(`multiple of ${engine.pack.sizeMultiple}`));
+});
