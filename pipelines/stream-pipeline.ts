@@ -13,7 +13,9 @@ import type { StepCoefficients } from './schedulers/lcm.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
 
-export interface FrameResult {
+export interface FrameResult<Tag = unknown> {
+  /** The tag of the input frame this output shows (outputs lag inputs by steps - 1 frames). */
+  readonly source: Tag | undefined;
   /** [3, H, W] in [-1, 1] */
   readonly image: Float32Array;
   readonly width: number;
@@ -34,6 +36,8 @@ export class StreamPipeline {
   private batch!: StreamBatch;
   private prompt!: EncodedPrompt;
   private lastOutput: FrameResult | undefined;
+  /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
+  private inFlightTags: unknown[] = [];
   readonly filter: SimilarityFilter;
 
   private constructor(
@@ -91,21 +95,30 @@ export class StreamPipeline {
   /**
    * Processes one group of frame_buffer_size frames ([3, H, W] each at frameSize) and returns the group
    * that finished. With one frame per group the similarity filter may skip the models entirely.
+   * `tag` (e.g. the input frame id) comes back on the output that shows this frame.
    */
-  async process(frames: readonly Float32Array[]): Promise<FrameResult[]> {
+  async process<Tag>(frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
     const { width, height } = this.size;
     // 1. filter: a near-identical frame repeats the previous output and runs no model
-    if (frames.length === 1 && this.lastOutput) {
+    if (frames.length === 1) {
       const decision = this.filter.check(frames[0]!);
-      if (decision.skip) return [{ ...this.lastOutput, skipped: true, similarity: decision.similarity }];
-    } else if (frames.length === 1) this.filter.check(frames[0]!);
+      if (decision.skip && this.lastOutput) return [{ ...(this.lastOutput as FrameResult<Tag>), skipped: true, similarity: decision.similarity }];
+    }
     // 2. encode, 3. denoise in the stream batch, 4. decode
     const latents = await this.engine.encodeImages(frames, this.size);
+    const source = this.trackSource(tag);
     const denoised = await this.batch.process(latents, this.prompt, this.runners(this.size));
     const images = await this.engine.decodeLatents(denoised, this.size);
-    const results = images.map((image) => ({ image, width, height, skipped: false, similarity: undefined }));
+    const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined }));
     this.lastOutput = results[results.length - 1];
     return results;
+  }
+
+  private trackSource<Tag>(tag: Tag | undefined): Tag | undefined {
+    const lag = this.coefficients.timesteps.length - 1;
+    if (this.batch.inFlight === 0) this.inFlightTags = new Array<unknown>(lag).fill(tag); // priming repeats the first frame
+    this.inFlightTags.push(tag);
+    return this.inFlightTags.shift() as Tag | undefined;
   }
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
@@ -113,7 +126,7 @@ export class StreamPipeline {
     const zeros = Array.from({ length: this.current.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(this.size)));
     const denoised = await this.batch.process(zeros, this.prompt, this.runners(this.size));
     const images = await this.engine.decodeLatents(denoised, this.size);
-    return images.map((image) => ({ image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined }));
+    return images.map((image) => ({ source: undefined, image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined }));
   }
 
   private rebuild(): void {

@@ -1,0 +1,33 @@
+/** `npm start`: the service on the embedded model (or --model DIR), on 127.0.0.1:7860 by default. */
+import { ServiceError } from '../models/errors.ts';
+import { startServer, type ExtensionFactory } from './app.ts';
+import { loadConfig } from './config.ts';
+import { createLogger } from './log.ts';
+
+const log = createLogger({ service: 'streamdiffusion-node' });
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const extensions: ExtensionFactory[] = [];
+  const server = await startServer(config, { log, extensions });
+  log.info('listening', { url: server.url, model: server.ctx.engine.pack.name, provider: config.provider });
+  console.log(`\n  streamdiffusion-node on ${server.url}  (model: ${server.ctx.engine.pack.name})\n  UI: ${server.url}/   stream: ws${server.url.slice(4)}/v1/stream\n`);
+  const shutdown = (signal: string) => {
+    log.info('draining', { signal });
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        log.error('shutdown failed', { error: String(error) });
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  const e = error instanceof ServiceError ? `${error.code}: ${error.message}` : error instanceof Error ? error.stack : String(error);
+  log.error('failed to start', { error: e });
+  process.exitCode = 1;
+});

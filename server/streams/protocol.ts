@@ -1,0 +1,82 @@
+/**
+ * The stream protocol's messages (server/PROTOCOL.md describes them for clients). Client text messages are
+ * JSON validated here; binary messages are frames.
+ */
+import { z } from 'zod';
+import { ServiceError } from '../../models/errors.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+/** WebSocket close codes the server uses (PROTOCOL.md). */
+export const CLOSE = {
+  normal: 1000,
+  goingAway: 1001, // server shutting down
+  policy: 1008, // unauthorized or forbidden
+  tooBig: 1009, // a message far over the frame limit
+  internal: 1011,
+  tryAgainLater: 1013, // too many streams
+  badStart: 4400, // the first message was not a valid start
+} as const;
+
+const outputSchema = z
+  .object({
+    format: z.enum(['jpeg', 'webp']).default('jpeg'),
+    quality: z.number().int().min(1).max(100).default(80),
+  })
+  .strict();
+
+export const clientMessageSchema = z.discriminatedUnion('type', [
+  z
+    .object({
+      type: z.literal('start'),
+      params: z.record(z.string(), z.unknown()).default({}),
+      output: outputSchema.default({ format: 'jpeg', quality: 80 }),
+      /** Output frames the server may send before the client acks (credit-based flow control). */
+      window: z.number().int().min(1).max(16).default(2),
+      /** txt2img stream: no input frames, the server generates continuously within the window. */
+      mode: z.enum(['img2img', 'txt2img']).default('img2img'),
+    })
+    .strict(),
+  z.object({ type: z.literal('update'), params: z.record(z.string(), z.unknown()) }).strict(),
+  z.object({ type: z.literal('ack'), frames: z.number().int().min(1).max(64).default(1) }).strict(),
+  z.object({ type: z.literal('stop') }).strict(),
+  z.object({ type: z.literal('ping') }).strict(),
+]);
+
+export type ClientMessage = z.infer<typeof clientMessageSchema>;
+export type StartMessage = Extract<ClientMessage, { type: 'start' }>;
+
+export function parseClientMessage(text: string): ClientMessage {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ServiceError('bad_request', 'message is not valid JSON');
+  }
+  const result = clientMessageSchema.safeParse(json);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.path.join('.') || 'type';
+    const message = issue.code === 'unrecognized_keys' ? `unknown field(s): ${issue.keys.join(', ')}` : issue.message;
+    throw new ServiceError('bad_request', `${field}: ${message}`, { field });
+  }
+  return result.data;
+}
+
+/** Metadata sent as a text message right before each output frame's binary message. */
+export interface FrameMeta {
+  readonly type: 'frame';
+  readonly output_id: number;
+  /** The input frame shown (outputs lag inputs by steps - 1); null for txt2img streams. */
+  readonly input_id: number | null;
+  /** From the shown input frame's arrival to this send, ms. */
+  readonly latency_ms: number;
+  /** Pipeline time of the call that produced it, ms. */
+  readonly processing_ms: number;
+  readonly skipped: boolean;
+  readonly width: number;
+  readonly height: number;
+  readonly format: 'jpeg' | 'webp';
+  readonly expert: string;
+  readonly adapters: readonly { name: string; weight: number }[];
+}

@@ -1,0 +1,54 @@
+/** The open streams, with the limits on how many there may be in all and per client address. */
+import { ServiceError } from '../../models/errors.ts';
+import type { StreamSession } from './session.ts';
+
+export class StreamRegistry {
+  private readonly sessions = new Map<string, { session: StreamSession; client: string }>();
+  private readonly reserved = new Map<string, number>();
+
+  constructor(
+    private readonly maxStreams: number,
+    private readonly maxPerClient: number,
+  ) {}
+
+  /** Holds a place for a stream being opened; throws rate_limited when none is free. Returns the release. */
+  reserve(client: string): () => void {
+    const total = this.sessions.size + [...this.reserved.values()].reduce((a, b) => a + b, 0);
+    if (total >= this.maxStreams) throw new ServiceError('rate_limited', `the server already runs ${this.maxStreams} streams; try again later`);
+    if (this.countFor(client) >= this.maxPerClient) throw new ServiceError('rate_limited', `at most ${this.maxPerClient} streams per client`);
+    this.reserved.set(client, (this.reserved.get(client) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.reserved.get(client) ?? 1) - 1;
+      if (n <= 0) this.reserved.delete(client);
+      else this.reserved.set(client, n);
+    };
+  }
+
+  add(session: StreamSession, client: string): void {
+    this.sessions.set(session.id, { session, client });
+    session.once('close', () => this.sessions.delete(session.id));
+  }
+
+  get(id: string): StreamSession {
+    const entry = this.sessions.get(id);
+    if (!entry) throw new ServiceError('not_found', `no stream ${id}`);
+    return entry.session;
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  all(): StreamSession[] {
+    return [...this.sessions.values()].map((e) => e.session);
+  }
+
+  private countFor(client: string): number {
+    let n = this.reserved.get(client) ?? 0;
+    for (const e of this.sessions.values()) if (e.client === client) n++;
+    return n;
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * One client's stream: its own pipeline (buffer, noise, stock noise, filter state), a latest-frame-wins
+ * input slot, and credit-based output. Nothing here queues without bound: at most one input waits (newer
+ * frames replace it), and at most one output waits for credit (newer outputs replace it).
+ */
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import { ServiceError, toServiceError } from '../../models/errors.ts';
+import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
+import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import type { AppContext } from '../context.ts';
+import type { FrameMeta, StartMessage } from './protocol.ts';
+
+export interface SentFrame {
+  readonly meta: FrameMeta;
+  readonly bytes: Buffer;
+}
+
+/** Where a session sends things; the WebSocket handler implements it. */
+export interface StreamSink {
+  sendJson(message: object): void;
+  sendFrame(frame: SentFrame): void;
+  /** Bytes queued in the socket and not yet written: output is held back above a limit. */
+  readonly bufferedAmount: number;
+}
+
+export interface StreamStats {
+  framesIn: number;
+  framesOut: number;
+  droppedInput: number;
+  droppedOutput: number;
+  skipped: number;
+  errors: number;
+}
+
+/** Bytes a socket may hold unsent before outputs wait (about a second of 720p JPEG). */
+const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
+
+interface PendingInput {
+  readonly id: number;
+  readonly bytes: Buffer;
+  readonly receivedAt: number;
+}
+
+export class StreamSession extends EventEmitter {
+  readonly id = randomUUID();
+  readonly stats: StreamStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0 };
+  private credits: number;
+  private pending: PendingInput | undefined;
+  private held: SentFrame | undefined;
+  private busy = false;
+  private closed = false;
+  private inputCounter = 0;
+  private outputCounter = 0;
+  private lastJpeg: Buffer | undefined;
+  private readonly arrivals = new Map<number, number>();
+
+  private constructor(
+    private readonly ctx: AppContext,
+    private readonly pipeline: StreamPipeline,
+    private readonly sink: StreamSink,
+    readonly start: StartMessage,
+  ) {
+    super();
+    this.credits = start.window;
+  }
+
+  static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
+    const params = parseParams({ ...start.params });
+    const pipeline = await StreamPipeline.create(ctx.engine, params, (size) => ctx.runner(size));
+    const session = new StreamSession(ctx, pipeline, sink, start);
+    if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
+    return session;
+  }
+
+  get params(): GenerationParams {
+    return this.pipeline.params;
+  }
+
+  get size(): { width: number; height: number } {
+    return this.pipeline.frameSize;
+  }
+
+  /** The latest output as JPEG (MJPEG and snapshots), if any. */
+  get latestJpeg(): Buffer | undefined {
+    return this.lastJpeg;
+  }
+
+  /** A binary frame arrived: it replaces any frame still waiting (latest-frame-wins). */
+  onFrame(bytes: Buffer): void {
+    if (this.closed || this.start.mode === 'txt2img') return;
+    const id = ++this.inputCounter;
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    if (bytes.length > this.ctx.config.maxFrameBytes) {
+      this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
+      return;
+    }
+    if (this.pending) {
+      this.stats.droppedInput++;
+      this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
+    }
+    this.pending = { id, bytes, receivedAt: performance.now() };
+    void this.pump();
+  }
+
+  /** The client can take `frames` more outputs. */
+  onAck(frames: number): void {
+    this.credits = Math.min(this.credits + frames, this.start.window);
+    if (this.held) {
+      const frame = this.held;
+      this.held = undefined;
+      this.deliver(frame);
+    }
+    if (this.start.mode === 'txt2img') void this.pump();
+  }
+
+  /** A live parameter change; invalid updates throw and change nothing. */
+  async update(params: Record<string, unknown>): Promise<GenerationParams> {
+    return this.pipeline.update(params);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.pending = undefined;
+    this.held = undefined;
+    this.emit('close');
+    this.removeAllListeners();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy || this.closed) return;
+    this.busy = true;
+    try {
+      while (!this.closed) {
+        if (this.start.mode === 'txt2img') {
+          if (this.credits <= 0 || this.held) break;
+          await this.generateOne();
+          continue;
+        }
+        const input = this.pending;
+        if (!input) break;
+        this.pending = undefined;
+        await this.processOne(input);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async processOne(input: PendingInput): Promise<void> {
+    const started = performance.now();
+    try {
+      // decode -> filter -> encode -> denoise -> decode -> frame out
+      const { width, height } = this.pipeline.frameSize;
+      const image = await decodeImage(input.bytes, width, height);
+      this.arrivals.set(input.id, input.receivedAt);
+      const [result] = await this.pipeline.process([image.data], input.id);
+      if (this.closed || !result) return;
+      const sourceId = result.source ?? input.id;
+      const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
+      for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
+      if (result.skipped) {
+        this.stats.skipped++;
+        this.ctx.metrics.ssfSkips.inc();
+      }
+      await this.emitOutput(result.image, result.width, result.height, result.skipped, sourceId, sourceArrival, started);
+    } catch (error) {
+      this.fail(toServiceError(error, 'inference_failed'), input.id);
+    }
+  }
+
+  private async generateOne(): Promise<void> {
+    const started = performance.now();
+    try {
+      const [result] = await this.pipeline.generate();
+      if (this.closed || !result) return;
+      await this.emitOutput(result.image, result.width, result.height, false, null, started, started);
+    } catch (error) {
+      this.fail(toServiceError(error, 'inference_failed'), null);
+      this.closed = true; // a txt2img stream that cannot generate would spin: stop it
+    }
+  }
+
+  private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
+
+  private async emitOutput(
+    image: Float32Array,
+    width: number,
+    height: number,
+    skipped: boolean,
+    inputId: number | null,
+    arrivedAt: number,
+    started: number,
+  ): Promise<void> {
+    const { format, quality } = this.start.output;
+    // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
+    const bytes = this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
+    this.lastEncoded = { image, bytes };
+    if (this.listenerCount('jpeg') > 0 || format === 'jpeg') {
+      this.lastJpeg = format === 'jpeg' ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+      this.emit('jpeg', this.lastJpeg);
+    }
+    const now = performance.now();
+    const meta: FrameMeta = {
+      type: 'frame',
+      output_id: ++this.outputCounter,
+      input_id: inputId,
+      latency_ms: Math.round((now - arrivedAt) * 10) / 10,
+      processing_ms: Math.round((now - started) * 10) / 10,
+      skipped,
+      width,
+      height,
+      format,
+      expert: 'base',
+      adapters: [],
+    };
+    this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    this.deliver({ meta, bytes });
+  }
+
+  /** Sends when the client has credit and the socket is draining; otherwise holds only the newest output. */
+  private deliver(frame: SentFrame): void {
+    if (this.closed) return;
+    if (this.credits > 0 && this.sink.bufferedAmount < MAX_SOCKET_BUFFER) {
+      this.credits--;
+      this.stats.framesOut++;
+      this.ctx.metrics.frameSent();
+      this.sink.sendFrame(frame);
+      return;
+    }
+    if (this.held) {
+      this.stats.droppedOutput++;
+      this.ctx.metrics.framesDropped.inc({ reason: 'no_credit' });
+    }
+    this.held = frame;
+  }
+
+  private fail(error: ServiceError, inputId: number | null): void {
+    this.stats.errors++;
+    this.ctx.metrics.frameErrors.inc({ code: error.code });
+    if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
+    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, input_id: inputId });
+  }
+}

@@ -1,0 +1,156 @@
+/**
+ * The WebSocket side of streams (protocol in server/PROTOCOL.md): ws://HOST/v1/stream.
+ * The first message must be a `start`; then binary frames, `update`, `ack`, `stop` and `ping` messages.
+ * Every error of a frame or message is reported on the socket and the stream goes on.
+ */
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { ServiceError, toServiceError } from '../../models/errors.ts';
+import { checkKey, originAllowed } from '../auth.ts';
+import type { AppContext } from '../context.ts';
+import { CLOSE, PROTOCOL_VERSION, parseClientMessage } from './protocol.ts';
+import type { StreamRegistry } from './registry.ts';
+import { StreamSession } from './session.ts';
+
+export const STREAM_PATH = '/v1/stream';
+/** A client must send `start` this soon after connecting. */
+const START_TIMEOUT_MS = 10_000;
+
+function rawToBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+function sendJson(ws: WebSocket, message: object): void {
+  if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message));
+}
+
+function reject(socket: Duplex, status: number, message: string): void {
+  socket.write(`HTTP/1.1 ${status} ${message}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(message)}\r\n\r\n${message}`);
+  socket.destroy();
+}
+
+export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry): WebSocketServer {
+  // Frames up to 4x the limit are read and answered with a too_large error (the stream survives);
+  // anything larger is cut off by ws itself with close code 1009.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: ctx.config.maxFrameBytes * 4 });
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+    if (path !== STREAM_PATH) return reject(socket, 404, 'Not Found');
+    try {
+      checkKey(ctx.config, req);
+    } catch {
+      return reject(socket, 401, 'Unauthorized');
+    }
+    if (!originAllowed(ctx.config, req)) return reject(socket, 403, 'Forbidden origin');
+    if (ctx.draining) return reject(socket, 503, 'Shutting down');
+    wss.handleUpgrade(req, socket, head, (ws) => handleConnection(ws, req, ctx, registry));
+  });
+  return wss;
+}
+
+function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, registry: StreamRegistry): void {
+  const client = req.socket.remoteAddress ?? 'unknown';
+  let session: StreamSession | undefined;
+  let opening = false;
+  const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
+
+  const report = (error: unknown, inputId: number | null = null) => {
+    const e = toServiceError(error);
+    sendJson(ws, { type: 'error', code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}), input_id: inputId });
+  };
+
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    if (isBinary) {
+      if (!session) return report(new ServiceError('bad_request', 'send a start message before frames'));
+      return session.onFrame(rawToBuffer(data));
+    }
+    void onText(rawToBuffer(data).toString('utf8'));
+  });
+
+  async function onText(text: string): Promise<void> {
+    let message;
+    try {
+      message = parseClientMessage(text);
+    } catch (error) {
+      return report(error);
+    }
+    switch (message.type) {
+      case 'start': {
+        if (session || opening) return report(new ServiceError('conflict', 'the stream has already started'));
+        opening = true;
+        let release: () => void = () => {};
+        try {
+          release = registry.reserve(client);
+          session = await StreamSession.open(ctx, message, {
+            sendJson: (m) => sendJson(ws, m),
+            sendFrame: (f) => {
+              if (ws.readyState !== ws.OPEN) return;
+              ws.send(JSON.stringify(f.meta));
+              ws.send(f.bytes, { binary: true });
+            },
+            get bufferedAmount() {
+              return ws.bufferedAmount;
+            },
+          });
+          release();
+          clearTimeout(startTimer);
+          if (ws.readyState !== ws.OPEN) return session.close();
+          registry.add(session, client);
+          ctx.metrics.streamsActive.set(registry.size);
+          ctx.log.info('stream started', { stream: session.id, client, mode: message.mode });
+          const { width, height } = session.size;
+          sendJson(ws, {
+            type: 'started',
+            protocol: PROTOCOL_VERSION,
+            stream_id: session.id,
+            params: session.params,
+            width,
+            height,
+            window: message.window,
+            mjpeg_url: `/v1/streams/${session.id}/mjpeg`,
+          });
+        } catch (error) {
+          release();
+          const e = toServiceError(error);
+          report(e);
+          ws.close(e.code === 'rate_limited' ? CLOSE.tryAgainLater : CLOSE.badStart, e.message.slice(0, 120));
+        } finally {
+          opening = false;
+        }
+        return;
+      }
+      case 'update':
+        if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
+        try {
+          sendJson(ws, { type: 'updated', params: await session.update(message.params) });
+        } catch (error) {
+          report(error);
+        }
+        return;
+      case 'ack':
+        session?.onAck(message.frames);
+        return;
+      case 'ping':
+        sendJson(ws, { type: 'pong' });
+        return;
+      case 'stop':
+        sendJson(ws, { type: 'stopped', stats: session?.stats ?? null });
+        ws.close(CLOSE.normal, 'stopped');
+        return;
+    }
+  }
+
+  ws.on('close', () => {
+    clearTimeout(startTimer);
+    if (session) {
+      ctx.log.info('stream closed', { stream: session.id, ...session.stats });
+      session.close();
+      ctx.metrics.streamsActive.set(registry.size);
+    }
+  });
+  ws.on('error', (error) => ctx.log.warn('socket error', { error: error.message }));
+}
