@@ -1,0 +1,63 @@
+/**
+ * `npm run bench [-- --quick] [-- --only pipeline,server]`: every speed claim, measured side by side in one
+ * run on the embedded pack, written to test/bench/REPORT.md and test/bench/report.json with machine info.
+ */
+import { writeFile, access } from 'node:fs/promises';
+import { cpus, totalmem, platform, release } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Engine } from '../../pipelines/engine.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, model: { type: 'string', default: EMBEDDED_PACK_DIR } } });
+const only = values.only?.split(',');
+const rounds = values.quick ? 5 : 20;
+
+const lines: string[] = [];
+const log = (line: string) => {
+  lines.push(line);
+  console.log(line);
+};
+
+/** Sections: name -> module file exporting the named async function (some land with later issues). */
+const SECTIONS: [string, string, string][] = [
+  ['pipeline', 'pipeline.ts', 'benchPipeline'],
+  ['server', 'server.ts', 'benchServer'],
+  ['batch', 'batch.ts', 'benchBatch'],
+  ['experts', 'experts.ts', 'benchExperts'],
+  ['adapters', 'adapters.ts', 'benchAdapters'],
+];
+
+const engine = await Engine.load(values.model);
+const started = new Date();
+log(`# Benchmark report\n`);
+log(`Run ${started.toISOString()} with \`npm run bench${values.quick ? ' -- --quick' : ''}\` on model **${engine.pack.name}** (${values.model}).`);
+log(`Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, onnxruntime-node CPU.`);
+log(`Each comparison runs its cases interleaved (rotating order) for ${rounds} rounds after warm-up; times are medians with p10/p90.`);
+const report: Record<string, unknown> = { started: started.toISOString(), quick: values.quick, model: engine.pack.name, machine: { cpus: cpus().length, model: cpus()[0]?.model, memory_gib: totalmem() / 2 ** 30, node: process.version } };
+
+for (const [name, file, fn] of SECTIONS) {
+  if (only && !only.includes(name)) continue;
+  const path = join(HERE, file);
+  if (!(await access(path).then(() => true, () => false))) {
+    log(`\n## ${name}\n\nNot measured: ${file} is not in this build.`);
+    continue;
+  }
+  log(`\n## ${name}\n`);
+  const t0 = performance.now();
+  try {
+    const mod = (await import(pathToFileURL(path).href)) as Record<string, (o: object) => Promise<unknown>>;
+    report[name] = await mod[fn]!({ engine, rounds, quick: values.quick, log });
+  } catch (error) {
+    log(`\nFAILED: ${(error as Error).stack ?? String(error)}`);
+    report[name] = { error: String(error) };
+  }
+  log(`\n_(${name}: ${((performance.now() - t0) / 1000).toFixed(0)} s)_`);
+}
+
+await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
+await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+console.log(`\nwrote ${join(HERE, 'REPORT.md')} and report.json`);
+process.exit(0);
