@@ -9,6 +9,7 @@ import { blend, blendedNoise } from './blending.ts';
 import type { NoiseTable, PromptContext, UnetRunner } from './denoise-step.ts';
 import type { GenerationParams } from './params.ts';
 import { LcmScheduler, parseSchedulerConfig, tIndexListForStrength, type StepCoefficients } from './schedulers/lcm.ts';
+import { VariantResolver, type AdapterSource, type ExpertSource, type UnetVariant } from './variants.ts';
 
 /** Default strength for img2img and streams when neither strength nor t_index_list is given. */
 export const DEFAULT_IMG2IMG_STRENGTH = 0.5;
@@ -29,10 +30,18 @@ export interface EncodedPrompt extends PromptContext {
 
 export class Engine {
   readonly scheduler: LcmScheduler;
+  /** Picks the UNet (pack, expert, merged adapters) for each request. */
+  variants: VariantResolver;
   private readonly embeddings = new Map<string, Promise<PromptEmbedding>>();
 
   constructor(readonly pack: ModelPack) {
     this.scheduler = new LcmScheduler(parseSchedulerConfig(pack.schedulerConfig));
+    this.variants = new VariantResolver(pack.unet, undefined, undefined);
+  }
+
+  /** Attaches APTP experts and/or an adapter store (loaded by their own modules). */
+  attach(sources: { experts?: ExpertSource | undefined; adapters?: AdapterSource | undefined }): void {
+    this.variants = new VariantResolver(this.pack.unet, sources.experts ?? this.variants.experts, sources.adapters ?? this.variants.adapters);
   }
 
   static async load(dir: string = EMBEDDED_PACK_DIR, options: PackOptions = DEFAULT_PACK_OPTIONS): Promise<Engine> {
@@ -111,9 +120,10 @@ export class Engine {
     return { rows, lanes };
   }
 
-  /** The plain UNet runner for latents of this size (the server wraps it to batch across streams). */
-  unetRunner(size: Size): UnetRunner {
-    return (rows) => this.pack.unet.predict(rows, size.latentHeight, size.latentWidth);
+  /** A direct UNet runner for latents of this size (the server wraps variants to batch across streams). */
+  unetRunner(size: Size, variant?: UnetVariant): UnetRunner {
+    const unet = variant?.unet ?? this.pack.unet;
+    return (rows) => unet.predict(rows, size.latentHeight, size.latentWidth);
   }
 
   /** Images [3, H, W] in [-1, 1] -> scaled latents. */

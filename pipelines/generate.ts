@@ -7,6 +7,8 @@ import { denoiseSequential } from './sequential.ts';
 import { makeGuidance } from './rcfg.ts';
 import type { GenerationParams } from './params.ts';
 import type { UnetRunner } from './denoise-step.ts';
+import type { RunnerFactory } from './stream-pipeline.ts';
+import type { UnetVariant } from './variants.ts';
 
 export interface GeneratedImage {
   /** [3, H, W] in [-1, 1] */
@@ -14,12 +16,16 @@ export interface GeneratedImage {
   readonly width: number;
   readonly height: number;
   readonly seed: number;
+  /** The UNet that made it (expert, adapters). */
+  readonly variant: UnetVariant;
 }
 
 export interface GenerateOptions {
   /** Called after each finished image: done, total. */
   readonly onProgress?: (done: number, total: number) => void;
-  /** Overrides the engine's UNet runner (the server's batcher, an expert). */
+  /** Makes the UNet runner for the chosen variant (the server's batcher); default: the engine directly. */
+  readonly runners?: RunnerFactory;
+  /** A fixed runner (tests, benchmarks); wins over `runners`. */
   readonly runUnet?: UnetRunner;
   /** Images run together as lanes of one UNet batch. */
   readonly lanesPerCall?: number;
@@ -42,7 +48,8 @@ async function run(
   const c = engine.coefficients(params, mode);
   const g = makeGuidance(params.guidance, params.guidance_scale, params.delta);
   const prompt = await engine.encodePrompt(params);
-  const runUnet = options.runUnet ?? engine.unetRunner(size);
+  const variant = await engine.variants.resolve(params, prompt.pooled);
+  const runUnet = options.runUnet ?? (options.runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
   const lanes = Math.max(1, options.lanesPerCall ?? 4);
   const out: GeneratedImage[] = [];
   for (let start = 0; start < count; start += lanes) {
@@ -53,7 +60,7 @@ async function run(
     const latents = await Promise.all(Array.from({ length: n }, (_, j) => latentsFor(size, start + j)));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runUnet);
     const images = await engine.decodeLatents(denoised, size);
-    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + start + j) % 2 ** 32 }));
+    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + start + j) % 2 ** 32, variant }));
     options.onProgress?.(out.length, count);
   }
   return out;

@@ -13,6 +13,7 @@ export const MAX_SIDE = 1024;
 
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a multiple of 8');
 
 export const paramsSchema = z
@@ -43,6 +44,12 @@ export const paramsSchema = z
     max_skip_frames: z.number().int().min(0).max(1000).default(10),
     /** Frames stacked per UNet call (StreamDiffusion's frame_buffer_size). */
     frame_buffer_size: z.number().int().min(1).max(4).default(1),
+    /** Compute budget: fraction of the full UNet's MACs, or auto (the prompt router decides). */
+    budget: z.union([z.literal('auto'), z.number().gt(0).max(1)]).default('auto'),
+    /** Force one UNet expert by name (overrides the router and the budget). */
+    expert: z.string().regex(NAME, 'must be a name of letters, digits, _ and -').optional(),
+    /** Adapters merged into the UNet, each with its weight (lambda). */
+    adapters: z.array(z.object({ name: z.string().regex(NAME, 'must be a name of letters, digits, _ and -'), weight: z.number().min(-2).max(2).default(1) }).strict()).max(8).default([]),
   })
   .strict();
 

@@ -12,6 +12,7 @@ import { Generator } from './random.ts';
 import type { StepCoefficients } from './schedulers/lcm.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
+import type { UnetVariant } from './variants.ts';
 
 export interface FrameResult<Tag = unknown> {
   /** The tag of the input frame this output shows (outputs lag inputs by steps - 1 frames). */
@@ -23,9 +24,12 @@ export interface FrameResult<Tag = unknown> {
   /** True when the similarity filter skipped the models and repeated the previous output. */
   readonly skipped: boolean;
   readonly similarity: number | undefined;
+  /** The UNet that made it (expert, adapters). */
+  readonly variant: UnetVariant;
 }
 
-export type RunnerFactory = (size: Size) => UnetRunner;
+/** Makes the UNet runner for a frame size and UNet variant (the server's batcher, or the engine directly). */
+export type RunnerFactory = (size: Size, variant: UnetVariant) => UnetRunner;
 
 /** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
 const FILTER_SEED_SALT = 0x5f3759df;
@@ -36,6 +40,9 @@ export class StreamPipeline {
   private batch!: StreamBatch;
   private prompt!: EncodedPrompt;
   private lastOutput: FrameResult | undefined;
+  private variantInUse!: UnetVariant;
+  /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
+  private updates: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
   private inFlightTags: unknown[] = [];
   readonly filter: SimilarityFilter;
@@ -53,8 +60,9 @@ export class StreamPipeline {
   }
 
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory): Promise<StreamPipeline> {
-    const stream = new StreamPipeline(engine, params, runners ?? ((size) => engine.unetRunner(size)));
+    const stream = new StreamPipeline(engine, params, runners ?? ((size, variant) => engine.unetRunner(size, variant)));
     stream.prompt = await engine.encodePrompt(params);
+    stream.variantInUse = await engine.variants.resolve(params, stream.prompt.pooled);
     stream.rebuild();
     return stream;
   }
@@ -67,20 +75,32 @@ export class StreamPipeline {
     return this.size;
   }
 
-  /** The pooled prompt embedding (what the expert router reads). */
-  get pooledPrompt(): Float32Array {
-    return this.prompt.pooled;
+  /** The UNet variant (expert, adapters) serving the stream's frames now. */
+  get variant(): UnetVariant {
+    return this.variantInUse;
   }
 
-  /** Applies a live update at the next frame. Validation errors throw and change nothing. */
-  async update(update: unknown): Promise<GenerationParams> {
+  /**
+   * Applies a live update from the next frame on. Validation errors throw and change nothing. Frames keep
+   * flowing on the current UNet while a new variant (an adapter merge) is built; the swap happens between
+   * two frames.
+   */
+  update(update: unknown): Promise<GenerationParams> {
+    const run = this.updates.then(() => this.applyUpdate(update));
+    this.updates = run.catch(() => undefined);
+    return run;
+  }
+
+  private async applyUpdate(update: unknown): Promise<GenerationParams> {
     const next = mergeParams(this.current, update);
     const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
-    // Encode first: if it fails, the stream keeps its old prompt and parameters.
+    // Prepare everything first: if any part fails, the stream keeps its old prompt, UNet and parameters.
     const prompt = changed('prompt', 'prompt_blend', 'negative_prompt') ? await this.engine.encodePrompt(next) : this.prompt;
+    const variant = changed('prompt', 'prompt_blend', 'budget', 'expert', 'adapters') ? await this.engine.variants.resolve(next, prompt.pooled) : this.variantInUse;
     const previous = this.current;
     this.current = next;
     this.prompt = prompt;
+    this.variantInUse = variant;
     this.filter.config = { threshold: next.similarity_threshold, maxSkipFrames: next.max_skip_frames };
     if (changed('width', 'height', 'frame_buffer_size', 'steps', 'strength', 't_index_list')) {
       this.rebuild();
@@ -107,9 +127,10 @@ export class StreamPipeline {
     // 2. encode, 3. denoise in the stream batch, 4. decode
     const latents = await this.engine.encodeImages(frames, this.size);
     const source = this.trackSource(tag);
-    const denoised = await this.batch.process(latents, this.prompt, this.runners(this.size));
+    const variant = this.variantInUse;
+    const denoised = await this.batch.process(latents, this.prompt, this.runners(this.size, variant));
     const images = await this.engine.decodeLatents(denoised, this.size);
-    const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined }));
+    const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined, variant }));
     this.lastOutput = results[results.length - 1];
     return results;
   }
@@ -124,9 +145,10 @@ export class StreamPipeline {
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
     const zeros = Array.from({ length: this.current.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(this.size)));
-    const denoised = await this.batch.process(zeros, this.prompt, this.runners(this.size));
+    const variant = this.variantInUse;
+    const denoised = await this.batch.process(zeros, this.prompt, this.runners(this.size, variant));
     const images = await this.engine.decodeLatents(denoised, this.size);
-    return images.map((image) => ({ source: undefined, image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined }));
+    return images.map((image) => ({ source: undefined, image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined, variant }));
   }
 
   private rebuild(): void {

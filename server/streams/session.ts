@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeImage, encodeImage } from '../../pipelines/image.ts';
-import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
+import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import type { FrameMeta, StartMessage } from './protocol.ts';
@@ -68,7 +68,7 @@ export class StreamSession extends EventEmitter {
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
-    const pipeline = await StreamPipeline.create(ctx.engine, params, (size) => ctx.runner(size));
+    const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -165,7 +165,7 @@ export class StreamSession extends EventEmitter {
         this.stats.skipped++;
         this.ctx.metrics.ssfSkips.inc();
       }
-      await this.emitOutput(result.image, result.width, result.height, result.skipped, sourceId, sourceArrival, started);
+      await this.emitOutput(result, sourceId, sourceArrival, started);
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), input.id);
     }
@@ -176,7 +176,7 @@ export class StreamSession extends EventEmitter {
     try {
       const [result] = await this.pipeline.generate();
       if (this.closed || !result) return;
-      await this.emitOutput(result.image, result.width, result.height, false, null, started, started);
+      await this.emitOutput(result, null, started, started);
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), null);
       this.closed = true; // a txt2img stream that cannot generate would spin: stop it
@@ -185,15 +185,8 @@ export class StreamSession extends EventEmitter {
 
   private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
 
-  private async emitOutput(
-    image: Float32Array,
-    width: number,
-    height: number,
-    skipped: boolean,
-    inputId: number | null,
-    arrivedAt: number,
-    started: number,
-  ): Promise<void> {
+  private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
+    const { image, width, height, skipped, variant } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const bytes = this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
@@ -213,9 +206,10 @@ export class StreamSession extends EventEmitter {
       width,
       height,
       format,
-      expert: 'base',
-      adapters: [],
+      expert: variant.expert,
+      adapters: variant.adapters,
     };
+    if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
     this.deliver({ meta, bytes });
   }

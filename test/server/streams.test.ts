@@ -23,7 +23,7 @@ test('frames come back with metadata, lagging by steps - 1', async () => {
   const meta = await sharp(outputs[3]!.bytes).metadata();
   assert.equal(meta.format, 'jpeg');
   assert.equal(meta.width, 128);
-  assert.ok(outputs.every((o) => o.meta.latency_ms >= 0 && o.meta.skipped === false && o.meta.expert === 'base'));
+  assert.ok(outputs.every((o) => o.meta.latency_ms >= 0 && o.meta.skipped === false && o.meta.expert === 'full'));
   await client.close();
 });
 

@@ -1,0 +1,73 @@
+/**
+ * Which UNet serves a request: the pack's own, a pruned expert chosen by the prompt router within a compute
+ * budget (APTP), or the full UNet with adapters merged into its weights (Orthogonal Adaptation). Rows are
+ * batched only with rows of the same variant (its `key`).
+ *
+ * Adapters are merged into the full UNet only: a pruned expert has other weight shapes. A request with
+ * adapters is therefore served by the full UNet whatever its budget.
+ */
+import type { Unet } from '../models/components.ts';
+import { ServiceError } from '../models/errors.ts';
+import type { GenerationParams } from './params.ts';
+
+export interface AdapterWeight {
+  readonly name: string;
+  readonly weight: number;
+}
+
+export interface UnetVariant {
+  /** Batching key: rows of one key run in one UNet call. */
+  readonly key: string;
+  readonly unet: Unet;
+  readonly expert: string;
+  readonly relativeMacs: number;
+  readonly adapters: readonly AdapterWeight[];
+}
+
+/** APTP experts (models/experts.ts provides one). */
+export interface ExpertSource {
+  readonly experts: readonly { readonly name: string; readonly relativeMacs: number; readonly unet: Unet }[];
+  choose(pooled: Float32Array, budget: number | 'auto', override?: string): { readonly name: string; readonly relativeMacs: number; readonly unet: Unet };
+}
+
+/** Merged-adapter sessions (models/adapters provides one). */
+export interface AdapterSource {
+  merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[] }>;
+}
+
+export const FULL_EXPERT = 'full';
+
+export function adaptersKey(adapters: readonly AdapterWeight[]): string {
+  return [...adapters]
+    .filter((a) => a.weight !== 0)
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .map((a) => `${a.name}:${a.weight}`)
+    .join(',');
+}
+
+export class VariantResolver {
+  constructor(
+    private readonly base: Unet,
+    readonly experts: ExpertSource | undefined,
+    readonly adapters: AdapterSource | undefined,
+  ) {}
+
+  /** The variant for these parameters and prompt (the router reads the pooled prompt embedding). */
+  async resolve(params: Pick<GenerationParams, 'budget' | 'expert' | 'adapters'>, pooled: Float32Array): Promise<UnetVariant & { warnings: string[] }> {
+    const active = params.adapters.filter((a) => a.weight !== 0);
+    if (active.length > 0) {
+      if (!this.adapters) throw new ServiceError('not_found', `this model has no adapters (asked for ${active.map((a) => a.name).join(', ')})`, { field: 'adapters' });
+      const fullName = this.experts?.experts.find((e) => e.relativeMacs === 1)?.name ?? FULL_EXPERT;
+      const { unet, warnings } = await this.adapters.merged(active);
+      return { key: `${fullName}+${adaptersKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, warnings };
+    }
+    if (this.experts) {
+      const e = this.experts.choose(pooled, params.budget, params.expert);
+      return { key: e.name, unet: e.unet, expert: e.name, relativeMacs: e.relativeMacs, adapters: [], warnings: [] };
+    }
+    if (params.expert !== undefined && params.expert !== FULL_EXPERT) {
+      throw new ServiceError('not_found', `this model has no expert "${params.expert}" (it has only "${FULL_EXPERT}")`, { field: 'expert' });
+    }
+    return { key: FULL_EXPERT, unet: this.base, expert: FULL_EXPERT, relativeMacs: 1, adapters: [], warnings: [] };
+  }
+}
