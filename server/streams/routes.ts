@@ -4,14 +4,17 @@
  */
 import { Router } from 'express';
 import { ServiceError } from '../../models/errors.ts';
+import type { Logger } from '../log.ts';
+import { OutputPush } from './push.ts';
 import type { StreamRegistry } from './registry.ts';
 
 const BOUNDARY = 'frame';
 /** Repeat the last frame this often when the stream is idle (OBS and browsers show the last complete part). */
 const KEEPALIVE_MS = 1000;
 
-export function streamRoutes(registry: StreamRegistry): Router {
+export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
   const router = Router();
+  const pushes = new Map<string, OutputPush>();
 
   router.get('/v1/streams', (_req, res) => {
     res.json({
@@ -60,6 +63,31 @@ export function streamRoutes(registry: StreamRegistry): Router {
     if (!jpeg) throw new ServiceError('not_found', 'the stream has no output frame yet');
     res.type('image/jpeg').setHeader('Cache-Control', 'no-store');
     res.send(jpeg);
+  });
+
+  // Push the output to an RTMP/SRT ingest through ffmpeg: {"url": "rtmp://host/app/key" | "srt://host:port"}.
+  router.post('/v1/streams/:id/push', async (req, res) => {
+    const session = registry.get(req.params.id);
+    await pushes.get(session.id)?.stop();
+    const push = await OutputPush.start(session, (req.body as { url?: unknown } | undefined)?.url, log);
+    pushes.set(session.id, push);
+    session.once('close', () => pushes.delete(session.id));
+    res.status(201).json({ stream_id: session.id, url: push.url.href, running: true });
+  });
+
+  router.get('/v1/streams/:id/push', (req, res) => {
+    const push = pushes.get(registry.get(req.params.id).id);
+    if (!push) throw new ServiceError('not_found', 'this stream has no push');
+    res.json({ url: push.url.href, running: push.running, sent: push.sent, dropped: push.dropped, error: push.error ?? null });
+  });
+
+  router.delete('/v1/streams/:id/push', async (req, res) => {
+    const id = registry.get(req.params.id).id;
+    const push = pushes.get(id);
+    if (!push) throw new ServiceError('not_found', 'this stream has no push');
+    await push.stop();
+    pushes.delete(id);
+    res.status(204).end();
   });
 
   return router;
