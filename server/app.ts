@@ -66,7 +66,7 @@ export async function startServer(
   });
   app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
   app.use(express.json({ limit: '50mb' }));
-  app.use(streamRoutes(registry));
+  app.use(streamRoutes(registry, log));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
   app.use(notFound);

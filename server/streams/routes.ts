@@ -30,6 +30,7 @@ export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
       Connection: 'close',
       Pragma: 'no-cache',
     });
+    res.flushHeaders(); // viewers get the headers at once, even before the stream's first frame
     let last = session.latestJpeg;
     const writePart = (jpeg: Buffer) => {
       // Skip a part when the socket is still busy with earlier ones: a slow viewer gets fewer frames, not a queue.

@@ -1,0 +1,140 @@
+/**
+ * Async jobs (Replicate / fal style, REFERENCE §7):
+ *   POST   /v1/jobs                      accept an image batch or a video (JSON, or multipart with a `video` file) -> 201 job
+ *   GET    /v1/jobs                      list (newest first; ?status= filters)
+ *   GET    /v1/jobs/:id                  {id, status, progress, eta_seconds, urls, error, ...}
+ *   DELETE /v1/jobs/:id                  cancel (409 when already finished)
+ *   GET    /v1/jobs/:id/results/:file    a result file
+ */
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import express from 'express';
+import { ServiceError } from '../../../models/errors.ts';
+import type { AppContext } from '../../context.ts';
+import { asyncHandler } from '../../http-errors.ts';
+import type { FfmpegPaths } from '../../ffmpeg.ts';
+import { resolveVideoPath } from '../paths.ts';
+import { videoExtension, videoUpload } from '../uploads.ts';
+import { decodeBase64Image } from '../validate.ts';
+import type { JobManager } from './manager.ts';
+import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
+import { JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
+
+const INIT_IMAGE_FILE = 'input-image.bin';
+
+function jobId(raw: unknown): string {
+  const id = String(raw);
+  if (!isJobId(id)) throw new ServiceError('bad_request', `id: "${id.slice(0, 64)}" is not a job id`, { field: 'id' });
+  return id;
+}
+
+function baseUrl(req: express.Request): string {
+  return `${req.protocol}://${req.get('host')}`;
+}
+
+export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Promise<FfmpegPaths>): express.Router {
+  const router = express.Router();
+  const store = jobs.store;
+
+  router.post(
+    '/v1/jobs',
+    videoUpload(ctx.config),
+    asyncHandler(async (req, res) => {
+      const upload = req.file;
+      try {
+        if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down: no new jobs');
+        // 1. validate (a multipart form's fields arrive as text; a file means a video job)
+        const multipart = typeof req.is('multipart/form-data') === 'string';
+        const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
+        const parsed = parseJob(body);
+        const id = newJobId();
+        const dir = store.dir(id);
+        const common = {
+          version: 1 as const,
+          id,
+          status: 'starting' as JobStatus,
+          created_at: new Date().toISOString(),
+          started_at: null,
+          completed_at: null,
+          progress: 0,
+          results: [],
+          error: null,
+          base_url: baseUrl(req),
+          stats: {},
+        };
+        let record: JobRecord;
+        if (parsed.kind === 'images') {
+          if (upload) throw new ServiceError('bad_request', 'video: a file upload makes a video job (kind "video")', { field: 'video' });
+          const size = ctx.engine.size(parsed.request.params);
+          // 2a. an init image is checked now, stored beside the job
+          const init = parsed.initImage;
+          if (init) await decodeBase64Image(init, size.width, size.height, 'init_image');
+          const request: ImagesJobRequest = { ...parsed.request, init_file: init ? INIT_IMAGE_FILE : null };
+          if (init) {
+            await mkdir(dir, { recursive: true });
+            await writeFile(join(dir, INIT_IMAGE_FILE), Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
+          }
+          record = { ...common, kind: 'images', request, webhook: webhookState(parsed.webhook) };
+        } else {
+          // 2b. a video: an upload or an allowed server-side path, and an ffmpeg to read it
+          ctx.engine.size(parsed.params);
+          if (!!upload === !!parsed.path) {
+            throw new ServiceError('bad_request', upload ? 'path: give a file upload or a path, not both' : 'video: upload a file (multipart field "video") or give a path', { field: upload ? 'path' : 'video' });
+          }
+          await ffmpeg(); // 503 ffmpeg_missing now rather than a failed job later
+          let source: VideoJobRequest['source'];
+          if (parsed.path) {
+            source = { path: await resolveVideoPath(ctx.config.videoDirs, parsed.path) };
+          } else {
+            const name = `input.${videoExtension(upload!.originalname)}`;
+            await mkdir(dir, { recursive: true });
+            await rename(upload!.path, join(dir, name));
+            source = { upload: name };
+          }
+          record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook) };
+        }
+        // 3. persisted before it is acknowledged
+        await jobs.submit(record).catch(async (error: unknown) => {
+          await rm(dir, { recursive: true, force: true });
+          throw error;
+        });
+        res.status(201).location(`/v1/jobs/${id}`).json(jobs.view(record, baseUrl(req)));
+      } finally {
+        if (upload) await rm(upload.path, { force: true });
+      }
+    }),
+  );
+
+  router.get('/v1/jobs', (req, res) => {
+    const status = req.query['status'];
+    if (status !== undefined && !JOB_STATUSES.includes(status as JobStatus)) {
+      throw new ServiceError('bad_request', `status: must be one of ${JOB_STATUSES.join(', ')}`, { field: 'status' });
+    }
+    const list = jobs.list().filter((r) => status === undefined || r.status === status);
+    res.json({ jobs: list.map((r) => jobs.view(r, baseUrl(req))) });
+  });
+
+  router.get('/v1/jobs/:id', (req, res) => {
+    res.json(jobs.view(jobs.get(jobId(req.params['id'])), baseUrl(req)));
+  });
+
+  router.delete(
+    '/v1/jobs/:id',
+    asyncHandler(async (req, res) => {
+      res.json(jobs.view(await jobs.cancel(jobId(req.params['id'])), baseUrl(req)));
+    }),
+  );
+
+  router.get('/v1/jobs/:id/results/:file', (req, res, next) => {
+    const record = jobs.get(jobId(req.params['id']));
+    const file = String(req.params['file']);
+    if (!record.results.includes(file)) throw new ServiceError('not_found', `job ${record.id} has no result ${file}`, { field: 'file' });
+    res.sendFile(file, { root: store.dir(record.id) }, (error) => error && next(error));
+  });
+
+  return router;
+}
+
+function webhookState(url: string | undefined): JobRecord['webhook'] {
+  return url ? { url, status: 'pending', attempts: 0, last_error: null } : null;
+}

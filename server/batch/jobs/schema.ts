@@ -1,0 +1,111 @@
+/**
+ * POST /v1/jobs bodies. The generation parameters sit at the top level beside the job's own fields:
+ *   {"kind": "images", "count": 16, "prompt": "...", "steps": 2, "seed": 7, "webhook": "http://..."}
+ *   {"kind": "video", "path": "clips/in.mp4", "prompt": "...", "strength": 0.5}
+ * A video may instead be uploaded as multipart/form-data: the file in field `video`, the other fields as
+ * form fields (numbers and booleans are read as JSON).
+ */
+import { z } from 'zod';
+import { paramsSchema, type GenerationParams } from '../../../pipelines/params.ts';
+import { parseBody, resolveSeed } from '../validate.ts';
+
+/** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
+export const MAX_JOB_IMAGES = 1000;
+
+const webhook = z
+  .string()
+  .max(2048)
+  .refine((v) => {
+    try {
+      const url = new URL(v);
+      return url.protocol === 'http:' || url.protocol === 'https:';
+    } catch {
+      return false;
+    }
+  }, 'must be an http(s) URL')
+  .optional();
+
+/** -1 asks for a random seed (resolved at acceptance, so a resumed job keeps it). */
+const seed = z.union([z.literal(-1), paramsSchema.shape.seed.removeDefault()]).optional();
+
+const imagesSchema = paramsSchema
+  .extend({
+    kind: z.literal('images'),
+    count: z.number().int().min(1).max(MAX_JOB_IMAGES).default(1),
+    /** Images per UNet call. */
+    lanes: z.number().int().min(1).max(16).default(4),
+    output_format: z.enum(['png', 'jpeg', 'webp']).default('png'),
+    /** img2img: a base64 image (data: URL allowed); every image starts from it. */
+    init_image: z.string().min(1).optional(),
+    seed,
+    webhook,
+  })
+  .strict();
+
+const videoSchema = paramsSchema
+  .extend({
+    kind: z.literal('video'),
+    /** A server-side file under one of the allowed video folders (absolute, or relative to one of them). */
+    path: z.string().min(1).max(4096).optional(),
+    /** A video is rendered one frame at a time. */
+    frame_buffer_size: z.literal(1).default(1),
+    seed,
+    webhook,
+  })
+  .strict();
+
+export interface ImagesJobRequest {
+  readonly params: GenerationParams;
+  readonly count: number;
+  readonly lanes: number;
+  readonly output_format: 'png' | 'jpeg' | 'webp';
+  /** File name of the init image in the job folder (img2img). */
+  readonly init_file: string | null;
+}
+
+export interface VideoJobRequest {
+  readonly params: GenerationParams;
+  /** The resolved server-side path, or the uploaded file's name in the job folder. */
+  readonly source: { readonly path: string } | { readonly upload: string };
+}
+
+export type ParsedJob =
+  | { kind: 'images'; request: Omit<ImagesJobRequest, 'init_file'>; initImage: string | undefined; webhook: string | undefined }
+  | { kind: 'video'; params: GenerationParams; path: string | undefined; webhook: string | undefined };
+
+/** Generation parameters with the job's seed: -1 is drawn now (a resumed job keeps it); none -> the default. */
+function withSeed(params: Record<string, unknown>, seed: unknown): GenerationParams {
+  return paramsSchema.parse({ ...params, ...(seed === undefined ? {} : { seed: seed === -1 ? resolveSeed(-1) : seed }) });
+}
+
+/** Validates a job body (JSON, or multipart fields already coerced). */
+export function parseJob(body: unknown): ParsedJob {
+  const kind = typeof body === 'object' && body !== null ? (body as { kind?: unknown }).kind : undefined;
+  if (kind === 'video') {
+    const { kind: _kind, path, webhook: hook, seed: s, ...params } = parseBody(videoSchema, body);
+    return { kind: 'video', params: withSeed(params, s), path, webhook: hook };
+  }
+  if (kind !== 'images') parseBody(z.object({ kind: z.enum(['images', 'video']) }).passthrough(), body);
+  const { kind: _kind, count, lanes, output_format, init_image, webhook: hook, seed: s, ...params } = parseBody(imagesSchema, body);
+  return { kind: 'images', request: { params: withSeed(params, s), count, lanes, output_format }, initImage: init_image, webhook: hook };
+}
+
+/** Fields that are always text in a multipart form; any other field is read as JSON when it parses. */
+const TEXT_FIELDS = new Set(['kind', 'prompt', 'negative_prompt', 'path', 'webhook']);
+
+/** Multipart form fields -> a JSON-like body (`steps=2` -> 2, `prompt=123` stays "123"). */
+export function coerceFormFields(fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    if (typeof value !== 'string' || TEXT_FIELDS.has(key)) {
+      out[key] = value;
+      continue;
+    }
+    try {
+      out[key] = JSON.parse(value);
+    } catch {
+      out[key] = value;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,119 @@
+/**
+ * Whole-image renders for the batch endpoints: txt2img / img2img through the server's cross-stream UNet
+ * batcher (ctx.runner), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
+ */
+import type { GenerationParams } from '../../pipelines/params.ts';
+import { img2img, txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
+import type { UnetRunner } from '../../pipelines/denoise-step.ts';
+import { ServiceError } from '../../models/errors.ts';
+import type { AppContext } from '../context.ts';
+
+/** Images per UNet call: 4 lanes keep a call small enough that streams sharing the batcher wait little. */
+export const DEFAULT_LANES = 4;
+
+export interface RenderRequest {
+  readonly params: GenerationParams;
+  readonly count: number;
+  /** Endpoint label for the images metric. */
+  readonly endpoint: string;
+  /** img2img inputs [3, H, W] at the params' size; image j starts from inits[j % inits.length]. */
+  readonly inits?: readonly Float32Array[];
+  readonly lanes?: number;
+  readonly signal?: AbortSignal;
+  /** After each UNet call: steps done, steps in all. */
+  readonly onStep?: (done: number, total: number) => void;
+}
+
+/** A UNet runner that reports each finished call. */
+export function countingRunner(runner: UnetRunner, onCall: () => void): UnetRunner {
+  return async (rows) => {
+    const eps = await runner(rows);
+    onCall();
+    return eps;
+  };
+}
+
+/** Renders `count` images (image j with seed + j) and counts them in the images metric. */
+export async function renderImages(ctx: AppContext, request: RenderRequest): Promise<GeneratedImage[]> {
+  const { params, count, inits } = request;
+  const engine = ctx.engine;
+  const size = engine.size(params);
+  const lanes = Math.max(1, Math.min(request.lanes ?? DEFAULT_LANES, count));
+  const mode = inits ? 'img2img' : 'txt2img';
+  const steps = engine.coefficients(params, mode).timesteps.length;
+  const total = Math.ceil(count / lanes) * steps;
+  let done = 0;
+  const runUnet = countingRunner(ctx.runner(size), () => request.onStep?.(++done, total));
+  const options = { runUnet, lanesPerCall: lanes, ...(request.signal ? { signal: request.signal } : {}) };
+  let images: GeneratedImage[];
+  if (inits) {
+    if (inits.length === 0) throw new ServiceError('bad_request', 'no input image', { field: 'image' });
+    images = await img2img(engine, params, Array.from({ length: count }, (_, j) => inits[j % inits.length]!), options);
+  } else {
+    images = await txt2img(engine, params, count, options);
+  }
+  ctx.metrics.images.inc({ endpoint: request.endpoint }, images.length);
+  return images;
+}
+
+interface Active {
+  readonly started: number;
+  done: number;
+  total: number;
+}
+
+export interface ProgressSnapshot {
+  readonly progress: number;
+  readonly eta_relative: number;
+  readonly job_count: number;
+  readonly sampling_step: number;
+  readonly sampling_steps: number;
+  readonly job_timestamp: string;
+}
+
+/** Synchronous renders in progress (A1111's /progress shows the oldest; job_count counts them all). */
+export class RenderTracker {
+  private readonly active = new Set<Active>();
+
+  /** Registers a render; call step(done, total) as it goes and end() when it is over (success or not). */
+  begin(): { step: (done: number, total: number) => void; end: () => void } {
+    const entry: Active = { started: Date.now(), done: 0, total: 0 };
+    this.active.add(entry);
+    return {
+      step: (done, total) => {
+        entry.done = done;
+        entry.total = total;
+      },
+      end: () => this.active.delete(entry),
+    };
+  }
+
+  snapshot(now = Date.now()): ProgressSnapshot {
+    const oldest = [...this.active].sort((a, b) => a.started - b.started)[0];
+    if (!oldest) return { progress: 0, eta_relative: 0, job_count: 0, sampling_step: 0, sampling_steps: 0, job_timestamp: '0' };
+    const progress = oldest.total > 0 ? oldest.done / oldest.total : 0;
+    const elapsed = (now - oldest.started) / 1000;
+    return {
+      progress,
+      eta_relative: progress > 0 ? (elapsed / progress) * (1 - progress) : 0,
+      job_count: this.active.size,
+      sampling_step: oldest.done,
+      sampling_steps: oldest.total,
+      job_timestamp: timestamp(new Date(oldest.started)),
+    };
+  }
+}
+
+/** A1111's job timestamp: YYYYMMDDHHMMSS. */
+export function timestamp(date: Date): string {
+  return date.toISOString().replace(/[-:T]/g, '').slice(0, 14);
+}
+
+/** An AbortSignal that fires when the client goes away before the response is sent. */
+export function clientGone(res: { on(event: 'close', fn: () => void): unknown; writableFinished: boolean }): AbortSignal {
+  const controller = new AbortController();
+  res.on('close', () => {
+    if (!res.writableFinished) controller.abort(new ServiceError('unavailable', 'client closed the connection'));
+  });
+  return controller.signal;
+}

@@ -1,0 +1,75 @@
+/**
+ * Request validation shared by the batch routers: zod bodies whose errors name the field, the mapping of
+ * foreign field names (A1111, OpenAI) onto GenerationParams with errors renamed back, base64 images,
+ * and the seed a request asked for (-1 = random, reported back).
+ */
+import { randomInt } from 'node:crypto';
+import type { z } from 'zod';
+import { ServiceError } from '../../models/errors.ts';
+import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import { decodeImage, type DecodedImage } from '../../pipelines/image.ts';
+
+/** Largest seed (seeds are 32-bit). */
+export const MAX_SEED = 2 ** 32 - 1;
+
+function fieldOf(issue: z.ZodIssue): string {
+  return issue.code === 'unrecognized_keys' ? issue.keys[0]! : issue.path.join('.') || '(body)';
+}
+
+/** Parses `body` with a strict zod schema; the first problem becomes a 400 naming its field. */
+export function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new ServiceError('bad_request', 'the request body must be a JSON object (Content-Type: application/json)');
+  }
+  const result = schema.safeParse(body);
+  if (result.success) return result.data as z.output<S>;
+  const issue = result.error.issues[0]!;
+  const field = fieldOf(issue);
+  const message = issue.code === 'unrecognized_keys' ? `unknown field(s): ${issue.keys.join(', ')}` : `${field}: ${issue.message}`;
+  throw new ServiceError('bad_request', message, { field });
+}
+
+/** A copy without null-valued keys: clients of A1111 send null for "not set". */
+export function dropNulls(body: unknown): unknown {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return body;
+  return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== null));
+}
+
+/**
+ * parseParams for a request whose fields have other names: an error about a params field is reported
+ * under the request's name for it (`renames`: params field -> request field).
+ */
+export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}): GenerationParams {
+  try {
+    return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
+  } catch (error) {
+    if (!(error instanceof ServiceError) || !error.field || !renames[error.field]) throw error;
+    const field = renames[error.field]!;
+    throw new ServiceError(error.code, error.message.replace(new RegExp(`^${error.field}\\b`), field), { cause: error, field });
+  }
+}
+
+/** -1 (or nothing) draws a random 32-bit seed; anything else is used as it is. */
+export function resolveSeed(seed: number | undefined): number {
+  return seed === undefined || seed < 0 ? randomInt(0, MAX_SEED) : seed;
+}
+
+const DATA_URL = /^data:[\w/+.-]+;base64,/;
+const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
+
+/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height. */
+export async function decodeBase64Image(text: string, width: number, height: number, field: string): Promise<DecodedImage> {
+  const payload = text.replace(DATA_URL, '').replace(/\s+/g, '');
+  if (payload.length === 0 || !BASE64.test(payload)) throw new ServiceError('bad_image', `${field}: not a base64 image`, { field });
+  return decodeBytes(Buffer.from(payload, 'base64'), width, height, field);
+}
+
+/** decodeImage with the field named in its errors. */
+export async function decodeBytes(bytes: Uint8Array, width: number, height: number, field: string): Promise<DecodedImage> {
+  try {
+    return await decodeImage(bytes, width, height);
+  } catch (error) {
+    if (!(error instanceof ServiceError)) throw error;
+    throw new ServiceError(error.code, `${field}: ${error.message}`, { cause: error, field });
+  }
+}
