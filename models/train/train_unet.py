@@ -1,0 +1,231 @@
+"""Train the text encoder + UNet jointly (epsilon prediction, SD scaled_linear schedule) on cached VAE latents.
+
+python3 train_unet.py [--n-scenes 30000] [--max-minutes 55] [--steps 8000]
+ 1. renders --n-scenes training scenes (seeds 0..N-1), encodes them once with the trained VAE
+    (posterior mean) and caches latents + token ids in models/train/cache/
+ 2. scaling_factor = 1/std(latents)
+ 3. trains; logs to logs/unet.log, checkpoints (EMA weights) to checkpoints/unet.pt every 500 steps,
+    sample grids to logs/samples_stepN.png
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import scenes  # noqa: E402
+from clip_tokenizer import ClipTokenizer  # noqa: E402
+from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, count_params, lcm_timesteps  # noqa: E402
+
+torch.set_num_threads(2)
+PACK = os.path.normpath(os.path.join(HERE, "..", "packs", "tiny-shapes"))
+CACHE = os.path.join(HERE, "cache")
+CKPT = os.path.join(HERE, "checkpoints")
+LOGS = os.path.join(HERE, "logs")
+
+
+def load_vae():
+    vae = VAE(**MAIN_CONFIG["vae"])
+    vae.load_state_dict(torch.load(os.path.join(CKPT, "vae.pt"), map_location="cpu")["model"])
+    vae.eval()
+    return vae
+
+
+def build_cache(n, tok, P):
+    path = os.path.join(CACHE, f"latents_{n}.npz")
+    vae_mtime = os.path.getmtime(os.path.join(CKPT, "vae.pt"))
+    if os.path.exists(path) and os.path.getmtime(path) > vae_mtime:
+        d = np.load(path)
+        return torch.from_numpy(d["latents"]), torch.from_numpy(d["ids"])
+    os.makedirs(CACHE, exist_ok=True)
+    vae = load_vae()
+    lat = np.zeros((n, 4, 16, 16), np.float32)
+    ids = np.zeros((n, 77), np.int32)
+    t0 = time.time()
+    bs = 64
+    with torch.no_grad():
+        for i in range(0, n, bs):
+            imgs, caps = [], []
+            for s in range(i, min(n, i + bs)):
+                img, cap, _, _ = scenes.scene(s)
+                imgs.append(img)
+                caps.append(cap)
+            x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            lat[i:i + len(imgs)] = vae.encoder(x)[:, :4].numpy()
+            for k, c in enumerate(caps):
+                ids[i + k] = tok(c)
+            if (i // bs) % 50 == 0:
+                P(f"cache {i}/{n} {time.time() - t0:.0f}s")
+    np.savez(path, latents=lat, ids=ids)
+    P(f"cache built n={n} in {time.time() - t0:.0f}s")
+    return torch.from_numpy(lat), torch.from_numpy(ids)
+
+
+@torch.no_grad()
+def lcm_sample(unet, te, ids, steps, sf, vae=None, guidance=1.0, uncond_ids=None, seed=0, shape=(16, 16)):
+    """LCM multistep sampling with the exported semantics (epsilon model, scaled_linear betas)."""
+    abar = alphas_cumprod()
+    g = torch.Generator().manual_seed(seed)
+    b = ids.shape[0]
+    ehs = te(ids)[0]
+    if guidance != 1.0:
+        ehs_u = te(uncond_ids.expand(b, -1))[0]
+    x = torch.randn(b, 4, *shape, generator=g)
+    ts = lcm_timesteps(steps)
+    for i, t in enumerate(ts):
+        tt = torch.full((b,), float(t))
+        eps = unet(x, tt, ehs)
+        if guidance != 1.0:
+            eu = unet(x, tt, ehs_u)
+            eps = eu + guidance * (eps - eu)
+        a = abar[t]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        c_skip = 0.25 / ((10 * t) ** 2 + 0.25)
+        c_out = 10 * t / math.sqrt((10 * t) ** 2 + 0.25)
+        den = c_out * x0 + c_skip * x
+        if i < len(ts) - 1:
+            an = abar[ts[i + 1]]
+            x = an.sqrt() * den + (1 - an).sqrt() * torch.randn(x.shape, generator=g)
+        else:
+            x = den
+    if vae is None:
+        return x
+    img = vae.decoder(x / sf).clamp(-1, 1)
+    return ((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def save_samples(path, unet, te, vae, tok, sf, captions, steps_list=(1, 2, 4)):
+    ids = torch.tensor([tok(c) for c in captions], dtype=torch.long)
+    rows = []
+    for st in steps_list:
+        rows += list(lcm_sample(unet, te, ids, st, sf, vae, seed=1))
+    scenes.write_png(path, scenes.grid(rows, len(captions)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-scenes", type=int, default=30000)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-minutes", type=float, default=55.0)
+    ap.add_argument("--p-uncond", type=float, default=0.1)
+    ap.add_argument("--p-grid", type=float, default=0.6)
+    ap.add_argument("--seed", type=int, default=2)
+    args = ap.parse_args()
+    os.makedirs(CKPT, exist_ok=True)
+    os.makedirs(LOGS, exist_ok=True)
+    log = open(os.path.join(LOGS, "unet.log"), "a")
+
+    def P(*a):
+        s = " ".join(str(x) for x in a)
+        print(s, flush=True)
+        log.write(s + "\n")
+        log.flush()
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    tok = ClipTokenizer(os.path.join(PACK, "tokenizer"))
+    t_cache = time.time()
+    lat, ids = build_cache(args.n_scenes, tok, P)
+    cache_s = time.time() - t_cache
+    sf = float(1.0 / lat.std())
+    P(f"latents {tuple(lat.shape)} mean {float(lat.mean()):.4f} std {float(lat.std()):.4f} scaling_factor {sf:.6f}")
+    lat = lat * sf
+    ids = ids.long()
+    uncond = torch.tensor(tok(""), dtype=torch.long)
+    vocab = len(tok.encoder)
+    te = TextEncoder(vocab, **MAIN_CONFIG["text"])
+    unet = UNet(**MAIN_CONFIG["unet"])
+    P(f"params text_encoder {count_params(te)} unet {count_params(unet)} args {vars(args)}")
+    params = list(te.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema_te = TextEncoder(vocab, **MAIN_CONFIG["text"])
+    ema_unet = UNet(**MAIN_CONFIG["unet"])
+    ema_te.load_state_dict(te.state_dict())
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_params = list(ema_te.parameters()) + list(ema_unet.parameters())
+    for p in ema_params:
+        p.requires_grad_(False)
+    abar = alphas_cumprod()
+    grid = torch.tensor([999 - 20 * i for i in range(50)])
+    vae = load_vae()
+    held = json.load(open(os.path.join(PACK, "heldout.json")))
+    sample_caps = [h["caption"] for h in held[:8]]
+    n = lat.shape[0]
+    t0 = time.time()
+    max_s = args.max_minutes * 60
+    le = lx = None
+    step = 0
+    info = {}
+
+    def checkpoint(tag=""):
+        torch.save({"unet": ema_unet.state_dict(), "text_encoder": ema_te.state_dict(), "scaling_factor": sf,
+                    "step": step, "info": info}, os.path.join(CKPT, "unet.pt"))
+
+    for step in range(1, args.steps + 1):
+        el = time.time() - t0
+        prog = max(step / args.steps, el / max_s)
+        if prog >= 1.0:
+            P(f"stopping at step {step} (time budget)")
+            break
+        lr = args.lr * min(1.0, step / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        for gp in opt.param_groups:
+            gp["lr"] = lr
+        idx = torch.from_numpy(rng.integers(0, n, args.batch))
+        x0 = lat[idx]
+        bid = ids[idx].clone()
+        drop = torch.from_numpy(rng.random(args.batch) < args.p_uncond)
+        bid[drop] = uncond
+        tg = grid[torch.from_numpy(rng.integers(0, 50, args.batch))]
+        tu = torch.from_numpy(rng.integers(0, 1000, args.batch))
+        t = torch.where(torch.from_numpy(rng.random(args.batch) < args.p_grid), tg, tu)
+        noise = torch.randn_like(x0)
+        a = abar[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        ehs = te(bid)[0]
+        eps = unet(xt, t.float(), ehs)
+        mse_e = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        mse_x = mse_e * (1 - a.flatten()) / a.flatten()  # = |x0_pred - x0|^2
+        loss = (mse_e + mse_x).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema_params, params):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        le = float(mse_e.mean()) if le is None else 0.98 * le + 0.02 * float(mse_e.mean())
+        hi = t >= 900
+        if hi.any():
+            v = float(mse_x[hi].mean())
+            lx = v if lx is None else 0.95 * lx + 0.05 * v
+        if step % 50 == 0:
+            el = time.time() - t0
+            P(f"step {step} loss {float(loss):.4f} eps_mse_ema {le:.4f} x0_mse(t>=900)_ema {lx:.4f} lr {lr:.2e} "
+              f"elapsed {el:.0f}s eta {el / prog * (1 - prog):.0f}s")
+        if step % 500 == 0:
+            info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
+                              "cache_seconds": round(cache_s)}}
+            checkpoint()
+        if step % 2000 == 0:
+            ema_unet.eval(); ema_te.eval()
+            save_samples(os.path.join(LOGS, f"samples_step{step}.png"), ema_unet, ema_te, vae, tok, sf, sample_caps)
+    info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
+                      "cache_seconds": round(cache_s)}}
+    checkpoint()
+    P(f"done step {step} time {time.time() - t0:.0f}s")
+    ema_unet.eval(); ema_te.eval()
+    save_samples(os.path.join(LOGS, "samples_final.png"), ema_unet, ema_te, vae, tok, sf, sample_caps)
+
+
+if __name__ == "__main__":
+    main()
