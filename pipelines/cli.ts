@@ -13,7 +13,7 @@ import cliProgress from 'cli-progress';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider } from '../models/runtime.ts';
-import { renderVideo } from '../server/batch/video.ts';
+import { renderVideo } from './video.ts';
 import { Engine } from './engine.ts';
 import { img2img, txt2img, type GeneratedImage } from './generate.ts';
 import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from './image.ts';

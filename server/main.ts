@@ -3,12 +3,13 @@ import { ServiceError } from '../models/errors.ts';
 import { startServer, type ExtensionFactory } from './app.ts';
 import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
+import { createBatchApi } from './batch/index.ts';
 
 const log = createLogger({ service: 'streamdiffusion-node' });
 
 async function main(): Promise<void> {
   const config = loadConfig();
-  const extensions: ExtensionFactory[] = [];
+  const extensions: ExtensionFactory[] = [(ctx) => createBatchApi(ctx)];
   const server = await startServer(config, { log, extensions });
   log.info('listening', { url: server.url, model: server.ctx.engine.pack.name, provider: config.provider });
   console.log(`\n  streamdiffusion-node on ${server.url}  (model: ${server.ctx.engine.pack.name})\n  UI: ${server.url}/   stream: ws${server.url.slice(4)}/v1/stream\n`);

@@ -15,7 +15,7 @@ import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { txt2img } from '../../pipelines/generate.ts';
 import { parseParams } from '../../pipelines/params.ts';
-import { renderVideo } from '../../server/batch/video.ts';
+import { renderVideo } from '../../pipelines/video.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 import { makeTestVideo, postJson, startServer, waitForJob } from '../server/batch/helpers.ts';
 

@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { encodeImage } from '../../../pipelines/image.ts';
 import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { AppContext } from '../../context.ts';
-import type { FfmpegPaths } from '../../ffmpeg.ts';
+import type { FfmpegPaths } from '../../../pipelines/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
-import { renderVideo } from '../video.ts';
+import { renderVideo } from '../../../pipelines/video.ts';
 import type { Executor } from './manager.ts';
 import type { ImagesJobRequest, VideoJobRequest } from './schema.ts';
 

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { ServiceError } from '../../../models/errors.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { parseParams } from '../../../pipelines/params.ts';
-import { decodeFrames, parseFfmpegInfo, parseRate, probeVideo, resolveFfmpeg } from '../../../server/ffmpeg.ts';
-import { renderVideo } from '../../../server/batch/video.ts';
+import { decodeFrames, parseFfmpegInfo, parseRate, probeVideo, resolveFfmpeg } from '../../../pipelines/ffmpeg.ts';
+import { renderVideo } from '../../../pipelines/video.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
 import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from './helpers.ts';
 
