@@ -55,6 +55,8 @@ export class StreamSession extends EventEmitter {
   private outputCounter = 0;
   private lastJpeg: Buffer | undefined;
   private readonly arrivals = new Map<number, number>();
+  /** Output encoding runs beside the next frame's pipeline work; this chain keeps outputs in order. */
+  private outputs: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly ctx: AppContext,
@@ -165,7 +167,7 @@ export class StreamSession extends EventEmitter {
         this.stats.skipped++;
         this.ctx.metrics.ssfSkips.inc();
       }
-      await this.emitOutput(result, sourceId, sourceArrival, started);
+      this.queueOutput(result, sourceId, sourceArrival, started);
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), input.id);
     }
@@ -176,7 +178,8 @@ export class StreamSession extends EventEmitter {
     try {
       const [result] = await this.pipeline.generate();
       if (this.closed || !result) return;
-      await this.emitOutput(result, null, started, started);
+      this.queueOutput(result, null, started, started);
+      await this.outputs; // txt2img paces itself on credits: wait until this output is delivered or held
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), null);
       this.closed = true; // a txt2img stream that cannot generate would spin: stop it
@@ -184,6 +187,12 @@ export class StreamSession extends EventEmitter {
   }
 
   private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
+
+  private queueOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): void {
+    this.outputs = this.outputs
+      .then(() => this.emitOutput(result, inputId, arrivedAt, started))
+      .catch((error: unknown) => this.fail(toServiceError(error), inputId));
+  }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
     const { image, width, height, skipped, variant } = result;
