@@ -28,6 +28,7 @@ const SECTIONS: [string, string, string][] = [
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
+  ['soak', 'soak.ts', 'benchSoak'],
 ];
 
 const engine = await Engine.load(values.model);
