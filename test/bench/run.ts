@@ -50,7 +50,14 @@ for (const [name, file, fn] of SECTIONS) {
   const t0 = performance.now();
   try {
     const mod = (await import(pathToFileURL(path).href)) as Record<string, (o: object) => Promise<unknown>>;
-    report[name] = await mod[fn]!({ engine, rounds, quick: values.quick, log });
+    const logged = lines.length;
+    const result = await mod[fn]!({ engine, pack: values.model, rounds, repeats: values.quick ? 2 : 5, quick: values.quick, log });
+    report[name] = result;
+    // Sections that only return figures get them printed as a table.
+    if (lines.length === logged && result && typeof result === 'object') {
+      log('| figure | value |\n| --- | --- |');
+      for (const [k, v] of Object.entries(result as Record<string, unknown>)) log(`| ${k} | ${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(3) : String(v)} |`);
+    }
   } catch (error) {
     log(`\nFAILED: ${(error as Error).stack ?? String(error)}`);
     report[name] = { error: String(error) };
