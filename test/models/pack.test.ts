@@ -20,6 +20,8 @@ const expectedContracts: Record<string, (e: Engine) => void> = {
   fp16: (e) => assert.equal(e.pack.unet.model.input('sample')!.dtype, 'float16'),
   'latent-parameters': (e) => assert.equal(e.pack.vaeEncoder!.outputsParameters, true),
   'int64-ids': (e) => assert.equal(e.pack.textEncoder.idsType, 'int64'),
+  // the UNet's weights sit in unet/model.onnx_data beside the graph (large exports do this)
+  'external-data': (e) => assert.equal(e.pack.unet.timestep.perRow, true),
 };
 
 for (const variant of CONTRACT_VARIANTS) {
@@ -66,4 +68,11 @@ test('an execution provider this build lacks is named in the error', async () =>
 test('a size the UNet cannot take is rejected with the field named', async () => {
   const engine = await Engine.load(BASE_PACK);
   assert.throws(() => engine.size({ width: 120, height: 128 }), (e: ServiceError) => e.field === 'width' && e.message.includes(`multiple of ${engine.pack.sizeMultiple}`));
+});
+
+test('a UNet with external weight data gives the same image as the same weights inline', async () => {
+  const params = parseParams({ prompt: 'a blue circle', steps: 2, seed: 4 });
+  const [inline] = await txt2img(await Engine.load(BASE_PACK), params, 1);
+  const [external] = await txt2img(await Engine.load(join(CONTRACTS, 'external-data')), params, 1);
+  assert.deepEqual(external!.data, inline!.data);
 });
