@@ -34,7 +34,8 @@ const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options]
   --similarity X      video: similarity filter threshold (default 0.98; 1 renders every frame)
   --count N           number of images
   --model DIR         model pack folder (default: the embedded tiny-shapes pack)
-  --provider NAME     cpu | cuda | tensorrt | dml | coreml`;
+  --provider NAME     cpu | cuda | tensorrt | dml | coreml
+  --tiny-vae          use the pack's tiny VAE (taesd_encoder/taesd_decoder) when it has one`;
 
 function number(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;
@@ -146,6 +147,7 @@ async function main(): Promise<void> {
       count: { type: 'string' },
       model: { type: 'string' },
       provider: { type: 'string' },
+      'tiny-vae': { type: 'boolean' },
       help: { type: 'boolean' },
     },
   });
@@ -175,7 +177,7 @@ async function main(): Promise<void> {
   const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, {
     provider: parseProvider(values.provider ?? 'cpu'),
     threads: 0,
-    tinyVae: false,
+    tinyVae: values['tiny-vae'] ?? false,
   });
   if (values['input-dir']) await renderDirectory(engine, params, values['input-dir'], values.out, format);
   else if (values.video) await renderVideoFile(engine, params, values.video, values.out);

@@ -46,7 +46,7 @@ export async function startServer(
 ): Promise<RunningServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
   const log = options.log ?? createLogger({ service: 'streamdiffusion-node' });
-  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, tinyVae: false }));
+  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, tinyVae: config.tinyVae }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);

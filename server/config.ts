@@ -16,6 +16,8 @@ export interface ServerConfig {
   readonly provider: Provider;
   /** Intra-op threads per ONNX session; 0 = onnxruntime's default. */
   readonly threads: number;
+  /** Use the pack's tiny VAE (TAESD) instead of the full one when it has one: faster, slightly softer. */
+  readonly tinyVae: boolean;
   /** Required on HTTP (Bearer) and on WebSocket/MJPEG URLs (?token=) when set; mandatory off loopback. */
   readonly apiKey: string | undefined;
   /** Origins allowed by CORS; empty = same-origin only. */
@@ -43,6 +45,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   modelDir: EMBEDDED_PACK_DIR,
   provider: 'cpu',
   threads: 0,
+  tinyVae: false,
   apiKey: undefined,
   corsOrigins: [],
   dataDir: resolve('data'),
@@ -77,6 +80,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       model: { type: 'string' },
       provider: { type: 'string' },
       threads: { type: 'string' },
+      'tiny-vae': { type: 'boolean' },
       'api-key': { type: 'string' },
       cors: { type: 'string' },
       'data-dir': { type: 'string' },
@@ -100,6 +104,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     modelDir: resolve(pick(values.model, 'MODEL_DIR') ?? d.modelDir),
     provider: parseProvider(pick(values.provider, 'PROVIDER') ?? d.provider),
     threads: threads === undefined ? d.threads : int(threads, 'threads', 0, 256),
+    tinyVae: values['tiny-vae'] ?? env['TINY_VAE'] === '1',
     apiKey: pick(values['api-key'], 'API_KEY') || undefined,
     corsOrigins: cors ? cors.split(',').map((s) => s.trim()).filter(Boolean) : d.corsOrigins,
     dataDir: resolve(pick(values['data-dir'], 'DATA_DIR') ?? d.dataDir),
