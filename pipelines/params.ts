@@ -70,15 +70,23 @@ export function parseParams(input: unknown): GenerationParams {
   return result.data;
 }
 
+/** Optional fields a live update may clear by sending null. */
+const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert']);
+
 /** A live update: only the given fields, each validated; returns the merged parameters. */
 export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {
   if (typeof update !== 'object' || update === null || Array.isArray(update)) {
     throw new ServiceError('bad_request', 'parameters must be a JSON object');
   }
-  const partial = paramsSchema.partial().safeParse(update);
+  const present = Object.fromEntries(Object.entries(update).filter(([k, v]) => !(v === null && CLEARABLE.has(k))));
+  const partial = paramsSchema.partial().safeParse(present);
   if (!partial.success) throw toServiceError(partial.error);
   const merged: Record<string, unknown> = { ...current };
-  for (const [key, value] of Object.entries(update)) merged[key] = value;
+  for (const [key, value] of Object.entries(update)) {
+    // null clears an optional field (back to the router, the pack's size, steps/strength ...)
+    if (value === null && CLEARABLE.has(key)) delete merged[key];
+    else merged[key] = value;
+  }
   // A new steps or strength asks for a new schedule: an older raw t_index_list must not override it.
   if (('steps' in update || 'strength' in update) && !('t_index_list' in update)) delete merged['t_index_list'];
   return parseParams(merged);

@@ -18,7 +18,7 @@ export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
 
   router.get('/v1/streams', (_req, res) => {
     res.json({
-      streams: registry.all().map((s) => ({ id: s.id, mode: s.start.mode, width: s.size.width, height: s.size.height, stats: s.stats })),
+      streams: registry.all().map((s) => ({ id: s.id, mode: s.start.mode, width: s.size.width, height: s.size.height, params: s.params, stats: s.stats })),
     });
   });
 

@@ -34,6 +34,16 @@ export interface StreamStats {
   errors: number;
 }
 
+/**
+ * A live stream runs one frame per UNet call: grouping frames (frame_buffer_size > 1) would hold each frame
+ * back until its group is full, against latest-frame-wins. Grouping is for in-process and batch use.
+ */
+function checkLive(frameBufferSize: unknown): void {
+  if (frameBufferSize !== undefined && frameBufferSize !== 1) {
+    throw new ServiceError('bad_request', 'frame_buffer_size: live streams process one frame per call (1)', { field: 'frame_buffer_size' });
+  }
+}
+
 /** Bytes a socket may hold unsent before outputs wait (about a second of 720p JPEG). */
 const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 
@@ -70,6 +80,7 @@ export class StreamSession extends EventEmitter {
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
+    checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
@@ -120,6 +131,7 @@ export class StreamSession extends EventEmitter {
 
   /** A live parameter change; invalid updates throw and change nothing. */
   async update(params: Record<string, unknown>): Promise<GenerationParams> {
+    if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
     return this.pipeline.update(params);
   }
 

@@ -217,6 +217,13 @@ test('WS 22: an upgrade on an unknown path is refused with 404', async () => {
   assert.equal(status, 404);
 });
 
+test('WS 23: frame_buffer_size > 1 on a live stream -> bad_request naming the field', async () => {
+  const e = await messageError({ params: {} }, { type: 'update', params: { frame_buffer_size: 2 } });
+  assert.equal(e['field'], 'frame_buffer_size');
+  const r = await rawSession(JSON.stringify({ type: 'start', params: { frame_buffer_size: 3 } }));
+  assert.equal(r.error?.['field'], 'frame_buffer_size');
+});
+
 // --- HTTP -----------------------------------------------------------------------------------------
 
 async function json(path: string, init?: RequestInit): Promise<{ status: number; body: { error?: { code: string; message: string; field?: string } } }> {

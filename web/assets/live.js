@@ -1,0 +1,385 @@
+// @ts-check
+/**
+ * The live page: a webcam or screen in, the stylised stream out, every generation parameter live.
+ * 1. capture frames from the <video> at the stream's size and send them as JPEG, at most two outstanding
+ *    (one in the model, one waiting) so the server's latest-frame-wins slot is fed without a queue;
+ * 2. draw each output, then ack it (the server's credit window keeps a slow page from falling behind);
+ * 3. send each control change as an `update` with only the changed parameters;
+ * 4. show errors, stats, the MJPEG URL, and reconnect (LiveStream) with the last confirmed parameters.
+ */
+import { apiJson, byId, describeError, downloadBlob, keepTokenOnLinks, serverUrl } from './api.js';
+import { Capture, describeCaptureError } from './capture.js';
+import { ErrorList } from './errors.js';
+import { Meter } from './meter.js';
+import { bindRangeOutputs, control, diffParams, fillForm, readParams } from './params.js';
+import { LiveStream } from './stream.js';
+
+/** Inputs in flight at most: one being denoised and one waiting in the server's slot. */
+const MAX_OUTSTANDING = 2;
+/** Capture at most this often (30 fps). */
+const MIN_SEND_INTERVAL_MS = 1000 / 30;
+/** With no output for this long, send anyway (a frame may have been dropped): the stream never stalls. */
+const STALL_MS = 1000;
+/** Quiet time before typed text is sent (a prompt is sent once per pause, not per key). */
+const TEXT_DEBOUNCE_MS = 250;
+/** At most one update this often while a slider moves (the output follows the drag). */
+const UPDATE_INTERVAL_MS = 150;
+const STATS_POLL_MS = 2000;
+
+const form = byId('controls', HTMLFormElement);
+const video = byId('input', HTMLVideoElement);
+const output = byId('output', HTMLCanvasElement);
+const statusEl = byId('status', HTMLElement);
+const startBtn = byId('start', HTMLButtonElement);
+const stopBtn = byId('stop', HTMLButtonElement);
+const snapshotBtn = byId('snapshot', HTMLButtonElement);
+const mjpegInput = byId('mjpeg_url', HTMLInputElement);
+const copyBtn = byId('copy_mjpeg', HTMLButtonElement);
+const sourceSel = byId('source', HTMLSelectElement);
+const cameraSel = byId('camera', HTMLSelectElement);
+const presetSel = byId('size_preset', HTMLSelectElement);
+const errors = new ErrorList(byId('errors', HTMLElement), form);
+const meter = new Meter(
+  {
+    fps: byId('stat_fps', HTMLElement),
+    latency: byId('stat_latency', HTMLElement),
+    server: byId('stat_server', HTMLElement),
+    outputs: byId('stat_outputs', HTMLElement),
+    skipped: byId('stat_skipped', HTMLElement),
+    dropped: byId('stat_dropped', HTMLElement),
+  },
+  byId('chart', HTMLCanvasElement),
+);
+const capture = new Capture(video);
+
+/** Parameters the server has (confirmed or in flight): updates send the difference from these. */
+/** @type {Record<string, unknown>} */
+let known = {};
+/** Values the server rejected, by field: not resent until the control changes again. */
+/** @type {Map<string, string>} */
+const rejected = new Map();
+const frameSize = { width: 128, height: 128 };
+const pump = { outstanding: 0, lastSendAt: 0, lastOutputAt: 0, busy: false, /** @type {Map<number, number>} */ sentAt: new Map() };
+/** @type {{ blob: Blob, id: number } | undefined} */
+let lastOutput;
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let sendTimer;
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let statsTimer;
+/** @type {ReturnType<typeof setTimeout> | undefined} */
+let updateTimer;
+let lastUpdateAt = 0;
+
+/** The adapters whose weight is not 0, when the server lists adapters (their section is shown). */
+function adapterParams() {
+  if (byId('adapters_section', HTMLElement).hidden) return {};
+  const sliders = /** @type {HTMLInputElement[]} */ ([...form.querySelectorAll('input[data-adapter]')]);
+  return { adapters: sliders.filter((el) => Number(el.value) !== 0).map((el) => ({ name: el.dataset['adapter'], weight: Number(el.value) })) };
+}
+
+/**
+ * What the server runs: its confirmed parameters, with the size it picked when none was asked for (so the
+ * size fields, filled in from it, do not count as a change).
+ * @param {Record<string, unknown>} params
+ */
+function confirmed(params) {
+  return { width: stream.started?.width, height: stream.started?.height, ...params };
+}
+
+/** @returns {Record<string, unknown>} every parameter as the controls set it */
+function desiredParams() {
+  return { ...readParams(form), ...adapterParams() };
+}
+
+const stream = new LiveStream({
+  onStarted(started, resumed) {
+    frameSize.width = started.width;
+    frameSize.height = started.height;
+    known = confirmed(started.params);
+    pump.outstanding = 0;
+    pump.sentAt.clear();
+    if (!resumed) {
+      errors.clear();
+      const w = control(form, 'width');
+      const h = control(form, 'height');
+      if (w && !w.value) w.value = String(started.width);
+      if (h && !h.value) h.value = String(started.height);
+      syncPreset();
+    }
+    mjpegInput.value = serverUrl(started.mjpeg_url);
+    copyBtn.disabled = false;
+    sendChanges(); // anything changed while (re)connecting
+  },
+  onFrame(meta, blob) {
+    void showOutput(meta, blob);
+  },
+  onUpdated(params) {
+    known = confirmed(params);
+    errors.clearFields([...rejected.keys()]);
+  },
+  onError(error) {
+    errors.show(error.message, error);
+    const field = error.field?.split('.')[0];
+    if (field) {
+      rejected.set(field, JSON.stringify(desiredParams()[field]));
+      known = confirmed(stream.params);
+    }
+    if (typeof error.input_id === 'number') pump.outstanding = Math.max(0, pump.outstanding - 1);
+  },
+  onState(state, detail) {
+    statusEl.dataset['state'] = state;
+    statusEl.textContent = detail;
+    if (state === 'stopped') stopAll(false);
+  },
+});
+
+/**
+ * @param {import('./stream.js').FrameMeta} meta
+ * @param {Blob} blob
+ */
+async function showOutput(meta, blob) {
+  const now = performance.now();
+  pump.outstanding = Math.max(0, pump.outstanding - 1);
+  pump.lastOutputAt = now;
+  const sentAt = meta.input_id === null ? undefined : pump.sentAt.get(meta.input_id);
+  for (const id of pump.sentAt.keys()) if (meta.input_id !== null && id < meta.input_id) pump.sentAt.delete(id);
+  try {
+    const bitmap = await createImageBitmap(blob);
+    if (output.width !== bitmap.width) output.width = bitmap.width;
+    if (output.height !== bitmap.height) output.height = bitmap.height;
+    output.getContext('2d')?.drawImage(bitmap, 0, 0);
+    bitmap.close();
+  } catch (e) {
+    errors.show(`an output frame could not be shown: ${describeError(e)}`);
+  }
+  stream.ack();
+  frameSize.width = meta.width;
+  frameSize.height = meta.height;
+  lastOutput = { blob, id: meta.output_id };
+  snapshotBtn.disabled = false;
+  output.dataset['outputId'] = String(meta.output_id);
+  const adapters = (meta.adapters ?? []).map((a) => `${a.name} ${a.weight}`).join(', ');
+  byId('output_label', HTMLElement).textContent = [`${meta.width} × ${meta.height}`, `#${meta.output_id}`, meta.expert && `expert ${meta.expert}`, adapters, meta.skipped && 'repeated']
+    .filter(Boolean)
+    .join(' · ');
+  meter.output(sentAt === undefined ? NaN : performance.now() - sentAt, meta.latency_ms, meta.skipped);
+  void sendFrame();
+}
+
+/** Step 1: one frame from the video to the server, if the window allows. */
+async function sendFrame() {
+  if (!stream.ready || !capture.active || pump.busy) return;
+  const now = performance.now();
+  const stalled = now - Math.max(pump.lastOutputAt, pump.lastSendAt) > STALL_MS;
+  if (pump.outstanding >= MAX_OUTSTANDING && !stalled) return;
+  if (now - pump.lastSendAt < MIN_SEND_INTERVAL_MS) return;
+  pump.busy = true;
+  try {
+    const jpeg = await capture.grab(frameSize.width, frameSize.height);
+    if (!jpeg) return;
+    // as an ArrayBuffer: unlike a Blob, its bytes show in the browser's (and the tests') WebSocket inspector
+    const id = stream.sendFrame(await jpeg.arrayBuffer());
+    if (!id) return;
+    pump.outstanding = stalled ? 1 : pump.outstanding + 1;
+    pump.lastSendAt = performance.now();
+    pump.sentAt.set(id, pump.lastSendAt);
+  } finally {
+    pump.busy = false;
+  }
+}
+
+/** Step 3: the parameters that changed since the server last heard, as one update. */
+function sendChanges() {
+  clearTimeout(updateTimer);
+  if (!stream.ready) return;
+  const changes = diffParams(desiredParams(), known);
+  for (const [field, value] of rejected) {
+    if (JSON.stringify(changes[field]) === value) delete changes[field];
+    else rejected.delete(field);
+  }
+  errors.clearFields([...rejected.keys()]);
+  if (Object.keys(changes).length === 0) return;
+  stream.update(changes);
+  lastUpdateAt = performance.now();
+  known = { ...known, ...changes };
+}
+
+/** @param {EventTarget | null} target */
+function scheduleUpdate(target) {
+  clearTimeout(updateTimer);
+  const typing = target instanceof HTMLTextAreaElement || (target instanceof HTMLInputElement && target.type === 'text');
+  const wait = typing ? TEXT_DEBOUNCE_MS : Math.max(0, lastUpdateAt + UPDATE_INTERVAL_MS - performance.now());
+  updateTimer = setTimeout(sendChanges, wait);
+}
+
+async function pollStats() {
+  const id = stream.started?.stream_id;
+  if (!id) return;
+  try {
+    const { streams } = await apiJson('/v1/streams');
+    const mine = Array.isArray(streams) ? streams.find((s) => s.id === id) : undefined;
+    if (mine?.stats) meter.serverDropped((mine.stats.droppedInput ?? 0) + (mine.stats.droppedOutput ?? 0));
+  } catch {
+    // stats are a nicety: a failed poll changes nothing
+  }
+}
+
+async function startCapture() {
+  const source = sourceSel.value === 'screen' ? 'screen' : 'camera';
+  await capture.start(source, source === 'camera' ? cameraSel.value || undefined : undefined);
+  const label = capture.media?.getVideoTracks()[0]?.label ?? '';
+  byId('input_label', HTMLElement).textContent = `${source === 'screen' ? 'screen' : 'webcam'}${label ? ` · ${label}` : ''}`;
+  if (source === 'camera') await listCameras();
+}
+
+async function start() {
+  startBtn.disabled = true;
+  try {
+    await startCapture();
+  } catch (e) {
+    errors.show(describeCaptureError(e));
+    startBtn.disabled = false;
+    return;
+  }
+  stopBtn.disabled = false;
+  showPlaceholders(false);
+  meter.start();
+  rejected.clear();
+  stream.start(desiredParams());
+  sendTimer = setInterval(() => void sendFrame(), MIN_SEND_INTERVAL_MS);
+  statsTimer = setInterval(() => void pollStats(), STATS_POLL_MS);
+}
+
+/** @param {boolean} tellServer */
+function stopAll(tellServer) {
+  if (tellServer) stream.stop();
+  clearInterval(sendTimer);
+  clearInterval(statsTimer);
+  capture.stop();
+  meter.stop();
+  startBtn.disabled = false;
+  stopBtn.disabled = true;
+  copyBtn.disabled = true;
+  mjpegInput.value = '';
+  showPlaceholders(true);
+  output.getContext('2d')?.clearRect(0, 0, output.width, output.height);
+}
+
+/** @param {boolean} on the hints in the empty input and output frames */
+function showPlaceholders(on) {
+  for (const el of document.querySelectorAll('[data-placeholder]')) if (el instanceof HTMLElement) el.hidden = !on;
+}
+
+async function listCameras() {
+  const chosen = cameraSel.value;
+  const cams = await Capture.cameras();
+  cameraSel.replaceChildren(new Option('Default camera', ''), ...cams.map((c, i) => new Option(c.label || `Camera ${i + 1}`, c.deviceId)));
+  cameraSel.value = chosen;
+}
+
+/** Adapters and experts, when the server has those endpoints (a 404 leaves their sections hidden). */
+async function loadOptionalSections() {
+  try {
+    const body = await apiJson('/v1/adapters');
+    const list = namesOf(body, 'adapters');
+    const box = byId('adapters', HTMLElement);
+    box.replaceChildren(
+      ...list.map((name, i) => {
+        const row = document.createElement('div');
+        row.className = 'row';
+        row.innerHTML = `<label for="adapter_${i}"></label><input type="range" id="adapter_${i}" min="-2" max="2" step="0.05" value="0"><output for="adapter_${i}">0</output>`;
+        /** @type {HTMLElement} */ (row.firstElementChild).textContent = name;
+        const input = /** @type {HTMLInputElement} */ (row.querySelector('input'));
+        input.dataset['adapter'] = name;
+        return row;
+      }),
+    );
+    byId('adapters_section', HTMLElement).hidden = list.length === 0;
+  } catch {
+    // no adapter endpoint on this server
+  }
+  try {
+    const list = namesOf(await apiJson('/v1/experts'), 'experts');
+    const sel = byId('expert', HTMLSelectElement);
+    sel.append(...list.map((name) => new Option(name, name)));
+    byId('expert_row', HTMLElement).hidden = list.length === 0;
+  } catch {
+    // no expert endpoint on this server
+  }
+}
+
+/**
+ * Names from a list answer: an array, or {key: [...]}/{data: [...]}, of strings or {name}/{id} objects.
+ * @param {any} body
+ * @param {string} key
+ * @returns {string[]}
+ */
+function namesOf(body, key) {
+  /** @type {unknown[]} */
+  const list = Array.isArray(body) ? body : Array.isArray(body?.[key]) ? body[key] : Array.isArray(body?.data) ? body.data : [];
+  return list.map((/** @type {any} */ x) => (typeof x === 'string' ? x : String(x?.name ?? x?.id ?? ''))).filter(Boolean);
+}
+
+function syncPreset() {
+  const value = `${control(form, 'width')?.value}x${control(form, 'height')?.value}`;
+  presetSel.value = [...presetSel.options].some((o) => o.value === value) ? value : '';
+}
+
+/** Shows the blending sub-forms and disables steps/strength while t_index_list overrides them. */
+function syncDependentControls() {
+  byId('prompt_blending', HTMLElement).hidden = !byId('blend_prompts', HTMLInputElement).checked;
+  byId('seed_blending', HTMLElement).hidden = !byId('blend_seeds', HTMLInputElement).checked;
+  byId('camera_row', HTMLElement).hidden = sourceSel.value !== 'camera';
+  const overridden = byId('t_index_list', HTMLInputElement).value.trim() !== '';
+  byId('steps', HTMLInputElement).disabled = overridden;
+  byId('strength', HTMLInputElement).disabled = overridden;
+  // a forced expert overrides the budget
+  byId('budget_auto', HTMLInputElement).disabled = byId('expert', HTMLSelectElement).value !== '';
+  byId('budget', HTMLInputElement).disabled = byId('budget_auto', HTMLInputElement).checked || byId('budget_auto', HTMLInputElement).disabled;
+}
+
+// wiring
+keepTokenOnLinks();
+bindRangeOutputs(form);
+form.addEventListener('submit', (e) => e.preventDefault());
+form.addEventListener('input', (event) => {
+  const target = event.target;
+  if (target === presetSel && presetSel.value) {
+    const [w, h] = presetSel.value.split('x');
+    fillForm(form, { width: Number(w), height: Number(h) });
+  } else if (target instanceof HTMLInputElement && (target.name === 'width' || target.name === 'height')) syncPreset();
+  if (target === sourceSel || target === cameraSel) {
+    syncDependentControls();
+    if (capture.media) startCapture().catch((e) => errors.show(describeCaptureError(e)));
+    return;
+  }
+  syncDependentControls();
+  scheduleUpdate(target);
+});
+// Enter in a text field or leaving it applies at once.
+form.addEventListener('change', () => sendChanges());
+byId('seed_random', HTMLButtonElement).addEventListener('click', () => {
+  fillForm(form, { seed: crypto.getRandomValues(new Uint32Array(1))[0] });
+  sendChanges();
+});
+startBtn.addEventListener('click', () => void start());
+stopBtn.addEventListener('click', () => stopAll(true));
+capture.onEnded = () => {
+  errors.show('the capture ended (the screen share or camera was stopped)');
+  stopAll(true);
+};
+snapshotBtn.addEventListener('click', () => {
+  if (lastOutput) downloadBlob(lastOutput.blob, `snapshot-${lastOutput.id}.jpg`);
+});
+copyBtn.addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText(mjpegInput.value);
+  } catch {
+    mjpegInput.select();
+    document.execCommand('copy');
+  }
+  copyBtn.textContent = 'Copied';
+  setTimeout(() => (copyBtn.textContent = 'Copy'), 1500);
+});
+syncDependentControls();
+void loadOptionalSections();
