@@ -26,7 +26,7 @@ async function score(bytes: Buffer, attrs: SceneAttributes) {
   return scoreImage(spec, { data, width: info.width, height: info.height }, attrs);
 }
 
-// The input: a neutral scene (a white square on grey-ish green) that neither prompt describes.
+// The input: a scene neither prompt describes (a small white triangle on green).
 const input = await drawScenePng(spec, { background: { kind: 'plain', color: 'green' }, objects: [{ shape: 'triangle', color: 'white', size: 'small', position: 'left' }] });
 const start = (prompt: string) => ({ params: { prompt, steps: 2, strength: 0.9, guidance: 'full', guidance_scale: 2, similarity_threshold: 1 } });
 
