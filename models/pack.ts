@@ -4,11 +4,11 @@
  *   vae_decoder/ (each <component>/model.onnx, weights may sit beside it as external data), and optionally
  *   taesd_encoder/ + taesd_decoder/ (a tiny VAE, scale factor 1) used instead of the full VAE when asked.
  */
-import { access, readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
+import { exists, readJsonObject } from './files.ts';
 import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
@@ -46,31 +46,8 @@ export interface ModelPack {
   readonly sizeMultiple: number;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (cause) {
-    throw new ServiceError('model_invalid', `model pack is missing ${what} (${path})`, { cause });
-  }
-  try {
-    const value: unknown = JSON.parse(text);
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
-    return value as Record<string, unknown>;
-  } catch (cause) {
-    throw new ServiceError('model_invalid', `${path} is not valid JSON: ${(cause as Error).message}`, { cause });
-  }
-}
-
-async function readOptionalJson(path: string): Promise<Record<string, unknown>> {
-  return (await exists(path)) ? readJson(path, path) : {};
+async function readOptionalJson(path: string, what: string): Promise<Record<string, unknown>> {
+  return (await exists(path)) ? readJsonObject(path, what) : {};
 }
 
 export async function loadSession(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
@@ -89,8 +66,8 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   const root = resolve(dir);
   if (!(await exists(root))) throw new ServiceError('model_invalid', `model folder ${root} does not exist`);
   // 1. the pack describes itself
-  const modelIndex = await readJson(join(root, 'model_index.json'), 'model_index.json');
-  const schedulerConfig = await readJson(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
+  const modelIndex = await readJsonObject(join(root, 'model_index.json'), 'model_index.json');
+  const schedulerConfig = await readJsonObject(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
   const tokenizer = await loadClipTokenizer(join(root, 'tokenizer'));
   // 2. sessions, opened together
   const useTiny = options.tinyVae && (await exists(join(root, 'taesd_decoder', 'model.onnx')));
@@ -104,8 +81,8 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     loadSession(root, decoderDir, options),
   ]);
   // 3. configs: the VAE's scaling factor (TAESD works on unscaled latents)
-  const decoderConfig = await readOptionalJson(join(root, decoderDir, 'config.json'));
-  const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'));
+  const decoderConfig = await readOptionalJson(join(root, decoderDir, 'config.json'), `${decoderDir}/config.json`);
+  const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'), 'unet/config.json');
   const factor = useTiny ? 1 : scalingFactor(decoderConfig, SD_SCALING_FACTOR);
   const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : 64;
   const vaeScale = 8;

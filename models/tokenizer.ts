@@ -3,10 +3,11 @@
  * (or tokenizer.json when present). Hand-written: the maintained JS tokenizers load only tokenizer.json,
  * which Stable Diffusion repositories do not ship.
  */
-import { readFile, access } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeHTML } from 'entities';
 import { ServiceError } from './errors.ts';
+import { exists, readJsonObject } from './files.ts';
 
 export interface TokenizerOptions {
   /** Sequence length the text encoder expects (77 for every SD model). */
@@ -121,21 +122,6 @@ export class ClipTokenizer {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function readJson(path: string): Promise<Record<string, unknown>> {
-  try {
-    return JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
-  } catch (cause) {
-    throw new ServiceError('model_invalid', `cannot read ${path}: ${(cause as Error).message}`, { cause });
-  }
-}
-
 function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
   if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
@@ -148,12 +134,12 @@ export async function loadClipTokenizer(dir: string, maxLength = 77): Promise<Cl
   let merges: string[];
   const tokenizerJson = join(dir, 'tokenizer.json');
   if (await exists(tokenizerJson)) {
-    const model = (await readJson(tokenizerJson))['model'] as { vocab?: Record<string, number>; merges?: (string | [string, string])[] } | undefined;
+    const model = (await readJsonObject(tokenizerJson, 'tokenizer/tokenizer.json'))['model'] as { vocab?: Record<string, number>; merges?: (string | [string, string])[] } | undefined;
     if (!model?.vocab || !model.merges) throw new ServiceError('model_invalid', `${tokenizerJson} has no BPE model`);
     vocab = new Map(Object.entries(model.vocab));
     merges = model.merges.map((m) => (Array.isArray(m) ? m.join(' ') : m));
   } else {
-    vocab = new Map(Object.entries((await readJson(join(dir, 'vocab.json'))) as Record<string, number>));
+    vocab = new Map(Object.entries((await readJsonObject(join(dir, 'vocab.json'), 'tokenizer/vocab.json')) as Record<string, number>));
     let text: string;
     try {
       text = await readFile(join(dir, 'merges.txt'), 'utf8');
@@ -165,8 +151,8 @@ export async function loadClipTokenizer(dir: string, maxLength = 77): Promise<Cl
   // Padding: SD 2.x and SD-Turbo pad with "!" (id 0), SD 1.x with <|endoftext|>; the config says which.
   const configPath = join(dir, 'tokenizer_config.json');
   const specialPath = join(dir, 'special_tokens_map.json');
-  const config = (await exists(configPath)) ? await readJson(configPath) : {};
-  const special = (await exists(specialPath)) ? await readJson(specialPath) : {};
+  const config = (await exists(configPath)) ? await readJsonObject(configPath, 'tokenizer/tokenizer_config.json') : {};
+  const special = (await exists(specialPath)) ? await readJsonObject(specialPath, 'tokenizer/special_tokens_map.json') : {};
   const padToken = tokenContent(special['pad_token']) ?? tokenContent(config['pad_token']) ?? EOS;
   const padId = vocab.get(padToken);
   if (padId === undefined) throw new ServiceError('model_invalid', `tokenizer pad token "${padToken}" is not in the vocabulary`);
