@@ -181,15 +181,15 @@ function components(mask: Uint8Array, width: number, height: number, labels?: Ui
 }
 
 /**
- * Shape from moments: a triangle pointing up has its centroid two thirds down its box; a square fills its
- * box; a circle fills pi/4 of it.
+ * Shape from the mask's profile inside its bounding box, robust to the soft edges of generated images:
+ * a triangle pointing up is narrow in its upper part and wide in its lower part; a square fills its box's
+ * corners, a circle leaves them empty.
  */
 export function classifyShape(pixels: readonly number[], width: number): string {
   let minX = Infinity;
   let maxX = -Infinity;
   let minY = Infinity;
   let maxY = -Infinity;
-  let sy = 0;
   for (const p of pixels) {
     const x = p % width;
     const y = Math.floor(p / width);
@@ -197,13 +197,32 @@ export function classifyShape(pixels: readonly number[], width: number): string 
     maxX = Math.max(maxX, x);
     minY = Math.min(minY, y);
     maxY = Math.max(maxY, y);
-    sy += y;
   }
+  const boxW = maxX - minX + 1;
   const boxH = maxY - minY + 1;
-  const fill = pixels.length / ((maxX - minX + 1) * boxH);
-  const centroidOffset = (sy / pixels.length - minY + 0.5) / boxH;
-  if (centroidOffset > 0.58 || fill < 0.62) return 'triangle';
-  return fill >= 0.87 ? 'square' : 'circle';
+  const rowWidth = new Float64Array(boxH);
+  let corner = 0;
+  const c = 0.2; // corner squares of 20% of the box side
+  for (const p of pixels) {
+    const x = p % width;
+    const y = Math.floor(p / width);
+    rowWidth[y - minY]! += 1;
+    const fx = (x - minX + 0.5) / boxW;
+    const fy = (y - minY + 0.5) / boxH;
+    if ((fx < c || fx > 1 - c) && (fy < c || fy > 1 - c)) corner++;
+  }
+  const meanWidth = (from: number, to: number) => {
+    const a = Math.floor(from * boxH);
+    const b = Math.max(a + 1, Math.floor(to * boxH));
+    let sum = 0;
+    for (let r = a; r < b; r++) sum += rowWidth[r]!;
+    return sum / (b - a);
+  };
+  // 1. a triangle: its upper part is much narrower than its lower part
+  if (meanWidth(0.1, 0.35) < 0.6 * meanWidth(0.65, 0.9)) return 'triangle';
+  // 2. a square fills its box's corners; a circle leaves about 80% of them empty
+  const cornerArea = 4 * c * c * boxW * boxH;
+  return corner / cornerArea > 0.5 ? 'square' : 'circle';
 }
 
 function nearestPosition(spec: SceneSpec, cx: number, cy: number): string {
