@@ -38,6 +38,9 @@ def label_map(img):
     return d.argmin(-1)
 
 
+SHAPE_CONF = {}
+
+
 def analyse(img, attrs):
     """Returns dict of booleans for each attribute."""
     H = img.shape[0]
@@ -91,9 +94,18 @@ def analyse(img, attrs):
         y0, y1 = np.percentile(ys, [1, 99])
         r = ((x1 - x0 + 1) + (y1 - y0 + 1)) / 4 / H
         ok_z &= ("large" if r > 0.14 else "small") == o["size"]
-        fill = m.sum() / max(1.0, (x1 - x0 + 1) * (y1 - y0 + 1))
-        shape = min({"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}.items(), key=lambda kv: abs(kv[1] - fill))[0]
-        ok_s &= shape == o["shape"]
+        # shape: best IoU against templates fitted to the mask's bounding box
+        bx, by = (x0 + x1 + 1) / 2 / H, (y0 + y1 + 1) / 2 / H
+        best, biou = None, -1
+        gx, gy = (xx + 0.5) / H, (yy + 0.5) / H
+        for sh in scenes.SHAPES:
+            for f in (0.9, 1.0, 1.1):
+                tm = (scenes._sdf(sh, gx, gy, bx, by, r * f) < 0) & win
+                iou = (tm & m).sum() / max(1, (tm | m).sum())
+                if iou > biou:
+                    best, biou = sh, iou
+        ok_s &= best == o["shape"]
+        SHAPE_CONF[(o["shape"], best)] = SHAPE_CONF.get((o["shape"], best), 0) + 1
     res.update(color=ok_c, position=ok_p, size=ok_z, shape=ok_s)
     res["all"] = all(res.values())
     return res
@@ -130,6 +142,8 @@ def main():
             r = vae.decoder(vae.encoder(x)[:, :4]).clamp(-1, 1)
             gt.append(analyse(((r[0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(), h["attributes"]))
     out["vae_reconstruction"] = summarize(gt)
+    print("shape confusion (true, predicted) on VAE reconstructions", dict(sorted(SHAPE_CONF.items())))
+    SHAPE_CONF.clear()
     print("vae recon", out["vae_reconstruction"], flush=True)
     uncond = torch.tensor([tok("")], dtype=torch.long)
     for st in args.steps:
