@@ -23,6 +23,7 @@ const log = (line: string) => {
 
 /** Sections: name -> module file exporting the named async function (some land with later issues). */
 const SECTIONS: [string, string, string][] = [
+  ['pack', 'pack.ts', 'benchPack'],
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
   ['server', 'server.ts', 'benchServer'],
   ['batch', 'batch.ts', 'benchBatch'],
