@@ -5,6 +5,10 @@
 import type { PromptEmbedding } from '../models/components.ts';
 import { ServiceError } from '../models/errors.ts';
 import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
+import { loadExperts } from '../models/experts.ts';
+import { AdapterStore } from '../models/adapters/store.ts';
+import { exists } from '../models/files.ts';
+import { join } from 'node:path';
 import { blend, blendedNoise } from './blending.ts';
 import type { NoiseTable, PromptContext, UnetRunner } from './denoise-step.ts';
 import type { GenerationParams } from './params.ts';
@@ -44,8 +48,16 @@ export class Engine {
     this.variants = new VariantResolver(this.pack.unet, sources.experts ?? this.variants.experts, sources.adapters ?? this.variants.adapters);
   }
 
+  /** Loads a pack with its APTP experts (experts/) and adapter store (adapters/) when it has them. */
   static async load(dir: string = EMBEDDED_PACK_DIR, options: PackOptions = DEFAULT_PACK_OPTIONS): Promise<Engine> {
-    return new Engine(await loadPack(dir, options));
+    const pack = await loadPack(dir, options);
+    const engine = new Engine(pack);
+    const adapterDir = join(pack.dir, 'adapters');
+    engine.attach({
+      experts: await loadExperts(pack, options),
+      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, join(pack.dir, 'unet', 'model.onnx'), options) : undefined,
+    });
+    return engine;
   }
 
   get latentChannels(): number {

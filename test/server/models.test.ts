@@ -1,0 +1,62 @@
+/** The embedded pack's experts and adapters through the server: listing, uploads, and streams served by them. */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { cp, mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer } from '../../server/app.ts';
+import { Engine } from '../../pipelines/engine.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
+
+// A copy of the pack: uploads write into its adapters/ folder.
+const packDir = await mkdtemp(join(tmpdir(), 'pack-'));
+await cp(EMBEDDED_PACK_DIR, packDir, { recursive: true });
+const server = await startServer({ port: 0 }, { engine: await Engine.load(packDir) });
+after(() => server.close());
+const frame = await shapeFrame();
+
+test('GET /v1/experts lists the experts with their relative MACs and says there is a router', async () => {
+  const body = (await (await fetch(`${server.url}/v1/experts`)).json()) as { experts: { name: string; relative_macs: number }[]; router: boolean };
+  assert.equal(body.router, true);
+  assert.ok(body.experts.length >= 3);
+  assert.ok(body.experts.some((e) => e.name === 'full' && e.relative_macs === 1));
+  assert.ok(body.experts.some((e) => e.relative_macs < 0.6));
+});
+
+test('a stream under a budget is served by an expert within it; a forced expert wins', async () => {
+  const client = await StreamClient.connect(server.url, { params: { prompt: 'a large red circle in the centre on a blue background', budget: 0.5, steps: 1, similarity_threshold: 1 } });
+  const out = await client.roundTrip(frame);
+  const experts = ((await (await fetch(`${server.url}/v1/experts`)).json()) as { experts: { name: string; relative_macs: number }[] }).experts;
+  const served = experts.find((e) => e.name === out.meta['expert'])!;
+  assert.ok(served.relative_macs <= 0.5, JSON.stringify(out.meta));
+  client.send({ type: 'update', params: { expert: 'full' } });
+  await client.until(() => client.messages.some((m) => m['type'] === 'updated'));
+  assert.equal((await client.roundTrip(frame)).meta['expert'], 'full');
+  await client.close();
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  assert.match(metrics, new RegExp(`sd_expert_frames_total\\{expert="${served.name}"\\} \\d+`));
+});
+
+test('GET /v1/adapters lists the pack\'s adapters; a stream with one reports it and runs the full UNet', async () => {
+  const { adapters } = (await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string; method?: string }[] };
+  assert.ok(adapters.some((a) => a.name === 'heart' && a.method === 'orthogonal'));
+  const client = await StreamClient.connect(server.url, { params: { prompt: 'a large red heart in the centre on a blue background', steps: 1, adapters: [{ name: 'heart', weight: 1 }] } });
+  const out = await client.roundTrip(frame);
+  assert.deepEqual(out.meta['adapters'], [{ name: 'heart', weight: 1 }]);
+  assert.equal(out.meta['expert'], 'full');
+  await client.close();
+});
+
+test('adapter upload: a valid file is stored and listed, a malformed one is refused and changes nothing', async () => {
+  const bytes = await readFile(join(packDir, 'adapters', 'ring.safetensors'));
+  const ok = await fetch(`${server.url}/v1/adapters?name=ring2`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
+  assert.equal(ok.status, 201);
+  const bad = await fetch(`${server.url}/v1/adapters?name=broken`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.from('not safetensors at all') });
+  assert.equal(bad.status, 422);
+  const traversal = await fetch(`${server.url}/v1/adapters?name=../../x`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
+  assert.equal(traversal.status, 400);
+  const names = ((await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string }[] }).adapters.map((a) => a.name);
+  assert.ok(names.includes('ring2'));
+  assert.ok(!names.includes('broken'));
+});
