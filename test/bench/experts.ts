@@ -2,7 +2,7 @@
  * Experts benchmark (APTP, issue 6): per expert of a pack, UNet time relative to the full UNet (interleaved,
  * medians, batch 1), MACs relative, evaluator accuracy on the held-out prompts the router sends to it against
  * the full model on the same prompts, the routing distribution, and the mean MACs and accuracy under a budget.
- *   npx tsx test/bench/experts.ts [--model DIR] [--limit 256] [--steps 4] [--budget 0.6] [--rounds 200] [--json out.json]
+ *   npx tsx test/bench/experts.ts [--model DIR] [--limit 256] [--steps 4] [--budget 0.6] [--rounds 200] [--threads 0] [--json out.json]
  * Renders follow the evaluate CLI (LCM, CFG full, guidance 2, the held-out caption's seed).
  */
 import { writeFile } from 'node:fs/promises';
@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { loadExperts, type Expert, type ExpertSet } from '../../models/experts.ts';
 import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../models/evaluator.ts';
-import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR, type PackOptions } from '../../models/pack.ts';
 import type { UnetRow } from '../../models/components.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { txt2img } from '../../pipelines/generate.ts';
@@ -22,6 +22,8 @@ export interface ExpertsBenchOptions {
   /** A loaded engine (npm run bench passes one); else --model / the embedded pack is loaded. */
   readonly engine?: Engine;
   readonly model?: string;
+  /** Session options for the pack and its experts (threads: 1 keeps timings steady on a shared machine). */
+  readonly packOptions?: PackOptions;
   /** Held-out captions used (256 = all). */
   readonly limit?: number;
   readonly steps?: number;
@@ -50,6 +52,8 @@ export interface ExpertBenchRow {
   readonly routedAccuracy: Accuracy | undefined;
   /** The full model on the same prompts. */
   readonly fullOnSame: Accuracy | undefined;
+  /** This expert on every held-out prompt (forced with an override). */
+  readonly allPrompts: Accuracy;
 }
 
 export interface BudgetResult {
@@ -71,8 +75,9 @@ export interface ExpertsBenchResult {
 
 export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<ExpertsBenchResult> {
   const log = options.log ?? ((line: string) => console.log(line));
-  const engine = options.engine ?? (await Engine.load(options.model ?? EMBEDDED_PACK_DIR));
-  const set = await loadExperts(engine.pack, DEFAULT_PACK_OPTIONS);
+  const packOptions = options.packOptions ?? DEFAULT_PACK_OPTIONS;
+  const engine = options.engine ?? (await Engine.load(options.model ?? EMBEDDED_PACK_DIR, packOptions));
+  const set = await loadExperts(engine.pack, packOptions);
   if (!set) throw new Error(`model pack ${engine.pack.dir} has no experts/ folder`);
   const steps = options.steps ?? 4;
   const guidanceScale = options.guidanceScale ?? 2;
@@ -94,7 +99,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
   // 2. quality: each (prompt, expert) rendered at most once
   const scores = new Map<string, Score>();
   const render = async (item: HeldOutItem, expert: Expert): Promise<Score> => {
-    const key = `${item.seed}\u0000${expert.name}`;
+    const key = `${item.seed}\u0000${expert.name}`; // every expert renders every prompt once
     const hit = scores.get(key);
     if (hit) return hit;
     const params = parseParams({ prompt: item.caption, seed: item.seed % 2 ** 32, steps, guidance: 'full', guidance_scale: guidanceScale });
@@ -110,14 +115,11 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
       return { item, auto: set.choose(pooled, 'auto'), capped: set.choose(pooled, budget) };
     }),
   );
-  const full: Score[] = [];
   for (const c of choices) {
-    full.push(await render(c.item, set.full));
-    await render(c.item, c.auto);
-    await render(c.item, c.capped);
+    for (const e of set.experts) await render(c.item, e);
   }
   const scoreOf = (item: HeldOutItem, e: Expert) => scores.get(`${item.seed}\u0000${e.name}`)!;
-  const fullAccuracy = accuracy(full);
+  const fullAccuracy = accuracy(items.map((item) => scoreOf(item, set.full)));
   const summary = (which: 'auto' | 'capped', b: number | 'auto'): BudgetResult => {
     const picked = choices.map((c) => c[which]);
     const acc = accuracy(choices.map((c) => scoreOf(c.item, c[which])));
@@ -143,6 +145,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
       routed: mine.length,
       routedAccuracy: mine.length ? accuracy(mine.map((c) => scoreOf(c.item, e))) : undefined,
       fullOnSame: mine.length ? accuracy(mine.map((c) => scoreOf(c.item, set.full))) : undefined,
+      allPrompts: accuracy(items.map((item) => scoreOf(item, e))),
     };
   });
   const result: ExpertsBenchResult = {
@@ -151,21 +154,21 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
     auto: summary('auto', 'auto'),
     capped: summary('capped', budget),
   };
-  report(result, set, { steps, guidanceScale, rounds }, log);
+  report(result, set, { steps, guidanceScale, rounds, threads: packOptions.threads }, log);
   return result;
 }
 
 const pct = (x: number) => (100 * x).toFixed(1);
 
-function report(r: ExpertsBenchResult, set: ExpertSet, o: { steps: number; guidanceScale: number; rounds: number }, log: (line: string) => void): void {
+function report(r: ExpertsBenchResult, set: ExpertSet, o: { steps: number; guidanceScale: number; rounds: number; threads: number }, log: (line: string) => void): void {
   log(`Held-out prompts: ${r.images}; LCM ${o.steps} steps, CFG full, guidance ${o.guidanceScale}; accuracy = evaluator (background / object colour / shape / position, and their mean), in %.`);
-  log(`UNet time: batch 1, 16x16 latents, ${o.rounds} interleaved rounds, median (p10-p90). Router: ${set.router ? set.router.type : 'none'}.\n`);
-  log('| expert | MACs rel. | params | UNet ms | time rel. | routed (auto) | accuracy routed | full on same prompts |');
-  log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  log(`UNet time: batch 1, 16x16 latents, ${o.rounds} interleaved rounds, median (p10-p90), ${o.threads || 'default'} intra-op thread(s). Router: ${set.router ? set.router.type : 'none'}.\n`);
+  log('| expert | MACs rel. | params | UNet ms | time rel. | routed (auto) | accuracy routed | full on same prompts | accuracy on all prompts |');
+  log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const e of r.experts) {
     const acc = (a: Accuracy | undefined) => (a ? `${pct(overall(a))} (${pct(a.background)}/${pct(a.objectColor)}/${pct(a.shape)}/${pct(a.position)})` : '-');
     log(
-      `| ${e.name} | ${e.relativeMacs.toFixed(3)} | ${e.parameters} | ${e.time.median.toFixed(2)} (${e.time.p10.toFixed(2)}-${e.time.p90.toFixed(2)}) | ${e.relativeTime.toFixed(2)} | ${e.routed} (${pct(e.routed / Math.max(1, r.images))}%) | ${acc(e.routedAccuracy)} | ${acc(e.fullOnSame)} |`,
+      `| ${e.name} | ${e.relativeMacs.toFixed(3)} | ${e.parameters} | ${e.time.median.toFixed(2)} (${e.time.p10.toFixed(2)}-${e.time.p90.toFixed(2)}) | ${e.relativeTime.toFixed(2)} | ${e.routed} (${pct(e.routed / Math.max(1, r.images))}%) | ${acc(e.routedAccuracy)} | ${acc(e.fullOnSame)} | ${acc(e.allPrompts)} |`,
     );
   }
   log('');
@@ -187,6 +190,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
       steps: { type: 'string', default: '4' },
       budget: { type: 'string', default: '0.6' },
       rounds: { type: 'string', default: '200' },
+      threads: { type: 'string', default: '0' },
       json: { type: 'string' },
     },
   });
@@ -196,6 +200,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     steps: Number(values.steps),
     budget: Number(values.budget),
     rounds: Number(values.rounds),
+    packOptions: { ...DEFAULT_PACK_OPTIONS, threads: Number(values.threads) },
   });
   if (values.json) await writeFile(values.json, `${JSON.stringify(result, null, 2)}\n`);
   process.exit(0);
