@@ -155,7 +155,7 @@ test('a batch of mixed prompts gives the same images as serving them one by one'
     assert.ok(diff < 1e-4, `prompt ${i} (${jobs[i]!.expert.name}): max diff ${diff}`);
   });
   // and an expert really changes the image (the experts are different networks)
-  const onFull = (await txt2img(engine, jobs.find((j) => j.expert.name !== 'full')!.params, 1))[0]!;
+  const onFull = (await txt2img(engine, { ...jobs.find((j) => j.expert.name !== 'full')!.params, expert: 'full' }, 1))[0]!;
   const k = jobs.findIndex((j) => j.expert.name !== 'full');
   assert.ok(onFull.data.some((v, i) => Math.abs(v - single[k]!.data[i]!) > 1e-3));
 });
