@@ -14,6 +14,8 @@ export const MAX_SIDE = 1024;
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+/** Adapter names become file names: lower case only (models/adapters/store.ts). */
+const ADAPTER_NAME = /^[a-z0-9_-]{1,64}$/;
 const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a multiple of 8');
 
 export const paramsSchema = z
@@ -49,7 +51,7 @@ export const paramsSchema = z
     /** Force one UNet expert by name (overrides the router and the budget). */
     expert: z.string().regex(NAME, 'must be a name of letters, digits, _ and -').optional(),
     /** Adapters merged into the UNet, each with its weight (lambda). */
-    adapters: z.array(z.object({ name: z.string().regex(NAME, 'must be a name of letters, digits, _ and -'), weight: z.number().min(-2).max(2).default(1) }).strict()).max(8).default([]),
+    adapters: z.array(z.object({ name: z.string().regex(ADAPTER_NAME, 'must be a name of lower-case letters, digits, _ and -'), weight: z.number().min(-2).max(2).default(1) }).strict()).max(8).default([]),
   })
   .strict();
 
