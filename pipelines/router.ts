@@ -93,7 +93,10 @@ export function parseBudget(value: unknown, field = 'budget'): Budget {
  * The expert that serves a prompt.
  *   1. an override names the expert (unknown name: not_found);
  *   2. 'auto': the router's pick (no router: the largest expert);
- *   3. a budget b: the router's pick if its relative MACs <= b, else the largest expert within b, else the smallest.
+ *   3. a budget b: the largest expert within b (else the smallest). The budget buys the best expert that fits;
+ *      the router only lowers the cost further under 'auto'. (Measured: the shipped router sends 255 of 256
+ *      held-out prompts to the smallest expert, 6.4 points below the full model; the largest expert within 0.6
+ *      costs 0.59 and loses 2.4 points.)
  * routedIndex is the router's pick (routeExpert), undefined when the pack has no router.
  */
 export function chooseExpert<E extends ExpertCost>(experts: readonly E[], routedIndex: number | undefined, budget: Budget, override?: string): E {
@@ -110,7 +113,6 @@ export function chooseExpert<E extends ExpertCost>(experts: readonly E[], routed
   const cap = parseBudget(budget);
   if (cap === 'auto') return routed ?? largestWithin(experts, 1) ?? largest(experts);
   // 3. budget
-  if (routed && routed.relativeMacs <= cap) return routed;
   return largestWithin(experts, cap) ?? smallest(experts);
 }
 

@@ -19,7 +19,7 @@ mkdir -p logs checkpoints
 # shellcheck disable=SC2086
 echo "[1/4] prune + distil (${DISTIL_MINUTES} min)"; $PY train_experts.py --targets $TARGETS --minutes "$DISTIL_MINUTES" --threads "$THREADS"
 echo "[1b]  continue the two smallest (${EXTRA_MINUTES} min)"; $PY train_experts.py --resume checkpoints/experts.pt --only 1 2 --minutes "$EXTRA_MINUTES" --lr 3e-4 --threads "$THREADS" --seed 4
-echo "[2/4] router (${ROUTER_PROMPTS} prompts)";     $PY train_router.py --n "$ROUTER_PROMPTS" --seeds 2 --threads "$THREADS"
+echo "[2/4] router (${ROUTER_PROMPTS} prompts)";     $PY train_router.py --n "$ROUTER_PROMPTS" --seeds 2 --per-seed --threads "$THREADS"
 echo "[3/4] export + latency";                        $PY export_experts.py --threads "$THREADS"
 echo "[4/4] benchmark (held-out set)";               (cd ../../.. && npx tsx test/bench/experts.ts --threads "$THREADS" --json models/train/experts/logs/bench.json | tee models/train/experts/logs/bench.md)
 du -sh ../../packs/tiny-shapes/experts

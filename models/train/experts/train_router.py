@@ -6,13 +6,13 @@ loss (that one is learnt jointly with the pruning gates, which does not fit this
     full model from the same noise: LCM 4 steps, CFG full, guidance 2 (the evaluator's defaults)
  2. each image is scored by the pack's attribute proxy (evaluate.py analyse: background, colour, position,
     size, shape), summed over --seeds noise draws
- 3. label = the smallest expert whose score is >= the full model's score - --tolerance
+ 3. label = the smallest expert whose score is >= the full model's score - --tolerance (with --per-seed: on every draw)
  4. multinomial logistic regression (L2) on standardised pooled outputs; standardisation is folded into the
     exported weights, so the router is logits = W p + b on the raw pooled output, argmax = the expert
  5. writes checkpoints/router.pt {weights [K,D], bias [K], order (expert index per output), stats}
 Expert indices: 0 = the full model, 1.. = checkpoints/experts.pt in its order.
 
-python3 train_router.py [--n 768] [--seeds 1] [--tolerance 0]
+python3 train_router.py [--n 512] [--seeds 2] [--per-seed] [--tolerance 0]
 """
 import argparse
 import time
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--n", type=int, default=768)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.0)
+    ap.add_argument("--per-seed", action="store_true", help="adequate only if >= the full model on every noise draw")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--chunk", type=int, default=64)
@@ -66,7 +67,7 @@ def main():
 
     # 1-2. scores [n, models]
     t0 = time.time()
-    scores = np.zeros((len(ids), len(models)), np.float32)
+    scores = np.zeros((len(ids), len(models), args.seeds), np.float32)
     per_attr = np.zeros((len(models), len(ATTRIBUTES)), np.float64)
     for start in range(0, len(ids), args.chunk):
         chunk = ids[start:start + args.chunk]
@@ -76,7 +77,7 @@ def main():
                                   seed=1000 * s + start)
                 for j, img in enumerate(imgs):
                     r = analyse(img, attrs[start + j])
-                    scores[start + j, k] += sum(r[a] for a in ATTRIBUTES)
+                    scores[start + j, k, s] = sum(r[a] for a in ATTRIBUTES)
                     per_attr[k] += [r[a] for a in ATTRIBUTES]
         P(f"scored {min(len(ids), start + args.chunk)}/{len(ids)} in {time.time() - t0:.0f}s")
     per_attr /= len(ids) * args.seeds
@@ -86,7 +87,10 @@ def main():
 
     # 3. labels: the smallest adequate expert
     by_size = sorted(range(len(models)), key=lambda k: macs[k])
-    labels = np.array([next(k for k in by_size if scores[i, k] >= scores[i, 0] - args.tolerance) for i in range(len(ids))])
+    ok = scores >= scores[:, :1] - args.tolerance  # [n, models, seeds]
+    adequate = ok.all(2) if args.per_seed else scores.sum(2) >= scores[:, :1].sum(2) - args.tolerance
+    labels = np.array([next(k for k in by_size if adequate[i, k]) for i in range(len(ids))])
+    scores = scores.sum(2)
     P("label distribution " + " ".join(f"{k}:{int((labels == k).sum())}" for k in range(len(models))))
 
     # 4. logistic regression on standardised pooled outputs
