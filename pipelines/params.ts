@@ -46,8 +46,11 @@ export const paramsSchema = z
     max_skip_frames: z.number().int().min(0).max(1000).default(10),
     /** Frames stacked per UNet call (StreamDiffusion's frame_buffer_size). */
     frame_buffer_size: z.number().int().min(1).max(4).default(1),
-    /** Compute budget: fraction of the full UNet's MACs, or auto (the prompt router decides). */
-    budget: z.union([z.literal('auto'), z.number().gt(0).max(1)]).default('auto'),
+    /**
+     * Compute budget: fraction of the full UNet's MACs (the largest expert that fits serves), or auto (the
+     * prompt router decides). Default 1: the full model, since the shipped router trades quality for cost.
+     */
+    budget: z.union([z.literal('auto'), z.number().gt(0).max(1)]).default(1),
     /** Force one UNet expert by name (overrides the router and the budget). */
     expert: z.string().regex(NAME, 'must be a name of letters, digits, _ and -').optional(),
     /** Adapters merged into the UNet, each with its weight (lambda). */

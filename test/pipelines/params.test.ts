@@ -9,7 +9,7 @@ test('defaults are filled in and documented values hold', () => {
   assert.equal(p.delta, 1);
   assert.equal(p.similarity_threshold, 0.98);
   assert.equal(p.max_skip_frames, 10);
-  assert.equal(p.budget, 'auto');
+  assert.equal(p.budget, 1);
   assert.deepEqual(p.adapters, []);
 });
 

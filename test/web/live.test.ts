@@ -161,7 +161,7 @@ test('adapters and experts, when the server lists them, get controls that send l
   await p.click('#start');
   await until(() => sent().some((m) => m.type === 'ack'), 'the stream to run');
   assert.deepEqual(sent()[0]!['params'].adapters, [], 'no adapter until a weight moves');
-  assert.equal(sent()[0]!['params'].budget, 'auto');
+  assert.equal(sent()[0]!['params'].budget, 1, 'the full model unless the user asks for the router');
   await p.focus('label:has-text("neon") + input');
   await p.keyboard.press('End'); // the largest weight, 2
   await until(() => sent().some((m) => m.type === 'update' && m.params.adapters), 'an update with the adapter weights');
