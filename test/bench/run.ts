@@ -57,7 +57,9 @@ for (const [name, file, fn] of SECTIONS) {
     // Sections that only return figures get them printed as a table.
     if (lines.length === logged && result && typeof result === 'object') {
       log('| figure | value |\n| --- | --- |');
-      for (const [k, v] of Object.entries(result as Record<string, unknown>)) log(`| ${k} | ${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(3) : String(v)} |`);
+      for (const [k, v] of Object.entries(result as Record<string, unknown>)) {
+        log(`| ${k} | ${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(3) : typeof v === 'object' ? JSON.stringify(v) : String(v)} |`);
+      }
     }
   } catch (error) {
     log(`\nFAILED: ${(error as Error).stack ?? String(error)}`);
