@@ -180,24 +180,30 @@ function components(mask: Uint8Array, width: number, height: number, labels?: Ui
   return out.sort((a, b) => b.pixels.length - a.pixels.length);
 }
 
-/**
- * Shape from the mask's profile inside its bounding box, robust to the soft edges of generated images:
- * a triangle pointing up is narrow in its upper part and wide in its lower part; a square fills its box's
- * corners, a circle leaves them empty.
- */
-export function classifyShape(pixels: readonly number[], width: number): string {
+/** The inclusive bounding box of pixel indices on an image `width` pixels wide. */
+export function boundingBox(pixels: readonly number[], width: number): { minX: number; maxX: number; minY: number; maxY: number } {
   let minX = Infinity;
   let maxX = -Infinity;
   let minY = Infinity;
   let maxY = -Infinity;
   for (const p of pixels) {
     const x = p % width;
-    const y = Math.floor(p / width);
+    const y = (p - x) / width;
     minX = Math.min(minX, x);
     maxX = Math.max(maxX, x);
     minY = Math.min(minY, y);
     maxY = Math.max(maxY, y);
   }
+  return { minX, maxX, minY, maxY };
+}
+
+/**
+ * Shape from the mask's profile inside its bounding box, robust to the soft edges of generated images:
+ * a triangle pointing up is narrow in its upper part and wide in its lower part; a square fills its box's
+ * corners, a circle leaves them empty.
+ */
+export function classifyShape(pixels: readonly number[], width: number): string {
+  const { minX, maxX, minY, maxY } = boundingBox(pixels, width);
   const boxW = maxX - minX + 1;
   const boxH = maxY - minY + 1;
   const rowWidth = new Float64Array(boxH);

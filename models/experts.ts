@@ -11,11 +11,11 @@
  * reuses its session. A pack without an experts/ folder has no experts (undefined); a pack with experts but
  * no router serves the largest expert within the budget.
  */
-import { access, readFile } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { chooseExpert, parseRouter, routeExpert, type Budget, type RouterWeights } from '../pipelines/router.ts';
 import { Unet, type UnetRow } from './components.ts';
 import { ServiceError } from './errors.ts';
+import { exists, readJsonFile } from './files.ts';
 import type { ModelPack, PackOptions } from './pack.ts';
 import { DEFAULT_SESSION_OPTIONS, OnnxModel } from './runtime.ts';
 
@@ -114,27 +114,6 @@ export function parseManifest(value: unknown, source = `${EXPERTS_DIR}/${MANIFES
   return { experts, router: router as string | undefined, full };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function readJson(path: string, source: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (cause) {
-    throw new ServiceError('model_invalid', `${source} is missing (${path})`, { cause });
-  }
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (cause) {
-    throw new ServiceError('model_invalid', `${source} is not valid JSON: ${(cause as Error).message}`, { cause });
-  }
-}
-
 /** A path from the manifest, resolved and kept inside the experts folder (the full expert excepted). */
 function resolveInside(dir: string, path: string, source: string, field: string): string {
   const full = resolve(dir, path);
@@ -167,13 +146,13 @@ export async function loadExperts(pack: ModelPack, options: PackOptions): Promis
   if (!(await exists(dir))) return undefined;
   // 1. manifest
   const source = `${EXPERTS_DIR}/${MANIFEST_FILE}`;
-  const manifest = parseManifest(await readJson(join(dir, MANIFEST_FILE), source), source);
+  const manifest = parseManifest(await readJsonFile(join(dir, MANIFEST_FILE), source), source);
   // 2. router, validated against the experts and the text encoder's pooled output
   let router: RouterWeights | undefined;
   if (manifest.router !== undefined) {
     const routerSource = `${EXPERTS_DIR}/${manifest.router}`;
     const path = resolveInside(dir, manifest.router, source, 'router');
-    router = parseRouter(await readJson(path, routerSource), manifest.experts.map((e) => e.name), routerSource);
+    router = parseRouter(await readJsonFile(path, routerSource), manifest.experts.map((e) => e.name), routerSource);
     const pooled = pack.textEncoder.pooledName ? pack.textEncoder.model.output(pack.textEncoder.pooledName) : undefined;
     if (!pooled) throw new ServiceError('model_invalid', `${routerSource}: the pack's text encoder has no pooler_output for the router to read`, { field: 'input_dim' });
     const d = pooled.dims[pooled.dims.length - 1];

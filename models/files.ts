@@ -15,7 +15,7 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
   try {
     text = await readFile(path, 'utf8');
   } catch (cause) {
-    throw new ServiceError('model_invalid', `model pack is missing ${what} (${path})`, { cause });
+    throw new ServiceError('model_invalid', `${what} is missing (${path})`, { cause });
   }
   try {
     return JSON.parse(text) as unknown;

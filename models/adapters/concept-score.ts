@@ -6,7 +6,7 @@
  * Templates follow models/train/adapters/shapes.py and models/train/scenes.py (unit half-extent r = 1,
  * y downwards).
  */
-import { foregroundMask, nearestColor, type RgbImage, type SceneAttributes, type SceneSpec } from '../evaluator.ts';
+import { boundingBox, foregroundMask, nearestColor, type RgbImage, type SceneAttributes, type SceneSpec } from '../evaluator.ts';
 
 export const BASE_SHAPES = ['circle', 'square', 'triangle'] as const;
 export const CONCEPT_SHAPES = ['diamond', 'heart', 'ring'] as const;
@@ -66,18 +66,7 @@ const TEMPLATES: Record<ShapeName, Template> = {
 
 /** The best-fitting template for a component (pixel indices of a width-wide image) and its IoU. */
 export function classifyByTemplate(pixels: readonly number[], width: number, shapes: readonly ShapeName[] = ALL_SHAPES): { shape: ShapeName; iou: number } {
-  let minX = Infinity;
-  let maxX = -Infinity;
-  let minY = Infinity;
-  let maxY = -Infinity;
-  for (const p of pixels) {
-    const x = p % width;
-    const y = (p - x) / width;
-    minX = Math.min(minX, x);
-    maxX = Math.max(maxX, x);
-    minY = Math.min(minY, y);
-    maxY = Math.max(maxY, y);
-  }
+  const { minX, maxX, minY, maxY } = boundingBox(pixels, width);
   const w = maxX - minX + 1;
   const h = maxY - minY + 1;
   const pad = 2;

@@ -51,7 +51,7 @@ test('a folder missing model_index.json, or with a broken one, is a clear error'
   await writeFile(join(dir, 'model_index.json'), '{ not json');
   await assert.rejects(loadPack(dir), /model_index\.json is not valid JSON/);
   await rm(join(dir, 'model_index.json'));
-  await assert.rejects(loadPack(dir), /missing model_index\.json/);
+  await assert.rejects(loadPack(dir), /model_index\.json is missing/);
   await assert.rejects(loadPack(join(dir, 'nope')), /does not exist/);
 });
 

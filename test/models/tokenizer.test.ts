@@ -53,5 +53,5 @@ test('loads vocab.json + merges.txt and reads the pad token from special_tokens_
 
 test('a tokenizer folder without a vocabulary is a clear load error', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tok-'));
-  await assert.rejects(loadClipTokenizer(dir), /missing tokenizer\/vocab\.json/);
+  await assert.rejects(loadClipTokenizer(dir), /tokenizer\/vocab\.json is missing/);
 });
