@@ -249,7 +249,7 @@ class VAE(nn.Module):
 def timestep_embedding(t, dim, max_period=10000.0):
     # diffusers get_timestep_embedding with flip_sin_to_cos=True, downscale_freq_shift=0
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 

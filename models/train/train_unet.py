@@ -1,6 +1,7 @@
 """Train the text encoder + UNet jointly (epsilon prediction, SD scaled_linear schedule) on cached VAE latents.
 
 python3 train_unet.py [--n-scenes 30000] [--max-minutes 55] [--steps 8000]
+python3 train_unet.py --device cuda --workers 16 --init checkpoints/unet.pt ...   # same script on a GPU
  1. renders --n-scenes training scenes (seeds 0..N-1), encodes them once with the trained VAE
     (posterior mean) and caches latents + token ids in models/train/cache/
  2. scaling_factor = 1/std(latents)
@@ -8,11 +9,13 @@ python3 train_unet.py [--n-scenes 30000] [--max-minutes 55] [--steps 8000]
     sample grids to logs/samples_stepN.png
 """
 import argparse
+import copy
 import json
 import math
 import os
 import sys
 import time
+from multiprocessing import Pool
 
 import numpy as np
 import torch
@@ -24,7 +27,6 @@ import scenes  # noqa: E402
 from clip_tokenizer import ClipTokenizer  # noqa: E402
 from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, count_params, lcm_timesteps  # noqa: E402
 
-torch.set_num_threads(2)
 PACK = os.path.normpath(os.path.join(HERE, "..", "packs", "tiny-shapes"))
 CACHE = os.path.join(HERE, "cache")
 CKPT = os.path.join(HERE, "checkpoints")
@@ -33,36 +35,42 @@ LOGS = os.path.join(HERE, "logs")
 
 def load_vae():
     vae = VAE(**MAIN_CONFIG["vae"])
-    vae.load_state_dict(torch.load(os.path.join(CKPT, "vae.pt"), map_location="cpu")["model"])
+    vae.load_state_dict(torch.load(os.path.join(CKPT, "vae.pt"), map_location="cpu", weights_only=False)["model"])
     vae.eval()
     return vae
 
 
-def build_cache(n, tok, P):
+def render(seeds):
+    """Scenes as uint8 HWC images and captions (run in worker processes when --workers > 1)."""
+    out = [scenes.scene(s) for s in seeds]
+    return np.stack([o[0] for o in out]), [o[1] for o in out]
+
+
+def build_cache(n, tok, P, device="cpu", workers=1):
     path = os.path.join(CACHE, f"latents_{n}.npz")
     vae_mtime = os.path.getmtime(os.path.join(CKPT, "vae.pt"))
     if os.path.exists(path) and os.path.getmtime(path) > vae_mtime:
         d = np.load(path)
         return torch.from_numpy(d["latents"]), torch.from_numpy(d["ids"])
     os.makedirs(CACHE, exist_ok=True)
-    vae = load_vae()
+    pool = Pool(workers) if workers > 1 else None  # forked before any CUDA use
+    vae = load_vae().to(device)
     lat = np.zeros((n, 4, 16, 16), np.float32)
     ids = np.zeros((n, 77), np.int32)
     t0 = time.time()
-    bs = 64
+    bs = 64 if device == "cpu" else 1024
+    chunks = [range(i, min(n, i + bs)) for i in range(0, n, bs)]
+    batches = pool.imap(render, chunks) if pool else map(render, chunks)
     with torch.no_grad():
-        for i in range(0, n, bs):
-            imgs, caps = [], []
-            for s in range(i, min(n, i + bs)):
-                img, cap, _, _ = scenes.scene(s)
-                imgs.append(img)
-                caps.append(cap)
-            x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
-            lat[i:i + len(imgs)] = vae.encoder(x)[:, :4].numpy()
-            for k, c in enumerate(caps):
-                ids[i + k] = tok(c)
-            if (i // bs) % 50 == 0:
-                P(f"cache {i}/{n} {time.time() - t0:.0f}s")
+        for k, (chunk, (imgs, caps)) in enumerate(zip(chunks, batches)):
+            x = torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            lat[chunk.start:chunk.stop] = vae.encoder(x)[:, :4].cpu().numpy()
+            for j, c in enumerate(caps):
+                ids[chunk.start + j] = tok(c)
+            if k % 50 == 0:
+                P(f"cache {chunk.start}/{n} {time.time() - t0:.0f}s")
+    if pool:
+        pool.close()
     np.savez(path, latents=lat, ids=ids)
     P(f"cache built n={n} in {time.time() - t0:.0f}s")
     return torch.from_numpy(lat), torch.from_numpy(ids)
@@ -102,6 +110,7 @@ def lcm_sample(unet, te, ids, steps, sf, vae=None, guidance=1.0, uncond_ids=None
 
 
 def save_samples(path, unet, te, vae, tok, sf, captions, steps_list=(1, 2, 4)):
+    unet, te = copy.deepcopy(unet).cpu().eval(), copy.deepcopy(te).cpu().eval()  # samples on the CPU, any device
     ids = torch.tensor([tok(c) for c in captions], dtype=torch.long)
     rows = []
     for st in steps_list:
@@ -115,14 +124,28 @@ def main():
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--max-minutes", type=float, default=55.0)
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--p-grid", type=float, default=0.6)
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering the scene cache")
+    ap.add_argument("--init", help="warm start from a checkpoint (its EMA weights and scaling factor)")
+    ap.add_argument("--out", default=os.path.join(CKPT, "unet.pt"))
+    ap.add_argument("--log", default=os.path.join(LOGS, "unet.log"))
+    ap.add_argument("--samples", default=os.path.join(LOGS, "samples_final.png"), help="the final sample grid")
+    ap.add_argument("--cache-only", action="store_true", help="render and encode the scene cache, then stop")
+    ap.add_argument("--samples-every", type=int, default=2000, help="0: only at the end")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dev = torch.device(args.device)
     os.makedirs(CKPT, exist_ok=True)
     os.makedirs(LOGS, exist_ok=True)
-    log = open(os.path.join(LOGS, "unet.log"), "a")
+    log = open(args.log, "a")
 
     def P(*a):
         s = " ".join(str(x) for x in a)
@@ -131,44 +154,57 @@ def main():
         log.flush()
 
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
     tok = ClipTokenizer(os.path.join(PACK, "tokenizer"))
     t_cache = time.time()
-    lat, ids = build_cache(args.n_scenes, tok, P)
+    lat, ids = build_cache(args.n_scenes, tok, P, args.device, args.workers)
     cache_s = time.time() - t_cache
-    sf = float(1.0 / lat.std())
+    if args.cache_only:
+        return
+    init = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
+    # a warm start keeps the scaling factor its weights were trained with
+    sf = init["scaling_factor"] if init else float(1.0 / lat.std())
     P(f"latents {tuple(lat.shape)} mean {float(lat.mean()):.4f} std {float(lat.std()):.4f} scaling_factor {sf:.6f}")
-    lat = lat * sf
-    ids = ids.long()
-    uncond = torch.tensor(tok(""), dtype=torch.long)
+    lat = (lat * sf).to(dev)
+    ids = ids.long().to(dev)
+    uncond = torch.tensor(tok(""), dtype=torch.long, device=dev)
     vocab = len(tok.encoder)
     te = TextEncoder(vocab, **MAIN_CONFIG["text"])
     unet = UNet(**MAIN_CONFIG["unet"])
+    if init:
+        te.load_state_dict(init["text_encoder"])
+        unet.load_state_dict(init["unet"])
+        P(f"warm start from {args.init} (step {init['step']}, {init.get('info', {})})")
+    te.to(dev)
+    unet.to(dev)
     P(f"params text_encoder {count_params(te)} unet {count_params(unet)} args {vars(args)}")
     params = list(te.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema_te = TextEncoder(vocab, **MAIN_CONFIG["text"])
-    ema_unet = UNet(**MAIN_CONFIG["unet"])
-    ema_te.load_state_dict(te.state_dict())
-    ema_unet.load_state_dict(unet.state_dict())
+    ema_te = copy.deepcopy(te)
+    ema_unet = copy.deepcopy(unet)
     ema_params = list(ema_te.parameters()) + list(ema_unet.parameters())
     for p in ema_params:
         p.requires_grad_(False)
-    abar = alphas_cumprod()
-    grid = torch.tensor([999 - 20 * i for i in range(50)])
+    abar = alphas_cumprod().to(dev)
+    grid = torch.tensor([999 - 20 * i for i in range(50)], device=dev)
     vae = load_vae()
     held = json.load(open(os.path.join(PACK, "heldout.json")))
     sample_caps = [h["caption"] for h in held[:8]]
     n = lat.shape[0]
+    prior = init.get("info", {}).get("train", {}) if init else {}
     t0 = time.time()
     max_s = args.max_minutes * 60
     le = lx = None
     step = 0
-    info = {}
 
-    def checkpoint(tag=""):
+    def checkpoint():
+        info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
+                          "cache_seconds": round(cache_s), "device": args.device, "warm_start": prior or None}}
         torch.save({"unet": ema_unet.state_dict(), "text_encoder": ema_te.state_dict(), "scaling_factor": sf,
-                    "step": step, "info": info}, os.path.join(CKPT, "unet.pt"))
+                    "step": step, "info": info}, args.out)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device=dev)
 
     for step in range(1, args.steps + 1):
         el = time.time() - t0
@@ -176,18 +212,16 @@ def main():
         if prog >= 1.0:
             P(f"stopping at step {step} (time budget)")
             break
-        lr = args.lr * min(1.0, step / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
         for gp in opt.param_groups:
             gp["lr"] = lr
-        idx = torch.from_numpy(rng.integers(0, n, args.batch))
+        idx = torch.randint(0, n, (args.batch,), generator=gen, device=dev)
         x0 = lat[idx]
-        bid = ids[idx].clone()
-        drop = torch.from_numpy(rng.random(args.batch) < args.p_uncond)
-        bid[drop] = uncond
-        tg = grid[torch.from_numpy(rng.integers(0, 50, args.batch))]
-        tu = torch.from_numpy(rng.integers(0, 1000, args.batch))
-        t = torch.where(torch.from_numpy(rng.random(args.batch) < args.p_grid), tg, tu)
-        noise = torch.randn_like(x0)
+        bid = torch.where((rand(args.batch) < args.p_uncond)[:, None], uncond, ids[idx])
+        tg = grid[torch.randint(0, 50, (args.batch,), generator=gen, device=dev)]
+        tu = torch.randint(0, 1000, (args.batch,), generator=gen, device=dev)
+        t = torch.where(rand(args.batch) < args.p_grid, tg, tu)
+        noise = torch.randn(x0.shape, generator=gen, device=dev)
         a = abar[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         ehs = te(bid)[0]
@@ -199,32 +233,27 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        d = min(0.999, (1 + step) / (10 + step))
+        d = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema_params, params):
-                pe.mul_(d).add_(p.detach(), alpha=1 - d)
-        le = float(mse_e.mean()) if le is None else 0.98 * le + 0.02 * float(mse_e.mean())
-        hi = t >= 900
-        if hi.any():
-            v = float(mse_x[hi].mean())
-            lx = v if lx is None else 0.95 * lx + 0.05 * v
+            torch._foreach_mul_(ema_params, d)
+            torch._foreach_add_(ema_params, [p.detach() for p in params], alpha=1 - d)
+        if step % 10 == 0:  # reading a loss synchronises a GPU, so only every 10th step feeds the running means
+            le = float(mse_e.mean()) if le is None else 0.8 * le + 0.2 * float(mse_e.mean())
+            hi = t >= 900
+            if hi.any():
+                v = float(mse_x[hi].mean())
+                lx = v if lx is None else 0.6 * lx + 0.4 * v
         if step % 50 == 0:
             el = time.time() - t0
-            P(f"step {step} loss {float(loss):.4f} eps_mse_ema {le:.4f} x0_mse(t>=900)_ema {lx:.4f} lr {lr:.2e} "
+            P(f"step {step} loss {float(loss):.4f} eps_mse_ema {le:.4f} x0_mse(t>=900)_ema {lx or 0:.4f} lr {lr:.2e} "
               f"elapsed {el:.0f}s eta {el / prog * (1 - prog):.0f}s")
         if step % 500 == 0:
-            info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
-                              "cache_seconds": round(cache_s)}}
             checkpoint()
-        if step % 2000 == 0:
-            ema_unet.eval(); ema_te.eval()
+        if args.samples_every and step % args.samples_every == 0:
             save_samples(os.path.join(LOGS, f"samples_step{step}.png"), ema_unet, ema_te, vae, tok, sf, sample_caps)
-    info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
-                      "cache_seconds": round(cache_s)}}
     checkpoint()
     P(f"done step {step} time {time.time() - t0:.0f}s")
-    ema_unet.eval(); ema_te.eval()
-    save_samples(os.path.join(LOGS, "samples_final.png"), ema_unet, ema_te, vae, tok, sf, sample_caps)
+    save_samples(args.samples, ema_unet, ema_te, vae, tok, sf, sample_caps)
 
 
 if __name__ == "__main__":
