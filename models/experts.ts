@@ -12,11 +12,11 @@
  * no router serves the largest expert within the budget.
  */
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import { chooseExpert, parseRouter, routeExpert, type Budget, type RouterWeights } from '../pipelines/router.ts';
 import { Unet, type UnetRow } from './components.ts';
 import { ServiceError } from './errors.ts';
-import { exists, readJsonFile } from './files.ts';
+import { exists, invalidField as invalid, isRecord, readJsonFile } from './files.ts';
 import type { ModelPack, PackOptions } from './pack.ts';
+import { parseRouter, type RouterWeights } from './router-file.ts';
 import { DEFAULT_SESSION_OPTIONS, OnnxModel } from './runtime.ts';
 
 export const EXPERTS_DIR = 'experts';
@@ -37,11 +37,8 @@ export interface ExpertSet {
   readonly experts: readonly Expert[];
   /** The pack's own UNet as an expert. */
   readonly full: Expert;
+  /** Routing with it: pipelines/router.ts (pickExpert). */
   readonly router: RouterWeights | undefined;
-  /** The router's pick for a pooled text embedding (undefined without a router). */
-  route(pooled: Float32Array): Expert | undefined;
-  /** The expert that serves a prompt under a budget, or the named override (pipelines/router.ts chooseExpert). */
-  choose(pooled: Float32Array, budget: Budget, override?: string): Expert;
 }
 
 /** A manifest entry before its model is opened. */
@@ -64,14 +61,6 @@ const EXPERT_KEYS = new Set(['name', 'path', 'relative_macs', 'parameters', 'lat
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 /** The full expert's path: the pack's own UNet. */
 const FULL_PATH = '../unet/model.onnx';
-
-function invalid(source: string, field: string, message: string): ServiceError {
-  return new ServiceError('model_invalid', `${source}: ${field} ${message}`, { field });
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function rejectUnknown(value: Record<string, unknown>, known: Set<string>, source: string, prefix: string): void {
   const extra = Object.keys(value).find((k) => !known.has(k));
@@ -177,13 +166,7 @@ export async function loadExperts(pack: ModelPack, options: PackOptions): Promis
   );
   const experts = manifest.experts.map((e, i): Expert => Object.freeze({ name: e.name, relativeMacs: e.relativeMacs, parameters: e.parameters, latencyMs: e.latencyMs, unet: unets[i]! }));
   const full = experts.find((e) => e.name === manifest.full)!;
-  return {
-    experts,
-    full,
-    router,
-    route: (pooled) => (router ? experts[routeExpert(pooled, router)] : undefined),
-    choose: (pooled, budget, override) => chooseExpert(experts, router && override === undefined ? routeExpert(pooled, router) : undefined, budget, override),
-  };
+  return { experts, full, router };
 }
 
 /** A UNet row and the expert that must run it. */

@@ -30,3 +30,12 @@ export async function readJsonObject(path: string, what: string): Promise<Record
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ServiceError('model_invalid', `${what} must be a JSON object`);
   return value as Record<string, unknown>;
 }
+
+/** A model_invalid error about one field of a pack file. */
+export function invalidField(source: string, field: string, message: string): ServiceError {
+  return new ServiceError('model_invalid', `${source}: ${field} ${message}`, { field });
+}
+
+export function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

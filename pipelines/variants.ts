@@ -9,6 +9,7 @@
 import type { Unet } from '../models/components.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { GenerationParams } from './params.ts';
+import { pickExpert, type ExpertCost, type RoutableExperts } from './router.ts';
 
 export interface AdapterWeight {
   readonly name: string;
@@ -25,10 +26,7 @@ export interface UnetVariant {
 }
 
 /** APTP experts (models/experts.ts provides one). */
-export interface ExpertSource {
-  readonly experts: readonly { readonly name: string; readonly relativeMacs: number; readonly unet: Unet }[];
-  choose(pooled: Float32Array, budget: number | 'auto', override?: string): { readonly name: string; readonly relativeMacs: number; readonly unet: Unet };
-}
+export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet }>;
 
 /** Merged-adapter sessions (models/adapters provides one). */
 export interface AdapterSource {
@@ -62,7 +60,7 @@ export class VariantResolver {
       return { key: `${fullName}+${adaptersKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, warnings };
     }
     if (this.experts) {
-      const e = this.experts.choose(pooled, params.budget, params.expert);
+      const e = pickExpert(this.experts, pooled, params.budget, params.expert);
       return { key: e.name, unet: e.unet, expert: e.name, relativeMacs: e.relativeMacs, adapters: [], warnings: [] };
     }
     if (params.expert !== undefined && params.expert !== FULL_EXPERT) {

@@ -19,6 +19,7 @@ echo "[2/6] tokenizer";                         $PY clip_tokenizer.py
 echo "[3/6] VAE (${VAE_MINUTES} min)";           $PY train_vae.py --steps 4500 --max-minutes "$VAE_MINUTES" --seed 1
 echo "[4/6] text encoder + UNet (${UNET_MINUTES} min)"; $PY train_unet.py --n-scenes 30000 --steps 9000 --max-minutes "$UNET_MINUTES" --seed 2
 echo "[5/6] export + evaluation";               $PY export_pack.py && $PY evaluate.py
+# optional, on a CUDA machine: bash train_unet_gpu.sh, then export_pack.py --unet-ckpt <variant> (README.md)
 echo "[6/6] contract fixtures";                 $PY export_fixtures.py
 node verify_onnx.cjs ../packs/tiny-shapes ../../test/fixtures/contracts/*
 du -sh ../packs/tiny-shapes ../../test/fixtures/contracts

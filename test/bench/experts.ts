@@ -9,6 +9,7 @@ import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { loadExperts, type Expert, type ExpertSet } from '../../models/experts.ts';
+import { pickExpert } from '../../pipelines/router.ts';
 import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../models/evaluator.ts';
 import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR, type PackOptions } from '../../models/pack.ts';
 import type { UnetRow } from '../../models/components.ts';
@@ -112,7 +113,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
   const choices = await Promise.all(
     items.map(async (item) => {
       const pooled = (await engine.embed(item.caption)).pooled;
-      return { item, auto: set.choose(pooled, 'auto'), capped: set.choose(pooled, budget) };
+      return { item, auto: pickExpert(set, pooled, 'auto'), capped: pickExpert(set, pooled, budget) };
     }),
   );
   for (const c of choices) {

@@ -8,6 +8,7 @@ import { DEFAULT_PACK_OPTIONS, loadPack } from '../../models/pack.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
 import { parseParams } from '../../pipelines/params.ts';
+import { pickExpert, routeExpert } from '../../pipelines/router.ts';
 import type { UnetRow } from '../../models/components.ts';
 import { BASE_PACK, FIXTURES, copyPack } from '../helpers/fixtures.ts';
 
@@ -61,9 +62,9 @@ test('loads the manifest: the full expert reuses the pack UNet, the others are s
 });
 
 test('routing is deterministic and reaches more than one expert on real prompts', async () => {
-  const first = await Promise.all(PROMPTS.map(async (p) => set.route(await pooled(p))!.name));
+  const first = await Promise.all(PROMPTS.map(async (p) => pickExpert(set, await pooled(p), 'auto').name));
   for (let round = 0; round < 3; round++) {
-    const again = await Promise.all(PROMPTS.map(async (p) => set.route(Float32Array.from(await pooled(p)))!.name));
+    const again = await Promise.all(PROMPTS.map(async (p) => pickExpert(set, Float32Array.from(await pooled(p)), 'auto').name));
     assert.deepEqual(again, first);
   }
   assert.ok(new Set(first).size >= 2, `all prompts went to ${first[0]}`);
@@ -72,17 +73,17 @@ test('routing is deterministic and reaches more than one expert on real prompts'
 test('choose buys the largest expert within a budget, follows the router on auto and obeys an override', async () => {
   for (const p of PROMPTS) {
     const v = await pooled(p);
-    assert.equal(set.choose(v, 'auto'), set.route(v));
+    assert.equal(pickExpert(set, v, 'auto'), set.experts[routeExpert(v, set.router!)]);
     for (const budget of [0.5, 0.6, 0.7, 0.9, 1]) {
-      const e = set.choose(v, budget);
+      const e = pickExpert(set, v, budget);
       assert.ok(e.relativeMacs <= budget, `${p} under ${budget}: ${e.name} (${e.relativeMacs})`);
       // the largest expert that fits serves
       assert.ok(set.experts.every((x) => x.relativeMacs > budget || x.relativeMacs <= e.relativeMacs), `${p} under ${budget}: a larger expert fits`);
     }
-    assert.equal(set.choose(v, 0.1).name, 'half'); // nothing fits: the smallest
-    assert.equal(set.choose(v, 0.3, 'full').name, 'full');
+    assert.equal(pickExpert(set, v, 0.1).name, 'half'); // nothing fits: the smallest
+    assert.equal(pickExpert(set, v, 0.3, 'full').name, 'full');
   }
-  await assert.rejects(async () => set.choose(await pooled(PROMPTS[0]!), 'auto', 'nope'), (e: ServiceError) => e.code === 'not_found' && /"nope"/.test(e.message));
+  await assert.rejects(async () => pickExpert(set, await pooled(PROMPTS[0]!), 'auto', 'nope'), (e: ServiceError) => e.code === 'not_found' && /"nope"/.test(e.message));
 });
 
 test('without a router the largest expert within the budget serves', async () => {
@@ -93,10 +94,9 @@ test('without a router the largest expert within the budget serves', async () =>
   const s = (await loadExperts(await loadPack(d), DEFAULT_PACK_OPTIONS))!;
   const v = await pooled(PROMPTS[0]!);
   assert.equal(s.router, undefined);
-  assert.equal(s.route(v), undefined);
-  assert.equal(s.choose(v, 'auto').name, 'full');
-  assert.equal(s.choose(v, 0.8).name, 'lite');
-  assert.equal(s.choose(v, 0.6).name, 'half');
+  assert.equal(pickExpert(s, v, 'auto').name, 'full');
+  assert.equal(pickExpert(s, v, 0.8).name, 'lite');
+  assert.equal(pickExpert(s, v, 0.6).name, 'half');
 });
 
 /**
@@ -137,7 +137,7 @@ test('a batch of mixed prompts gives the same images as serving them one by one'
   const jobs = await Promise.all(
     PROMPTS.slice(0, 5).map(async (prompt, i) => {
       const params = parseParams({ prompt, seed: 40 + i, steps: 2, guidance: 'full', guidance_scale: 1.5 });
-      return { params, expert: set.choose(await pooled(prompt), 'auto') };
+      return { params, expert: pickExpert(set, await pooled(prompt), 'auto') };
     }),
   );
   assert.ok(new Set(jobs.map((j) => j.expert.name)).size >= 2, 'the prompts should route to different experts');

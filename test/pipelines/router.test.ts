@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ServiceError } from '../../models/errors.ts';
-import { chooseExpert, parseBudget, parseRouter, routeExpert, type RouterWeights } from '../../pipelines/router.ts';
+import { parseRouter, type RouterWeights } from '../../models/router-file.ts';
+import { chooseExpert, parseBudget, routeExpert } from '../../pipelines/router.ts';
 
 const experts = [
   { name: 'full', relativeMacs: 1 },

@@ -16,7 +16,7 @@ const broken = { predict: async () => Promise.reject(new ServiceError('inference
 engine.attach({
   experts: {
     experts: [{ name: 'full', relativeMacs: 1, unet: engine.pack.unet }, { name: 'broken', relativeMacs: 0.5, unet: broken }],
-    choose: (_pooled, _budget, override) => (override === 'broken' ? { name: 'broken', relativeMacs: 0.5, unet: broken } : { name: 'full', relativeMacs: 1, unet: engine.pack.unet }),
+    router: undefined,
   },
 });
 const server = await startServer({ port: 0 }, { engine });
