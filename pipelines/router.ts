@@ -77,9 +77,8 @@ export function parseBudget(value: unknown, field = 'budget'): Budget {
  *   1. an override names the expert (unknown name: not_found);
  *   2. 'auto': the router's pick (no router: the largest expert);
  *   3. a budget b: the largest expert within b (else the smallest). The budget buys the best expert that fits;
- *      the router only lowers the cost further under 'auto'. (Measured: the shipped router sends 255 of 256
- *      held-out prompts to the smallest expert, 6.4 points below the full model; the largest expert within 0.6
- *      costs 0.59 and loses 2.4 points.)
+ *      the router only lowers the cost further under 'auto'. (Measured on the shipped pack: 'auto' costs 0.52 of
+ *      the MACs for -3.0 points; the largest expert within 0.7 matches the full model; models/train/experts/README.md.)
  * routedIndex is the router's pick (routeExpert), undefined when the pack has no router.
  */
 export function chooseExpert<E extends ExpertCost>(experts: readonly E[], routedIndex: number | undefined, budget: Budget, override?: string): E {
