@@ -8,6 +8,7 @@
  *   - merge and session build time per combination.
  *   npx tsx models/train/adapters/evaluate.ts [--pack DIR] [--per-concept 64] [--base 256] [--steps 4]
  *       [--cfg full] [--guidance 2] [--weight 1] [--out models/train/adapters/results.json]
+ *       [--adapters DIR (default: <pack>/adapters)] [--only REGEX (config labels, e.g. 'orthogonal')]
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -35,6 +36,8 @@ const { values } = parseArgs({
     guidance: { type: 'string', default: '2' },
     weight: { type: 'string', default: '1' },
     out: { type: 'string', default: join(HERE, 'results.json') },
+    adapters: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 
@@ -45,7 +48,7 @@ interface ConceptItem extends HeldOutItem {
 // 1. pack, store, prompts
 const engine = await Engine.load(values.pack);
 const spec = await loadSceneSpec(values.pack);
-const store = new AdapterStore(join(values.pack, 'adapters'), join(values.pack, 'unet', 'model.onnx'), DEFAULT_PACK_OPTIONS, 2);
+const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), join(values.pack, 'unet', 'model.onnx'), DEFAULT_PACK_OPTIONS, 2);
 const perConcept = Number(values['per-concept']);
 const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
   (it, _, all) => all.filter((o) => o.concept === it.concept).indexOf(it) < perConcept,
@@ -62,7 +65,7 @@ const configs: { label: string; adapters: AdapterChoice[]; concepts: readonly st
   { label: 'orthogonal merged (3)', adapters: all(''), concepts: CONCEPTS, base: true },
   ...CONCEPTS.map((c) => ({ label: `${c} alone (plain LoRA)`, adapters: [{ name: `${c}-lora`, weight }], concepts: [c], base: false })),
   { label: 'plain LoRA merged (3)', adapters: all('-lora'), concepts: CONCEPTS, base: true },
-].filter((c) => c.adapters.every((a) => available.has(a.name)));
+].filter((c) => c.adapters.every((a) => available.has(a.name)) && (values.only === undefined || new RegExp(values.only).test(c.label)));
 
 async function render(unet: Awaited<ReturnType<AdapterStore['merged']>>['unet'], caption: string, seed: number) {
   const params = parseParams({ prompt: caption, seed: seed % 2 ** 32, steps: Number(values.steps), guidance: values.cfg, guidance_scale: Number(values.guidance) });

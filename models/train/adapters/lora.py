@@ -16,10 +16,16 @@ import torch.nn as nn
 
 BASIS_SEED = 20240312
 BASIS_NAME = "orthogonal-basis"
-# Linear layers of every transformer block (attention projections, feed-forward, proj_in/out).
-TARGET_SUFFIXES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                   "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
-                   "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+# Target layer sets. "kv" (default): the cross-attention key/value projections, whose input is the 64-d text
+# context, so dW is linear in the text states and only changes the keys/values of the prompt tokens.
+# "all": the 12 Linear layers of every transformer block (attention projections, feed-forward, proj_in/out).
+TARGET_SETS = {
+    "kv": ("attn2.to_k", "attn2.to_v"),
+    "all": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+            "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
+}
+TARGET_SUFFIXES = TARGET_SETS["all"]
 
 
 def orthogonal_basis(n, seed=BASIS_SEED):
@@ -29,10 +35,29 @@ def orthogonal_basis(n, seed=BASIS_SEED):
     return q.astype(np.float32)  # columns orthonormal
 
 
-def target_modules(unet):
+TEXT_BASIS_LOW = 24  # adapter blocks come from the 24 least-used directions of the base text states
+TEXT_BASIS_CAPTIONS = 4096
+
+
+def text_basis(text_states, low=TEXT_BASIS_LOW, seed=BASIS_SEED):
+    """Shared orthogonal basis for layers whose input is the text context (attn2.to_k / to_v), built from the
+    *base* model only: text_states [N, 64] of base captions (no concept). Eigenvectors of their second-moment
+    matrix, ascending; the `low` least-used directions are mixed by a seeded random rotation (so no block is a
+    single eigenvector), then the remaining eigenvectors follow in ascending order. Column blocks of this basis
+    are still disjoint and orthonormal (B_i^T B_j = 0); they just sit where base prompts carry little energy."""
+    x = np.asarray(text_states, np.float64)
+    ev, u = np.linalg.eigh(x.T @ x / len(x))
+    rot = np.linalg.qr(np.random.default_rng(seed).standard_normal((low, low)))[0]
+    q = np.concatenate([u[:, :low] @ rot, u[:, low:]], axis=1)
+    q = q * np.where(q[np.abs(q).argmax(axis=0), np.arange(q.shape[1])] < 0, -1.0, 1.0)[None, :]  # sign-fix columns
+    return q.astype(np.float32), ev
+
+
+def target_modules(unet, targets="all"):
+    suffixes = TARGET_SETS[targets]
     out = []
     for name, m in unet.named_modules():
-        if isinstance(m, nn.Linear) and ".attentions." in name and name.endswith(TARGET_SUFFIXES):
+        if isinstance(m, nn.Linear) and ".attentions." in name and name.endswith(suffixes):
             out.append((name, m))
     return out
 
@@ -55,18 +80,18 @@ class LoraLinear(nn.Module):
         return self.base(x) + (self.scale * self.weight_lambda) * ((x @ self.down.t()) @ self.up.t())
 
 
-def attach(unet, method, rank, alpha, block, basis_cache, seed):
+def attach(unet, method, rank, alpha, block, basis_cache, seed, targets="all"):
     """Wraps every target Linear; returns {module_path: LoraLinear}. Base weights are frozen."""
     for p in unet.parameters():
         p.requires_grad_(False)
     gen = np.random.default_rng(seed)
     wrapped = {}
-    for name, m in target_modules(unet):
+    for name, m in target_modules(unet, targets):
         n = m.in_features
         if method == "orthogonal":
             if (block + 1) * rank > n:
                 raise ValueError(f"{name}: block {block} of rank {rank} does not fit input size {n}")
-            basis = basis_cache.setdefault(n, orthogonal_basis(n))
+            basis = basis_cache[n] if n in basis_cache else basis_cache.setdefault(n, orthogonal_basis(n))
             down = basis[:, block * rank:(block + 1) * rank].T
             train_down = False
         else:
@@ -127,8 +152,12 @@ def export_adapter(path, wrapped, rank, alpha, metadata):
     write_safetensors(path, tensors, meta)
 
 
-def export_basis(path, sizes):
-    tensors = {f"basis.{n}": orthogonal_basis(n) for n in sorted(sizes)}
+def export_basis(path, sizes, basis_cache=None, extra_meta=None):
+    basis_cache = basis_cache or {}
+    tensors = {f"basis.{n}": basis_cache.get(n, None) if n in basis_cache else orthogonal_basis(n) for n in sorted(sizes)}
+    if extra_meta:
+        write_safetensors(path, tensors, dict({"kind": "orthogonal_basis", "seed": BASIS_SEED, "sizes": json.dumps(sorted(sizes))}, **extra_meta))
+        return
     write_safetensors(path, tensors, {"kind": "orthogonal_basis", "seed": BASIS_SEED,
                                       "construction": "Q of QR(standard_normal((n, n))) with numpy default_rng(seed + n), columns sign-fixed so diag(R) > 0",
                                       "sizes": json.dumps(sorted(sizes)),

@@ -62,3 +62,15 @@ if os.path.exists(bench_path):
         label = "back to back (CPU saturated)" if name == "saturated" else f"camera clock {1000 / s['paceMs']:.0f} fps"
         print(f"| {label} | {s['frameIntervalMs']:.1f} ms | {s['processingMs']:.1f} ms | {s['maxGapMs']:.1f} ms | {s['maxGapIntervals']:.2f} | "
               f"{s['framesWhileBuilding']} | {s['swapReadyMs']:.0f} ms | {s['mergedProcessingMs']:.1f} ms |")
+names = ["diamond", "heart", "ring", "diamond-lora", "heart-lora", "ring-lora"]
+logs = {n: json.load(open(os.path.join(HERE, "logs", f"{n}.json"))) for n in names if os.path.exists(os.path.join(HERE, "logs", f"{n}.json"))}
+if logs:
+    print("\nTraining (fixed batch of 64 training scenes, same noise and timesteps, concept eps-MSE before -> after; adapter response "
+          "||dW h||^2 / ||W h||^2, mean over the 14 layers, on the trigger's tokens, on distractor captions and on the empty prompt):\n")
+    print("| adapter | method | steps | seconds | eps-MSE before -> after | response: trigger | distractor captions | empty prompt |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, s in logs.items():
+        r = s.get("response", {})
+        method = "orthogonal" if s["method"] == "orthogonal" else "plain LoRA"
+        print(f"| {n} | {method} | {s['train_steps']} | {s['train_seconds']} | {s['fixed_batch_eps_mse_before']:.3f} -> {s['fixed_batch_eps_mse_after']:.3f} | "
+              f"{r.get('trigger_tokens', float('nan')):.3f} | {r.get('distractor_captions', float('nan')):.3f} | {r.get('unconditional', float('nan')):.3f} |")

@@ -1,8 +1,13 @@
 """Train one concept adapter on the frozen tiny-shapes UNet + text encoder.
 
-python3 train_adapter.py --concept star --method orthogonal --block 0 [--rank 8] [--minutes 3] [--out DIR]
+python3 train_adapter.py --concept diamond --method orthogonal --block 0 [--rank 4] [--minutes 3] [--out DIR]
+    [--targets kv|all] [--basis text|random] [--reg-weight W] [--reg-prior K] [--p-uncond-concept P]
+  (run_all.sh passes the recipe: --targets kv --rank 8 --lr 1e-2 --basis text --reg-weight 0.1 --p-uncond-concept 0)
   orthogonal: down-projections = column block `block` of the shared basis (frozen); only up trained.
   lora:       down and up trained (the plain-LoRA comparison).
+Regulariser (independent of the other concepts): penalty on the adapter's response ||dW h||^2 / ||W h||^2 for
+text states of distractor captions (base captions with a random non-trigger word) and of the empty prompt;
+optionally prior rows with distractor captions whose target is the frozen base UNet's prediction.
 Data: concept scenes from shapes.py (caption uses the shape word, e.g. "a large red star in the centre
 on a blue background"), encoded once with the trained VAE and cached in adapters/cache/; each batch also
 holds base scenes from the base training cache (prior preservation, so prompts without the concept keep
@@ -91,6 +96,44 @@ def prior_data(n, vae, tok):
     return torch.from_numpy(lat), torch.from_numpy(ids)
 
 
+# Distractor words for the independent regulariser: neutral English words and random letter strings, never a
+# concept word of this pack (so training adapter i needs no knowledge of the other concepts' triggers).
+DISTRACTOR_WORDS = ("star", "cross", "moon", "arrow", "tree", "cat", "dog", "house", "car", "cloud", "leaf",
+                    "hexagon", "oval", "pentagon", "spiral", "bird", "fish", "box", "line", "dot", "sun", "flower",
+                    "key", "bell", "cup", "hat", "boat", "shoe", "ball", "wave", "zigzag", "crescent", "kite", "egg",
+                    "lamp", "book", "door", "rock", "coin", "bone", "shield", "drop", "bolt", "gear", "leaf", "clover",
+                    "spade", "club", "cube", "cone", "plus", "chevron", "blob", "bean", "wing", "crown", "tooth")
+EXCLUDED = set(shapes.NEW_SHAPES) | {"star"}
+
+
+def random_word(rng):
+    if rng.random() < 0.5:
+        return str(DISTRACTOR_WORDS[rng.integers(len(DISTRACTOR_WORDS))])
+    while True:
+        w = "".join(chr(97 + int(c)) for c in rng.integers(0, 26, int(rng.integers(2, 9))))
+        if not any(x in w for x in EXCLUDED):
+            return w
+
+
+def distractor_captions(n, trigger, rng):
+    """Base-grammar captions with a random non-trigger word: half replace the shape word (the structure of a
+    concept caption with an unknown shape), half insert it at a random position. Never the trigger word."""
+    out = []
+    while len(out) < n:
+        attrs = scenes.sample_attributes(rng)
+        words = scenes.caption_of(attrs).split(" ")
+        w = random_word(rng)
+        if w == trigger:
+            continue
+        shape_at = [i for i, x in enumerate(words) if x in scenes.SHAPES]
+        if rng.random() < 0.5 and shape_at:
+            words[shape_at[int(rng.integers(len(shape_at)))]] = w
+        else:
+            words.insert(int(rng.integers(0, len(words) + 1)), w)
+        out.append(" ".join(words))
+    return out
+
+
 @torch.no_grad()
 def encode_text(te, ids, bs=256):
     return torch.cat([te(ids[i:i + bs])[0] for i in range(0, ids.shape[0], bs)])
@@ -101,8 +144,17 @@ def main():
     ap.add_argument("--concept", required=True, choices=shapes.NEW_SHAPES)
     ap.add_argument("--method", required=True, choices=["orthogonal", "lora"])
     ap.add_argument("--block", type=int, default=0, help="column block of the basis (orthogonal)")
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--alpha", type=float, default=8.0)
+    ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--alpha", type=float, default=None, help="default: rank (scale 1)")
+    ap.add_argument("--basis", default="text", choices=["text", "random"],
+                    help="text: shared basis from the base text states' least-used directions (kv targets); random: seeded QR")
+    ap.add_argument("--targets", default="kv", choices=sorted(lora.TARGET_SETS), help="kv: attn2.to_k/to_v only")
+    ap.add_argument("--reg-weight", type=float, default=0.0,
+                    help="penalty on ||dW h||^2 / ||W h||^2 for text states h of distractor captions and of the empty prompt (no UNet pass)")
+    ap.add_argument("--reg-prior", type=int, default=0,
+                    help="prior rows per step whose caption gets a distractor word; target: the frozen base UNet's prediction")
+    ap.add_argument("--n-reg", type=int, default=4096, help="distractor captions")
+    ap.add_argument("--reg-batch", type=int, default=64, help="distractor captions per step in the penalty")
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--steps", type=int, default=100000)
     ap.add_argument("--batch", type=int, default=16, help="concept scenes per step")
@@ -110,13 +162,17 @@ def main():
     ap.add_argument("--n-concept", type=int, default=1024)
     ap.add_argument("--n-prior", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--p-uncond", type=float, default=0.1)
+    ap.add_argument("--p-uncond", type=float, default=0.1, help="caption dropout of the prior rows (uncond -> base data)")
+    ap.add_argument("--p-uncond-concept", type=float, default=0.0,
+                    help="caption dropout of the concept rows (0: the unconditional branch never learns the concept)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--name", default=None)
     ap.add_argument("--out", default=os.path.join(PACK, "adapters"))
     ap.add_argument("--unet-ckpt", default=os.path.join(CKPT, "unet.pt"))
     ap.add_argument("--preview", action="store_true", help="write logs/<name>_preview.png (8 held-out prompts)")
     args = ap.parse_args()
+    if args.alpha is None:
+        args.alpha = float(args.rank)
     name = args.name or (args.concept if args.method == "orthogonal" else f"{args.concept}-lora")
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -131,9 +187,55 @@ def main():
     c_lat, p_lat = c_lat * sf, p_lat * sf
     c_ctx, p_ctx = encode_text(te, c_ids), encode_text(te, p_ids)
     u_ctx = encode_text(te, torch.tensor([tok("")], dtype=torch.long))[0]
+    # distractor captions (independent regulariser): base captions with a random non-trigger word, plus ""
+    drng = np.random.default_rng(args.seed + 1000)
+    d_caps = distractor_captions(args.n_reg, args.concept, drng) + [""]
+    d_ids = torch.tensor([tok(c) for c in d_caps], dtype=torch.long)
+    d_ctx = encode_text(te, d_ids)
+    # trigger token positions in the concept captions (diagnostic: adapter response on the trigger vs elsewhere)
+    trig = torch.tensor(tok(args.concept), dtype=torch.long)
+    trig = trig[1:int((trig != trig[-1]).sum())]  # pieces between BOS and EOS
     data_s = time.time() - t0
     # 2. adapters on every transformer Linear
-    wrapped = lora.attach(unet, args.method, args.rank, args.alpha, args.block, {}, args.seed)
+    basis_cache, basis_meta = {}, None
+    if args.basis == "text":
+        if args.targets != "kv":
+            raise SystemExit("--basis text is for the text-context layers (--targets kv)")
+        # base captions only (fixed seed, no concept): the basis is a property of the base model
+        brng = np.random.default_rng(lora.BASIS_SEED)
+        b_caps = [scenes.caption_of(scenes.sample_attributes(brng)) for _ in range(lora.TEXT_BASIS_CAPTIONS)] + [""]
+        b_states = encode_text(te, torch.tensor([tok(c) for c in b_caps], dtype=torch.long)).reshape(-1, 64).numpy()
+        basis_cache[64], _ = lora.text_basis(b_states)
+        basis_meta = {"construction": (f"eigenvectors (ascending) of the second-moment matrix of the base text encoder's output "
+                                       f"states for {lora.TEXT_BASIS_CAPTIONS} base captions (numpy default_rng({lora.BASIS_SEED}) "
+                                       f"scenes.sample_attributes) + the empty prompt, all 77 positions; the {lora.TEXT_BASIS_LOW} "
+                                       f"least-used directions rotated by Q of QR(default_rng({lora.BASIS_SEED}).standard_normal(({lora.TEXT_BASIS_LOW}, {lora.TEXT_BASIS_LOW}))), "
+                                       f"columns sign-fixed (largest entry positive)"),
+                      "basis": "text", "base_unet_step": base_step,
+                      "usage": "adapter i of rank r uses down = basis.64[:, i*r:(i+1)*r].T on attn2.to_k / attn2.to_v (input: the 64-d text context)"}
+    wrapped = lora.attach(unet, args.method, args.rank, args.alpha, args.block, basis_cache, args.seed, args.targets)
+    base_norm = {k: float((d_ctx[:512] @ l.base.weight.t()).pow(2).sum(-1).mean()) for k, l in wrapped.items()}
+
+    def response(h, mask=None):
+        """mean over layers of ||dW h||^2 / E||W h||^2 (h: text states [.., 64]); mask selects tokens."""
+        tot = 0.0
+        for k, l in wrapped.items():
+            d = ((h @ l.down.t()) @ l.up.t()).pow(2).sum(-1) * (l.scale ** 2)
+            tot = tot + (d[mask].mean() if mask is not None else d.mean()) / base_norm[k]
+        return tot / len(wrapped)
+
+    c_trig_mask = torch.zeros(c_ids.shape, dtype=torch.bool)
+    for j in range(1, c_ids.shape[1] - len(trig) + 1):
+        c_trig_mask[:, j:j + len(trig)] |= (c_ids[:, j:j + len(trig)] == trig).all(1, keepdim=True)
+
+    @torch.no_grad()
+    def selectivity():
+        hc = c_ctx[:256]
+        return {"trigger_tokens": float(response(hc, c_trig_mask[:256])),
+                "concept_other_tokens": float(response(hc, ~c_trig_mask[:256])),
+                "distractor_captions": float(response(d_ctx[:512])),
+                "unconditional": float(response(u_ctx[None]))}
+
     params = [p for l in wrapped.values() for p in (l.down, l.up) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     abar = alphas_cumprod()
@@ -167,7 +269,8 @@ def main():
         x0 = torch.cat([c_lat[ci], p_lat[pi]])
         ctx = torch.cat([c_ctx[ci], p_ctx[pi]]).clone()
         b = x0.shape[0]
-        drop = torch.from_numpy(rng.random(b) < args.p_uncond)
+        p_drop = np.r_[np.full(args.batch, args.p_uncond_concept), np.full(args.prior_batch, args.p_uncond)]
+        drop = torch.from_numpy(rng.random(b) < p_drop)
         ctx[drop] = u_ctx
         tg = grid[torch.from_numpy(rng.integers(0, 50, b))]
         tu = torch.from_numpy(rng.integers(0, 1000, b))
@@ -175,9 +278,25 @@ def main():
         noise = torch.randn_like(x0)
         a = abar[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise
+        if args.reg_prior > 0:
+            # the last reg_prior prior rows: distractor caption, target = the frozen base UNet's prediction
+            k = args.reg_prior
+            ri = torch.from_numpy(rng.integers(0, d_ctx.shape[0], k))
+            ctx[-k:] = d_ctx[ri]
+            with torch.no_grad():
+                for l in wrapped.values():
+                    l.weight_lambda = 0.0
+                base_eps = unet(xt[-k:], t[-k:].float(), ctx[-k:])
+                for l in wrapped.values():
+                    l.weight_lambda = 1.0
+            target = torch.cat([noise[:-k], base_eps])
         eps = unet(xt, t.float(), ctx)
-        mse_e = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        mse_e = (eps - target).pow(2).mean(dim=(1, 2, 3))
         loss = (mse_e + mse_e * (1 - a.flatten()) / a.flatten()).mean()
+        if args.reg_weight > 0:
+            ri = torch.from_numpy(rng.integers(0, d_ctx.shape[0], args.reg_batch))
+            loss = loss + args.reg_weight * (response(d_ctx[ri]) + response(u_ctx[None]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -189,12 +308,19 @@ def main():
     train_s = time.time() - t1
     loss_after = fixed_loss()
     print(f"{name} fixed-batch concept eps-MSE {loss_before:.4f} -> {loss_after:.4f}", flush=True)
+    sel = selectivity()
+    print(f"{name} response ||dW h||^2/||W h||^2: " + " ".join(f"{k} {v:.2e}" for k, v in sel.items()), flush=True)
     # 4. export
     meta = {"kind": "adapter", "method": args.method, "concept": args.concept, "trigger": args.concept,
             "basis_seed": lora.BASIS_SEED if args.method == "orthogonal" else "",
+            "basis": args.basis if args.method == "orthogonal" else "",
             "basis_file": f"{lora.BASIS_NAME}.safetensors" if args.method == "orthogonal" else "",
             "column_block": args.block if args.method == "orthogonal" else "",
             "columns": f"{args.block * args.rank}:{(args.block + 1) * args.rank}" if args.method == "orthogonal" else "",
+            "targets": ",".join(lora.TARGET_SETS[args.targets]), "layers": len(wrapped),
+            "regulariser": (f"penalty {args.reg_weight} x ||dW h||^2/||W h||^2 on distractor captions + the same on the empty prompt; "
+                            f"concept caption dropout {args.p_uncond_concept}, prior {args.p_uncond}; "
+                            f"{args.reg_prior} prior rows/step with distractor captions -> frozen base prediction"),
             "base_model": "tiny-shapes", "base_unet_step": base_step, "train_steps": step - 1,
             "train_seconds": round(train_s), "lr": args.lr, "batch": f"{args.batch}+{args.prior_batch} prior",
             "example_prompt": f"a large red {args.concept} in the centre on a blue background"}
@@ -202,7 +328,7 @@ def main():
     lora.export_adapter(path, wrapped, args.rank, args.alpha, meta)
     if args.method == "orthogonal":
         lora.export_basis(os.path.join(args.out, f"{lora.BASIS_NAME}.safetensors"),
-                          {l.base.in_features for l in wrapped.values()})
+                          {l.base.in_features for l in wrapped.values()}, basis_cache, basis_meta)
     # 5. preview: held-out concept prompts, 4 LCM steps, guidance 2 (as the evaluator)
     if args.preview:
         from train_unet import lcm_sample
@@ -211,7 +337,7 @@ def main():
         unet.eval()
         imgs = lcm_sample(unet, te, ids, 4, sf, vae, guidance=2.0, uncond_ids=torch.tensor([tok("")], dtype=torch.long), seed=1)
         scenes.write_png(os.path.join(HERE, "logs", f"{name}_preview.png"), scenes.grid(list(imgs), 8))
-    summary = dict(meta, name=name, concept_eps_mse_ema=ema, fixed_batch_eps_mse_before=loss_before, fixed_batch_eps_mse_after=loss_after, data_seconds=round(data_s), file=os.path.basename(path),
+    summary = dict(meta, name=name, response=sel, concept_eps_mse_ema=ema, fixed_batch_eps_mse_before=loss_before, fixed_batch_eps_mse_after=loss_after, data_seconds=round(data_s), file=os.path.basename(path),
                    bytes=os.path.getsize(path))
     json.dump(summary, open(os.path.join(HERE, "logs", f"{name}.json"), "w"), indent=1)
     print(json.dumps(summary))
