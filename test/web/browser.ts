@@ -94,7 +94,7 @@ export async function screenshot(page: Page, name: string): Promise<void> {
   captured.set(name, await page.screenshot({ fullPage: false }));
 }
 
-/** Writes the captured screenshots to ARTIFACTS (call after the server has closed). */
+/** Writes the captured screenshots to ARTIFACTS (git-ignored; call after the server has closed). */
 export async function writeScreenshots(): Promise<void> {
   await mkdir(ARTIFACTS, { recursive: true });
   for (const [name, png] of captured) await sharp(png).png({ palette: true, colours: 128, compressionLevel: 9 }).toFile(join(ARTIFACTS, name));
