@@ -177,7 +177,8 @@ def plan_for_budget(unet, importance, target, min_keep=None):
 # ----------------------------------------------------------------------------- materialise
 
 
-def _linear(src, rows=None, cols=None):
+def _sliced(src, rows=None, cols=None):
+    """A copy of a Linear or Conv2d keeping output channels `rows` and input channels `cols` (None: all)."""
     w = src.weight.data
     b = src.bias.data if src.bias is not None else None
     if rows is not None:
@@ -185,22 +186,10 @@ def _linear(src, rows=None, cols=None):
         b = b[rows] if b is not None else None
     if cols is not None:
         w = w[:, cols]
-    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    out.weight.data.copy_(w)
-    if b is not None:
-        out.bias.data.copy_(b)
-    return out
-
-
-def _conv(src, rows=None, cols=None):
-    w = src.weight.data
-    b = src.bias.data if src.bias is not None else None
-    if rows is not None:
-        w = w[rows]
-        b = b[rows] if b is not None else None
-    if cols is not None:
-        w = w[:, cols]
-    out = nn.Conv2d(w.shape[1], w.shape[0], src.kernel_size, stride=src.stride, padding=src.padding, bias=b is not None)
+    if isinstance(src, nn.Conv2d):
+        out = nn.Conv2d(w.shape[1], w.shape[0], src.kernel_size, stride=src.stride, padding=src.padding, bias=b is not None)
+    else:
+        out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     out.weight.data.copy_(w)
     if b is not None:
         out.bias.data.copy_(b)
@@ -221,24 +210,24 @@ def materialise(unet, plan):
         size = group_size(kind, m, g)
         idx = _channels(keep, size)
         if kind == "resnet":
-            m.conv1 = _conv(m.conv1, rows=idx)
-            m.time_emb_proj = _linear(m.time_emb_proj, rows=idx)
+            m.conv1 = _sliced(m.conv1, rows=idx)
+            m.time_emb_proj = _sliced(m.time_emb_proj, rows=idx)
             norm = nn.GroupNorm(len(keep), len(idx), eps=m.norm2.eps)
             norm.weight.data.copy_(m.norm2.weight.data[idx])
             norm.bias.data.copy_(m.norm2.bias.data[idx])
             m.norm2 = norm
-            m.conv2 = _conv(m.conv2, cols=idx)
+            m.conv2 = _sliced(m.conv2, cols=idx)
         elif kind == "heads":
-            m.to_q = _linear(m.to_q, rows=idx)
-            m.to_k = _linear(m.to_k, rows=idx)
-            m.to_v = _linear(m.to_v, rows=idx)
-            m.to_out[0] = _linear(m.to_out[0], cols=idx)
+            m.to_q = _sliced(m.to_q, rows=idx)
+            m.to_k = _sliced(m.to_k, rows=idx)
+            m.to_v = _sliced(m.to_v, rows=idx)
+            m.to_out[0] = _sliced(m.to_out[0], cols=idx)
             m.heads = len(keep)
         else:
             inner = m.net[2].in_features
             proj = m.net[0].proj  # rows [value ; gate], chunked in halves by GEGLU
-            m.net[0].proj = _linear(proj, rows=torch.cat([idx, idx + inner]))
-            m.net[2] = _linear(m.net[2], cols=idx)
+            m.net[0].proj = _sliced(proj, rows=torch.cat([idx, idx + inner]))
+            m.net[2] = _sliced(m.net[2], cols=idx)
     out.prune_plan = {k: sorted(v) for k, v in plan.items()}
     return out
 
