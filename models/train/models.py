@@ -505,6 +505,13 @@ class UNet(nn.Module):
 
 # ----------------------------------------------------------------- schedule
 
+def warmup_cosine(step, progress, warmup_steps, floor):
+    """Learning-rate factor of the training scripts here: linear warm-up over warmup_steps (0: none), then a cosine
+    from 1 down to `floor` as progress (steps or wall time, whichever is further along) goes from 0 to 1."""
+    warm = min(1.0, step / warmup_steps) if warmup_steps else 1.0
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def alphas_cumprod(n=1000, beta_start=0.00085, beta_end=0.012):
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, 0).float()

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scenes  # noqa: E402
 from clip_tokenizer import ClipTokenizer  # noqa: E402
-from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, count_params, lcm_timesteps  # noqa: E402
+from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, count_params, lcm_timesteps, warmup_cosine  # noqa: E402
 
 PACK = os.path.normpath(os.path.join(HERE, "..", "packs", "tiny-shapes"))
 CACHE = os.path.join(HERE, "cache")
@@ -212,7 +212,7 @@ def main():
         if prog >= 1.0:
             P(f"stopping at step {step} (time budget)")
             break
-        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * warmup_cosine(step, prog, args.warmup, 0.05)
         for gp in opt.param_groups:
             gp["lr"] = lr
         idx = torch.randint(0, n, (args.batch,), generator=gen, device=dev)

@@ -17,7 +17,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scenes  # noqa: E402
-from models import MAIN_CONFIG, VAE, count_params  # noqa: E402
+from models import MAIN_CONFIG, VAE, count_params, warmup_cosine  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -99,8 +99,7 @@ def main():
         if prog >= 1.0:
             P(f"stopping at step {step} (time budget)")
             break
-        warm = 1.0 if args.resume else min(1.0, step / 200)
-        lr = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * warmup_cosine(step, prog, 0 if args.resume else 200, 0.05)
         for g in opt.param_groups:
             g["lr"] = lr
         seeds = np.arange(seed_ctr, seed_ctr + args.batch)

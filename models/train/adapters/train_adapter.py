@@ -16,7 +16,6 @@ Writes DIR/<name>.safetensors (kohya keys + metadata) and DIR/<name>.json (train
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ import scenes  # noqa: E402
 import shapes  # noqa: E402
 import lora  # noqa: E402
 from clip_tokenizer import ClipTokenizer  # noqa: E402
-from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod  # noqa: E402
+from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, warmup_cosine  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("ADAPTER_THREADS", "2")))
 PACK = os.path.normpath(os.path.join(TRAIN, "..", "packs", "tiny-shapes"))
@@ -261,7 +260,7 @@ def main():
         prog = max(step / args.steps, (time.time() - t1) / budget)
         if prog >= 1.0:
             break
-        lr = args.lr * min(1.0, step / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * warmup_cosine(step, prog, 30, 0.1)
         for g in opt.param_groups:
             g["lr"] = lr
         ci = torch.from_numpy(rng.integers(0, c_lat.shape[0], args.batch))

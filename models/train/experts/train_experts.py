@@ -13,7 +13,6 @@ python3 train_experts.py [--targets 0.7 0.6 0.45] [--minutes 12] [--batch 32]
 """
 import argparse
 import copy
-import math
 import os
 import time
 
@@ -22,7 +21,7 @@ import torch
 
 import common
 import pruning
-from models import alphas_cumprod
+from models import alphas_cumprod, warmup_cosine
 
 #: Batches used for the Taylor importance estimate (each ~0.5 s on 2 cores).
 IMPORTANCE_BATCHES = 24
@@ -135,7 +134,7 @@ def main():
         prog = max(step / args.steps, (time.time() - t0) / max_s)
         if prog >= 1.0:
             break
-        lr = args.lr * min(1.0, step / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        lr = args.lr * warmup_cosine(step, prog, 50, 0.05)
         xt, t, bid, _, a = draw_batch(rng, lat, ids, uncond, args.batch, abar, grid)
         with torch.no_grad():
             ehs = te(bid)[0]
