@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
+import { ADAPTER_NAME } from '../models/adapters/store.ts';
 
 /** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
 export const MAX_PROMPT_CHARS = 2000;
@@ -14,8 +15,6 @@ export const MAX_SIDE = 1024;
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-/** Adapter names become file names: lower case only (models/adapters/store.ts). */
-const ADAPTER_NAME = /^[a-z0-9_-]{1,64}$/;
 const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a multiple of 8');
 
 export const paramsSchema = z
