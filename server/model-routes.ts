@@ -20,8 +20,8 @@ export function modelRoutes(ctx: AppContext, adapters: AdapterStore | undefined)
     });
   });
 
-  router.get('/v1/adapters', (_req, res) => {
-    res.json({ adapters: adapters?.list() ?? [] });
+  router.get('/v1/adapters', async (_req, res) => {
+    res.json({ adapters: (await adapters?.list()) ?? [] });
   });
 
   // Upload: the safetensors bytes as the body (application/octet-stream), the name in the query.

@@ -6,8 +6,8 @@
  * checked completely (format, keys, shapes against the UNet) before a file is written, and are written
  * atomically (temporary file + rename).
  */
-import { readFileSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
@@ -107,10 +107,10 @@ export class AdapterStore {
   }
 
   /** The adapters in the folder (valid files only, sorted by name). Reads headers of new or changed files. */
-  list(): AdapterInfo[] {
+  async list(): Promise<AdapterInfo[]> {
     let names: string[];
     try {
-      names = readdirSync(this.dir).filter((f) => f.endsWith(ADAPTER_EXTENSION)).map((f) => f.slice(0, -ADAPTER_EXTENSION.length));
+      names = (await readdir(this.dir)).filter((f) => f.endsWith(ADAPTER_EXTENSION)).map((f) => f.slice(0, -ADAPTER_EXTENSION.length));
     } catch {
       return []; // no adapter folder: no adapters
     }
@@ -118,7 +118,7 @@ export class AdapterStore {
     for (const name of names.sort()) {
       if (!ADAPTER_NAME.test(name) || name === BASIS_FILE_NAME) continue;
       try {
-        out.push(this.load(name).info);
+        out.push((await this.load(name)).info);
       } catch {
         // a broken file is skipped here; merged() with its name reports the error
       }
@@ -150,7 +150,7 @@ export class AdapterStore {
       await unlink(tmp).catch(() => undefined);
       throw new ServiceError('internal', `cannot store adapter ${name}: ${(cause as Error).message}`, { cause });
     }
-    return this.load(name).info;
+    return (await this.load(name)).info;
   }
 
   /** A merged UNet if it is already built (for a swap at a frame boundary without waiting). */
@@ -210,7 +210,7 @@ export class AdapterStore {
       const unet = await WorkerUnet.load(bytes.slice(), { ...options, label: 'unet' });
       return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
     }
-    const weighted: WeightedAdapter[] = adapters.map((a) => ({ name: a.name, weight: a.weight, adapter: this.load(a.name).adapter }));
+    const weighted: WeightedAdapter[] = await Promise.all(adapters.map(async (a) => ({ name: a.name, weight: a.weight, adapter: (await this.load(a.name)).adapter })));
     const merged = await mergeAdapters(bytes, index, weighted, 'unet');
     const t1 = performance.now();
     const unet = await WorkerUnet.load(merged.bytes, { ...options, label: `unet+${key}` });
@@ -233,21 +233,21 @@ export class AdapterStore {
     return this.base;
   }
 
-  /** Parses an adapter file, cached by modification time and size. */
-  private load(name: string): { adapter: KohyaAdapter; info: AdapterInfo } {
+  /** Parses an adapter file, cached by modification time and size (read asynchronously: files can be 100+ MB). */
+  private async load(name: string): Promise<{ adapter: KohyaAdapter; info: AdapterInfo }> {
     const path = this.pathOf(name);
-    let stat;
+    let file;
     try {
-      stat = statSync(path);
+      file = await stat(path);
     } catch (cause) {
       throw new ServiceError('not_found', `no adapter named ${name}`, { cause });
     }
     const hit = this.adapters.get(name);
-    if (hit && hit.mtimeMs === stat.mtimeMs && hit.size === stat.size) return hit;
-    if (stat.size > this.limits.maxBytes) throw new ServiceError('too_large', `adapter ${name} is ${stat.size} bytes; the limit is ${this.limits.maxBytes}`);
-    const bytes = readFileSync(path);
+    if (hit && hit.mtimeMs === file.mtimeMs && hit.size === file.size) return hit;
+    if (file.size > this.limits.maxBytes) throw new ServiceError('too_large', `adapter ${name} is ${file.size} bytes; the limit is ${this.limits.maxBytes}`);
+    const bytes = await readFile(path);
     const adapter = readKohyaAdapter(parseSafetensors(bytes, `adapter ${name}`, { ...DEFAULT_SAFETENSORS_LIMITS, maxBytes: this.limits.maxBytes }), `adapter ${name}`);
-    const entry = { mtimeMs: stat.mtimeMs, size: stat.size, adapter, info: infoOf(name, stat.size, adapter) };
+    const entry = { mtimeMs: file.mtimeMs, size: file.size, adapter, info: infoOf(name, file.size, adapter) };
     this.adapters.set(name, entry);
     return entry;
   }

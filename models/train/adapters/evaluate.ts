@@ -56,7 +56,7 @@ const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.jso
 const baseItems = (await loadHeldOut(values.pack)).slice(0, Number(values.base));
 const weight = Number(values.weight);
 const all = (suffix: string): AdapterChoice[] => CONCEPTS.map((c) => ({ name: `${c}${suffix}`, weight }));
-const available = new Set(store.list().map((a) => a.name));
+const available = new Set((await store.list()).map((a) => a.name));
 
 // 2. what to measure: [label, adapters, concepts to score, score base prompts?]
 const configs: { label: string; adapters: AdapterChoice[]; concepts: readonly string[]; base: boolean }[] = [

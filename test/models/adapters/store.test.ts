@@ -33,13 +33,13 @@ test('list() reads names, rank, layers and metadata; skips the basis file and br
   const { store, dir } = await storeWith(['fixture-a', 'fixture-c']);
   await copyFile(join(ADAPTERS, 'fixture-b.safetensors'), join(dir, 'orthogonal-basis.safetensors'));
   await copyFile(join(ADAPTERS, 'unet-lora-branch.onnx'), join(dir, 'broken.safetensors'));
-  const list = store.list();
+  const list = await store.list();
   assert.deepEqual(list.map((a) => a.name), ['fixture-a', 'fixture-c']);
   assert.equal(list[0]!.rank, 2);
   assert.equal(list[0]!.layers, 50);
   assert.equal(list[0]!.method, 'orthogonal');
   assert.equal(list[1]!.method, 'lora');
-  assert.equal(new AdapterStore(join(dir, 'missing'), UNET, OPTIONS).list().length, 0);
+  assert.equal((await new AdapterStore(join(dir, 'missing'), UNET, OPTIONS).list()).length, 0);
 });
 
 test('add() validates the name, size, format and fit before writing anything', async () => {
@@ -59,7 +59,7 @@ test('add() validates the name, size, format and fit before writing anything', a
   assert.equal(info.layers, 50);
   assert.deepEqual(await readdir(dir), ['mine.safetensors']);
   await assert.rejects(store.add('mine', good), code('conflict', /already exists/));
-  assert.deepEqual(store.list().map((a) => a.name), ['mine']);
+  assert.deepEqual((await store.list()).map((a) => a.name), ['mine']);
 });
 
 test('merged(): validation, one build per key for concurrent requests, LRU eviction, warnings', async () => {
