@@ -140,7 +140,7 @@ export function foregroundMask(img: RgbImage, bg: Background): Uint8Array {
   return mask;
 }
 
-interface Component {
+export interface Component {
   readonly pixels: number[];
   readonly cx: number;
   readonly cy: number;
@@ -231,7 +231,27 @@ export function classifyShape(pixels: readonly number[], width: number): string 
   return corner / cornerArea > 0.5 ? 'square' : 'circle';
 }
 
-function nearestPosition(spec: SceneSpec, cx: number, cy: number): string {
+/** The scene's objects as found: foreground components of at least MIN_COMPONENT of the image whose pixels link
+ * only within one palette colour (so touching objects of different colours stay apart), largest first. */
+export function objectComponents(spec: SceneSpec, img: RgbImage, background: Background): Component[] {
+  const names = Object.keys(spec.palette);
+  const labels = new Uint8Array(img.width * img.height);
+  for (let p = 0; p < labels.length; p++) labels[p] = names.indexOf(nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]));
+  const minArea = MIN_COMPONENT * img.width * img.height;
+  return components(foregroundMask(img, background), img.width, img.height, labels).filter((c) => c.pixels.length >= minArea);
+}
+
+/** The palette colour most of these pixels are nearest to. */
+export function dominantColor(spec: SceneSpec, img: RgbImage, pixels: readonly number[]): string {
+  const counts = new Map<string, number>();
+  for (const p of pixels) {
+    const name = nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]);
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+  }
+  return [...counts.entries()].sort((x, y) => y[1] - x[1])[0]![0];
+}
+
+export function nearestPosition(spec: SceneSpec, cx: number, cy: number): string {
   let best = '';
   let bestDistance = Infinity;
   for (const [name, p] of Object.entries(spec.positions)) {
@@ -260,25 +280,13 @@ export function scoreImage(spec: SceneSpec, img: RgbImage, attributes: SceneAttr
     backgroundOk = from === bg.from && to === bg.to;
   }
   // 2. objects: the largest components, matched to the caption's objects by position
-  const minArea = MIN_COMPONENT * img.width * img.height;
-  // Pixels connect only within one palette colour, so touching objects of different colours stay apart.
-  const names = Object.keys(spec.palette);
-  const labels = new Uint8Array(img.width * img.height);
-  for (let p = 0; p < labels.length; p++) labels[p] = names.indexOf(nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]));
-  const found = components(foregroundMask(img, bg), img.width, img.height, labels)
-    .filter((c) => c.pixels.length >= minArea)
-    .slice(0, attributes.objects.length);
+  const found = objectComponents(spec, img, bg).slice(0, attributes.objects.length);
   const expected = attributes.objects.map((o) => spec.positions[o.position]!.center);
   const assignment = bestAssignment(expected, found);
   const objects = attributes.objects.map((o, i): ObjectScore => {
     const c = assignment[i];
     if (!c) return { color: false, shape: false, position: false, found: undefined };
-    const colorCounts = new Map<string, number>();
-    for (const p of c.pixels) {
-      const name = nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]);
-      colorCounts.set(name, (colorCounts.get(name) ?? 0) + 1);
-    }
-    const color = [...colorCounts.entries()].sort((x, y) => y[1] - x[1])[0]![0];
+    const color = dominantColor(spec, img, c.pixels);
     const shape = classifyShape(c.pixels, img.width);
     const position = nearestPosition(spec, c.cx, c.cy);
     return { color: color === o.color, shape: shape === o.shape, position: position === o.position, found: { color, shape, position, area: c.pixels.length } };

@@ -6,7 +6,7 @@
  * Templates follow models/train/adapters/shapes.py and models/train/scenes.py (unit half-extent r = 1,
  * y downwards).
  */
-import { boundingBox, foregroundMask, nearestColor, type RgbImage, type SceneAttributes, type SceneSpec } from '../evaluator.ts';
+import { boundingBox, dominantColor, nearestPosition, objectComponents, type RgbImage, type SceneAttributes, type SceneSpec } from '../evaluator.ts';
 
 export const BASE_SHAPES = ['circle', 'square', 'triangle'] as const;
 export const CONCEPT_SHAPES = ['diamond', 'heart', 'ring'] as const;
@@ -15,8 +15,6 @@ export type ShapeName = (typeof ALL_SHAPES)[number];
 
 /** Inner radius of the ring's hole, as a fraction of r (shapes.py). */
 const RING_INNER = 0.5;
-/** Components smaller than this fraction of the image are noise (as the pack's evaluator). */
-const MIN_COMPONENT = 0.002;
 
 type Point = readonly [number, number];
 
@@ -109,61 +107,16 @@ export interface ConceptScore {
   readonly found: { shape: ShapeName; iou: number; color: string; position: string } | undefined;
 }
 
-/** Connected components of the foreground, pixels linked only within one palette colour; largest first. */
-function components(img: RgbImage, spec: SceneSpec, attributes: SceneAttributes): number[][] {
-  const mask = foregroundMask(img, attributes.background);
-  const names = Object.keys(spec.palette);
-  const n = img.width * img.height;
-  const labels = new Uint8Array(n);
-  for (let p = 0; p < n; p++) labels[p] = names.indexOf(nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]));
-  const seen = new Uint8Array(n);
-  const out: number[][] = [];
-  for (let s = 0; s < n; s++) {
-    if (!mask[s] || seen[s]) continue;
-    const pixels: number[] = [];
-    const stack = [s];
-    seen[s] = 1;
-    while (stack.length > 0) {
-      const p = stack.pop()!;
-      pixels.push(p);
-      const x = p % img.width;
-      const neighbours = [x > 0 ? p - 1 : -1, x < img.width - 1 ? p + 1 : -1, p - img.width, p + img.width];
-      for (const q of neighbours) {
-        if (q < 0 || q >= n || seen[q] || !mask[q] || labels[q] !== labels[p]) continue;
-        seen[q] = 1;
-        stack.push(q);
-      }
-    }
-    out.push(pixels);
-  }
-  return out.filter((c) => c.length >= MIN_COMPONENT * n).sort((a, b) => b.length - a.length);
-}
-
 /** Scores the caption's first object (the concept object of the adapters' prompts) over all six shapes. */
 export function scoreConcept(spec: SceneSpec, img: RgbImage, attributes: SceneAttributes): ConceptScore {
   const target = attributes.objects[0]!;
   const centre = spec.positions[target.position]!.center;
-  const candidates = components(img, spec, attributes).slice(0, attributes.objects.length);
-  const centroid = (c: number[]) => {
-    let sx = 0;
-    let sy = 0;
-    for (const p of c) {
-      sx += p % img.width;
-      sy += Math.floor(p / img.width);
-    }
-    return [sx / c.length / img.width, sy / c.length / img.height] as const;
-  };
-  const scored = candidates.map((c) => ({ c, at: centroid(c) })).sort((a, b) => dist(a.at, centre) - dist(b.at, centre));
-  const hit = scored[0];
+  const candidates = objectComponents(spec, img, attributes.background).slice(0, attributes.objects.length);
+  const hit = candidates.sort((a, b) => dist([a.cx, a.cy], centre) - dist([b.cx, b.cy], centre))[0];
   if (!hit) return { shape: false, color: false, position: false, found: undefined };
-  const { shape, iou } = classifyByTemplate(hit.c, img.width);
-  const counts = new Map<string, number>();
-  for (const p of hit.c) {
-    const name = nearestColor(spec, [img.data[3 * p]!, img.data[3 * p + 1]!, img.data[3 * p + 2]!]);
-    counts.set(name, (counts.get(name) ?? 0) + 1);
-  }
-  const color = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
-  const position = Object.entries(spec.positions).sort((a, b) => dist(hit.at, a[1].center) - dist(hit.at, b[1].center))[0]![0];
+  const { shape, iou } = classifyByTemplate(hit.pixels, img.width);
+  const color = dominantColor(spec, img, hit.pixels);
+  const position = nearestPosition(spec, hit.cx, hit.cy);
   return { shape: shape === target.shape, color: color === target.color, position: position === target.position, found: { shape, iou, color, position } };
 }
 
