@@ -58,14 +58,22 @@ export class ClipTokenizer {
     if (options.maxLength < 2) throw new ServiceError('model_invalid', 'tokenizer maxLength must be at least 2');
   }
 
-  /** Token ids without BOS/EOS or padding. A piece outside the vocabulary becomes <|endoftext|> (HF's unk). */
-  encodeText(text: string): number[] {
+  /**
+   * Token ids without BOS/EOS or padding. A piece outside the vocabulary becomes <|endoftext|> (HF's unk).
+   * `conceptTokens` maps whole words to the ids of added tokens (adapters' learned embeddings) instead.
+   */
+  encodeText(text: string, conceptTokens?: ReadonlyMap<string, readonly number[]>): number[] {
     // CLIP's basic_clean: HTML entities unescaped twice, whitespace collapsed, lower-cased.
     const clean = decodeHTML(decodeHTML(text)).normalize('NFC').replace(/\s+/g, ' ').trim().toLowerCase();
     const ids: number[] = [];
     for (const match of clean.matchAll(PATTERN)) {
       if (match[0] === BOS || match[0] === EOS) {
         ids.push(match[0] === BOS ? this.bosId : this.eosId); // written-out special tokens stay special, as in CLIP
+        continue;
+      }
+      const concept = conceptTokens?.get(match[0]);
+      if (concept) {
+        ids.push(...concept);
         continue;
       }
       const word = Array.from(new TextEncoder().encode(match[0]), (b) => BYTE_TO_UNICODE[b]!).join('');
@@ -77,9 +85,9 @@ export class ClipTokenizer {
   }
 
   /** [BOS, ...ids, EOS] truncated to maxLength keeping EOS, then padded with padId. */
-  encode(text: string): Int32Array {
+  encode(text: string, conceptTokens?: ReadonlyMap<string, readonly number[]>): Int32Array {
     const { maxLength, padId } = this.options;
-    const body = this.encodeText(text).slice(0, maxLength - 2);
+    const body = this.encodeText(text, conceptTokens).slice(0, maxLength - 2);
     const out = new Int32Array(maxLength).fill(padId);
     out[0] = this.bosId;
     out.set(body, 1);

@@ -6,7 +6,7 @@ import type { PromptEmbedding } from '../models/components.ts';
 import { ServiceError } from '../models/errors.ts';
 import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
 import { loadExperts } from '../models/experts.ts';
-import { AdapterStore } from '../models/adapters/store.ts';
+import { AdapterStore, type ConceptText } from '../models/adapters/store.ts';
 import { exists } from '../models/files.ts';
 import { join } from 'node:path';
 import { blend, blendedNoise } from './blending.ts';
@@ -55,7 +55,7 @@ export class Engine {
     const adapterDir = join(pack.dir, 'adapters');
     engine.attach({
       experts: await loadExperts(pack, options),
-      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, join(pack.dir, 'unet', 'model.onnx'), options) : undefined,
+      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, options) : undefined,
     });
     return engine;
   }
@@ -88,32 +88,50 @@ export class Engine {
     return this.scheduler.coefficients(list);
   }
 
-  /** Text embedding of one prompt, cached (a stream that switches back and forth costs nothing). */
-  embed(text: string): Promise<PromptEmbedding> {
-    const hit = this.embeddings.get(text);
+  /**
+   * Text embedding of one prompt, cached (a stream that switches back and forth costs nothing). With `concept`
+   * (adapters that bring concept tokens) their words map to the added tokens of that text encoder.
+   */
+  embed(text: string, concept?: ConceptText): Promise<PromptEmbedding> {
+    const key = concept ? `${concept.key}\u0000${text}` : text;
+    const hit = this.embeddings.get(key);
     if (hit) {
-      this.embeddings.delete(text); // refresh its place in the LRU order
-      this.embeddings.set(text, hit);
+      this.embeddings.delete(key); // refresh its place in the LRU order
+      this.embeddings.set(key, hit);
       return hit;
     }
-    const pending = this.pack.textEncoder.encode([this.pack.tokenizer.encode(text)]).then((r) => r[0]!);
-    pending.catch(() => this.embeddings.delete(text));
-    this.embeddings.set(text, pending);
+    const encoder = concept?.encoder ?? this.pack.textEncoder;
+    const pending = encoder.encode([this.pack.tokenizer.encode(text, concept?.tokens)]).then((r) => r[0]!);
+    pending.catch(() => this.embeddings.delete(key));
+    this.embeddings.set(key, pending);
     if (this.embeddings.size > EMBEDDING_CACHE_SIZE) this.embeddings.delete(this.embeddings.keys().next().value!);
     return pending;
   }
 
   /** Conditional (possibly blended) and unconditional embeddings for the parameters. */
-  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'>): Promise<EncodedPrompt> {
+  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'>, concept?: ConceptText): Promise<EncodedPrompt> {
     const parts = typeof params.prompt === 'string' ? [{ text: params.prompt, weight: 1 }] : params.prompt;
     if (parts.every((p) => p.weight === 0)) throw new ServiceError('bad_request', 'prompt weights must not all be 0', { field: 'prompt' });
-    const [embeddings, uncond] = await Promise.all([Promise.all(parts.map((p) => this.embed(p.text))), this.embed(params.negative_prompt)]);
+    const embed = (text: string) => this.embed(text, concept);
+    const [embeddings, uncond] = await Promise.all([Promise.all(parts.map((p) => embed(p.text))), embed(params.negative_prompt)]);
     const weighted = (pick: (e: PromptEmbedding) => Float32Array) => embeddings.map((e, i) => ({ value: pick(e), weight: parts[i]!.weight }));
     return {
       cond: blend(weighted((e) => e.hidden), params.prompt_blend),
       pooled: blend(weighted((e) => e.pooled), 'linear'),
       uncond: uncond.hidden,
     };
+  }
+
+  /**
+   * The prompt embeddings and the UNet variant for a request. Adapters come first: concept tokens they bring
+   * change how the prompt is encoded; without adapters the router reads the encoded prompt.
+   */
+  async prepare(params: GenerationParams): Promise<{ prompt: EncodedPrompt; variant: UnetVariant & { warnings: string[] } }> {
+    let prompt: EncodedPrompt | undefined;
+    const encoded = async () => (prompt ??= await this.encodePrompt(params)).pooled;
+    const variant = await this.variants.resolve(params, encoded);
+    if (variant.text || !prompt) prompt = await this.encodePrompt(params, variant.text);
+    return { prompt, variant };
   }
 
   /**

@@ -47,8 +47,7 @@ async function run(
   const size = engine.size(params);
   const c = engine.coefficients(params, mode);
   const g = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  const prompt = await engine.encodePrompt(params);
-  const variant = await engine.variants.resolve(params, prompt.pooled);
+  const { prompt, variant } = await engine.prepare(params);
   const runUnet = options.runUnet ?? (options.runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
   const lanes = Math.max(1, options.lanesPerCall ?? 4);
   const out: GeneratedImage[] = [];

@@ -61,8 +61,7 @@ export class StreamPipeline {
 
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners ?? ((size, variant) => engine.unetRunner(size, variant)));
-    stream.prompt = await engine.encodePrompt(params);
-    stream.variantInUse = await engine.variants.resolve(params, stream.prompt.pooled);
+    ({ prompt: stream.prompt, variant: stream.variantInUse } = await engine.prepare(params));
     stream.rebuild();
     return stream;
   }
@@ -95,8 +94,10 @@ export class StreamPipeline {
     const next = mergeParams(this.current, update);
     const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
     // Prepare everything first: if any part fails, the stream keeps its old prompt, UNet and parameters.
-    const prompt = changed('prompt', 'prompt_blend', 'negative_prompt') ? await this.engine.encodePrompt(next) : this.prompt;
-    const variant = changed('prompt', 'prompt_blend', 'budget', 'expert', 'adapters') ? await this.engine.variants.resolve(next, prompt.pooled) : this.variantInUse;
+    // prompt and variant go together: adapters' concept tokens change how the prompt is encoded (both cached)
+    const { prompt, variant } = changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters')
+      ? await this.engine.prepare(next)
+      : { prompt: this.prompt, variant: this.variantInUse };
     const previous = this.current;
     this.current = next;
     this.prompt = prompt;

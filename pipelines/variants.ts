@@ -7,6 +7,7 @@
  * adapters is therefore served by the full UNet whatever its budget.
  */
 import type { Unet } from '../models/components.ts';
+import type { ConceptText } from '../models/adapters/store.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { GenerationParams } from './params.ts';
 import { pickExpert, type ExpertCost, type RoutableExperts } from './router.ts';
@@ -23,6 +24,8 @@ export interface UnetVariant {
   readonly expert: string;
   readonly relativeMacs: number;
   readonly adapters: readonly AdapterWeight[];
+  /** The text encoder and concept tokens prompts use with this variant's adapters (when they bring any). */
+  readonly text?: ConceptText | undefined;
 }
 
 /** APTP experts (models/experts.ts provides one). */
@@ -30,7 +33,7 @@ export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet }>
 
 /** Merged-adapter sessions (models/adapters provides one). */
 export interface AdapterSource {
-  merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[] }>;
+  merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[]; text?: ConceptText | undefined }>;
 }
 
 export const FULL_EXPERT = 'full';
@@ -50,17 +53,20 @@ export class VariantResolver {
     readonly adapters: AdapterSource | undefined,
   ) {}
 
-  /** The variant for these parameters and prompt (the router reads the pooled prompt embedding). */
-  async resolve(params: Pick<GenerationParams, 'budget' | 'expert' | 'adapters'>, pooled: Float32Array): Promise<UnetVariant & { warnings: string[] }> {
+  /**
+   * The variant for these parameters and prompt. The router reads the pooled prompt embedding, asked for only
+   * when there are no adapters (adapters decide how the prompt is encoded, and always run on the full UNet).
+   */
+  async resolve(params: Pick<GenerationParams, 'budget' | 'expert' | 'adapters'>, pooled: () => Promise<Float32Array>): Promise<UnetVariant & { warnings: string[] }> {
     const active = params.adapters.filter((a) => a.weight !== 0);
     if (active.length > 0) {
       if (!this.adapters) throw new ServiceError('not_found', `this model has no adapters (asked for ${active.map((a) => a.name).join(', ')})`, { field: 'adapters' });
       const fullName = this.experts?.experts.find((e) => e.relativeMacs === 1)?.name ?? FULL_EXPERT;
-      const { unet, warnings } = await this.adapters.merged(active);
-      return { key: `${fullName}+${adaptersKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, warnings };
+      const { unet, warnings, text } = await this.adapters.merged(active);
+      return { key: `${fullName}+${adaptersKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings };
     }
     if (this.experts) {
-      const e = pickExpert(this.experts, pooled, params.budget, params.expert);
+      const e = pickExpert(this.experts, await pooled(), params.budget, params.expert);
       return { key: e.name, unet: e.unet, expert: e.name, relativeMacs: e.relativeMacs, adapters: [], warnings: [] };
     }
     if (params.expert !== undefined && params.expert !== FULL_EXPERT) {

@@ -6,6 +6,9 @@
  *   dW = weight * (alpha / r) * up @ down            [out, in] (Conv: [out, in * kh * kw])
  * ONNX node names from torch / optimum follow module paths: /down_blocks.1/attentions.0/.../attn1/to_q/MatMul.
  * Replacing "/" and "." by "_" gives `<key>_MatMul | _Gemm | _Conv`, the node whose weight input gets dW.
+ * A file may also bundle learned token embeddings for its trigger words, under AUTOMATIC1111's keys
+ *   bundle_emb.<word>.string_to_param.*              [n, D] (n vectors replace the word in a prompt)
+ * (Mix-of-Show's ED-LoRA and textual inversion train these; see models/adapters/concept-tokens.ts).
  */
 import { ServiceError } from '../errors.ts';
 import type { OnnxGraphIndex, OnnxNode } from './onnx-graph.ts';
@@ -34,8 +37,18 @@ export interface LoraLayer {
   readonly kernel: readonly [number, number] | undefined;
 }
 
+/** A learned embedding for a prompt word: `count` vectors of `dim` values, row-major. */
+export interface BundledEmbedding {
+  readonly word: string;
+  readonly vectors: Float32Array;
+  readonly count: number;
+  readonly dim: number;
+}
+
 export interface KohyaAdapter {
   readonly layers: readonly LoraLayer[];
+  /** Token embeddings bundled with the LoRA, sorted by word (none for most files). */
+  readonly embeddings: readonly BundledEmbedding[];
   /** Keys that are not UNet LoRA keys (text encoder LoRA, unknown tensors): ignored. */
   readonly ignored: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
@@ -45,11 +58,30 @@ function bad(label: string, message: string): ServiceError {
   return new ServiceError('model_invalid', `${label}: ${message}`);
 }
 
-/** Groups a safetensors file into LoRA layers, checking that down, up and alpha agree. */
+const BUNDLED_EMBEDDING = /^bundle_emb\.(.+)\.string_to_param\.\*$/;
+/** Trigger words are single words (letters only, as the tokenizer's pre-tokenizer splits a prompt). */
+export const TRIGGER_WORD = /^\p{L}{1,64}$/u;
+
+function readEmbedding(word: string, tensor: Tensor, label: string): BundledEmbedding {
+  if (!TRIGGER_WORD.test(word)) throw bad(label, `bundled embedding "${word}": the word must be letters only (1-64)`);
+  const s = tensor.shape;
+  if (!(s.length === 1 || s.length === 2) || s.some((d) => d === 0)) throw bad(label, `bundled embedding "${word}" has shape [${s.join(', ')}]; expected [n, dim] or [dim]`);
+  if (!tensor.data.every(Number.isFinite)) throw bad(label, `bundled embedding "${word}" has non-finite values`);
+  const dim = s[s.length - 1]!;
+  return { word: word.toLowerCase(), vectors: tensor.data, count: tensor.data.length / dim, dim };
+}
+
+/** Groups a safetensors file into LoRA layers (checking that down, up and alpha agree) and bundled embeddings. */
 export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): KohyaAdapter {
   const groups = new Map<string, { down?: Tensor; up?: Tensor; alpha?: Tensor }>();
   const ignored: string[] = [];
+  const embeddings: BundledEmbedding[] = [];
   for (const [name, tensor] of file.tensors) {
+    const bundled = BUNDLED_EMBEDDING.exec(name);
+    if (bundled) {
+      embeddings.push(readEmbedding(bundled[1]!, tensor, label));
+      continue;
+    }
     const suffix = [DOWN, UP, ALPHA].find((s) => name.endsWith(s));
     if (!name.startsWith(KOHYA_UNET_PREFIX) || !suffix) {
       ignored.push(name);
@@ -92,7 +124,11 @@ export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): Kohy
   }
   if (layers.length === 0) throw bad(label, 'no UNet LoRA weights (lora_unet_*.lora_down.weight / lora_up.weight)');
   layers.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  return { layers, ignored, metadata: file.metadata };
+  embeddings.sort((a, b) => (a.word < b.word ? -1 : a.word > b.word ? 1 : 0));
+  for (let i = 1; i < embeddings.length; i++) {
+    if (embeddings[i]!.word === embeddings[i - 1]!.word) throw bad(label, `two bundled embeddings for the word "${embeddings[i]!.word}"`);
+  }
+  return { layers, embeddings, ignored, metadata: file.metadata };
 }
 
 /** kohya key of an ONNX node ("/a.0/b/MatMul" -> "lora_unet_a_0_b"), or undefined for other ops. */

@@ -39,6 +39,15 @@ export interface OnnxInitializer {
   readonly length: number;
   /** 'raw' little-endian raw_data; 'float_data' packed floats (also little-endian); 'external' not in the bytes. */
   readonly storage: 'raw' | 'float_data' | 'external';
+  /** Where the TensorProto sits in the graph: its field's first byte (the tag) and the message body. */
+  readonly field: FieldRange;
+}
+
+/** A length-delimited field: `tag` is the offset of its tag byte, [start, end) its body. */
+export interface FieldRange {
+  readonly tag: number;
+  readonly start: number;
+  readonly end: number;
 }
 
 export interface OnnxGraphIndex {
@@ -47,6 +56,8 @@ export interface OnnxGraphIndex {
   readonly initializers: ReadonlyMap<string, OnnxInitializer>;
   /** The node that produces each value name. */
   readonly producers: ReadonlyMap<string, OnnxNode>;
+  /** The GraphProto inside the ModelProto (for edits that change sizes). */
+  readonly graph: FieldRange;
 }
 
 function readLengthDelimited(reader: ReaderT): { start: number; end: number } {
@@ -107,7 +118,7 @@ function parseNode(bytes: Uint8Array, start: number, end: number): OnnxNode {
   return { name, opType, inputs, outputs, transB };
 }
 
-function parseTensor(bytes: Uint8Array, start: number, end: number): OnnxInitializer {
+function parseTensor(bytes: Uint8Array, { start, end }: FieldRange): Omit<OnnxInitializer, 'field'> {
   const r = Reader.create(bytes.subarray(0, end));
   r.pos = start;
   const dims: number[] = [];
@@ -147,10 +158,11 @@ export function indexOnnxModel(bytes: Uint8Array, label = 'unet'): OnnxGraphInde
   try {
     // 1. ModelProto: find the graph
     const model = Reader.create(bytes);
-    let graph: { start: number; end: number } | undefined;
+    let graph: FieldRange | undefined;
     while (model.pos < model.len) {
+      const at = model.pos;
       const tag = model.uint32();
-      if (tag >>> 3 === 7 && (tag & 7) === WIRE_LEN) graph = readLengthDelimited(model);
+      if (tag >>> 3 === 7 && (tag & 7) === WIRE_LEN) graph = { tag: at, ...readLengthDelimited(model) };
       else model.skipType(tag & 7);
     }
     if (!graph) throw new Error('no graph in the model');
@@ -160,21 +172,22 @@ export function indexOnnxModel(bytes: Uint8Array, label = 'unet'): OnnxGraphInde
     const nodes: OnnxNode[] = [];
     const initializers = new Map<string, OnnxInitializer>();
     while (r.pos < graph.end) {
+      const at = r.pos;
       const tag = r.uint32();
       const field = tag >>> 3;
       if ((tag & 7) === WIRE_LEN && (field === 1 || field === 5)) {
-        const s = readLengthDelimited(r);
+        const s = { tag: at, ...readLengthDelimited(r) };
         if (field === 1) nodes.push(parseNode(bytes, s.start, s.end));
         else {
-          const t = parseTensor(bytes, s.start, s.end);
-          initializers.set(t.name, t);
+          const t = parseTensor(bytes, s);
+          initializers.set(t.name, { ...t, field: s });
         }
       } else r.skipType(tag & 7);
     }
     const nodesByName = new Map(nodes.map((n) => [n.name, n] as const));
     const producers = new Map<string, OnnxNode>();
     for (const n of nodes) for (const o of n.outputs) producers.set(o, n);
-    return { nodes, nodesByName, initializers, producers };
+    return { nodes, nodesByName, initializers, producers, graph };
   } catch (cause) {
     if (cause instanceof ServiceError) throw cause;
     throw new ServiceError('model_invalid', `${label}: cannot read the ONNX model for adapter merging: ${(cause as Error).message}`, { cause });

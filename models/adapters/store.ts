@@ -4,15 +4,17 @@
  * by the sorted adapters and weights. Concurrent requests for the same combination share one build; an
  * evicted UNet is released once no stream has used it for EVICTED_IDLE_MS. Merging never writes to disk; uploads are
  * checked completely (format, keys, shapes against the UNet) before a file is written, and are written
- * atomically (temporary file + rename).
+ * atomically (temporary file + rename). Adapters that bundle concept tokens (learned embeddings for their
+ * trigger words) also get a text encoder with those tokens added, built on the same worker as the UNet.
  */
 import { statSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Unet } from '../components.ts';
+import type { ClipTextEncoder, Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import type { PackOptions } from '../pack.ts';
 import { DEFAULT_SESSION_OPTIONS } from '../runtime.ts';
+import { addConceptTokens, tokenTable, type ConceptTokenIds } from './concept-tokens.ts';
 import { readKohyaAdapter, type KohyaAdapter } from './kohya.ts';
 import { matchAdapter, mergeAdapters, type WeightedAdapter } from './merge.ts';
 import { indexOnnxModel, type OnnxGraphIndex } from './onnx-graph.ts';
@@ -48,6 +50,8 @@ export interface AdapterInfo {
   readonly method: string | undefined;
   readonly concept: string | undefined;
   readonly trigger: string | undefined;
+  /** Prompt words the adapter brings a learned embedding for (they read as its concept only while it is active). */
+  readonly conceptTokens: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
 }
 
@@ -56,8 +60,24 @@ export interface AdapterChoice {
   readonly weight: number;
 }
 
+/** How prompts are encoded for a merged UNet whose adapters bring concept tokens. */
+export interface ConceptText {
+  /** Cache key of the adapter combination (prompt embeddings depend on it). */
+  readonly key: string;
+  readonly encoder: ClipTextEncoder;
+  readonly tokens: ConceptTokenIds;
+}
+
+/** The base models adapters apply to (the text encoder only for adapters with concept tokens). */
+export interface BaseModelPaths {
+  readonly unet: string;
+  readonly textEncoder?: string | undefined;
+}
+
 export interface MergedUnet {
   readonly unet: Unet;
+  /** Present when the adapters bring concept tokens. */
+  readonly text?: ConceptText | undefined;
   readonly warnings: string[];
   /** Wall time of merging the weights and of building the session, ms (0 for the base UNet). */
   readonly mergeMs: number;
@@ -83,6 +103,7 @@ function infoOf(name: string, bytes: number, adapter: KohyaAdapter): AdapterInfo
     method: m['method'],
     concept: m['concept'],
     trigger: m['trigger'],
+    conceptTokens: adapter.embeddings.map((e) => e.word),
     metadata: m,
   };
 }
@@ -92,11 +113,11 @@ export class AdapterStore {
   private readonly dir: string;
   private readonly cache = new Map<string, Promise<MergedUnet>>();
   private readonly adapters = new Map<string, { mtimeMs: number; size: number; adapter: KohyaAdapter; info: AdapterInfo }>();
-  private base: Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }> | undefined;
+  private readonly bases = new Map<string, Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }>>();
 
   constructor(
     adapterDir: string,
-    private readonly baseUnetPath: string,
+    private readonly baseModels: BaseModelPaths,
     private readonly options: PackOptions,
     private readonly cacheSize = 4,
     limits: Partial<AdapterLimits> = {},
@@ -137,9 +158,10 @@ export class AdapterStore {
     if (this.exists(path)) throw new ServiceError('conflict', `adapter ${name} already exists`, { field: 'name' });
     // 2. format, then keys and shapes against the UNet
     const adapter = readKohyaAdapter(parseSafetensors(bytes, `adapter ${name}`, { ...DEFAULT_SAFETENSORS_LIMITS, maxBytes: this.limits.maxBytes }), `adapter ${name}`);
-    const { index } = await this.baseModel();
+    const { index } = await this.baseModel(this.baseModels.unet);
     const { matched } = matchAdapter(index, adapter, `adapter ${name}`);
     if (matched === 0) throw new ServiceError('model_invalid', `adapter ${name}: none of its ${adapter.layers.length} keys matches a node of the UNet (e.g. ${adapter.layers[0]!.key})`);
+    await this.checkEmbeddings(name, adapter);
     // 3. atomic write
     const tmp = join(this.dir, `.${name}.${process.pid}.${Date.now()}.tmp`);
     try {
@@ -202,9 +224,17 @@ export class AdapterStore {
     }
   }
 
+  /** Rejects bundled embeddings whose width differs from the text encoder's tokens. */
+  private async checkEmbeddings(name: string, adapter: KohyaAdapter): Promise<void> {
+    if (adapter.embeddings.length === 0 || !this.baseModels.textEncoder) return;
+    const dim = tokenTable((await this.baseModel(this.baseModels.textEncoder)).index).dims[1];
+    const wrong = adapter.embeddings.find((e) => e.dim !== dim);
+    if (wrong) throw new ServiceError('model_invalid', `adapter ${name}: its embedding for "${wrong.word}" has ${wrong.dim} values per vector; the text encoder's tokens have ${dim}`);
+  }
+
   private async build(adapters: readonly AdapterChoice[], key: string): Promise<MergedUnet> {
     const options = { ...DEFAULT_SESSION_OPTIONS, provider: this.options.provider, threads: this.options.threads };
-    const { bytes, index } = await this.baseModel();
+    const { bytes, index } = await this.baseModel(this.baseModels.unet);
     const t0 = performance.now();
     if (adapters.length === 0) {
       const unet = await WorkerUnet.load(bytes.slice(), { ...options, label: 'unet' });
@@ -212,25 +242,37 @@ export class AdapterStore {
     }
     const weighted: WeightedAdapter[] = await Promise.all(adapters.map(async (a) => ({ name: a.name, weight: a.weight, adapter: (await this.load(a.name)).adapter })));
     const merged = await mergeAdapters(bytes, index, weighted, 'unet');
+    const warnings = [...merged.warnings];
+    const embeddings = weighted.flatMap((w) => w.adapter.embeddings.map((embedding) => ({ adapter: w.name, embedding })));
+    let text: { bytes: Uint8Array; ids: ConceptTokenIds } | undefined;
+    if (embeddings.length > 0 && this.baseModels.textEncoder) {
+      const base = await this.baseModel(this.baseModels.textEncoder);
+      text = addConceptTokens(base.bytes, base.index, embeddings);
+    } else if (embeddings.length > 0) {
+      warnings.push(`no text encoder to add the concept tokens ${embeddings.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
+    }
     const t1 = performance.now();
-    const unet = await WorkerUnet.load(merged.bytes, { ...options, label: `unet+${key}` });
-    return { unet, warnings: merged.warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1 };
+    const unet = await WorkerUnet.load(merged.bytes, { ...options, label: `unet+${key}` }, text && { bytes: text.bytes, options: { ...options, label: `text_encoder+${key}` } });
+    const concept = text && { key, encoder: unet.textEncoder!, tokens: text.ids };
+    return { unet, text: concept, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1 };
   }
 
-  private baseModel(): Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }> {
-    if (!this.base) {
-      const pending = readFile(this.baseUnetPath)
+  /** A base model's bytes and graph index, read once. */
+  private baseModel(path: string): Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }> {
+    let base = this.bases.get(path);
+    if (!base) {
+      base = readFile(path)
         .catch((cause) => {
-          throw new ServiceError('model_invalid', `cannot read the UNet ${this.baseUnetPath}: ${(cause as Error).message}`, { cause });
+          throw new ServiceError('model_invalid', `cannot read the model ${path}: ${(cause as Error).message}`, { cause });
         })
         .then((buf) => {
           const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-          return { bytes, index: indexOnnxModel(bytes, this.baseUnetPath) };
+          return { bytes, index: indexOnnxModel(bytes, path) };
         });
-      pending.catch(() => (this.base = undefined));
-      this.base = pending;
+      base.catch(() => this.bases.delete(path));
+      this.bases.set(path, base);
     }
-    return this.base;
+    return base;
   }
 
   /** Parses an adapter file, cached by modification time and size (read asynchronously: files can be 100+ MB). */

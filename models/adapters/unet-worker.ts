@@ -4,17 +4,20 @@
  * the whole build (hundreds of ms). Here the session is built and run on its own thread; the main thread
  * only posts rows and receives predictions. A worker starts empty (so one can be started ahead of time)
  * and builds its session on the first message.
- * Messages in: {type: 'load', bytes, options} | {type: 'predict', id, rows, h, w} | {type: 'close'};
- * out: {type: 'started'} | {type: 'ready', inputs, outputs} | {type: 'result', id, eps} | {type: 'error', id?, message, code?}.
+ * The worker can also hold the text encoder that goes with the UNet (one with an adapter's concept tokens added).
+ * Messages in: {type: 'load', bytes, options, text?} | {type: 'predict', id, rows, h, w} | {type: 'encode', id, feeds} | {type: 'close'};
+ * out: {type: 'started'} | {type: 'ready', inputs, outputs, text?} | {type: 'result', id, eps} | {type: 'outputs', id, outputs}
+ *   | {type: 'error', id?, message, code?}.
  */
 import { parentPort } from 'node:worker_threads';
 import { Unet, type UnetRow } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import { OnnxModel, type SessionOptions } from '../runtime.ts';
+import { OnnxModel, type Feed, type SessionOptions } from '../runtime.ts';
 
 export type WorkerRequest =
-  | { type: 'load'; bytes: Uint8Array; options: SessionOptions }
+  | { type: 'load'; bytes: Uint8Array; options: SessionOptions; text?: { bytes: Uint8Array; options: SessionOptions } }
   | { type: 'predict'; id: number; rows: UnetRow[]; h: number; w: number }
+  | { type: 'encode'; id: number; feeds: Record<string, Feed> }
   | { type: 'close' };
 
 const port = parentPort!;
@@ -22,16 +25,26 @@ const fail = (error: unknown, id?: number) =>
   port.postMessage({ type: 'error', id, message: (error as Error)?.message ?? String(error), code: error instanceof ServiceError ? error.code : undefined });
 
 let unet: Unet | undefined;
+let text: OnnxModel | undefined;
 
 port.on('message', (msg: WorkerRequest) => {
   switch (msg.type) {
     case 'load':
-      OnnxModel.load(msg.bytes, msg.options).then(
-        (model) => {
+      Promise.all([OnnxModel.load(msg.bytes, msg.options), msg.text && OnnxModel.load(msg.text.bytes, msg.text.options)]).then(
+        ([model, textModel]) => {
           unet = new Unet(model);
-          port.postMessage({ type: 'ready', inputs: model.inputs, outputs: model.outputs });
+          text = textModel;
+          const textContract = textModel && { inputs: textModel.inputs, outputs: textModel.outputs };
+          port.postMessage({ type: 'ready', inputs: model.inputs, outputs: model.outputs, text: textContract });
         },
         (error) => fail(error),
+      );
+      return;
+    case 'encode':
+      if (!text) return fail(new ServiceError('internal', 'encode without a text encoder'), msg.id);
+      text.run(msg.feeds).then(
+        (outputs) => port.postMessage({ type: 'outputs', id: msg.id, outputs }),
+        (error) => fail(error, msg.id),
       );
       return;
     case 'predict':
@@ -42,7 +55,7 @@ port.on('message', (msg: WorkerRequest) => {
       );
       return;
     case 'close':
-      void (unet?.model.release() ?? Promise.resolve()).finally(() => process.exit(0));
+      void Promise.all([unet?.model.release(), text?.release()]).finally(() => process.exit(0));
       return;
   }
 });

@@ -2,12 +2,13 @@
  * A UNet whose session lives on a worker thread (models/adapters/unet-worker.ts). Building a session blocks
  * the thread that builds it, so merged UNets are built off the main thread: streams keep running on the old
  * session until the new one is ready, then swap at a frame boundary. predict() posts the rows and awaits the
- * predictions (a message round trip, well under a millisecond for tiny-shapes rows).
+ * predictions (a message round trip, well under a millisecond for tiny-shapes rows). The worker also holds the
+ * text encoder that goes with the UNet when its adapters bring concept tokens (`textEncoder`).
  */
 import { Worker } from 'node:worker_threads';
-import { Unet, type UnetRow } from '../components.ts';
+import { ClipTextEncoder, Unet, type UnetRow } from '../components.ts';
 import { ServiceError, type ErrorCode } from '../errors.ts';
-import { OnnxModel, type IoSpec, type SessionOptions } from '../runtime.ts';
+import { OnnxModel, type Feed, type IoSpec, type SessionOptions } from '../runtime.ts';
 
 const WORKER_URL = new URL('./unet-worker.ts', import.meta.url);
 /**
@@ -16,24 +17,26 @@ const WORKER_URL = new URL('./unet-worker.ts', import.meta.url);
  */
 const WORKER_BOOTSTRAP = `(async () => { (await import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})).register(); await import(${JSON.stringify(WORKER_URL.href)}); })()`;
 
+type Outputs = Record<string, { data: Float32Array; dims: number[] }>;
+type Contract = { inputs: IoSpec[]; outputs: IoSpec[] };
 type WorkerReply =
   | { type: 'started' }
-  | { type: 'ready'; inputs: IoSpec[]; outputs: IoSpec[] }
+  | ({ type: 'ready'; text?: Contract } & Contract)
   | { type: 'result'; id: number; eps: Float32Array[] }
+  | { type: 'outputs'; id: number; outputs: Outputs }
   | { type: 'error'; id?: number; message: string; code?: ErrorCode };
 
 /**
- * The session's contract without a session: the Unet base class reads inputs and outputs from it. Running it
- * directly is a bug (the session is on the worker) and says so.
+ * A session's contract without the session (it is on the worker): the component wrappers read inputs and
+ * outputs from it; `run` is whatever reaches the worker (the UNet's is a bug: call Unet.predict).
  */
-function contractModel(inputs: IoSpec[], outputs: IoSpec[], label: string): OnnxModel {
+function contractModel({ inputs, outputs }: Contract, label: string, run: (feeds: Record<string, Feed>) => Promise<Outputs>): OnnxModel {
   const model = Object.create(OnnxModel.prototype) as OnnxModel;
-  const onWorker = () => Promise.reject(new ServiceError('internal', `${label} runs on a worker thread: call Unet.predict`));
   Object.defineProperties(model, {
     inputs: { value: inputs },
     outputs: { value: outputs },
     label: { value: label },
-    run: { value: onWorker },
+    run: { value: run },
     release: { value: () => Promise.resolve() },
   });
   return model;
@@ -57,21 +60,26 @@ function startWorker(): Promise<Worker> {
 }
 
 export class WorkerUnet extends Unet {
-  private readonly pending = new Map<number, { resolve: (eps: Float32Array[]) => void; reject: (e: Error) => void }>();
+  /** The text encoder on the same worker, when one was loaded with the UNet. */
+  readonly textEncoder: ClipTextEncoder | undefined;
+  private readonly pending = new Map<number, { resolve: (result: never) => void; reject: (e: Error) => void }>();
   private nextId = 0;
   private closed: ServiceError | undefined;
   private lastUsed = performance.now();
 
   private constructor(
-    model: OnnxModel,
+    ready: Contract & { text?: Contract },
+    label: string,
     private readonly worker: Worker,
   ) {
-    super(model);
+    super(contractModel(ready, label, () => Promise.reject(new ServiceError('internal', `${label} runs on a worker thread: call Unet.predict`))));
+    this.textEncoder = ready.text && new ClipTextEncoder(contractModel(ready.text, `text_encoder of ${label}`, (feeds) => this.call<Outputs>({ type: 'encode', feeds })));
     worker.on('message', (msg: WorkerReply) => {
       if (msg.type === 'started' || msg.type === 'ready' || msg.id === undefined) return;
       const p = this.pending.get(msg.id);
       this.pending.delete(msg.id);
-      if (msg.type === 'result') p?.resolve(msg.eps);
+      if (msg.type === 'result') p?.resolve(msg.eps as never);
+      else if (msg.type === 'outputs') p?.resolve(msg.outputs as never);
       else p?.reject(new ServiceError(msg.code ?? 'inference_failed', msg.message));
       if (this.pending.size === 0) worker.unref(); // an idle worker does not keep the process alive
     });
@@ -81,8 +89,8 @@ export class WorkerUnet extends Unet {
       for (const p of this.pending.values()) p.reject(error);
       this.pending.clear();
     };
-    worker.on('error', (e) => stop(new ServiceError('inference_failed', `${model.label} worker failed: ${e.message}`, { cause: e })));
-    worker.on('exit', () => stop(new ServiceError('unavailable', `${model.label} was released`)));
+    worker.on('error', (e) => stop(new ServiceError('inference_failed', `${label} worker failed: ${e.message}`, { cause: e })));
+    worker.on('exit', () => stop(new ServiceError('unavailable', `${label} was released`)));
   }
 
   /**
@@ -91,7 +99,7 @@ export class WorkerUnet extends Unet {
    * modules: tens to hundreds of ms of CPU better spent before a swap than during it); a new spare is
    * started after the build.
    */
-  static async load(bytes: Uint8Array, options: SessionOptions): Promise<WorkerUnet> {
+  static async load(bytes: Uint8Array, options: SessionOptions, text?: { bytes: Uint8Array; options: SessionOptions }): Promise<WorkerUnet> {
     const worker = await (spare ?? startWorker());
     spare = undefined;
     const listeners: { message?: (m: WorkerReply) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
@@ -101,7 +109,8 @@ export class WorkerUnet extends Unet {
       listeners.exit = (code) => reject(new Error(`worker exited with code ${code} before the session was ready`));
       worker.once('message', listeners.message).once('error', listeners.error).once('exit', listeners.exit);
       worker.ref();
-      worker.postMessage({ type: 'load', bytes, options }, [bytes.buffer as ArrayBuffer]);
+      const transfer = [bytes.buffer as ArrayBuffer, ...(text ? [text.bytes.buffer as ArrayBuffer] : [])];
+      worker.postMessage({ type: 'load', bytes, options, text }, transfer);
     }).catch((cause: Error): WorkerReply => ({ type: 'error', message: cause.message }));
     worker.off('message', listeners.message!).off('error', listeners.error!).off('exit', listeners.exit!);
     setImmediate(() => (spare ??= startWorker()));
@@ -110,7 +119,7 @@ export class WorkerUnet extends Unet {
       const code = ready.type === 'error' ? (ready.code ?? 'model_invalid') : 'internal';
       throw new ServiceError(code, `${options.label}: ${ready.type === 'error' ? ready.message : 'unexpected worker reply'}`);
     }
-    return new WorkerUnet(contractModel(ready.inputs, ready.outputs, options.label), worker);
+    return new WorkerUnet(ready, options.label, worker);
   }
 
   /** Starts a spare worker now (e.g. when the service starts) so the first swap does not pay for it. */
@@ -119,14 +128,19 @@ export class WorkerUnet extends Unet {
   }
 
   override predict(rows: readonly UnetRow[], latentHeight: number, latentWidth: number): Promise<Float32Array[]> {
-    if (this.closed) return Promise.reject(this.closed);
     if (rows.length === 0) return Promise.resolve([]);
+    return this.call({ type: 'predict', rows: rows.map((r) => ({ sample: r.sample, timestep: r.timestep, context: r.context })), h: latentHeight, w: latentWidth });
+  }
+
+  /** Posts a request to the worker and awaits its reply. */
+  private call<T>(request: Record<string, unknown>): Promise<T> {
+    if (this.closed) return Promise.reject(this.closed);
     const id = this.nextId++;
     this.lastUsed = performance.now();
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.ref(); // keep the process alive while a prediction is on its way
-      this.worker.postMessage({ type: 'predict', id, rows: rows.map((r) => ({ sample: r.sample, timestep: r.timestep, context: r.context })), h: latentHeight, w: latentWidth });
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (result: never) => void, reject });
+      this.worker.ref(); // keep the process alive while a reply is on its way
+      this.worker.postMessage({ ...request, id });
     });
   }
 

@@ -1,8 +1,9 @@
 /**
  * Adapter benchmark: merge + session build time, and a live stream kept busy (frames back to back, the
- * similarity filter off) through an adapter swap. The swap is requested mid-stream; the merged UNet is built
- * on a worker thread while the stream keeps running on the old UNet, and the stream's runner factory switches
- * to the new UNet at the next frame boundary (models/adapters/swap.ts). Reports the median frame interval before the swap and the
+ * similarity filter off) through an adapter swap. The swap is requested mid-stream the way the service does it
+ * (StreamPipeline.update with new adapters): the merged UNet and the text encoder with the adapters' concept
+ * tokens are built on a worker thread and the prompt is re-encoded while the stream keeps running on the old
+ * UNet and prompt; both switch between two frames. Reports the median frame interval before the swap and the
  * longest gap between frames from the request to the end (goal: at most two intervals), plus what a build on
  * the main thread would have stalled.
  *   npx tsx test/bench/adapters.ts [--pack DIR] [--adapters diamond,heart,ring] [--frames 120] [--threads 1] [--fps 30]
@@ -15,7 +16,6 @@ import { mergeAdapters } from '../../models/adapters/merge.ts';
 import { AdapterStore, type AdapterChoice } from '../../models/adapters/store.ts';
 import { readKohyaAdapter } from '../../models/adapters/kohya.ts';
 import { parseSafetensors } from '../../models/adapters/safetensors.ts';
-import { UnetSwap } from '../../models/adapters/swap.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { OnnxModel } from '../../models/runtime.ts';
 import { Engine } from '../../pipelines/engine.ts';
@@ -101,7 +101,7 @@ export async function benchAdapters(options: AdapterBenchOptions = {}): Promise<
   const unetPath = join(pack, 'unet', 'model.onnx');
   // 1. cold merge + build (weight 1), and the same build on the main thread for comparison
   const engine = await Engine.load(pack, { provider: 'cpu', threads, tinyVae: false });
-  const store = new AdapterStore(join(pack, 'adapters'), unetPath, { provider: 'cpu', threads, tinyVae: false });
+  const store = new AdapterStore(join(pack, 'adapters'), { unet: unetPath, textEncoder: join(pack, 'text_encoder', 'model.onnx') }, { provider: 'cpu', threads, tinyVae: false });
   const choice = (weight: number): AdapterChoice[] => names.map((name) => ({ name, weight }));
   const cold = await store.merged(choice(1));
   const baseBytes = new Uint8Array(await readFile(unetPath));
@@ -125,19 +125,14 @@ export async function benchAdapters(options: AdapterBenchOptions = {}): Promise<
  */
 async function streamThroughSwap(engine: Engine, store: AdapterStore, adapters: AdapterChoice[], total: number, paceMs: number | undefined, prompt?: string): Promise<SwapRun> {
   const params = parseParams({ prompt: prompt ?? 'a large red diamond in the centre on a blue background', steps: 2, strength: 0.5, similarity_threshold: 1, guidance: 'self', seed: 1 });
-  let swappedAtFrame = -1;
-  let frame = 0;
-  const swap = new UnetSwap(engine.pack.unet, (e) => {
-    throw e;
-  }, () => (swappedAtFrame = frame));
-  let requestedAt = 0;
-  let readyMs = 0;
-  const stream = await StreamPipeline.create(engine, params, (size) => {
-    const unet = swap.atFrameBoundary(); // the whole frame runs on one UNet
-    return (rows) => unet.predict(rows, size.latentHeight, size.latentWidth);
-  });
+  engine.attach({ adapters: store });
+  const stream = await StreamPipeline.create(engine, params);
   const { width, height } = stream.frameSize;
   const swapRequestedAtFrame = Math.floor(total / 4);
+  let swappedAtFrame = -1;
+  let requestedAt = 0;
+  let readyMs = 0;
+  let failed: unknown;
   const times: number[] = [];
   const start = performance.now();
   for (let k = 0; k < total; k++) {
@@ -145,15 +140,17 @@ async function streamThroughSwap(engine: Engine, store: AdapterStore, adapters: 
       const wait = start + k * paceMs - performance.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
     }
-    frame = k;
     if (k === swapRequestedAtFrame) {
       requestedAt = performance.now();
-      const build = store.merged(adapters);
-      void build.then(() => (readyMs = performance.now() - requestedAt));
-      swap.request(build);
+      stream.update({ adapters }).then(
+        () => (readyMs = performance.now() - requestedAt),
+        (e: unknown) => (failed = e),
+      );
     }
+    if (swappedAtFrame < 0 && stream.variant.adapters.length > 0) swappedAtFrame = k; // this frame runs on the merged UNet
     await stream.process([movingFrame(k, width, height)], k);
     times.push(performance.now());
+    if (failed) throw failed;
   }
   if (swappedAtFrame < 0) throw new Error(`the merged UNet was not ready after ${total - swapRequestedAtFrame} frames; stream more frames`);
   if (process.env['BENCH_DEBUG']) console.error(times.slice(1).map((t, i) => (t - times[i]!).toFixed(0)).join(' '));

@@ -39,8 +39,10 @@ test('a stream under a budget is served by an expert within it; a forced expert 
 });
 
 test('GET /v1/adapters lists the pack\'s adapters; a stream with one reports it and runs the full UNet', async () => {
-  const { adapters } = (await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string; method?: string }[] };
-  assert.ok(adapters.some((a) => a.name === 'heart' && a.method === 'orthogonal'));
+  const { adapters } = (await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string; method?: string; conceptTokens: string[] }[] };
+  const heart = adapters.find((a) => a.name === 'heart');
+  assert.equal(heart?.method, 'orthogonal');
+  assert.deepEqual(heart.conceptTokens, ['heart'], 'the pack\'s adapters bring a learned token for their word');
   const client = await StreamClient.connect(server.url, { params: { prompt: 'a large red heart in the centre on a blue background', steps: 1, adapters: [{ name: 'heart', weight: 1 }] } });
   const out = await client.roundTrip(frame);
   assert.deepEqual(out.meta['adapters'], [{ name: 'heart', weight: 1 }]);

@@ -6,7 +6,7 @@
  *   - base accuracy (models/evaluator.ts, the pack's held-out captions, no concept) for the base UNet and
  *     the merged UNets;
  *   - merge and session build time per combination.
- *   npx tsx models/train/adapters/evaluate.ts [--pack DIR] [--per-concept 64] [--base 256] [--steps 4]
+ *   npx tsx models/train/adapters/evaluate.ts [--pack DIR] [--per-concept 256] [--base 256] [--steps 4]
  *       [--cfg full] [--guidance 2] [--weight 1] [--out models/train/adapters/results.json]
  *       [--adapters DIR (default: <pack>/adapters)] [--only REGEX (config labels, e.g. 'orthogonal')]
  */
@@ -29,7 +29,7 @@ const CONCEPTS = ['diamond', 'heart', 'ring'] as const;
 const { values } = parseArgs({
   options: {
     pack: { type: 'string', default: EMBEDDED_PACK_DIR },
-    'per-concept': { type: 'string', default: '64' },
+    'per-concept': { type: 'string', default: '256' },
     base: { type: 'string', default: '256' },
     steps: { type: 'string', default: '4' },
     cfg: { type: 'string', default: 'full' },
@@ -48,7 +48,7 @@ interface ConceptItem extends HeldOutItem {
 // 1. pack, store, prompts
 const engine = await Engine.load(values.pack);
 const spec = await loadSceneSpec(values.pack);
-const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), join(values.pack, 'unet', 'model.onnx'), DEFAULT_PACK_OPTIONS, 2);
+const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, DEFAULT_PACK_OPTIONS, 2);
 const perConcept = Number(values['per-concept']);
 const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
   (it, _, all) => all.filter((o) => o.concept === it.concept).indexOf(it) < perConcept,
@@ -56,6 +56,7 @@ const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.jso
 const baseItems = (await loadHeldOut(values.pack)).slice(0, Number(values.base));
 const weight = Number(values.weight);
 const all = (suffix: string): AdapterChoice[] => CONCEPTS.map((c) => ({ name: `${c}${suffix}`, weight }));
+engine.attach({ adapters: store });
 const available = new Set((await store.list()).map((a) => a.name));
 
 // 2. what to measure: [label, adapters, concepts to score, score base prompts?]
@@ -67,10 +68,10 @@ const configs: { label: string; adapters: AdapterChoice[]; concepts: readonly st
   { label: 'plain LoRA merged (3)', adapters: all('-lora'), concepts: CONCEPTS, base: true },
 ].filter((c) => c.adapters.every((a) => available.has(a.name)) && (values.only === undefined || new RegExp(values.only).test(c.label)));
 
-async function render(unet: Awaited<ReturnType<AdapterStore['merged']>>['unet'], caption: string, seed: number) {
-  const params = parseParams({ prompt: caption, seed: seed % 2 ** 32, steps: Number(values.steps), guidance: values.cfg, guidance_scale: Number(values.guidance) });
-  const size = engine.size(params);
-  const [img] = await txt2img(engine, params, 1, { runUnet: (rows) => unet.predict(rows, size.latentHeight, size.latentWidth) });
+/** One image through the service's own path: the engine resolves the merged UNet and encodes the prompt with it. */
+async function render(adapters: readonly AdapterChoice[], caption: string, seed: number) {
+  const params = parseParams({ prompt: caption, seed: seed % 2 ** 32, steps: Number(values.steps), guidance: values.cfg, guidance_scale: Number(values.guidance), adapters });
+  const [img] = await txt2img(engine, params, 1);
   return { data: new Uint8Array(tensorToRgb8(img!.data, img!.width, img!.height)), width: img!.width, height: img!.height };
 }
 
@@ -85,14 +86,14 @@ for (const config of configs) {
   for (const c of config.concepts) {
     const scores: ConceptScore[] = [];
     for (const item of conceptItems.filter((it) => it.concept === c)) {
-      scores.push(scoreConcept(spec, await render(merged.unet, item.caption, item.seed), item.attributes));
+      scores.push(scoreConcept(spec, await render(config.adapters, item.caption, item.seed), item.attributes));
     }
     concept[c] = { shape: fraction(scores.map((s) => s.shape)), color: fraction(scores.map((s) => s.color)), position: fraction(scores.map((s) => s.position)), n: scores.length };
   }
   let base: ReturnType<typeof accuracy> | undefined;
   if (config.base) {
     const scores: Score[] = [];
-    for (const item of baseItems) scores.push(scoreImage(spec, await render(merged.unet, item.caption, item.seed), item.attributes));
+    for (const item of baseItems) scores.push(scoreImage(spec, await render(config.adapters, item.caption, item.seed), item.attributes));
     base = accuracy(scores);
   }
   const row = { label: config.label, adapters: config.adapters, warnings: merged.warnings, mergeMs: merged.mergeMs, buildMs: merged.buildMs, concept, base, seconds: (performance.now() - started) / 1000 };

@@ -141,8 +141,10 @@ def read_safetensors(path):
     return out, meta
 
 
-def export_adapter(path, wrapped, rank, alpha, metadata):
-    tensors = {}
+def export_adapter(path, wrapped, rank, alpha, metadata, embeddings=None):
+    """embeddings: {trigger word: [n, D]} learned token vectors, stored under A1111's LoRA-bundled embedding
+    keys bundle_emb.<word>.string_to_param.* (the prompt word is replaced by these vectors)."""
+    tensors = {f"bundle_emb.{word}.string_to_param.*": v for word, v in (embeddings or {}).items()}
     for name, lora in wrapped.items():
         key = kohya_key(name)
         tensors[key + ".lora_down.weight"] = lora.down.detach().numpy()

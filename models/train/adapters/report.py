@@ -66,11 +66,13 @@ names = ["diamond", "heart", "ring", "diamond-lora", "heart-lora", "ring-lora"]
 logs = {n: json.load(open(os.path.join(HERE, "logs", f"{n}.json"))) for n in names if os.path.exists(os.path.join(HERE, "logs", f"{n}.json"))}
 if logs:
     print("\nTraining (fixed batch of 64 training scenes, same noise and timesteps, concept eps-MSE before -> after; adapter response "
-          "||dW h||^2 / ||W h||^2, mean over the 14 layers, on the trigger's tokens, on distractor captions and on the empty prompt):\n")
-    print("| adapter | method | steps | seconds | eps-MSE before -> after | response: trigger | distractor captions | empty prompt |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "||dW h||^2 / ||W h||^2, mean over the 14 layers, on the trigger's tokens, on distractor captions and on the empty prompt; "
+          "share of the learned token's text-state energy in the adapter's own basis block and in the other two blocks):\n")
+    print("| adapter | method | steps | seconds | eps-MSE before -> after | response: trigger | distractor captions | empty prompt | token energy: own block | other blocks |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n, s in logs.items():
         r = s.get("response", {})
         method = "orthogonal" if s["method"] == "orthogonal" else "plain LoRA"
         print(f"| {n} | {method} | {s['train_steps']} | {s['train_seconds']} | {s['fixed_batch_eps_mse_before']:.3f} -> {s['fixed_batch_eps_mse_after']:.3f} | "
-              f"{r.get('trigger_tokens', float('nan')):.3f} | {r.get('distractor_captions', float('nan')):.3f} | {r.get('unconditional', float('nan')):.3f} |")
+              f"{r.get('trigger_tokens', float('nan')):.3f} | {r.get('distractor_captions', float('nan')):.3f} | {r.get('unconditional', float('nan')):.3f} | "
+              + (f"{r['trigger_energy_in_own_block']:.3f} | {r['trigger_energy_in_other_blocks']:.3f} |" if s["method"] == "orthogonal" else "- | - |"))

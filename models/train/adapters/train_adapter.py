@@ -76,12 +76,18 @@ def concept_cache(concept, n, vae, tok, tag):
 
 @torch.no_grad()
 def prior_data(n, vae, tok):
-    """Base scenes: from the base training cache when present, else rendered (seeds 0..n-1)."""
+    """Base scenes: a seeded sample of the base training cache when present (kept in adapters/cache, so a
+    machine without the 130 MB base cache trains on the same rows), else rendered (seeds 0..n-1)."""
+    sample = os.path.join(CACHE, f"prior_{n}.npz")
     base = os.path.join(TRAIN, "cache", "latents_30000.npz")
-    if os.path.exists(base):
+    if not os.path.exists(sample) and os.path.exists(base):
         d = np.load(base)
         idx = np.random.default_rng(0).choice(d["latents"].shape[0], n, replace=False)
-        return torch.from_numpy(d["latents"][idx]), torch.from_numpy(d["ids"][idx].astype(np.int64))
+        os.makedirs(CACHE, exist_ok=True)
+        np.savez(sample, latents=d["latents"][idx], ids=d["ids"][idx].astype(np.int64))
+    if os.path.exists(sample):
+        d = np.load(sample)
+        return torch.from_numpy(d["latents"]), torch.from_numpy(d["ids"])
     lat = np.zeros((n, 4, 16, 16), np.float32)
     ids = np.zeros((n, 77), np.int64)
     for i in range(0, n, 64):
@@ -138,6 +144,33 @@ def encode_text(te, ids, bs=256):
     return torch.cat([te(ids[i:i + bs])[0] for i in range(0, ids.shape[0], bs)])
 
 
+def concept_token_ids(ids, pieces, new_id, pad_id):
+    """Captions with the trigger word's BPE pieces replaced by one new token id (a learned embedding, as in
+    textual inversion / Mix-of-Show's ED-LoRA): [B, 77] -> [B, 77], later tokens shifted left, padded."""
+    out = torch.full_like(ids, pad_id)
+    n = len(pieces)
+    for b in range(ids.shape[0]):
+        row = ids[b].tolist()
+        j = next(k for k in range(1, len(row) - n + 1) if row[k:k + n] == pieces)
+        row = row[:j] + [new_id] + row[j + n:]
+        out[b, :len(row)] = torch.tensor(row[:ids.shape[1]])
+    return out
+
+
+class ConceptEmbedding(torch.nn.Module):
+    """The frozen token table plus one trainable row for the concept's own token (id = vocabulary size)."""
+
+    def __init__(self, table, init):
+        super().__init__()
+        self.table = table
+        self.vector = torch.nn.Parameter(init.clone()[None])  # [1, D]
+
+    def forward(self, ids):
+        new = ids == self.table.num_embeddings
+        x = self.table(ids.clamp(max=self.table.num_embeddings - 1))
+        return torch.where(new[..., None], self.vector.expand_as(x), x)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--concept", required=True, choices=shapes.NEW_SHAPES)
@@ -150,6 +183,8 @@ def main():
     ap.add_argument("--targets", default="kv", choices=sorted(lora.TARGET_SETS), help="kv: attn2.to_k/to_v only")
     ap.add_argument("--reg-weight", type=float, default=0.0,
                     help="penalty on ||dW h||^2 / ||W h||^2 for text states h of distractor captions and of the empty prompt (no UNet pass)")
+    ap.add_argument("--reg-own", type=float, default=0.0,
+                    help="penalty weight on the response to the other tokens (not the trigger) of the concept captions")
     ap.add_argument("--reg-prior", type=int, default=0,
                     help="prior rows per step whose caption gets a distractor word; target: the frozen base UNet's prediction")
     ap.add_argument("--n-reg", type=int, default=4096, help="distractor captions")
@@ -164,6 +199,12 @@ def main():
     ap.add_argument("--p-uncond", type=float, default=0.1, help="caption dropout of the prior rows (uncond -> base data)")
     ap.add_argument("--p-uncond-concept", type=float, default=0.0,
                     help="caption dropout of the concept rows (0: the unconditional branch never learns the concept)")
+    ap.add_argument("--learn-token", action="store_true",
+                    help="the trigger word becomes one new token with a learned embedding, shipped in the file as "
+                         "A1111's bundle_emb.<trigger>.string_to_param.*")
+    ap.add_argument("--token-reg", type=float, default=0.0,
+                    help="penalty on the learned token's text-state energy in the basis' other adapter blocks "
+                         "(columns reserved for adapters outside this adapter's own block; orthogonal only)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--name", default=None)
     ap.add_argument("--out", default=os.path.join(PACK, "adapters"))
@@ -184,7 +225,7 @@ def main():
     c_lat, c_ids = concept_cache(args.concept, args.n_concept, vae, tok, vae_tag)
     p_lat, p_ids = prior_data(args.n_prior, vae, tok)
     c_lat, p_lat = c_lat * sf, p_lat * sf
-    c_ctx, p_ctx = encode_text(te, c_ids), encode_text(te, p_ids)
+    p_ctx = encode_text(te, p_ids)
     u_ctx = encode_text(te, torch.tensor([tok("")], dtype=torch.long))[0]
     # distractor captions (independent regulariser): base captions with a random non-trigger word, plus ""
     drng = np.random.default_rng(args.seed + 1000)
@@ -194,6 +235,22 @@ def main():
     # trigger token positions in the concept captions (diagnostic: adapter response on the trigger vs elsewhere)
     trig = torch.tensor(tok(args.concept), dtype=torch.long)
     trig = trig[1:int((trig != trig[-1]).sum())]  # pieces between BOS and EOS
+    emb = None
+    if args.learn_token:
+        table = te.text_model.embeddings.token_embedding
+        new_id = table.num_embeddings
+        c_ids = concept_token_ids(c_ids, trig.tolist(), new_id, int(tok("")[-1]))
+        emb = ConceptEmbedding(table, table.weight[trig].mean(0).detach())
+        te.text_model.embeddings.token_embedding = emb
+        trig = torch.tensor([new_id])
+        for p in te.parameters():
+            p.requires_grad_(p is emb.vector)
+    c_ctx = encode_text(te, c_ids)
+
+    def concept_ctx(idx):
+        """Text states of concept captions idx (through the learned token's embedding when it trains)."""
+        return te(c_ids[idx])[0] if emb is not None else c_ctx[idx]
+
     data_s = time.time() - t0
     # 2. adapters on every transformer Linear
     basis_cache, basis_meta = {}, None
@@ -229,13 +286,29 @@ def main():
 
     @torch.no_grad()
     def selectivity():
-        hc = c_ctx[:256]
+        hc = concept_ctx(torch.arange(256))
         return {"trigger_tokens": float(response(hc, c_trig_mask[:256])),
                 "concept_other_tokens": float(response(hc, ~c_trig_mask[:256])),
                 "distractor_captions": float(response(d_ctx[:512])),
-                "unconditional": float(response(u_ctx[None]))}
+                "unconditional": float(response(u_ctx[None])),
+                "trigger_energy_in_other_blocks": float(token_leak(hc[c_trig_mask[:256]])),
+                "trigger_energy_in_own_block": float(token_leak_own(hc[c_trig_mask[:256]]))}
 
     params = [p for l in wrapped.values() for p in (l.down, l.up) if p.requires_grad]
+    if emb is not None:
+        params.append(emb.vector)
+    # columns of the shared basis reserved for the other adapters' blocks (the token keeps out of them)
+    reserved = basis_cache.get(64, lora.orthogonal_basis(64))[:, :lora.TEXT_BASIS_LOW]
+    others = torch.from_numpy(np.delete(reserved, np.s_[args.block * args.rank:(args.block + 1) * args.rank], axis=1).copy())
+
+    def token_leak(h):
+        """share of the learned token's text-state energy in the other adapters' basis columns"""
+        return ((h @ others).pow(2).sum(-1) / h.pow(2).sum(-1)).mean()
+
+    own = torch.from_numpy(reserved[:, args.block * args.rank:(args.block + 1) * args.rank].copy())
+
+    def token_leak_own(h):
+        return ((h @ own).pow(2).sum(-1) / h.pow(2).sum(-1)).mean()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     abar = alphas_cumprod()
     grid = torch.tensor([999 - 20 * i for i in range(50)])
@@ -249,7 +322,7 @@ def main():
     def fixed_loss():
         a = abar[f_t][:, None, None, None]
         xt = a.sqrt() * c_lat[fi] + (1 - a).sqrt() * f_noise
-        return float((unet(xt, f_t.float(), c_ctx[fi]) - f_noise).pow(2).mean())
+        return float((unet(xt, f_t.float(), concept_ctx(fi)) - f_noise).pow(2).mean())
 
     loss_before = fixed_loss()
     t1 = time.time()
@@ -266,7 +339,7 @@ def main():
         ci = torch.from_numpy(rng.integers(0, c_lat.shape[0], args.batch))
         pi = torch.from_numpy(rng.integers(0, p_lat.shape[0], args.prior_batch))
         x0 = torch.cat([c_lat[ci], p_lat[pi]])
-        ctx = torch.cat([c_ctx[ci], p_ctx[pi]]).clone()
+        ctx = torch.cat([concept_ctx(ci), p_ctx[pi]]).clone()
         b = x0.shape[0]
         p_drop = np.r_[np.full(args.batch, args.p_uncond_concept), np.full(args.prior_batch, args.p_uncond)]
         drop = torch.from_numpy(rng.random(b) < p_drop)
@@ -296,6 +369,10 @@ def main():
         if args.reg_weight > 0:
             ri = torch.from_numpy(rng.integers(0, d_ctx.shape[0], args.reg_batch))
             loss = loss + args.reg_weight * (response(d_ctx[ri]) + response(u_ctx[None]))
+        if args.reg_own > 0:
+            loss = loss + args.reg_own * response(ctx[:args.batch], ~c_trig_mask[ci])
+        if args.token_reg > 0 and emb is not None and args.method == "orthogonal":  # plain LoRA has no basis
+            loss = loss + args.token_reg * token_leak(ctx[:args.batch][c_ids[ci] == trig[0]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -324,7 +401,10 @@ def main():
             "train_seconds": round(train_s), "lr": args.lr, "batch": f"{args.batch}+{args.prior_batch} prior",
             "example_prompt": f"a large red {args.concept} in the centre on a blue background"}
     path = os.path.join(args.out, f"{name}.safetensors")
-    lora.export_adapter(path, wrapped, args.rank, args.alpha, meta)
+    embeddings = {args.concept: emb.vector.detach().numpy()} if emb is not None else {}
+    if emb is not None:
+        meta["trigger_token"] = "learned embedding (bundle_emb), token-reg " + str(args.token_reg)
+    lora.export_adapter(path, wrapped, args.rank, args.alpha, meta, embeddings)
     if args.method == "orthogonal":
         lora.export_basis(os.path.join(args.out, f"{lora.BASIS_NAME}.safetensors"),
                           {l.base.in_features for l in wrapped.values()}, basis_cache, basis_meta)

@@ -19,7 +19,7 @@ const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
 async function storeWith(names: string[], cacheSize = 4): Promise<{ store: AdapterStore; dir: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
   for (const n of names) await copyFile(join(ADAPTERS, `${n}.safetensors`), join(dir, `${n}.safetensors`));
-  return { store: new AdapterStore(dir, UNET, OPTIONS, cacheSize), dir };
+  return { store: new AdapterStore(dir, { unet: UNET }, OPTIONS, cacheSize), dir };
 }
 
 const code = (c: string, pattern?: RegExp) => (e: unknown) => e instanceof ServiceError && e.code === c && (!pattern || pattern.test(e.message));
@@ -39,7 +39,7 @@ test('list() reads names, rank, layers and metadata; skips the basis file and br
   assert.equal(list[0]!.layers, 50);
   assert.equal(list[0]!.method, 'orthogonal');
   assert.equal(list[1]!.method, 'lora');
-  assert.equal((await new AdapterStore(join(dir, 'missing'), UNET, OPTIONS).list()).length, 0);
+  assert.equal((await new AdapterStore(join(dir, 'missing'), { unet: UNET }, OPTIONS).list()).length, 0);
 });
 
 test('add() validates the name, size, format and fit before writing anything', async () => {
@@ -48,7 +48,7 @@ test('add() validates the name, size, format and fit before writing anything', a
   for (const name of ['../evil', 'a/b', 'UPPER', '', 'x'.repeat(65), 'orthogonal-basis', 'dot.name']) {
     await assert.rejects(store.add(name, good), code('bad_request', /adapter name must match/), name);
   }
-  await assert.rejects(new AdapterStore(dir, UNET, OPTIONS, 4, { maxBytes: 1000 }).add('big', good), code('too_large', /limit is 1000/));
+  await assert.rejects(new AdapterStore(dir, { unet: UNET }, OPTIONS, 4, { maxBytes: 1000 }).add('big', good), code('too_large', /limit is 1000/));
   await assert.rejects(store.add('trunc', good.subarray(0, good.length - 10)), code('model_invalid', /adapter trunc: not a valid safetensors file/));
   await assert.rejects(store.add('junk', new TextEncoder().encode('hello world, not safetensors')), code('model_invalid'));
   const onnx = new Uint8Array(await readFile(join(ADAPTERS, 'unet-lora-branch.onnx')));
