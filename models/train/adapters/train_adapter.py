@@ -291,24 +291,21 @@ def main():
                 "concept_other_tokens": float(response(hc, ~c_trig_mask[:256])),
                 "distractor_captions": float(response(d_ctx[:512])),
                 "unconditional": float(response(u_ctx[None])),
-                "trigger_energy_in_other_blocks": float(token_leak(hc[c_trig_mask[:256]])),
-                "trigger_energy_in_own_block": float(token_leak_own(hc[c_trig_mask[:256]]))}
+                "trigger_energy_in_other_blocks": float(energy_share(hc[c_trig_mask[:256]], others)),
+                "trigger_energy_in_own_block": float(energy_share(hc[c_trig_mask[:256]], own))}
 
     params = [p for l in wrapped.values() for p in (l.down, l.up) if p.requires_grad]
     if emb is not None:
         params.append(emb.vector)
-    # columns of the shared basis reserved for the other adapters' blocks (the token keeps out of them)
+    # the shared basis' adapter columns: this adapter's block, and the blocks reserved for the others
     reserved = basis_cache.get(64, lora.orthogonal_basis(64))[:, :lora.TEXT_BASIS_LOW]
-    others = torch.from_numpy(np.delete(reserved, np.s_[args.block * args.rank:(args.block + 1) * args.rank], axis=1).copy())
+    block = np.s_[args.block * args.rank:(args.block + 1) * args.rank]
+    own = torch.from_numpy(reserved[:, block].copy())
+    others = torch.from_numpy(np.delete(reserved, block, axis=1))
 
-    def token_leak(h):
-        """share of the learned token's text-state energy in the other adapters' basis columns"""
-        return ((h @ others).pow(2).sum(-1) / h.pow(2).sum(-1)).mean()
-
-    own = torch.from_numpy(reserved[:, args.block * args.rank:(args.block + 1) * args.rank].copy())
-
-    def token_leak_own(h):
-        return ((h @ own).pow(2).sum(-1) / h.pow(2).sum(-1)).mean()
+    def energy_share(h, cols):
+        """mean share of the text states' energy (h [N, 64]) inside the span of the orthonormal columns cols"""
+        return ((h @ cols).pow(2).sum(-1) / h.pow(2).sum(-1)).mean()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     abar = alphas_cumprod()
     grid = torch.tensor([999 - 20 * i for i in range(50)])
@@ -372,7 +369,7 @@ def main():
         if args.reg_own > 0:
             loss = loss + args.reg_own * response(ctx[:args.batch], ~c_trig_mask[ci])
         if args.token_reg > 0 and emb is not None and args.method == "orthogonal":  # plain LoRA has no basis
-            loss = loss + args.token_reg * token_leak(ctx[:args.batch][c_ids[ci] == trig[0]])
+            loss = loss + args.token_reg * energy_share(ctx[:args.batch][c_ids[ci] == trig[0]], others)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -396,7 +393,8 @@ def main():
             "targets": ",".join(lora.TARGET_SETS[args.targets]), "layers": len(wrapped),
             "regulariser": (f"penalty {args.reg_weight} x ||dW h||^2/||W h||^2 on distractor captions + the same on the empty prompt; "
                             f"concept caption dropout {args.p_uncond_concept}, prior {args.p_uncond}; "
-                            f"{args.reg_prior} prior rows/step with distractor captions -> frozen base prediction"),
+                            f"{args.reg_prior} prior rows/step with distractor captions -> frozen base prediction; "
+                            f"own-caption penalty {args.reg_own}; token-reg {args.token_reg}"),
             "base_model": "tiny-shapes", "base_unet_step": base_step, "train_steps": step - 1,
             "train_seconds": round(train_s), "lr": args.lr, "batch": f"{args.batch}+{args.prior_batch} prior",
             "example_prompt": f"a large red {args.concept} in the centre on a blue background"}
