@@ -5,7 +5,10 @@
  */
 import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
-import { ADAPTER_NAME } from '../models/adapters/store.ts';
+import { ADAPTER_NAME, DEFAULT_ADAPTER_LIMITS } from '../models/adapters/store.ts';
+
+/** Largest |adapter weight| a request may ask for (the store's limit; the paper merges at 0.6-1). */
+const MAX_WEIGHT = DEFAULT_ADAPTER_LIMITS.maxWeight;
 
 /** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
 export const MAX_PROMPT_CHARS = 2000;
@@ -53,7 +56,10 @@ export const paramsSchema = z
     /** Force one UNet expert by name (overrides the router and the budget). */
     expert: z.string().regex(NAME, 'must be a name of letters, digits, _ and -').optional(),
     /** Adapters merged into the UNet, each with its weight (lambda). */
-    adapters: z.array(z.object({ name: z.string().regex(ADAPTER_NAME, 'must be a name of lower-case letters, digits, _ and -'), weight: z.number().min(-2).max(2).default(1) }).strict()).max(8).default([]),
+    adapters: z
+      .array(z.object({ name: z.string().regex(ADAPTER_NAME, 'must be a name of lower-case letters, digits, _ and -'), weight: z.number().min(-MAX_WEIGHT).max(MAX_WEIGHT).default(1) }).strict())
+      .max(DEFAULT_ADAPTER_LIMITS.maxAdapters)
+      .default([]),
   })
   .strict();
 

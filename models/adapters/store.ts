@@ -36,7 +36,7 @@ export interface AdapterLimits {
   readonly maxWeight: number;
 }
 
-export const DEFAULT_ADAPTER_LIMITS: AdapterLimits = Object.freeze({ maxBytes: 256 * 2 ** 20, maxAdapters: 8, maxWeight: 4 });
+export const DEFAULT_ADAPTER_LIMITS: AdapterLimits = Object.freeze({ maxBytes: 256 * 2 ** 20, maxAdapters: 8, maxWeight: 2 });
 /** A merged UNet evicted from the cache is released after this long without a prediction (streams may still hold it). */
 export const EVICTED_IDLE_MS = 60_000;
 
