@@ -86,6 +86,21 @@ interface Mapped {
   readonly unsupported: string[];
 }
 
+/** A1111's LoRA prompt syntax, <lora:name> or <lora:name:weight> (a second, text-encoder weight is ignored). */
+const LORA_TAG = /<lora:([^:>]+)(?::([^:>]+))?(?::[^>]*)?>/gi;
+
+/** Takes A1111's <lora:...> tags out of a prompt: the prompt without them and the adapters they name. */
+export function loraTags(prompt: string): { prompt: string; adapters: { name: string; weight: number }[] } {
+  const adapters: { name: string; weight: number }[] = [];
+  const text = prompt.replace(LORA_TAG, (_, name: string, weight: string | undefined) => {
+    const w = weight === undefined ? 1 : Number(weight);
+    if (!Number.isFinite(w)) throw new ServiceError('bad_request', `prompt: <lora:${name}:${weight}> has no numeric weight`, { field: 'prompt' });
+    adapters.push({ name: name.trim(), weight: w });
+    return ' ';
+  });
+  return { prompt: text.replace(/\s+/g, ' ').trim(), adapters };
+}
+
 function mapRequest(
   raw: Record<string, unknown>,
   request: Txt2ImgRequest,
@@ -105,9 +120,11 @@ function mapRequest(
   }
   if (request.sampler_name !== undefined && request.sampler_name.toUpperCase() !== SAMPLER) notes.push(`sampler_name "${request.sampler_name}" is not available: sampled with ${SAMPLER}`);
   const seed = resolveSeed(request.seed);
+  const { prompt, adapters } = loraTags(request.prompt);
   const params = mapParams(
     {
-      prompt: request.prompt,
+      prompt,
+      ...(adapters.length > 0 ? { adapters } : {}),
       negative_prompt: request.negative_prompt,
       seed,
       steps,

@@ -5,6 +5,7 @@
 import type { GenerationParams } from '../../pipelines/params.ts';
 import { img2img, txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
+import type { RunnerFactory } from '../../pipelines/stream-pipeline.ts';
 import { ServiceError } from '../../models/errors.ts';
 import type { AppContext } from '../context.ts';
 
@@ -43,8 +44,9 @@ export async function renderImages(ctx: AppContext, request: RenderRequest): Pro
   const steps = engine.coefficients(params, mode).timesteps.length;
   const total = Math.ceil(count / lanes) * steps;
   let done = 0;
-  const runUnet = countingRunner(ctx.runner(size), () => request.onStep?.(++done, total));
-  const options = { runUnet, lanesPerCall: lanes, ...(request.signal ? { signal: request.signal } : {}) };
+  // the request's own UNet variant (expert, merged adapters), through the cross-stream batcher
+  const runners: RunnerFactory = (s, variant) => countingRunner(ctx.runner(s, variant), () => request.onStep?.(++done, total));
+  const options = { runners, lanesPerCall: lanes, ...(request.signal ? { signal: request.signal } : {}) };
   let images: GeneratedImage[];
   if (inits) {
     if (inits.length === 0) throw new ServiceError('bad_request', 'no input image', { field: 'image' });

@@ -1,6 +1,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
+import { loraTags } from '../../../server/batch/a1111.ts';
+import { ServiceError } from '../../../models/errors.ts';
+import { Engine } from '../../../pipelines/engine.ts';
+import { BASE_PACK } from '../../helpers/fixtures.ts';
 import { getJson, postJson, startServer, type TestServer } from './helpers.ts';
 
 let server: TestServer;
@@ -149,4 +153,34 @@ test('the images metric counts per endpoint', async () => {
   const metric = await server.ctx.metrics.images.get();
   const txt = metric.values.find((v) => v.labels['endpoint'] === '/sdapi/v1/txt2img');
   assert.ok(txt && txt.value >= 4);
+});
+
+test('A1111 <lora:name:weight> prompt tags choose adapters and leave the prompt', async () => {
+  assert.deepEqual(loraTags('a large <lora:heart:0.8> red heart <LORA:ring> <lora:x_1:1.5:0.5>'), {
+    prompt: 'a large red heart',
+    adapters: [{ name: 'heart', weight: 0.8 }, { name: 'ring', weight: 1 }, { name: 'x_1', weight: 1.5 }],
+  });
+  assert.deepEqual(loraTags('no tags here'), { prompt: 'no tags here', adapters: [] });
+  assert.throws(() => loraTags('<lora:heart:abc>'), (e: unknown) => e instanceof ServiceError && e.code === 'bad_request' && /no numeric weight/.test(e.message));
+  // the tag reaches the UNet choice: this fixture model has no adapters, and says which were asked for
+  const { status, body } = await postJson(`${server.url}/sdapi/v1/txt2img`, { prompt: 'a red heart <lora:heart:1>', ...small });
+  assert.equal(status, 404, JSON.stringify(body));
+  assert.match(body.error.message, /no adapters \(asked for heart\)/);
+});
+
+test('a render runs on the UNet its adapters name (merged variant through the batcher), not the pack\'s', async () => {
+  const engine = await Engine.load(BASE_PACK);
+  const calls: string[] = [];
+  const spy = (name: string) => Object.assign(Object.create(engine.pack.unet), {
+    predict: (...args: Parameters<typeof engine.pack.unet.predict>) => (calls.push(name), engine.pack.unet.predict(...args)),
+  });
+  engine.attach({ adapters: { merged: async (adapters) => ({ unet: spy(adapters.map((a) => a.name).join('+')), warnings: [] }) } });
+  const own = await startServer({ engine });
+  try {
+    const { status, body } = await postJson(`${own.url}/sdapi/v1/txt2img`, { prompt: 'a red heart <lora:heart:1>', ...small });
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.deepEqual(calls, ['heart'], 'one UNet call (1 step), on the merged UNet');
+  } finally {
+    await own.close();
+  }
 });
