@@ -28,8 +28,8 @@ export interface UnetVariant {
   readonly text?: ConceptText | undefined;
 }
 
-/** APTP experts (models/experts.ts provides one). */
-export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet }>;
+/** APTP experts (models/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
+export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet; readonly parameters?: number; readonly latencyMs?: number }>;
 
 /** Merged-adapter sessions (models/adapters provides one). */
 export interface AdapterSource {

@@ -5,12 +5,11 @@
 import { Router, raw } from 'express';
 import { ServiceError } from '../models/errors.ts';
 import type { AdapterStore } from '../models/adapters/store.ts';
-import type { ExpertSet } from '../models/experts.ts';
 import type { AppContext } from './context.ts';
 
 export function modelRoutes(ctx: AppContext, adapters: AdapterStore | undefined): Router {
   const router = Router();
-  const experts = ctx.engine.variants.experts as ExpertSet | undefined;
+  const experts = ctx.engine.variants.experts;
 
   router.get('/v1/experts', (_req, res) => {
     const list = experts?.experts ?? [{ name: 'full', relativeMacs: 1, parameters: undefined, latencyMs: undefined }];
