@@ -27,8 +27,8 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
 /** readJsonFile for files that must hold one JSON object. */
 export async function readJsonObject(path: string, what: string): Promise<Record<string, unknown>> {
   const value = await readJsonFile(path, what);
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ServiceError('model_invalid', `${what} must be a JSON object`);
-  return value as Record<string, unknown>;
+  if (!isRecord(value)) throw new ServiceError('model_invalid', `${what} must be a JSON object`);
+  return value;
 }
 
 /** A model_invalid error about one field of a pack file. */
@@ -36,6 +36,7 @@ export function invalidField(source: string, field: string, message: string): Se
   return new ServiceError('model_invalid', `${source}: ${field} ${message}`, { field });
 }
 
+/** A JSON object: not null, not an array. */
 export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
+import { isRecord } from '../models/files.ts';
 import { ADAPTER_NAME, DEFAULT_ADAPTER_LIMITS } from '../models/adapters/store.ts';
 
 /** Largest |adapter weight| a request may ask for (the store's limit; the paper merges at 0.6-1). */
@@ -85,7 +86,7 @@ const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'exper
 
 /** A live update: only the given fields, each validated; returns the merged parameters. */
 export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {
-  if (typeof update !== 'object' || update === null || Array.isArray(update)) {
+  if (!isRecord(update)) {
     throw new ServiceError('bad_request', 'parameters must be a JSON object');
   }
   const present = Object.fromEntries(Object.entries(update).filter(([k, v]) => !(v === null && CLEARABLE.has(k))));

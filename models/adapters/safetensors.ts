@@ -7,6 +7,7 @@
  * says what is wrong, and nothing is returned.
  */
 import { ServiceError } from '../errors.ts';
+import { isRecord } from '../files.ts';
 import { float16ToFloat32 } from '../runtime.ts';
 
 export type SafetensorsDType = 'F32' | 'F16';
@@ -71,14 +72,14 @@ export function parseSafetensors(bytes: Uint8Array, label = 'adapter', limits: S
   } catch (cause) {
     throw new ServiceError('model_invalid', `${label}: not a valid safetensors file: the header is not UTF-8 JSON (${(cause as Error).message})`, { cause });
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw invalid(label, 'the header is not a JSON object');
-  const entries = Object.entries(header as Record<string, unknown>);
+  if (!isRecord(header)) throw invalid(label, 'the header is not a JSON object');
+  const entries = Object.entries(header);
   if (entries.length > limits.maxTensors + 1) throw invalid(label, `${entries.length} header entries, more than the limit of ${limits.maxTensors}`);
   // 3. metadata: string -> string
   const metadata: Record<string, string> = {};
-  const rawMeta = (header as Record<string, unknown>)['__metadata__'];
+  const rawMeta = header['__metadata__'];
   if (rawMeta !== undefined) {
-    if (typeof rawMeta !== 'object' || rawMeta === null || Array.isArray(rawMeta)) throw invalid(label, '__metadata__ is not an object');
+    if (!isRecord(rawMeta)) throw invalid(label, '__metadata__ is not an object');
     for (const [k, v] of Object.entries(rawMeta)) {
       if (typeof v !== 'string') throw invalid(label, `__metadata__.${k} is not a string`);
       metadata[k] = v;
@@ -89,8 +90,8 @@ export function parseSafetensors(bytes: Uint8Array, label = 'adapter', limits: S
   const ranges: { name: string; begin: number; end: number; dtype: SafetensorsDType; shape: number[] }[] = [];
   for (const [name, raw] of entries) {
     if (name === '__metadata__') continue;
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalid(label, `tensor "${name}" is not an object`);
-    const entry = raw as Record<string, unknown>;
+    if (!isRecord(raw)) throw invalid(label, `tensor "${name}" is not an object`);
+    const entry = raw;
     const extra = Object.keys(entry).filter((k) => !ENTRY_KEYS.has(k));
     if (extra.length > 0) throw invalid(label, `tensor "${name}" has unknown fields ${extra.join(', ')}`);
     const dtype = entry['dtype'];

@@ -6,6 +6,7 @@
 import { randomInt } from 'node:crypto';
 import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
+import { isRecord } from '../../models/files.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import { decodeImage, type DecodedImage } from '../../pipelines/image.ts';
 
@@ -18,7 +19,7 @@ function fieldOf(issue: z.ZodIssue): string {
 
 /** Parses `body` with a strict zod schema; the first problem becomes a 400 naming its field. */
 export function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+  if (!isRecord(body)) {
     throw new ServiceError('bad_request', 'the request body must be a JSON object (Content-Type: application/json)');
   }
   const result = schema.safeParse(body);
@@ -31,7 +32,7 @@ export function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.o
 
 /** A copy without null-valued keys: clients of A1111 send null for "not set". */
 export function dropNulls(body: unknown): unknown {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return body;
+  if (!isRecord(body)) return body;
   return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== null));
 }
 
