@@ -7,7 +7,7 @@
  * adapters is therefore served by the full UNet whatever its budget.
  */
 import type { Unet } from '../models/components.ts';
-import type { ConceptText } from '../models/adapters/store.ts';
+import { adapterKey, type ConceptText } from '../models/adapters/store.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { GenerationParams } from './params.ts';
 import { pickExpert, type ExpertCost, type RoutableExperts } from './router.ts';
@@ -38,14 +38,6 @@ export interface AdapterSource {
 
 export const FULL_EXPERT = 'full';
 
-export function adaptersKey(adapters: readonly AdapterWeight[]): string {
-  return [...adapters]
-    .filter((a) => a.weight !== 0)
-    .sort((a, b) => a.name.localeCompare(b.name))
-    .map((a) => `${a.name}:${a.weight}`)
-    .join(',');
-}
-
 export class VariantResolver {
   constructor(
     private readonly base: Unet,
@@ -63,7 +55,7 @@ export class VariantResolver {
       if (!this.adapters) throw new ServiceError('not_found', `this model has no adapters (asked for ${active.map((a) => a.name).join(', ')})`, { field: 'adapters' });
       const fullName = this.experts?.experts.find((e) => e.relativeMacs === 1)?.name ?? FULL_EXPERT;
       const { unet, warnings, text } = await this.adapters.merged(active);
-      return { key: `${fullName}+${adaptersKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings };
+      return { key: `${fullName}+${adapterKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings };
     }
     if (this.experts) {
       const e = pickExpert(this.experts, await pooled(), params.budget, params.expert);
