@@ -155,12 +155,12 @@ def export_adapter(path, wrapped, rank, alpha, metadata, embeddings=None):
 
 
 def export_basis(path, sizes, basis_cache=None, extra_meta=None):
+    """The shared basis file: the cached bases (e.g. the text basis) or seeded random ones; extra_meta describes a
+    cached basis' construction (default: the random one's)."""
     basis_cache = basis_cache or {}
-    tensors = {f"basis.{n}": basis_cache.get(n, None) if n in basis_cache else orthogonal_basis(n) for n in sorted(sizes)}
-    if extra_meta:
-        write_safetensors(path, tensors, dict({"kind": "orthogonal_basis", "seed": BASIS_SEED, "sizes": json.dumps(sorted(sizes))}, **extra_meta))
-        return
-    write_safetensors(path, tensors, {"kind": "orthogonal_basis", "seed": BASIS_SEED,
-                                      "construction": "Q of QR(standard_normal((n, n))) with numpy default_rng(seed + n), columns sign-fixed so diag(R) > 0",
-                                      "sizes": json.dumps(sorted(sizes)),
-                                      "usage": "adapter i of rank r uses down = basis.n[:, i*r:(i+1)*r].T on layers of input size n"})
+    tensors = {f"basis.{n}": basis_cache[n] if n in basis_cache else orthogonal_basis(n) for n in sorted(sizes)}
+    meta = {"kind": "orthogonal_basis", "seed": BASIS_SEED, "sizes": json.dumps(sorted(sizes))}
+    meta.update(extra_meta or {
+        "construction": "Q of QR(standard_normal((n, n))) with numpy default_rng(seed + n), columns sign-fixed so diag(R) > 0",
+        "usage": "adapter i of rank r uses down = basis.n[:, i*r:(i+1)*r].T on layers of input size n"})
+    write_safetensors(path, tensors, meta)
