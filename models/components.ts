@@ -4,7 +4,7 @@
  * float32 [] or float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters.
  */
 import { ServiceError } from './errors.ts';
-import { OnnxModel, type DType, type IoSpec } from './runtime.ts';
+import { OnnxModel, type DType, type IoSpec } from './runtime/onnx.ts';
 
 function requireInput(model: OnnxModel, names: readonly string[]): IoSpec {
   const spec = names.map((n) => model.input(n)).find((s) => s !== undefined);

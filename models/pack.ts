@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
-import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime.ts';
+import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime/onnx.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
 /** The pack the service runs when no model folder is given. */

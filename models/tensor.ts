@@ -1,6 +1,6 @@
 /**
  * Vector helpers on flat Float32Arrays. The pipeline passes latents and images as flat rows ([4 * h * w],
- * [3 * H * W]); only the runtime boundary (models/runtime.ts) attaches dims.
+ * [3 * H * W]); only the runtime boundary (models/runtime/onnx.ts) attaches dims.
  */
 export function dot(x: Float32Array, y: Float32Array): number {
   let s = 0;

@@ -10,7 +10,7 @@ import type { Unet } from '../models/components.ts';
 import { adapterKey, type ConceptText } from '../models/adapters/store.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { GenerationParams } from './params.ts';
-import { pickExpert, type ExpertCost, type RoutableExperts } from './router.ts';
+import { pickExpert, type ExpertCost, type RoutableExperts } from '../models/aptp/routing.ts';
 
 export interface AdapterWeight {
   readonly name: string;
@@ -28,7 +28,7 @@ export interface UnetVariant {
   readonly text?: ConceptText | undefined;
 }
 
-/** APTP experts (models/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
+/** APTP experts (models/aptp/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
 export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet; readonly parameters?: number; readonly latencyMs?: number }>;
 
 /** Merged-adapter sessions (models/adapters provides one). */

@@ -9,10 +9,10 @@ import { rename, rm } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import type { Engine } from './engine.ts';
-import { rgb8ToTensor, tensorToRgb8 } from './image.ts';
+import { rgb8ToTensor, tensorToRgb8 } from './codecs/image.ts';
 import type { GenerationParams } from './params.ts';
 import { StreamPipeline, type RunnerFactory } from './stream-pipeline.ts';
-import { decodeFrames, defaultFfmpeg, probeVideo, startEncoder, type FfmpegPaths, type VideoInfo } from './ffmpeg.ts';
+import { decodeFrames, defaultFfmpeg, probeVideo, startEncoder, type FfmpegPaths, type VideoInfo } from './codecs/ffmpeg.ts';
 
 export interface VideoRenderOptions {
   readonly input: string;

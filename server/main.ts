@@ -4,7 +4,7 @@ import { startServer, type ExtensionFactory } from './app.ts';
 import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { createBatchApi } from './batch/index.ts';
-import { WorkerUnet } from '../models/adapters/worker-unet.ts';
+import { WorkerUnet } from '../models/adapters/threaded-unet.ts';
 
 const log = createLogger({ service: 'streamdiffusion-node' });
 

@@ -1,6 +1,6 @@
 /**
  * The adapter store: a folder of kohya LoRA safetensors files beside a pack's UNet, uploads into it, and
- * merged UNets built in the background (on worker threads, see worker-unet.ts) with a bounded LRU cache keyed
+ * merged UNets built in the background (on worker threads, see threaded-unet.ts) with a bounded LRU cache keyed
  * by the sorted adapters and weights. Concurrent requests for the same combination share one build; an
  * evicted UNet is released once no stream has used it for EVICTED_IDLE_MS. Merging never writes to disk; uploads are
  * checked completely (format, keys, shapes against the UNet) before a file is written, and are written
@@ -13,13 +13,13 @@ import { join, resolve } from 'node:path';
 import type { ClipTextEncoder, Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import type { PackOptions } from '../pack.ts';
-import { DEFAULT_SESSION_OPTIONS } from '../runtime.ts';
+import { DEFAULT_SESSION_OPTIONS } from '../runtime/onnx.ts';
 import { addConceptTokens, tokenTable, type ConceptTokenIds } from './concept-tokens.ts';
 import { readKohyaAdapter, type KohyaAdapter } from './kohya.ts';
 import { matchAdapter, mergeAdapters, type WeightedAdapter } from './merge.ts';
 import { indexOnnxModel, type OnnxGraphIndex } from './onnx-graph.ts';
 import { DEFAULT_SAFETENSORS_LIMITS, parseSafetensors } from './safetensors.ts';
-import { WorkerUnet } from './worker-unet.ts';
+import { WorkerUnet } from './threaded-unet.ts';
 
 /** Adapter names: lower-case letters, digits, '_' and '-' (they become file names: no path can be formed). */
 export const ADAPTER_NAME = /^[a-z0-9_-]{1,64}$/;

@@ -8,7 +8,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { encodeImage } from '../../pipelines/image.ts';
+import { encodeImage } from '../../pipelines/codecs/image.ts';
 import { MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';

@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';

@@ -17,7 +17,7 @@ import { AdapterStore, type AdapterChoice } from '../../models/adapters/store.ts
 import { readKohyaAdapter } from '../../models/adapters/kohya.ts';
 import { parseSafetensors } from '../../models/adapters/safetensors.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { OnnxModel } from '../../models/runtime.ts';
+import { OnnxModel } from '../../models/runtime/onnx.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';

@@ -8,14 +8,14 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { loadExperts, type Expert, type ExpertSet } from '../../models/experts.ts';
-import { pickExpert } from '../../pipelines/router.ts';
-import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../models/evaluator.ts';
+import { loadExperts, type Expert, type ExpertSet } from '../../models/aptp/experts.ts';
+import { pickExpert } from '../../models/aptp/routing.ts';
+import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../pipelines/evaluation/evaluator.ts';
 import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR, type PackOptions } from '../../models/pack.ts';
 import type { UnetRow } from '../../models/components.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { txt2img } from '../../pipelines/generate.ts';
-import { tensorToRgb8 } from '../../pipelines/image.ts';
+import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { interleave, type Summary } from './stats.ts';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { txt2img } from '../../pipelines/generate.ts';
-import { encodeImage, decodeImage } from '../../pipelines/image.ts';
+import { encodeImage, decodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamBatch } from '../../pipelines/stream-batch.ts';
 import { denoiseSequential } from '../../pipelines/sequential.ts';
 import { makeGuidance } from '../../pipelines/rcfg.ts';

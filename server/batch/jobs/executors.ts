@@ -5,10 +5,10 @@
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encodeImage } from '../../../pipelines/image.ts';
+import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { AppContext } from '../../context.ts';
-import type { FfmpegPaths } from '../../../pipelines/ffmpeg.ts';
+import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';

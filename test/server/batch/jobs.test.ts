@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import sharp from 'sharp';
 import { txt2img } from '../../../pipelines/generate.ts';
-import { encodeImage } from '../../../pipelines/image.ts';
+import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import { parseParams } from '../../../pipelines/params.ts';
 import type { UnetRunner } from '../../../pipelines/denoise-step.ts';
 import { fixtureEngine, getJson, postJson, startServer, tempDir, waitForJob, type Json, type TestServer } from './helpers.ts';

@@ -1,13 +1,13 @@
 /**
  * Scores torch_eval.py's sets with the pack's evaluator and the concept classifier (development only).
- *   npx tsx models/train/adapters/dev/score-torch-eval.ts OUT_DIR SET...
+ *   npx tsx pipelines/evaluation/score-torch-eval.ts OUT_DIR SET...
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { scoreConcept } from '../../../adapters/concept-score.ts';
-import { accuracy, loadSceneSpec, scoreImage, type Score } from '../../../evaluator.ts';
-import { EMBEDDED_PACK_DIR } from '../../../pack.ts';
+import { scoreConcept } from './concept-score.ts';
+import { accuracy, loadSceneSpec, scoreImage, type Score } from './evaluator.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 
 const SIZE = 128;
 const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);

@@ -4,7 +4,7 @@
  * converted to [3, H, W] floats in [-1, 1]. Frames out: [3, H, W] in [-1, 1] -> JPEG, PNG or WebP.
  */
 import sharp from 'sharp';
-import { ServiceError } from '../models/errors.ts';
+import { ServiceError } from '../../models/errors.ts';
 
 export const INPUT_FORMATS = ['jpeg', 'png', 'webp'] as const;
 export type OutputFormat = 'jpeg' | 'png' | 'webp';

@@ -4,7 +4,7 @@
  * float32 and int arrays only. Importing it does nothing by itself.
  */
 import * as ort from 'onnxruntime-node';
-import { ServiceError } from './errors.ts';
+import { ServiceError } from '../errors.ts';
 
 export const PROVIDERS = ['cpu', 'cuda', 'tensorrt', 'dml', 'coreml'] as const;
 export type Provider = (typeof PROVIDERS)[number];

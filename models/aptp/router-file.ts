@@ -1,9 +1,9 @@
 /**
  * router.json, the prompt router of a pack's experts (APTP; models/train/experts/README.md): the file format
- * and its validation. Routing itself is in pipelines/router.ts.
+ * and its validation. Routing itself is in models/aptp/routing.ts.
  */
-import { ServiceError } from './errors.ts';
-import { invalidField as invalid, isRecord } from './files.ts';
+import { ServiceError } from '../errors.ts';
+import { invalidField as invalid, isRecord } from '../files.ts';
 
 export const ROUTER_TYPES = ['linear', 'codes'] as const;
 export type RouterType = (typeof ROUTER_TYPES)[number];

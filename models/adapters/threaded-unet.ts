@@ -1,5 +1,5 @@
 /**
- * A UNet whose session lives on a worker thread (models/adapters/unet-worker.ts). Building a session blocks
+ * A UNet whose session lives on a worker thread (models/adapters/threaded-unet.worker.ts). Building a session blocks
  * the thread that builds it, so merged UNets are built off the main thread: streams keep running on the old
  * session until the new one is ready, then swap at a frame boundary. predict() posts the rows and awaits the
  * predictions (a message round trip, well under a millisecond for tiny-shapes rows). The worker also holds the
@@ -8,9 +8,9 @@
 import { Worker } from 'node:worker_threads';
 import { ClipTextEncoder, Unet, type UnetRow } from '../components.ts';
 import { ServiceError, type ErrorCode } from '../errors.ts';
-import { OnnxModel, type Feed, type IoSpec, type SessionOptions } from '../runtime.ts';
+import { OnnxModel, type Feed, type IoSpec, type SessionOptions } from '../runtime/onnx.ts';
 
-const WORKER_URL = new URL('./unet-worker.ts', import.meta.url);
+const WORKER_URL = new URL('./threaded-unet.worker.ts', import.meta.url);
 /**
  * The worker is TypeScript like the rest of the service: a small script registers tsx's loader in the
  * worker, then imports it (Node 20 does not carry a parent's --import loader into a worker's entry).

@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { ServiceError } from '../../../models/errors.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { parseParams } from '../../../pipelines/params.ts';
-import { decodeFrames, parseFfmpegInfo, parseRate, probeVideo, resolveFfmpeg } from '../../../pipelines/ffmpeg.ts';
+import { decodeFrames, parseFfmpegInfo, parseRate, probeVideo, resolveFfmpeg } from '../../../pipelines/codecs/ffmpeg.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
-import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from './helpers.ts';
+import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from '../../server/batch/helpers.ts';
 
 const skip = HAVE_FFMPEG ? false : 'no ffmpeg on this machine';
 

@@ -12,12 +12,12 @@
  * no router serves the largest expert within the budget.
  */
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import { Unet, type UnetRow } from './components.ts';
-import { ServiceError } from './errors.ts';
-import { exists, invalidField as invalid, isRecord, readJsonFile } from './files.ts';
-import type { ModelPack, PackOptions } from './pack.ts';
+import { Unet, type UnetRow } from '../components.ts';
+import { ServiceError } from '../errors.ts';
+import { exists, invalidField as invalid, isRecord, readJsonFile } from '../files.ts';
+import type { ModelPack, PackOptions } from '../pack.ts';
 import { parseRouter, type RouterWeights } from './router-file.ts';
-import { DEFAULT_SESSION_OPTIONS, OnnxModel } from './runtime.ts';
+import { DEFAULT_SESSION_OPTIONS, OnnxModel } from '../runtime/onnx.ts';
 
 export const EXPERTS_DIR = 'experts';
 export const MANIFEST_FILE = 'manifest.json';
@@ -37,7 +37,7 @@ export interface ExpertSet {
   readonly experts: readonly Expert[];
   /** The pack's own UNet as an expert. */
   readonly full: Expert;
-  /** Routing with it: pipelines/router.ts (pickExpert). */
+  /** Routing with it: models/aptp/routing.ts (pickExpert). */
   readonly router: RouterWeights | undefined;
 }
 

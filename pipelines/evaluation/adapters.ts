@@ -1,12 +1,12 @@
 /**
  * Measures the concept adapters with the pack's evaluator through the real pipeline (txt2img on onnxruntime):
- *   - concept accuracy (the first object's shape, six-way template fit, models/adapters/concept-score.ts) on
+ *   - concept accuracy (the first object's shape, six-way template fit, pipelines/evaluation/concept-score.ts) on
  *     held-out concept prompts (heldout-concepts.json), for the base UNet, each adapter alone, and all
  *     orthogonal / all plain-LoRA adapters merged;
- *   - base accuracy (models/evaluator.ts, the pack's held-out captions, no concept) for the base UNet and
+ *   - base accuracy (pipelines/evaluation/evaluator.ts, the pack's held-out captions, no concept) for the base UNet and
  *     the merged UNets;
  *   - merge and session build time per combination.
- *   npx tsx models/train/adapters/evaluate.ts [--pack DIR] [--per-concept 256] [--base 256] [--steps 4]
+ *   npx tsx pipelines/evaluation/adapters.ts [--pack DIR] [--per-concept 256] [--base 256] [--steps 4]
  *       [--cfg full] [--guidance 2] [--weight 1] [--out models/train/adapters/results.json]
  *       [--adapters DIR (default: <pack>/adapters)] [--only REGEX (config labels, e.g. 'orthogonal')]
  */
@@ -14,14 +14,14 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { scoreConcept, type ConceptScore } from '../../adapters/concept-score.ts';
-import { AdapterStore, type AdapterChoice } from '../../adapters/store.ts';
-import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type HeldOutItem, type Score } from '../../evaluator.ts';
-import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR } from '../../pack.ts';
-import { Engine } from '../../../pipelines/engine.ts';
-import { txt2img } from '../../../pipelines/generate.ts';
-import { tensorToRgb8 } from '../../../pipelines/image.ts';
-import { parseParams } from '../../../pipelines/params.ts';
+import { scoreConcept, type ConceptScore } from './concept-score.ts';
+import { AdapterStore, type AdapterChoice } from '../../models/adapters/store.ts';
+import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type HeldOutItem, type Score } from './evaluator.ts';
+import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { Engine } from '../engine.ts';
+import { txt2img } from '../generate.ts';
+import { tensorToRgb8 } from '../codecs/image.ts';
+import { parseParams } from '../params.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const CONCEPTS = ['diamond', 'heart', 'ring'] as const;

@@ -2,15 +2,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadExperts, predictGrouped, type Expert, type ExpertRow } from '../../models/experts.ts';
-import { ServiceError } from '../../models/errors.ts';
-import { DEFAULT_PACK_OPTIONS, loadPack } from '../../models/pack.ts';
-import { Engine } from '../../pipelines/engine.ts';
-import { txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
-import { parseParams } from '../../pipelines/params.ts';
-import { pickExpert, routeExpert } from '../../pipelines/router.ts';
-import type { UnetRow } from '../../models/components.ts';
-import { BASE_PACK, FIXTURES, copyPack } from '../helpers/fixtures.ts';
+import { loadExperts, predictGrouped, type Expert, type ExpertRow } from '../../../models/aptp/experts.ts';
+import { ServiceError } from '../../../models/errors.ts';
+import { DEFAULT_PACK_OPTIONS, loadPack } from '../../../models/pack.ts';
+import { Engine } from '../../../pipelines/engine.ts';
+import { txt2img, type GeneratedImage } from '../../../pipelines/generate.ts';
+import { parseParams } from '../../../pipelines/params.ts';
+import { pickExpert, routeExpert } from '../../../models/aptp/routing.ts';
+import type { UnetRow } from '../../../models/components.ts';
+import { BASE_PACK, FIXTURES, copyPack } from '../../helpers/fixtures.ts';
 
 const EXPERT_FIXTURE = join(FIXTURES, 'experts');
 

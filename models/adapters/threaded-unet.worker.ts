@@ -1,5 +1,5 @@
 /**
- * Worker-thread side of a merged UNet (see worker-unet.ts). onnxruntime-node creates sessions and runs them
+ * Worker-thread side of a merged UNet (see threaded-unet.ts). onnxruntime-node creates sessions and runs them
  * synchronously on the calling thread, so a session built on the main thread would stall every stream for
  * the whole build (hundreds of ms). Here the session is built and run on its own thread; the main thread
  * only posts rows and receives predictions. A worker starts empty (so one can be started ahead of time)
@@ -12,7 +12,7 @@
 import { parentPort } from 'node:worker_threads';
 import { Unet, type UnetRow } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import { OnnxModel, type Feed, type SessionOptions } from '../runtime.ts';
+import { OnnxModel, type Feed, type SessionOptions } from '../runtime/onnx.ts';
 
 export type WorkerRequest =
   | { type: 'load'; bytes: Uint8Array; options: SessionOptions; text?: { bytes: Uint8Array; options: SessionOptions } }

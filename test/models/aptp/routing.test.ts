@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ServiceError } from '../../models/errors.ts';
-import { parseRouter, type RouterWeights } from '../../models/router-file.ts';
-import { chooseExpert, parseBudget, routeExpert } from '../../pipelines/router.ts';
+import { ServiceError } from '../../../models/errors.ts';
+import { parseRouter, type RouterWeights } from '../../../models/aptp/router-file.ts';
+import { chooseExpert, parseBudget, routeExpert } from '../../../models/aptp/routing.ts';
 
 const experts = [
   { name: 'full', relativeMacs: 1 },

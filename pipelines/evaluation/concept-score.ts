@@ -1,12 +1,12 @@
 /**
  * Scoring for the concept adapters' new shapes (diamond, heart, ring), on top of the pack's evaluator
- * (models/evaluator.ts: background model, foreground mask, palette colours, positions). The pack's moment
+ * (pipelines/evaluation/evaluator.ts: background model, foreground mask, palette colours, positions). The pack's moment
  * classifier only knows circle / square / triangle; here a component's shape is the template with the best
  * intersection over union after fitting the template's bounding box to the component's, over all six shapes.
  * Templates follow models/train/adapters/shapes.py and models/train/scenes.py (unit half-extent r = 1,
  * y downwards).
  */
-import { boundingBox, dominantColor, nearestPosition, objectComponents, type RgbImage, type SceneAttributes, type SceneSpec } from '../evaluator.ts';
+import { boundingBox, dominantColor, nearestPosition, objectComponents, type RgbImage, type SceneAttributes, type SceneSpec } from './evaluator.ts';
 
 export const BASE_SHAPES = ['circle', 'square', 'triangle'] as const;
 export const CONCEPT_SHAPES = ['diamond', 'heart', 'ring'] as const;

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { once } from 'node:events';
 import { basename, delimiter, dirname, join } from 'node:path';
-import { ServiceError } from '../models/errors.ts';
+import { ServiceError } from '../../models/errors.ts';
 
 export interface FfmpegPaths {
   readonly ffmpeg: string;

@@ -5,12 +5,12 @@
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import cliProgress from 'cli-progress';
-import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Score } from '../models/evaluator.ts';
-import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
-import { Engine } from './engine.ts';
-import { txt2img } from './generate.ts';
-import { tensorToRgb8 } from './image.ts';
-import { parseParams } from './params.ts';
+import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Score } from '../evaluation/evaluator.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { Engine } from '../engine.ts';
+import { txt2img } from '../generate.ts';
+import { tensorToRgb8 } from '../codecs/image.ts';
+import { parseParams } from '../params.ts';
 
 const { values } = parseArgs({
   options: {

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { accuracy, classifyShape, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
-import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { drawScene } from '../helpers/scenes.ts';
+import { accuracy, classifyShape, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../../pipelines/evaluation/evaluator.ts';
+import { EMBEDDED_PACK_DIR } from '../../../models/pack.ts';
+import { drawScene } from '../../helpers/scenes.ts';
 
 const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);
 

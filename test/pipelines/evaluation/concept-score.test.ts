@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { classifyByTemplate, scoreConcept } from '../../../models/adapters/concept-score.ts';
-import { loadSceneSpec, type SceneAttributes } from '../../../models/evaluator.ts';
+import { classifyByTemplate, scoreConcept } from '../../../pipelines/evaluation/concept-score.ts';
+import { loadSceneSpec, type SceneAttributes } from '../../../pipelines/evaluation/evaluator.ts';
 import { FIXTURES } from '../../helpers/fixtures.ts';
 
 /** Ground-truth renders of all six shapes (models/train/adapters/make_score_fixtures.py); SCENES_DIR may point at more. */

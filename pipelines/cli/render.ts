@@ -10,14 +10,14 @@ import { readdir, readFile, writeFile, mkdir } from 'node:fs/promises';
 import { dirname, extname, join, parse } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
-import { ServiceError } from '../models/errors.ts';
-import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
-import { parseProvider } from '../models/runtime.ts';
-import { renderVideo } from './video.ts';
-import { Engine } from './engine.ts';
-import { img2img, txt2img, type GeneratedImage } from './generate.ts';
-import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from './image.ts';
-import { parseParams, type GenerationParams } from './params.ts';
+import { ServiceError } from '../../models/errors.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { parseProvider } from '../../models/runtime/onnx.ts';
+import { renderVideo } from '../video.ts';
+import { Engine } from '../engine.ts';
+import { img2img, txt2img, type GeneratedImage } from '../generate.ts';
+import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from '../codecs/image.ts';
+import { parseParams, type GenerationParams } from '../params.ts';
 
 const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options]
   --image FILE        img2img from this image (else txt2img)

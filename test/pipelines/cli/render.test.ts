@@ -1,4 +1,4 @@
-/** The render CLI (pipelines/cli.ts) on folders of images and on a video, run as a user runs it. */
+/** The render CLI (pipelines/cli/render.ts) on folders of images and on a video, run as a user runs it. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -7,9 +7,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
-import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from './helpers.ts';
+import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from '../../server/batch/helpers.ts';
 
-const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'pipelines', 'cli.ts');
+const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'pipelines', 'cli', 'render.ts');
 
 function render(...args: string[]) {
   return spawnSync(process.execPath, ['--import', 'tsx', CLI, '--model', BASE_PACK, '--width', '64', '--height', '64', '--steps', '1', ...args], { encoding: 'utf8' });

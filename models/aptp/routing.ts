@@ -7,8 +7,8 @@
  * A per-request budget (fraction of the full UNet's MACs) caps the pick; an override names the expert outright.
  * Everything here is deterministic: fixed summation order, ties go to the lowest index.
  */
-import { ServiceError } from '../models/errors.ts';
-import type { RouterWeights } from '../models/router-file.ts';
+import { ServiceError } from '../errors.ts';
+import type { RouterWeights } from './router-file.ts';
 
 /** What routing needs to know of an expert. */
 export interface ExpertCost {
@@ -112,7 +112,7 @@ function smallest<E extends ExpertCost>(experts: readonly E[]): E {
   return experts.reduce((a, b) => (b.relativeMacs < a.relativeMacs ? b : a));
 }
 
-/** What a pack's experts offer for routing (models/experts.ts ExpertSet). */
+/** What a pack's experts offer for routing (models/aptp/experts.ts ExpertSet). */
 export interface RoutableExperts<E extends ExpertCost> {
   readonly experts: readonly E[];
   readonly router: RouterWeights | undefined;

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { OnnxModel, float16ToFloat32, float32ToFloat16, parseProvider } from '../../models/runtime.ts';
-import { ServiceError } from '../../models/errors.ts';
-import { BASE_PACK, FIXTURES } from '../helpers/fixtures.ts';
+import { OnnxModel, float16ToFloat32, float32ToFloat16, parseProvider } from '../../../models/runtime/onnx.ts';
+import { ServiceError } from '../../../models/errors.ts';
+import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 
 test('float16 conversion: exact values, rounding to nearest even, subnormals, inf and nan', () => {
   const values = Float32Array.of(0, -0, 1, -2, 0.5, 65504, 1e-7, 6.1e-5, 70000, Infinity, -Infinity, 1 + 2 ** -11, 1 + 3 * 2 ** -11);
