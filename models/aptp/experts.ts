@@ -12,7 +12,7 @@
  * no router serves the largest expert within the budget.
  */
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import { Unet, type UnetRow } from '../components.ts';
+import { Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import { exists, invalidField as invalid, isRecord, readJsonFile } from '../files.ts';
 import type { ModelPack, PackOptions } from '../pack.ts';
@@ -167,29 +167,4 @@ export async function loadExperts(pack: ModelPack, options: PackOptions): Promis
   const experts = manifest.experts.map((e, i): Expert => Object.freeze({ name: e.name, relativeMacs: e.relativeMacs, parameters: e.parameters, latencyMs: e.latencyMs, unet: unets[i]! }));
   const full = experts.find((e) => e.name === manifest.full)!;
   return { experts, full, router };
-}
-
-/** A UNet row and the expert that must run it. */
-export interface ExpertRow {
-  readonly row: UnetRow;
-  readonly expert: Expert;
-}
-
-/**
- * Runs rows of mixed experts: rows are grouped by expert (first-seen order), each group is one batch on its
- * expert's graph (APTP does not execute mixed batches together), and predictions come back in row order.
- */
-export async function predictGrouped(rows: readonly ExpertRow[], latentHeight: number, latentWidth: number): Promise<Float32Array[]> {
-  const groups = new Map<Expert, number[]>();
-  rows.forEach((r, i) => groups.set(r.expert, [...(groups.get(r.expert) ?? []), i]));
-  const out: Float32Array[] = new Array(rows.length);
-  for (const [expert, indices] of groups) {
-    const eps = await expert.unet.predict(
-      indices.map((i) => rows[i]!.row),
-      latentHeight,
-      latentWidth,
-    );
-    indices.forEach((rowIndex, k) => (out[rowIndex] = eps[k]!));
-  }
-  return out;
 }

@@ -2,14 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadExperts, predictGrouped, type Expert, type ExpertRow } from '../../../models/aptp/experts.ts';
+import { loadExperts } from '../../../models/aptp/experts.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS, loadPack } from '../../../models/pack.ts';
 import { Engine } from '../../../pipelines/engine.ts';
-import { txt2img, type GeneratedImage } from '../../../pipelines/generate.ts';
 import { parseParams } from '../../../pipelines/params.ts';
 import { pickExpert, routeExpert } from '../../../models/aptp/routing.ts';
-import type { UnetRow } from '../../../models/components.ts';
 import { BASE_PACK, FIXTURES, copyPack } from '../../helpers/fixtures.ts';
 
 const EXPERT_FIXTURE = join(FIXTURES, 'experts');
@@ -97,84 +95,6 @@ test('without a router the largest expert within the budget serves', async () =>
   assert.equal(pickExpert(s, v, 'auto').name, 'full');
   assert.equal(pickExpert(s, v, 0.8).name, 'lite');
   assert.equal(pickExpert(s, v, 0.6).name, 'half');
-});
-
-/**
- * A server-style batcher: every generator submits its rows for a step; once all active generators have
- * submitted, the rows of all of them run in one predictGrouped call (one batch per expert).
- */
-function mixedBatcher(generators: number, latentSize: number) {
-  let pending: { rows: ExpertRow[]; resolve: (eps: Float32Array[]) => void; reject: (e: unknown) => void }[] = [];
-  const calls: string[][] = [];
-  const flush = () => {
-    const batch = pending;
-    pending = [];
-    const rows = batch.flatMap((b) => b.rows);
-    calls.push([...new Set(rows.map((r) => r.expert.name))]);
-    predictGrouped(rows, latentSize, latentSize).then(
-      (eps) => {
-        let at = 0;
-        for (const b of batch) {
-          b.resolve(eps.slice(at, at + b.rows.length));
-          at += b.rows.length;
-        }
-      },
-      (e: unknown) => batch.forEach((b) => b.reject(e)),
-    );
-  };
-  return {
-    calls,
-    runner: (expert: Expert) => (rows: readonly UnetRow[]) =>
-      new Promise<Float32Array[]>((resolve, reject) => {
-        pending.push({ rows: rows.map((row) => ({ row, expert })), resolve, reject });
-        if (pending.length === generators) flush();
-      }),
-  };
-}
-
-test('a batch of mixed prompts gives the same images as serving them one by one', async () => {
-  const size = engine.size({});
-  const jobs = await Promise.all(
-    PROMPTS.slice(0, 5).map(async (prompt, i) => {
-      const params = parseParams({ prompt, seed: 40 + i, steps: 2, guidance: 'full', guidance_scale: 1.5 });
-      return { params, expert: pickExpert(set, await pooled(prompt), 'auto') };
-    }),
-  );
-  assert.ok(new Set(jobs.map((j) => j.expert.name)).size >= 2, 'the prompts should route to different experts');
-  // one by one: each prompt alone on its expert
-  const single: GeneratedImage[] = [];
-  for (const j of jobs) {
-    const runUnet = (rows: readonly UnetRow[]) => j.expert.unet.predict(rows, size.latentHeight, size.latentWidth);
-    single.push((await txt2img(engine, j.params, 1, { runUnet }))[0]!);
-  }
-  // mixed: all prompts together, each UNet call grouped by expert
-  const batcher = mixedBatcher(jobs.length, size.latentHeight);
-  const mixed = await Promise.all(jobs.map(async (j) => (await txt2img(engine, j.params, 1, { runUnet: batcher.runner(j.expert) }))[0]!));
-  assert.ok(batcher.calls.some((c) => c.length >= 2), 'some UNet calls should hold rows of several experts');
-  mixed.forEach((img, i) => {
-    const diff = img.data.reduce((m, v, k) => Math.max(m, Math.abs(v - single[i]!.data[k]!)), 0);
-    assert.ok(diff < 1e-4, `prompt ${i} (${jobs[i]!.expert.name}): max diff ${diff}`);
-  });
-  // and an expert really changes the image (the experts are different networks)
-  const onFull = (await txt2img(engine, { ...jobs.find((j) => j.expert.name !== 'full')!.params, expert: 'full' }, 1))[0]!;
-  const k = jobs.findIndex((j) => j.expert.name !== 'full');
-  assert.ok(onFull.data.some((v, i) => Math.abs(v - single[k]!.data[i]!) > 1e-3));
-});
-
-test('predictGrouped keeps row order and runs one batch per expert', async () => {
-  const size = engine.size({});
-  const latent = engine.latentSize(size);
-  const context = (await engine.embed('a red circle')).hidden;
-  const rows: ExpertRow[] = Array.from({ length: 6 }, (_, i) => ({
-    row: { sample: engine.noise({ seed: i }, 1, 1, size, false).rows[0]!.slice(0, latent), timestep: 999 - 100 * i, context },
-    expert: set.experts[i % 3]!,
-  }));
-  const grouped = await predictGrouped(rows, size.latentHeight, size.latentWidth);
-  for (let i = 0; i < rows.length; i++) {
-    const [alone] = await rows[i]!.expert.unet.predict([rows[i]!.row], size.latentHeight, size.latentWidth);
-    const diff = grouped[i]!.reduce((m, v, k) => Math.max(m, Math.abs(v - alone![k]!)), 0);
-    assert.ok(diff < 1e-4, `row ${i}: ${diff}`);
-  }
 });
 
 // ------------------------------------------------------------------------------------- load errors
