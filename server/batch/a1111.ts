@@ -158,7 +158,8 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
       const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
-      const size = ctx.engine.size(params);
+      const plan = await ctx.plan(params, mode);
+      const size = plan.size;
       // 2. decode init images at the output size
       const inits = img
         ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
@@ -169,7 +170,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       let images;
       try {
         images = await renderImages(ctx, {
-          params,
+          plan,
           count,
           endpoint: `/sdapi/v1/${mode}`,
           lanes: request.batch_size,

@@ -103,9 +103,8 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
     const key = `${item.seed}\u0000${expert.name}`; // every expert renders every prompt once
     const hit = scores.get(key);
     if (hit) return hit;
-    const params = parseParams({ prompt: item.caption, seed: item.seed % 2 ** 32, steps, guidance: 'full', guidance_scale: guidanceScale });
-    const runUnet = (rows: readonly UnetRow[]) => expert.unet.predict(rows, size.latentHeight, size.latentWidth);
-    const [img] = await txt2img(engine, params, 1, { runUnet });
+    const params = parseParams({ prompt: item.caption, seed: item.seed % 2 ** 32, steps, guidance: 'full', guidance_scale: guidanceScale, expert: expert.name });
+    const [img] = await txt2img(engine, params, 1);
     const score = scoreImage(spec, { data: tensorToRgb8(img!.data, img!.width, img!.height), width: img!.width, height: img!.height }, item.attributes);
     scores.set(key, score);
     return score;
