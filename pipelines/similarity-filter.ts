@@ -6,6 +6,7 @@
  * so a static scene is mostly skipped yet still refreshed now and then, and never more than
  * maxSkipFrames frames in a row. The draw comes from the seeded generator passed in (deterministic).
  */
+import { cosineSimilarity } from '../models/vector.ts';
 import type { Generator } from './random.ts';
 
 export interface SimilarityFilterConfig {
@@ -13,20 +14,6 @@ export interface SimilarityFilterConfig {
   readonly threshold: number;
   /** Longest run of skipped frames before one is processed anyway; 10 in the original. */
   readonly maxSkipFrames: number;
-}
-
-/** Cosine similarity of two equally long vectors (flattened images); 0 when either is all zeros. */
-export function cosineSimilarity(x: Float32Array, y: Float32Array): number {
-  let xy = 0;
-  let xx = 0;
-  let yy = 0;
-  for (let i = 0; i < x.length; i++) {
-    xy += x[i]! * y[i]!;
-    xx += x[i]! * x[i]!;
-    yy += y[i]! * y[i]!;
-  }
-  const denom = Math.sqrt(xx * yy);
-  return denom === 0 ? 0 : xy / denom;
 }
 
 export const DEFAULT_SIMILARITY_FILTER: SimilarityFilterConfig = Object.freeze({ threshold: 0.98, maxSkipFrames: 10 });

@@ -59,7 +59,7 @@ function startWorker(): Promise<Worker> {
   return started;
 }
 
-export class WorkerUnet extends Unet {
+export class ThreadedUnet extends Unet {
   /** The text encoder on the same worker, when one was loaded with the UNet. */
   readonly textEncoder: ClipTextEncoder | undefined;
   private readonly pending = new Map<number, { resolve: (result: never) => void; reject: (e: Error) => void }>();
@@ -99,7 +99,7 @@ export class WorkerUnet extends Unet {
    * modules: tens to hundreds of ms of CPU better spent before a swap than during it); a new spare is
    * started after the build.
    */
-  static async load(bytes: Uint8Array, options: SessionOptions, text?: { bytes: Uint8Array; options: SessionOptions }): Promise<WorkerUnet> {
+  static async load(bytes: Uint8Array, options: SessionOptions, text?: { bytes: Uint8Array; options: SessionOptions }): Promise<ThreadedUnet> {
     const worker = await (spare ?? startWorker());
     spare = undefined;
     const listeners: { message?: (m: WorkerReply) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
@@ -119,7 +119,7 @@ export class WorkerUnet extends Unet {
       const code = ready.type === 'error' ? (ready.code ?? 'model_invalid') : 'internal';
       throw new ServiceError(code, `${options.label}: ${ready.type === 'error' ? ready.message : 'unexpected worker reply'}`);
     }
-    return new WorkerUnet(ready, options.label, worker);
+    return new ThreadedUnet(ready, options.label, worker);
   }
 
   /** Starts a spare worker now (e.g. when the service starts) so the first swap does not pay for it. */

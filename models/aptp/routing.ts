@@ -9,6 +9,7 @@
  */
 import { ServiceError } from '../errors.ts';
 import type { RouterWeights } from './router-file.ts';
+import { cosineSimilarity } from '../vector.ts';
 
 /** What routing needs to know of an expert. */
 export interface ExpertCost {
@@ -36,19 +37,6 @@ function argmax(values: ArrayLike<number>): number {
   return best;
 }
 
-function cosine(a: Float64Array, b: Float32Array): number {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let j = 0; j < a.length; j++) {
-    ab += a[j]! * b[j]!;
-    aa += a[j]! * a[j]!;
-    bb += b[j]! * b[j]!;
-  }
-  const d = Math.sqrt(aa * bb);
-  return d === 0 ? 0 : ab / d;
-}
-
 /** The expert index the router picks for a pooled text embedding [D]. */
 export function routeExpert(pooled: Float32Array, router: RouterWeights): number {
   if (pooled.length !== router.inputDim) {
@@ -59,7 +47,7 @@ export function routeExpert(pooled: Float32Array, router: RouterWeights): number
     case 'linear':
       return router.expertForCode[argmax(a)]!;
     case 'codes':
-      return router.expertForCode[argmax(router.codes!.map((c) => cosine(a, c)))]!;
+      return router.expertForCode[argmax(router.codes!.map((c) => cosineSimilarity(a, c)))]!;
   }
 }
 

@@ -17,7 +17,7 @@ import { renderVideo } from '../video.ts';
 import { Engine } from '../engine.ts';
 import { img2img, txt2img, type GeneratedImage } from '../generate.ts';
 import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from '../codecs/image.ts';
-import { parseParams, type GenerationParams } from '../params.ts';
+import { DEFAULT_STEPS, parseParams, type GenerationParams } from '../params.ts';
 
 const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options]
   --image FILE        img2img from this image (else txt2img)
@@ -164,7 +164,7 @@ async function main(): Promise<void> {
     negative_prompt: values.negative ?? '',
     width: number(values.width, 'width'),
     height: number(values.height, 'height'),
-    steps: number(values.steps, 'steps') ?? (fromImage ? 2 : 4),
+    steps: number(values.steps, 'steps') ?? DEFAULT_STEPS[fromImage ? 'img2img' : 'txt2img'],
     strength: number(values.strength, 'strength'),
     seed: number(values.seed, 'seed'),
     guidance_scale: number(values.guidance, 'guidance'),

@@ -9,7 +9,7 @@ import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { encodeImage } from '../../pipelines/codecs/image.ts';
-import { MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
 import { clientGone, renderImages, timestamp, type RenderTracker } from './render.ts';
@@ -17,8 +17,6 @@ import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSe
 
 /** The only sampler: LCM on the pack's 50-step grid. */
 export const SAMPLER = 'LCM';
-/** Steps when a request gives none: 4 for txt2img, 2 for img2img (as the render CLI). */
-const DEFAULT_STEPS = { txt2img: 4, img2img: 2 } as const;
 /** A1111's own default denoising strength for img2img. */
 const DEFAULT_DENOISING_STRENGTH = 0.75;
 /** Most images per request (batch_size x n_iter): bounds one request's hold on the UNet. */

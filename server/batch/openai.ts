@@ -9,7 +9,7 @@ import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { encodeImage } from '../../pipelines/codecs/image.ts';
-import { MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
 import type { Plan } from '../../pipelines/plan.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
@@ -20,8 +20,6 @@ import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
-/** Steps when none are given (as the render CLI's txt2img / img2img). */
-const DEFAULT_STEPS = { generations: 4, edits: 2 } as const;
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
@@ -80,7 +78,7 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
       prompt: request.prompt,
       negative_prompt: request.negative_prompt,
       seed: request.seed,
-      steps: request.steps ?? DEFAULT_STEPS[mode],
+      steps: request.steps ?? DEFAULT_STEPS[mode === 'generations' ? 'txt2img' : 'img2img'],
       strength: request.strength,
       ...size,
     });

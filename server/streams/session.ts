@@ -10,7 +10,7 @@ import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import type { FrameMeta, StartMessage } from './protocol.ts';
+import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -256,6 +256,6 @@ export class StreamSession extends EventEmitter {
     this.stats.errors++;
     this.ctx.metrics.frameErrors.inc({ code: error.code });
     if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
-    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, input_id: inputId });
+    this.sink.sendJson(errorMessage(error, inputId));
   }
 }
