@@ -30,7 +30,7 @@ export function createContext(config: ServerConfig, engine: Engine, log: Logger,
     metrics,
     batcher,
     draining: false,
-    runners: (size, variant) => batcher.runner(size, variant.key, (rows, s) => variant.unet.predict(rows, s.latentHeight, s.latentWidth)),
+    runners: (size, variant) => batcher.runner(size, variant.key, engine.unetRunner(size, variant)),
     // `this`, so that a context copied with other runners (tests wrap them) plans with those
     plan(params, mode) {
       return planRequest(this.engine, params, mode, this.runners);
