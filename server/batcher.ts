@@ -5,7 +5,7 @@
  * maxRows. No timers: an idle UNet runs a request at once (lowest latency), and under load batches form by
  * themselves. Groups take turns by the age of their oldest request, so no stream starves.
  */
-import type { UnetRunner } from '../pipelines/denoise-step.ts';
+import type { UnetRow, UnetRunner } from '../pipelines/denoise-step.ts';
 import type { Size } from '../pipelines/engine.ts';
 import type { Metrics } from './metrics.ts';
 
