@@ -27,13 +27,16 @@ export class ServiceError extends Error {
   readonly status: number;
   /** The request field or file the error is about, when there is one. */
   readonly field: string | undefined;
+  /** Seconds after which the same request may succeed (a limit or a shutdown): HTTP's Retry-After. */
+  readonly retryAfter: number | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; field?: string } = {}) {
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; field?: string; retryAfter?: number } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ServiceError';
     this.code = code;
     this.status = ERROR_CODES[code];
     this.field = options.field;
+    this.retryAfter = options.retryAfter === undefined ? undefined : Math.max(1, Math.ceil(options.retryAfter));
   }
 }
 

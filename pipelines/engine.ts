@@ -15,6 +15,11 @@ import type { GenerationParams } from './params.ts';
 import { LcmScheduler, parseSchedulerConfig, tIndexListForStrength, type StepCoefficients } from './schedulers/lcm.ts';
 import { VariantResolver, type AdapterSource, type ExpertSource, type UnetVariant } from './variants.ts';
 
+/** How to load an engine: the pack's session options, and where adapter uploads live and how many merges may be alive. */
+export interface EngineOptions extends PackOptions {
+  readonly adapters?: { readonly uploadDir?: string | undefined; readonly maxVariants?: number | undefined };
+}
+
 /** Default strength for img2img and streams when neither strength nor t_index_list is given. */
 export const DEFAULT_IMG2IMG_STRENGTH = 0.5;
 /** Prompt embeddings kept in memory (a few MB for SD's 77 x 1024 floats). */
@@ -48,16 +53,35 @@ export class Engine {
     this.variants = new VariantResolver(this.pack.unet, sources.experts ?? this.variants.experts, sources.adapters ?? this.variants.adapters);
   }
 
-  /** Loads a pack with its APTP experts (experts/) and adapter store (adapters/) when it has them. */
-  static async load(dir: string = EMBEDDED_PACK_DIR, options: PackOptions = DEFAULT_PACK_OPTIONS): Promise<Engine> {
+  /**
+   * Loads a pack with its APTP experts (experts/) and an adapter store: the pack's adapters/ (read-only) and,
+   * with `adapters.uploadDir`, uploads kept in <uploadDir>/<pack name>/ (adapters fit one UNet).
+   */
+  static async load(dir: string = EMBEDDED_PACK_DIR, options: EngineOptions = DEFAULT_PACK_OPTIONS): Promise<Engine> {
     const pack = await loadPack(dir, options);
     const engine = new Engine(pack);
     const adapterDir = join(pack.dir, 'adapters');
+    const uploadRoot = options.adapters?.uploadDir;
+    const uploadDir = uploadRoot === undefined ? undefined : join(uploadRoot, pack.name.replace(/[^\w.-]/g, '_'));
+    const hasAdapters = (await exists(adapterDir)) || uploadDir !== undefined;
+    // merged UNets are probed at a small latent size the UNet accepts (two of its down-sampling multiples)
+    const probeSide = (2 * pack.sizeMultiple) / pack.vaeScale;
     engine.attach({
       experts: await loadExperts(pack, options),
-      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, options) : undefined,
+      adapters: hasAdapters
+        ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, options, {
+            uploadDir,
+            ...(options.adapters?.maxVariants !== undefined ? { maxVariants: options.adapters.maxVariants } : {}),
+            probe: { unet: pack.unet, latentHeight: probeSide, latentWidth: probeSide },
+          })
+        : undefined,
     });
     return engine;
+  }
+
+  /** Ends what runs beside the pack's own sessions (merged adapter UNets on worker threads). */
+  async close(): Promise<void> {
+    await this.variants.adapters?.close?.();
   }
 
   get latentChannels(): number {
@@ -130,7 +154,12 @@ export class Engine {
     let prompt: EncodedPrompt | undefined;
     const encoded = async () => (prompt ??= await this.encodePrompt(params)).pooled;
     const variant = await this.variants.resolve(params, encoded);
-    if (variant.text || !prompt) prompt = await this.encodePrompt(params, variant.text);
+    try {
+      if (variant.text || !prompt) prompt = await this.encodePrompt(params, variant.text);
+    } catch (error) {
+      variant.release?.();
+      throw error;
+    }
     return { prompt, variant };
   }
 

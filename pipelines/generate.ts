@@ -62,7 +62,12 @@ export async function render(engine: Engine, plan: Plan, count: number, options:
 
 /** Text to image: `count` images from pure noise at strength 1. */
 export async function txt2img(engine: Engine, params: GenerationParams, count = 1, options: GenerateOptions & { runners?: RunnerFactory } = {}): Promise<GeneratedImage[]> {
-  return render(engine, await planRequest(engine, params, 'txt2img', options.runners), count, options);
+  const plan = await planRequest(engine, params, 'txt2img', options.runners);
+  try {
+    return await render(engine, plan, count, options);
+  } finally {
+    plan.release();
+  }
 }
 
 /** Image to image: each image [3, H, W] at the params' size is encoded, noised to the strength and denoised. */
@@ -72,5 +77,10 @@ export async function img2img(
   images: readonly Float32Array[],
   options: GenerateOptions & { runners?: RunnerFactory } = {},
 ): Promise<GeneratedImage[]> {
-  return render(engine, await planRequest(engine, params, 'img2img', options.runners), images.length, { ...options, inits: images });
+  const plan = await planRequest(engine, params, 'img2img', options.runners);
+  try {
+    return await render(engine, plan, images.length, { ...options, inits: images });
+  } finally {
+    plan.release();
+  }
 }

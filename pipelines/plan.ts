@@ -29,6 +29,8 @@ export interface Plan {
   /** Notes for the caller (e.g. an adapter's layers that match nothing). */
   readonly warnings: readonly string[];
   readonly runner: UnetRunner;
+  /** Lets go of what the plan holds (a merged adapter variant's lease); call once the plan is no longer used. */
+  release(): void;
 }
 
 /**
@@ -38,8 +40,15 @@ export interface Plan {
 export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory): Promise<Plan> {
   const size = engine.size(params);
   const coefficients = engine.coefficients(params, mode);
+  const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
+  // last: the variant may hold a lease on a merged UNet, which the plan's release() gives back
   const { prompt, variant } = await engine.prepare(params);
   const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
-  const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner };
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    variant.release?.();
+  };
+  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, release };
 }

@@ -38,6 +38,9 @@ export class StreamPipeline {
   private updates: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
   private inFlightTags: unknown[] = [];
+  private closed = false;
+  /** Frames running per plan (an update can replace the plan while a frame still uses the old one). */
+  private readonly running = new Map<Plan, number>();
   readonly filter: SimilarityFilter;
 
   private constructor(
@@ -95,8 +98,13 @@ export class StreamPipeline {
   private async applyUpdate(update: unknown): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
     const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners);
+    if (this.closed) {
+      next.release();
+      return next.params;
+    }
     const before = this.plan;
     this.plan = next;
+    this.retire(before);
     const p = next.params;
     this.filter.config = { threshold: p.similarity_threshold, maxSkipFrames: p.max_skip_frames };
     // 2. a new size or schedule re-primes the buffer; prompt, variant and guidance apply to the frames in flight
@@ -118,7 +126,11 @@ export class StreamPipeline {
    * `tag` (e.g. the input frame id) comes back on the output that shows this frame.
    */
   async process<Tag>(frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
-    const { size, prompt, variant, runner } = this.plan;
+    return this.using(this.plan, (plan) => this.processWith(plan, frames, tag));
+  }
+
+  private async processWith<Tag>(plan: Plan, frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
+    const { size, prompt, variant, runner } = plan;
     const { width, height } = size;
     // 1. filter: a near-identical frame repeats the previous output and runs no model
     if (frames.length === 1) {
@@ -143,11 +155,38 @@ export class StreamPipeline {
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
-    const { size, prompt, variant, runner } = this.plan;
-    const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
-    const denoised = await this.batch.process(zeros, prompt, runner);
-    const images = await this.engine.decodeLatents(denoised, size);
-    return images.map((image) => ({ source: undefined, image, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
+    return this.using(this.plan, async ({ size, prompt, variant, runner, params }) => {
+      const zeros = Array.from({ length: params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
+      const denoised = await this.batch.process(zeros, prompt, runner);
+      const images = await this.engine.decodeLatents(denoised, size);
+      return images.map((image) => ({ source: undefined, image, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
+    });
+  }
+
+  /** Runs `work` on `plan`, which is not released while the work runs (an update may replace it meanwhile). */
+  private async using<T>(plan: Plan, work: (plan: Plan) => Promise<T>): Promise<T> {
+    this.running.set(plan, (this.running.get(plan) ?? 0) + 1);
+    try {
+      return await work(plan);
+    } finally {
+      const n = (this.running.get(plan) ?? 1) - 1;
+      if (n > 0) this.running.set(plan, n);
+      else {
+        this.running.delete(plan);
+        if (plan !== this.plan || this.closed) plan.release();
+      }
+    }
+  }
+
+  /** A plan an update replaced: released now, or when the last frame running on it is done. */
+  private retire(plan: Plan): void {
+    if (!this.running.has(plan)) plan.release();
+  }
+
+  /** Ends the stream: the plan's hold on its UNet variant is given back. Updates still planning are released when done. */
+  close(): void {
+    this.closed = true;
+    this.retire(this.plan);
   }
 
   /** The stream's initial noise: drawn once from the seed, reused every frame. */

@@ -27,16 +27,22 @@ export interface UnetVariant {
   readonly adapters: readonly AdapterWeight[];
   /** The text encoder and concept tokens prompts use with this variant's adapters (when they bring any). */
   readonly text?: ConceptText | undefined;
+  /** Gives back a merged variant's lease (the adapter store keeps a bounded number alive); absent for the others. */
+  readonly release?: (() => void) | undefined;
 }
 
 /** APTP experts (models/aptp/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
 export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet; readonly parameters?: number; readonly latencyMs?: number }>;
 
-/** Merged-adapter sessions (models/adapters/store.ts provides one, with a folder to list and upload into). */
+/**
+ * Merged-adapter sessions (models/adapters/store.ts provides one, with folders to list and upload into). A merged
+ * UNet is leased: release() when the request or stream is done with it.
+ */
 export interface AdapterSource {
-  merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[]; text?: ConceptText | undefined }>;
+  merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[]; text?: ConceptText | undefined; release?: () => void }>;
   list?(): Promise<AdapterInfo[]>;
-  add?(name: string, bytes: Uint8Array): Promise<AdapterInfo>;
+  add?(name: string, bytes: Uint8Array, options?: { replace?: boolean }): Promise<AdapterInfo>;
+  close?(): Promise<void>;
 }
 
 export const FULL_EXPERT = 'full';
@@ -57,8 +63,8 @@ export class VariantResolver {
     if (active.length > 0) {
       if (!this.adapters) throw new ServiceError('not_found', `this model has no adapters (asked for ${active.map((a) => a.name).join(', ')})`, { field: 'adapters' });
       const fullName = this.experts?.experts.find((e) => e.relativeMacs === 1)?.name ?? FULL_EXPERT;
-      const { unet, warnings, text } = await this.adapters.merged(active);
-      return { key: `${fullName}+${adapterKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings };
+      const { unet, warnings, text, release } = await this.adapters.merged(active);
+      return { key: `${fullName}+${adapterKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings, release };
     }
     if (this.experts) {
       const e = pickExpert(this.experts, await pooled(), params.budget, params.expert);

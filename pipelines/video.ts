@@ -112,6 +112,8 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
     encoder.kill();
     await rm(partial, { force: true });
     throw error;
+  } finally {
+    stream.close();
   }
   return { ...stats(), info };
 }

@@ -4,17 +4,20 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import express from 'express';
-import { ServiceError } from '../models/errors.ts';
 import { Engine } from '../pipelines/engine.ts';
-import { authMiddleware, corsMiddleware, rateLimit } from './auth.ts';
-import { DEFAULT_CONFIG, type ServerConfig } from './config.ts';
+import { authMiddleware, corsMiddleware } from './auth.ts';
+import { checkKeyStrength, DEFAULT_CONFIG, type ServerConfig } from './config.ts';
 import { createContext, type AppContext } from './context.ts';
 import { errorHandler, notFound } from './http-errors.ts';
-import { createLogger, type Logger } from './log.ts';
+import { createLogger, requestLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
+import { createRateLimits } from './rate-limits.ts';
+import { requestGuards } from './request-guards.ts';
+import { securityHeaders } from './security-headers.ts';
+import { InFlightRequests, refuseWhileDraining } from './shutdown.ts';
 import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer } from './streams/ws.ts';
@@ -29,7 +32,10 @@ export interface RunningServer {
   readonly ctx: AppContext;
   readonly streams: StreamRegistry;
   readonly http: Server;
-  /** Graceful: refuse new work, end streams with 1001, let jobs checkpoint, close sockets. */
+  /**
+   * Graceful: refuse new work (503 + Retry-After), end streams with 1001, let jobs checkpoint, give HTTP requests
+   * in flight config.shutdownGraceMs to finish (then 503 them), close sockets.
+   */
   close(): Promise<void>;
 }
 
@@ -46,26 +52,51 @@ export async function startServer(
   options: { engine?: Engine; log?: Logger; extensions?: readonly ExtensionFactory[] } = {},
 ): Promise<RunningServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
+  checkKeyStrength(config);
   const log = options.log ?? createLogger({ service: 'streamdiffusion-node' });
-  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, tinyVae: config.tinyVae }));
+  const ownEngine = !options.engine;
+  const engine =
+    options.engine ??
+    (await Engine.load(config.modelDir, {
+      provider: config.provider,
+      threads: config.threads,
+      tinyVae: config.tinyVae,
+      adapters: { uploadDir: join(config.dataDir, 'adapters'), maxVariants: config.maxVariants },
+    }));
   const metrics = new Metrics(true);
-  const ctx = createContext(config, engine, log, metrics);
-  const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
+  const inflight = new InFlightRequests();
+  const ctx = createContext(config, engine, log, metrics, inflight.signal);
+  const registry = new StreamRegistry({ maxStreams: config.maxStreams, maxPerClient: config.maxStreamsPerClient, maxArea: config.maxLatentArea });
+  const limits = createRateLimits(config);
   const extensions = (options.extensions ?? []).map((make) => make(ctx));
 
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', false);
+  app.use(requestLogger(log));
+  app.use(securityHeaders());
+  // Host (DNS rebinding) and Origin (cross-site requests) before anything answers
+  app.use(requestGuards(config));
   app.use(corsMiddleware(config));
   app.get('/health', (_req, res) => {
     res.json({ status: ctx.draining ? 'draining' : 'ok', model: engine.pack.name, streams: registry.size, unet_queue: ctx.batcher.waiting });
   });
+  // limits before the key check, so failed keys count
+  app.use(limits.requests);
+  app.use(limits.authFailures);
   app.use(authMiddleware(config));
-  app.use(rateLimit(config.rateLimitPerMinute));
   app.get('/metrics', async (_req, res) => {
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
-  app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
+  app.use((_req, _res, next) => {
+    try {
+      refuseWhileDraining(ctx.draining);
+      next();
+    } catch (error) {
+      next(error);
+    }
+  });
+  app.use(inflight.track);
   app.use(express.json({ limit: '50mb' }));
   app.use(streamRoutes(registry, log));
   app.use(modelRoutes(ctx));
@@ -75,7 +106,7 @@ export async function startServer(
   app.use(errorHandler(log));
 
   const http = createServer(app);
-  const wss = attachStreamServer(http, ctx, registry);
+  const wss = attachStreamServer(http, ctx, registry, limits);
   await new Promise<void>((ok, fail) => {
     http.once('error', fail);
     http.listen(config.port, config.host, () => ok());
@@ -90,11 +121,11 @@ export async function startServer(
       (ctx as { draining: boolean }).draining = true;
       for (const client of wss.clients) client.close(CLOSE.goingAway, 'server shutting down');
       for (const ext of extensions) await ext.drain?.();
-      await new Promise<void>((ok) => {
-        http.close(() => ok());
-        http.closeAllConnections();
-      });
+      const { finished } = await inflight.drain(http, config.shutdownGraceMs);
+      if (!finished) log.warn('requests still running after the grace period were answered 503', { grace_ms: config.shutdownGraceMs });
       wss.close();
+      limits.close();
+      if (ownEngine) await engine.close();
     })());
 
   return { url: `http://${host}:${port}`, port, ctx, streams: registry, http, close };

@@ -1,13 +1,16 @@
 /**
- * Access control. With an API key configured, every HTTP request needs `Authorization: Bearer KEY`, and
- * WebSocket and MJPEG URLs (which browsers and OBS open without headers) may carry `?token=KEY` instead.
- * CORS: only listed origins get CORS headers; a WebSocket from an unlisted foreign origin is refused.
+ * Access control. With an API key configured, every HTTP request needs `Authorization: Bearer KEY`; the URLs
+ * browsers and OBS open without headers (WebSocket streams, MJPEG and snapshot images, result files) may carry
+ * `?token=KEY` instead, and only those: a key in any other URL is refused, as it would end up in logs and
+ * browser history for nothing. CORS headers go to listed origins only (server/request-guards.ts decides which
+ * pages may act at all).
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { RequestHandler } from 'express';
 import { ServiceError } from '../models/errors.ts';
 import type { ServerConfig } from './config.ts';
+import { corsListed, originAllowed } from './request-guards.ts';
 
 function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
@@ -15,32 +18,33 @@ function safeEqual(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** The key a request presents: Bearer header, or ?token= on the URL. */
+/** GET URLs a player or an <img> opens without headers: ?token= is accepted on these (and on WebSocket upgrades). */
+const TOKEN_URLS = [/^\/v1\/streams\/[^/]+(\/[^/]+)*\/(mjpeg|snapshot)$/, /^\/v1\/jobs\/[^/]+\/results\/[^/]+$/, /^\/v1\/images\/results\/[^/]+$/];
+
+/** Whether this request may present its key as ?token= (WebSocket upgrades always may). */
+export function tokenAllowed(req: IncomingMessage): boolean {
+  if (req.headers.upgrade?.toLowerCase() === 'websocket') return true;
+  if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+  const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+  return TOKEN_URLS.some((p) => p.test(path));
+}
+
+/** The key a request presents: Bearer header, or ?token= where tokenAllowed says so. */
 export function presentedKey(req: IncomingMessage): string | undefined {
   const header = req.headers.authorization;
   if (header?.startsWith('Bearer ')) return header.slice(7).trim();
-  const url = new URL(req.url ?? '/', 'http://localhost');
-  return url.searchParams.get('token') ?? undefined;
+  if (!tokenAllowed(req)) return undefined;
+  return new URL(req.url ?? '/', 'http://localhost').searchParams.get('token') ?? undefined;
 }
 
 /** Throws unauthorized when a key is configured and the request does not present it. */
 export function checkKey(config: ServerConfig, req: IncomingMessage): void {
   if (!config.apiKey) return;
   const key = presentedKey(req);
-  if (!key || !safeEqual(key, config.apiKey)) throw new ServiceError('unauthorized', 'missing or wrong API key (Authorization: Bearer KEY, or ?token=KEY)');
-}
-
-/** Same-origin requests and listed origins may call from a browser. */
-export function originAllowed(config: ServerConfig, req: IncomingMessage): boolean {
-  const origin = req.headers.origin;
-  if (!origin) return true; // not a browser, or same-origin navigation
-  const host = req.headers.host;
-  try {
-    if (host && new URL(origin).host === host) return true;
-  } catch {
-    return false;
+  if (!key || !safeEqual(key, config.apiKey)) {
+    const hint = tokenAllowed(req) ? 'Authorization: Bearer KEY, or ?token=KEY' : 'Authorization: Bearer KEY; ?token= works only on stream, image and result URLs';
+    throw new ServiceError('unauthorized', `missing or wrong API key (${hint})`);
   }
-  return config.corsOrigins.includes(origin) || config.corsOrigins.includes('*');
 }
 
 /** The UI's static files and health checks need no key; everything else does. */
@@ -61,7 +65,7 @@ export function authMiddleware(config: ServerConfig): RequestHandler {
 export function corsMiddleware(config: ServerConfig): RequestHandler {
   return (req, res, next) => {
     const origin = req.headers.origin;
-    if (origin && (config.corsOrigins.includes(origin) || config.corsOrigins.includes('*'))) {
+    if (origin && corsListed(config, origin)) {
       res.setHeader('Access-Control-Allow-Origin', origin);
       res.setHeader('Vary', 'Origin');
       res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type');
@@ -73,24 +77,6 @@ export function corsMiddleware(config: ServerConfig): RequestHandler {
       res.status(204).end();
       return;
     }
-    next();
-  };
-}
-
-/** A fixed-window request counter per client address. */
-export function rateLimit(perMinute: number): RequestHandler {
-  const windows = new Map<string, { start: number; count: number }>();
-  return (req, _res, next) => {
-    if (perMinute <= 0) return next();
-    const client = req.socket.remoteAddress ?? 'unknown';
-    const now = Date.now();
-    const w = windows.get(client);
-    if (!w || now - w.start >= 60_000) {
-      windows.set(client, { start: now, count: 1 });
-      if (windows.size > 10_000) windows.clear(); // bound memory under address churn
-      return next();
-    }
-    if (++w.count > perMinute) return next(new ServiceError('rate_limited', `more than ${perMinute} requests per minute from this client`));
     next();
   };
 }

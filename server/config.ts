@@ -20,8 +20,13 @@ export interface ServerConfig {
   readonly tinyVae: boolean;
   /** Required on HTTP (Bearer) and on WebSocket/MJPEG URLs (?token=) when set; mandatory off loopback. */
   readonly apiKey: string | undefined;
-  /** Origins allowed by CORS; empty = same-origin only. */
+  /** Origins allowed by CORS and to make state-changing requests; empty = same-origin only. */
   readonly corsOrigins: readonly string[];
+  /**
+   * Host names the server answers to (the Host header) besides loopback names and IP addresses: the defence
+   * against DNS rebinding. `.example.com` allows example.com and its subdomains; `*` allows any host.
+   */
+  readonly allowedHosts: readonly string[];
   /** Jobs, uploads and results live here. */
   readonly dataDir: string;
   /** Server-side video paths must lie under one of these. */
@@ -33,8 +38,26 @@ export interface ServerConfig {
   readonly maxFrameBytes: number;
   /** Largest accepted upload (images, videos, adapters), bytes. */
   readonly maxUploadBytes: number;
-  /** HTTP requests per client per minute (0 = unlimited). */
+  /** HTTP requests per client per minute (0 = unlimited); failed key checks count too. */
   readonly rateLimitPerMinute: number;
+  /** Failed API-key checks (HTTP and WebSocket) per client per minute before the client gets 429 for a while. */
+  readonly authFailuresPerMinute: number;
+  /** WebSockets connected but not started yet, in all and per client address (a start is due within startTimeoutMs). */
+  readonly maxPendingSockets: number;
+  readonly maxPendingSocketsPerClient: number;
+  readonly startTimeoutMs: number;
+  /**
+   * Latent pixels all open streams may use together: each stream costs (width / f) x (height / f), f the pack's
+   * VAE factor (8 for SD: a 512x512 stream costs 4096). Memory and compute grow with it.
+   */
+  readonly maxLatentArea: number;
+  /** Merged adapter variants alive at once; each is a UNet session on its own worker thread. */
+  readonly maxVariants: number;
+  /** Jobs queued or running, in all and per client address; more get 429 with Retry-After. */
+  readonly maxQueuedJobs: number;
+  readonly maxQueuedJobsPerClient: number;
+  /** At shutdown, in-flight HTTP requests get this long to finish before they are answered 503, ms. */
+  readonly shutdownGraceMs: number;
   /** Rows per UNet call across streams; 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
 }
@@ -48,6 +71,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   tinyVae: false,
   apiKey: undefined,
   corsOrigins: [],
+  allowedHosts: [],
   dataDir: resolve('data'),
   videoDirs: [],
   maxStreams: 16,
@@ -55,8 +79,20 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxFrameBytes: 4 * 1024 * 1024, // a 1080p JPEG is well under 1 MB
   maxUploadBytes: 200 * 1024 * 1024, // a few minutes of 720p H.264
   rateLimitPerMinute: 600,
+  authFailuresPerMinute: 10, // a person mistyping a key needs a few tries; guessing one needs billions
+  maxPendingSockets: 32,
+  maxPendingSocketsPerClient: 8, // a page opens one socket per stream and starts it at once
+  startTimeoutMs: 10_000,
+  maxLatentArea: 2 * 128 * 128, // two 1024x1024 SD streams, eight at 512x512, 128 of tiny-shapes' 128x128
+  maxVariants: 4, // a merged SD 1.5 UNet holds 3.4 GB of weights (fp32)
+  maxQueuedJobs: 64,
+  maxQueuedJobsPerClient: 16,
+  shutdownGraceMs: 10_000, // what process managers wait by default before SIGKILL (Docker 10 s, systemd 90 s)
   maxBatchRows: 16,
 });
+
+/** An API key must be at least this long (and have no whitespace) when the server listens beyond loopback. */
+export const MIN_REMOTE_KEY_LENGTH = 16;
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
 
@@ -83,10 +119,13 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'tiny-vae': { type: 'boolean' },
       'api-key': { type: 'string' },
       cors: { type: 'string' },
+      'allowed-hosts': { type: 'string' },
       'data-dir': { type: 'string' },
       'video-dir': { type: 'string', multiple: true },
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
+      'max-variants': { type: 'string' },
+      'max-queued-jobs': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -96,6 +135,10 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
   const cors = pick(values.cors, 'CORS_ORIGINS');
+  const hosts = pick(values['allowed-hosts'], 'ALLOWED_HOSTS');
+  const maxVariants = pick(values['max-variants'], 'MAX_VARIANTS');
+  const maxQueuedJobs = pick(values['max-queued-jobs'], 'MAX_QUEUED_JOBS');
+  const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
   const videoDirs = values['video-dir'] ?? env['VIDEO_DIRS']?.split(':').filter(Boolean) ?? [];
   const config: ServerConfig = {
     ...d,
@@ -106,14 +149,26 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     threads: threads === undefined ? d.threads : int(threads, 'threads', 0, 256),
     tinyVae: values['tiny-vae'] ?? env['TINY_VAE'] === '1',
     apiKey: pick(values['api-key'], 'API_KEY') || undefined,
-    corsOrigins: cors ? cors.split(',').map((s) => s.trim()).filter(Boolean) : d.corsOrigins,
+    corsOrigins: cors ? list(cors) : d.corsOrigins,
+    allowedHosts: hosts ? list(hosts).map((h) => h.toLowerCase()) : d.allowedHosts,
     dataDir: resolve(pick(values['data-dir'], 'DATA_DIR') ?? d.dataDir),
     videoDirs: videoDirs.map((p) => resolve(p)),
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
+    maxVariants: maxVariants === undefined ? d.maxVariants : int(maxVariants, 'max-variants', 1, 64),
+    maxQueuedJobs: maxQueuedJobs === undefined ? d.maxQueuedJobs : int(maxQueuedJobs, 'max-queued-jobs', 1, 100_000),
   };
-  if (!isLoopback(config.host) && !config.apiKey) {
-    throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`);
-  }
+  checkKeyStrength(config);
   return config;
+}
+
+/** No key off loopback, and no guessable key: at least MIN_REMOTE_KEY_LENGTH characters, no whitespace. */
+export function checkKeyStrength(config: Pick<ServerConfig, 'host' | 'apiKey'>): void {
+  const key = config.apiKey;
+  if (key !== undefined && /\s/.test(key)) throw new ServiceError('bad_request', 'the API key must not contain whitespace', { field: 'api-key' });
+  if (isLoopback(config.host)) return;
+  if (!key) throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`, { field: 'api-key' });
+  if (key.length < MIN_REMOTE_KEY_LENGTH) {
+    throw new ServiceError('forbidden', `refusing to bind ${config.host} with an API key of ${key.length} characters: use at least ${MIN_REMOTE_KEY_LENGTH} (e.g. openssl rand -hex 24)`, { field: 'api-key' });
+  }
 }

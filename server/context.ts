@@ -19,9 +19,11 @@ export interface AppContext {
   plan(params: GenerationParams, mode: Mode): Promise<Plan>;
   /** Set once SIGTERM (or close()) starts draining: no new streams or jobs. */
   readonly draining: boolean;
+  /** Aborted when a shutdown's grace period is over: work for HTTP requests still running must stop. */
+  readonly shutdown: AbortSignal;
 }
 
-export function createContext(config: ServerConfig, engine: Engine, log: Logger, metrics: Metrics): AppContext & { draining: boolean } {
+export function createContext(config: ServerConfig, engine: Engine, log: Logger, metrics: Metrics, shutdown: AbortSignal = new AbortController().signal): AppContext & { draining: boolean } {
   const batcher = new UnetBatcher(config.maxBatchRows, metrics);
   return {
     config,
@@ -30,6 +32,7 @@ export function createContext(config: ServerConfig, engine: Engine, log: Logger,
     metrics,
     batcher,
     draining: false,
+    shutdown,
     runners: (size, variant) => batcher.runner(size, variant.key, engine.unetRunner(size, variant)),
     // `this`, so that a context copied with other runners (tests wrap them) plans with those
     plan(params, mode) {

@@ -1,6 +1,7 @@
 /**
  * The one place where errors become HTTP responses: {"error": {"code", "message", "field"}} with the
- * ServiceError's status. Anything else is an internal error (logged, message not leaked).
+ * ServiceError's status (and Retry-After when the error says when to retry). Anything else is an internal
+ * error (logged with the request id, message not leaked).
  */
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { ServiceError } from '../models/errors.ts';
@@ -23,11 +24,14 @@ function fromLibraryError(err: unknown): ServiceError | undefined {
 export function errorHandler(log: Logger): ErrorRequestHandler {
   return (err, req, res, _next) => {
     const e = err instanceof ServiceError ? err : (fromLibraryError(err) ?? new ServiceError('internal', 'internal error', { cause: err }));
-    if (e.status >= 500) log.error('request failed', { method: req.method, path: req.path, code: e.code, error: String((err as Error)?.stack ?? err) });
+    if (e.status >= 500 && e.code !== 'unavailable') {
+      log.error('request failed', { request_id: (req as { id?: unknown }).id, method: req.method, path: req.path, code: e.code, error: String((err as Error)?.stack ?? err) });
+    }
     if (res.headersSent) {
       res.end();
       return;
     }
+    if (e.retryAfter !== undefined) res.setHeader('Retry-After', String(e.retryAfter));
     res.status(e.status).json(errorBody(e));
   };
 }

@@ -1,4 +1,8 @@
-/** `npm start`: the service on the embedded model (or --model DIR), on 127.0.0.1:7860 by default. */
+/**
+ * The service on the embedded model (or --model DIR), on 127.0.0.1:7860 by default. `npm start` runs it as
+ * `node --import tsx server/main.ts` (no wrapper process in between, so a process manager's SIGTERM reaches it).
+ * SIGTERM or SIGINT drains (server/app.ts close()) and exits 0; a second signal exits at once.
+ */
 import { ServiceError } from '../models/errors.ts';
 import { startServer, type ExtensionFactory } from './app.ts';
 import { loadConfig } from './config.ts';
@@ -13,18 +17,27 @@ async function main(): Promise<void> {
   const server = await startServer(config, { log, extensions });
   log.info('listening', { url: server.url, model: server.ctx.engine.pack.name, provider: config.provider });
   console.log(`\n  streamdiffusion-node on ${server.url}  (model: ${server.ctx.engine.pack.name})\n  UI: ${server.url}/   stream: ws${server.url.slice(4)}/v1/stream\n`);
+  let stopping = false;
   const shutdown = (signal: string) => {
+    if (stopping) {
+      log.warn('second signal: exiting without draining', { signal });
+      process.exit(1);
+    }
+    stopping = true;
     log.info('draining', { signal });
     server.close().then(
-      () => process.exit(0),
+      () => {
+        log.info('stopped', { signal });
+        process.exit(0);
+      },
       (error: unknown) => {
         log.error('shutdown failed', { error: String(error) });
         process.exit(1);
       },
     );
   };
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
-  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
 main().catch((error: unknown) => {

@@ -1,6 +1,7 @@
 /**
- * What the loaded model offers: its APTP experts and its adapters (list and upload). The UI reads these to
- * show budget, expert and adapter controls.
+ * What the loaded model offers: its APTP experts and its adapters (the pack's own, read-only, and uploads,
+ * listed together with their `source`; upload with POST, `?replace=1` to replace an upload). The UI reads these
+ * to show budget, expert and adapter controls.
  */
 import { Router, raw } from 'express';
 import { ServiceError } from '../models/errors.ts';
@@ -24,14 +25,17 @@ export function modelRoutes(ctx: AppContext): Router {
     res.json({ adapters: (await sources().adapters?.list?.()) ?? [] });
   });
 
-  // Upload: the safetensors bytes as the body (application/octet-stream), the name in the query.
+  // Upload: the safetensors bytes as the body (application/octet-stream), the name in the query; one upload of a
+  // name wins (201), others get 409 unless ?replace=1.
   router.post('/v1/adapters', raw({ type: 'application/octet-stream', limit: ctx.config.maxUploadBytes }), async (req, res) => {
     const { adapters } = sources();
     if (!adapters?.add) throw new ServiceError('unsupported', 'this model takes no adapter uploads');
     const name = req.query['name'];
     if (typeof name !== 'string') throw new ServiceError('bad_request', 'name: give the adapter name as ?name=', { field: 'name' });
+    const replace = req.query['replace'];
+    if (replace !== undefined && replace !== '1' && replace !== '0') throw new ServiceError('bad_request', 'replace: must be 1 or 0', { field: 'replace' });
     if (!Buffer.isBuffer(req.body) || req.body.length === 0) throw new ServiceError('bad_request', 'send the adapter file as the body with Content-Type: application/octet-stream', { field: 'body' });
-    res.status(201).json(await adapters.add(name, req.body));
+    res.status(201).json(await adapters.add(name, req.body, { replace: replace === '1' }));
   });
 
   return router;

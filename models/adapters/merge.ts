@@ -156,29 +156,66 @@ const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resol
 /** Layers merged between two yields (each a few hundred microseconds for tiny-shapes, ms for SD). */
 const LAYERS_PER_YIELD = 4;
 
+/** One adapter's update at weight 1, per initializer it changes: (alpha / r) up @ down in the initializer's layout. */
+export interface AdapterDeltas {
+  readonly deltas: ReadonlyMap<string, { readonly init: OnnxInitializer; readonly delta: Float32Array }>;
+  /** Keys that match no node of the model. */
+  readonly unmatched: readonly string[];
+  /** Bytes the deltas hold. */
+  readonly bytes: number;
+}
+
 /**
- * Merges weighted adapters into a copy of `base` (an ONNX model, `index` its graph index).
- * Yields to the event loop every few layers so streams keep running while a merge is computed.
+ * The update one adapter makes to a model at weight 1 (the products up @ down, the expensive part of a merge).
+ * Merging the same adapter at other weights only scales these (mergeAdapters' `deltasOf`), so they can be shared.
+ * Yields to the event loop every few layers.
  */
-export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, adapters: readonly WeightedAdapter[], label = 'unet'): Promise<MergeResult> {
-  // 1. targets and float64 deltas per initializer
+export async function adapterDeltas(index: OnnxGraphIndex, adapter: KohyaAdapter, label: string): Promise<AdapterDeltas> {
   const table = kohyaNodeTable(index);
+  const sums = new Map<string, { init: OnnxInitializer; delta: Float64Array }>();
+  const unmatched: string[] = [];
+  let done = 0;
+  for (const layer of adapter.layers) {
+    const target = resolveTarget(index, table, layer, label);
+    if (!target) {
+      unmatched.push(layer.key);
+      continue;
+    }
+    const entry = sums.get(target.initializer.name) ?? { init: target.initializer, delta: new Float64Array(product(target.initializer.dims)) };
+    sums.set(target.initializer.name, entry);
+    accumulate(entry.delta, layer, layer.alpha / layer.rank, target.layout);
+    if (++done % LAYERS_PER_YIELD === 0) await yieldToEventLoop();
+  }
+  const deltas = new Map([...sums].map(([name, { init, delta }]) => [name, { init, delta: Float32Array.from(delta) }] as const));
+  let bytes = 0;
+  for (const d of deltas.values()) bytes += d.delta.byteLength;
+  return { deltas, unmatched, bytes };
+}
+
+/**
+ * Merges weighted adapters into a copy of `base` (an ONNX model, `index` its graph index):
+ * W' = W + sum_i lambda_i dW_i, summed in float64 per initializer and rounded once. `deltasOf` supplies each
+ * adapter's dW at weight 1 (default: computed here; a cache shares them between merges of one adapter at other
+ * weights). Yields to the event loop between adapters so streams keep running while a merge is computed.
+ */
+export async function mergeAdapters(
+  base: Uint8Array,
+  index: OnnxGraphIndex,
+  adapters: readonly WeightedAdapter[],
+  label = 'unet',
+  deltasOf: (adapter: WeightedAdapter) => Promise<AdapterDeltas> = (a) => adapterDeltas(index, a.adapter, `adapter ${a.name}`),
+): Promise<MergeResult> {
+  // 1. each adapter's update, summed per initializer at its weight
   const warnings: string[] = [];
-  const deltas = new Map<string, { init: OnnxInitializer; delta: Float64Array }>();
-  let merged = 0;
-  for (const { name, weight, adapter } of adapters) {
+  const sums = new Map<string, { init: OnnxInitializer; delta: Float64Array }>();
+  for (const weighted of adapters) {
+    const { name, weight, adapter } = weighted;
     if (!Number.isFinite(weight)) throw new ServiceError('bad_request', `adapter ${name}: weight ${weight} is not a finite number`);
-    const unmatched: string[] = [];
-    for (const layer of adapter.layers) {
-      const target = resolveTarget(index, table, layer, `adapter ${name}`);
-      if (!target) {
-        unmatched.push(layer.key);
-        continue;
-      }
-      const entry = deltas.get(target.initializer.name) ?? { init: target.initializer, delta: new Float64Array(product(target.initializer.dims)) };
-      deltas.set(target.initializer.name, entry);
-      accumulate(entry.delta, layer, (weight * layer.alpha) / layer.rank, target.layout);
-      if (++merged % LAYERS_PER_YIELD === 0) await yieldToEventLoop();
+    const { deltas, unmatched } = await deltasOf(weighted);
+    for (const { init, delta } of deltas.values()) {
+      const entry = sums.get(init.name) ?? { init, delta: new Float64Array(delta.length) };
+      sums.set(init.name, entry);
+      for (let i = 0; i < delta.length; i++) entry.delta[i]! += weight * delta[i]!;
     }
     if (unmatched.length > 0) {
       const shown = unmatched.slice(0, 3).join(', ');
@@ -192,7 +229,7 @@ export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, ada
   // 2. patch a copy: same byte lengths, so the rest of the model is untouched
   const bytes = base.slice();
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (const { init, delta } of deltas.values()) {
+  for (const { init, delta } of sums.values()) {
     if (init.dataType === ONNX_FLOAT) {
       if (init.length !== 4 * delta.length) throw new ServiceError('model_invalid', `${label}: ${init.name} holds ${init.length} bytes for ${delta.length} float32 values`);
       for (let i = 0; i < delta.length; i++) {
@@ -209,5 +246,5 @@ export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, ada
       for (let i = 0; i < delta.length; i++) view.setUint16(init.offset + 2 * i, merged[i]!, true);
     }
   }
-  return { bytes, warnings, patched: deltas.size };
+  return { bytes, warnings, patched: sums.size };
 }

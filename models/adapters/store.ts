@@ -1,7 +1,10 @@
 /**
- * The adapter store a pack's engine talks to: the adapter folder (adapter-files.ts: listing and uploads,
- * checked against the pack's UNet and text encoder) and the merged UNets built from it (merged-unets.ts).
+ * The adapter store a pack's engine talks to: the adapter folders (adapter-files.ts: the pack's own, read-only,
+ * and uploads under the server's data directory), the checks an upload passes (format, fit to the UNet and text
+ * encoder, update size: update-bounds.ts, and the merged UNet's probe: probe.ts), and the merged UNets built from
+ * them (merged-unets.ts: leased, probed, at most maxVariants alive).
  */
+import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { ServiceError } from '../errors.ts';
 import type { PackOptions } from '../pack.ts';
@@ -10,17 +13,28 @@ import { adapterKey, checkAdapterChoices, DEFAULT_ADAPTER_LIMITS, type AdapterCh
 import { tokenTable } from './concept-tokens.ts';
 import type { KohyaAdapter } from './kohya.ts';
 import { matchAdapter } from './merge.ts';
-import { MergedUnets, type BaseModel, type MergedUnet } from './merged-unets.ts';
+import { DEFAULT_MAX_VARIANTS, MergedUnets, type BaseModel, type MergedLease, type MergedUnet, type ProbeBase } from './merged-unets.ts';
 import { indexOnnxModel } from './onnx-graph.ts';
 import { ThreadedUnet } from './threaded-unet.ts';
+import { checkUpdateBounds } from './update-bounds.ts';
 
 export type { AdapterInfo } from './adapter-files.ts';
-export type { ConceptText, MergedUnet } from './merged-unets.ts';
+export type { ConceptText, MergedLease, MergedUnet } from './merged-unets.ts';
 
 /** The base models adapters apply to (the text encoder only for adapters with concept tokens). */
 export interface BaseModelPaths {
   readonly unet: string;
   readonly textEncoder?: string | undefined;
+}
+
+export interface AdapterStoreSettings {
+  /** Merged UNets alive at once (DEFAULT_MAX_VARIANTS). */
+  readonly maxVariants: number;
+  readonly limits: Partial<AdapterLimits>;
+  /** Where uploads are stored (the server: <data-dir>/adapters/<pack>); none: uploads are refused. */
+  readonly uploadDir: string | undefined;
+  /** The base UNet merged ones are probed against (none: no probe). */
+  readonly probe: ProbeBase | undefined;
 }
 
 export class AdapterStore {
@@ -33,37 +47,49 @@ export class AdapterStore {
     adapterDir: string,
     private readonly baseModels: BaseModelPaths,
     options: PackOptions,
-    cacheSize = 4,
-    limits: Partial<AdapterLimits> = {},
+    settings: Partial<AdapterStoreSettings> = {},
   ) {
-    this.limits = { ...DEFAULT_ADAPTER_LIMITS, ...limits };
-    this.files = new AdapterFiles(adapterDir, this.limits);
+    this.limits = { ...DEFAULT_ADAPTER_LIMITS, ...settings.limits };
+    this.files = new AdapterFiles(adapterDir, this.limits, settings.uploadDir);
     const textEncoder = baseModels.textEncoder;
-    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, options, cacheSize);
+    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, options, {
+      maxVariants: settings.maxVariants ?? DEFAULT_MAX_VARIANTS,
+      probe: settings.probe,
+    });
     // merged UNets run on worker threads: start one now so the first adapter swap does not wait for it
     ThreadedUnet.prewarm();
   }
 
-  /** The adapters in the folder (valid files only, sorted by name). */
+  /** Merged UNets alive (each a session on a worker thread, being built included), the bound, and adapter updates computed. */
+  get stats(): { variants: number; maxVariants: number; deltasComputed: number } {
+    return { variants: this.merges.live, maxVariants: this.merges.maxVariants, deltasComputed: this.merges.deltasComputed };
+  }
+
+  /** The adapters of the pack and the uploads (valid files only, sorted by name). */
   list(): Promise<AdapterInfo[]> {
     return this.files.list();
   }
 
-  /** Checks and stores an uploaded adapter. Nothing is written unless the file is valid for this UNet. */
-  add(name: string, bytes: Uint8Array): Promise<AdapterInfo> {
-    return this.files.add(name, bytes, (adapter) => this.checkFit(name, adapter));
+  /**
+   * Checks and stores an uploaded adapter: format, fit to the UNet, update size, and the merged UNet's probe.
+   * Nothing is written unless all pass; an existing name is a conflict unless `replace`.
+   */
+  async add(name: string, bytes: Uint8Array, options: { replace?: boolean } = {}): Promise<AdapterInfo> {
+    const info = await this.files.add(name, bytes, (adapter) => this.check(name, adapter), options);
+    this.merges.forget(name); // variants merged from an earlier file of that name
+    return info;
   }
 
-  /** A merged UNet if it is already built (for a swap at a frame boundary without waiting). */
+  /** A merged UNet if it is already cached (for a swap at a frame boundary without waiting). */
   ready(adapters: readonly AdapterChoice[]): Promise<MergedUnet> | undefined {
     return this.merges.peek(adapterKey(adapters));
   }
 
   /**
-   * The UNet with these adapters merged at these weights. Built in the background (the promise resolves when
-   * the session is ready) and cached.
+   * A lease on the UNet with these adapters merged at these weights: built in the background (the promise
+   * resolves when the session is ready and has passed the probe) and cached. Release it when done.
    */
-  merged(adapters: readonly AdapterChoice[]): Promise<MergedUnet> {
+  merged(adapters: readonly AdapterChoice[]): Promise<MergedLease> {
     try {
       checkAdapterChoices(adapters, this.limits);
       const missing = adapters.find((a) => !this.files.has(a.name));
@@ -72,18 +98,28 @@ export class AdapterStore {
       return Promise.reject(error);
     }
     const active = adapters.filter((a) => a.weight !== 0);
-    return this.merges.get(adapterKey(active), () => Promise.all(active.map(async (a) => ({ name: a.name, weight: a.weight, adapter: (await this.files.load(a.name)).adapter }))));
+    return this.merges.acquire(adapterKey(active), () => Promise.all(active.map(async (a) => ({ name: a.name, weight: a.weight, adapter: (await this.files.load(a.name)).adapter }))));
   }
 
-  /** An upload must match nodes of the UNet, and bundled embeddings must have the text encoder's token width. */
-  private async checkFit(name: string, adapter: KohyaAdapter): Promise<void> {
-    const { index } = await this.baseModel(this.baseModels.unet);
-    const { matched } = matchAdapter(index, adapter, `adapter ${name}`);
+  /** Ends every merged UNet (their worker threads exit). */
+  close(): Promise<void> {
+    return this.merges.close();
+  }
+
+  /** An upload must match nodes of the UNet, keep its updates in bounds, bring embeddings of the text encoder's width, and pass the probe. */
+  private async check(name: string, adapter: KohyaAdapter): Promise<void> {
+    const unet = await this.baseModel(this.baseModels.unet);
+    const { matched } = matchAdapter(unet.index, adapter, `adapter ${name}`);
     if (matched === 0) throw new ServiceError('model_invalid', `adapter ${name}: none of its ${adapter.layers.length} keys matches a node of the UNet (e.g. ${adapter.layers[0]!.key})`);
-    if (adapter.embeddings.length === 0 || !this.baseModels.textEncoder) return;
-    const dim = tokenTable((await this.baseModel(this.baseModels.textEncoder)).index).dims[1];
-    const wrong = adapter.embeddings.find((e) => e.dim !== dim);
-    if (wrong) throw new ServiceError('model_invalid', `adapter ${name}: its embedding for "${wrong.word}" has ${wrong.dim} values per vector; the text encoder's tokens have ${dim}`);
+    checkUpdateBounds(unet.bytes, unet.index, adapter, `adapter ${name}`);
+    if (adapter.embeddings.length > 0 && this.baseModels.textEncoder) {
+      const dim = tokenTable((await this.baseModel(this.baseModels.textEncoder)).index).dims[1];
+      const wrong = adapter.embeddings.find((e) => e.dim !== dim);
+      if (wrong) throw new ServiceError('model_invalid', `adapter ${name}: its embedding for "${wrong.word}" has ${wrong.dim} values per vector; the text encoder's tokens have ${dim}`);
+    }
+    // merged alone at weight 1, built for this check only (the file is not stored yet)
+    const lease = await this.merges.acquire(`upload-check-${randomUUID()}`, () => Promise.resolve([{ name, weight: 1, adapter }]), { cache: false });
+    lease.release();
   }
 
   /** A base model's bytes and graph index, read once. */

@@ -65,7 +65,6 @@ export class ThreadedUnet extends Unet {
   private readonly pending = new Map<number, { resolve: (result: never) => void; reject: (e: Error) => void }>();
   private nextId = 0;
   private closed: ServiceError | undefined;
-  private lastUsed = performance.now();
 
   private constructor(
     ready: Contract & { text?: Contract },
@@ -136,26 +135,11 @@ export class ThreadedUnet extends Unet {
   private call<T>(request: Record<string, unknown>): Promise<T> {
     if (this.closed) return Promise.reject(this.closed);
     const id = this.nextId++;
-    this.lastUsed = performance.now();
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (result: never) => void, reject });
       this.worker.ref(); // keep the process alive while a reply is on its way
       this.worker.postMessage({ ...request, id });
     });
-  }
-
-  /**
-   * Releases the session once nothing has run on it for `idleMs` (checked every idleMs): for a UNet evicted
-   * from a cache while a stream may still be using it.
-   */
-  releaseWhenIdle(idleMs: number): void {
-    const check = () => {
-      if (this.closed) return;
-      const idle = performance.now() - this.lastUsed;
-      if (this.pending.size === 0 && idle >= idleMs) void this.release();
-      else setTimeout(check, Math.max(10, idleMs - idle)).unref();
-    };
-    setTimeout(check, idleMs).unref();
   }
 
   /** Releases the session and ends the worker; later predict() calls reject with 'unavailable'. */

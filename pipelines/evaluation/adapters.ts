@@ -49,7 +49,7 @@ interface ConceptItem extends HeldOutItem {
 // 1. pack, store, prompts
 const engine = await Engine.load(values.pack);
 const spec = await loadSceneSpec(values.pack);
-const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, DEFAULT_PACK_OPTIONS, 2);
+const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, DEFAULT_PACK_OPTIONS, { maxVariants: 2 });
 const perConcept = Number(values['per-concept']);
 const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
   (it, _, all) => all.filter((o) => o.concept === it.concept).indexOf(it) < perConcept,
@@ -97,6 +97,7 @@ for (const config of configs) {
     for (const item of baseItems) scores.push(scoreImage(spec, await render(config.adapters, item.caption, item.seed), item.attributes));
     base = accuracy(scores);
   }
+  merged.release();
   const row = { label: config.label, adapters: config.adapters, warnings: merged.warnings, mergeMs: merged.mergeMs, buildMs: merged.buildMs, concept, base, seconds: (performance.now() - started) / 1000 };
   results.push(row);
   console.log(JSON.stringify(row));

@@ -12,8 +12,9 @@ import { encodeImage } from '../../pipelines/codecs/image.ts';
 import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { clientGone, renderImages, timestamp, type RenderTracker } from './render.ts';
+import { requestSignal, renderImages, timestamp, type RenderTracker } from './render.ts';
 import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSeed } from './validate.ts';
+import { refuseWhileDraining } from '../shutdown.ts';
 
 /** The only sampler: LCM on the pack's 50-step grid. */
 export const SAMPLER = 'LCM';
@@ -149,7 +150,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
 
   const render = (mode: 'txt2img' | 'img2img') =>
     asyncHandler(async (req, res) => {
-      if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
+      refuseWhileDraining(ctx.draining);
       // 1. validate and map onto generation parameters
       const raw = dropNulls(req.body) as Record<string, unknown>;
       const img: Img2ImgRequest | undefined = mode === 'img2img' ? parseBody(img2imgSchema, raw) : undefined;
@@ -158,26 +159,27 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
       const plan = await ctx.plan(params, mode);
       const size = plan.size;
-      // 2. decode init images at the output size
-      const inits = img
-        ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
-        : undefined;
-      // 3. render (progress visible on /sdapi/v1/progress)
       const progress = tracker.begin();
       const started = new Date();
       let images;
       try {
+        // 2. decode init images at the output size
+        const inits = img
+          ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
+          : undefined;
+        // 3. render (progress visible on /sdapi/v1/progress)
         images = await renderImages(ctx, {
           plan,
           count,
           endpoint: `/sdapi/v1/${mode}`,
           lanes: request.batch_size,
-          signal: clientGone(res),
+          signal: requestSignal(ctx, res),
           onStep: progress.step,
           ...(inits ? { inits } : {}),
         });
       } finally {
         progress.end();
+        plan.release();
       }
       // 4. A1111's response shape
       const model = ctx.engine.pack.name;

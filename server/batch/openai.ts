@@ -13,10 +13,11 @@ import { DEFAULT_STEPS, MAX_PROMPT_CHARS, type GenerationParams } from '../../pi
 import type { Plan } from '../../pipelines/plan.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { clientGone, renderImages, type RenderTracker } from './render.ts';
+import { requestSignal, renderImages, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
 import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
+import { refuseWhileDraining } from '../shutdown.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
@@ -94,13 +95,16 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
 export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore): express.Router {
   const router = express.Router();
 
-  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, plan: Plan, inits: Float32Array[] | undefined, endpoint: string) => {
+  /** Renders a plan and answers; the plan is released once rendered (whatever happens). */
+  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, plan: Plan, inits: () => Promise<Float32Array[] | undefined>, endpoint: string) => {
     const progress = tracker.begin();
     let images;
     try {
-      images = await renderImages(ctx, { plan, count: request.n, endpoint, signal: clientGone(res), onStep: progress.step, ...(inits ? { inits } : {}) });
+      const init = await inits();
+      images = await renderImages(ctx, { plan, count: request.n, endpoint, signal: requestSignal(ctx, res), onStep: progress.step, ...(init ? { inits: init } : {}) });
     } finally {
       progress.end();
+      plan.release();
     }
     const format = request.output_format;
     const quality = request.output_compression ?? 85;
@@ -119,9 +123,9 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
   router.post(
     '/v1/images/generations',
     asyncHandler(async (req, res) => {
-      if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
+      refuseWhileDraining(ctx.draining);
       const request = parseBody(generationsSchema, req.body);
-      await respond(req, res, request, await ctx.plan(toParams(request, ctx, 'generations'), 'txt2img'), undefined, '/v1/images/generations');
+      await respond(req, res, request, await ctx.plan(toParams(request, ctx, 'generations'), 'txt2img'), () => Promise.resolve(undefined), '/v1/images/generations');
     }),
   );
 
@@ -129,7 +133,7 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
     '/v1/images/edits',
     imageUpload(ctx.config),
     asyncHandler(async (req, res) => {
-      if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
+      refuseWhileDraining(ctx.draining);
       if (!req.is('multipart/form-data')) throw new ServiceError('bad_request', 'image: /v1/images/edits takes multipart/form-data with an image file', { field: 'image' });
       const request = parseBody(editsSchema, { ...(req.body as Record<string, unknown>) });
       const files = req.files as Record<string, Express.Multer.File[]> | undefined;
@@ -137,7 +141,7 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
       const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
       const { width, height } = plan.size;
-      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
+      const inits = () => Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
       await respond(req, res, request, plan, inits, '/v1/images/edits');
     }),
   );

@@ -112,3 +112,8 @@ export function clientGone(res: { on(event: 'close', fn: () => void): unknown; w
   });
   return controller.signal;
 }
+
+/** A render's signal: the client went away, or the server's shutdown grace period is over (answered 503). */
+export function requestSignal(ctx: AppContext, res: Parameters<typeof clientGone>[0]): AbortSignal {
+  return AbortSignal.any([clientGone(res), ctx.shutdown]);
+}

@@ -7,12 +7,18 @@ import { ServiceError, toServiceError, type ErrorCode } from '../../models/error
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * Largest text (control) message, bytes, before and after start: a start with a 2000-character prompt, a
+ * negative prompt and every other parameter takes under 5 KiB. Checked before the JSON is parsed.
+ */
+export const MAX_CONTROL_BYTES = 16 * 1024;
+
 /** WebSocket close codes the server uses (PROTOCOL.md). */
 export const CLOSE = {
   normal: 1000,
   goingAway: 1001, // server shutting down
   policy: 1008, // unauthorized or forbidden
-  tooBig: 1009, // a message far over the frame limit
+  tooBig: 1009, // a message far over the frame limit, or a text message over MAX_CONTROL_BYTES before start
   internal: 1011,
   tryAgainLater: 1013, // too many streams
   badStart: 4400, // the first message was not a valid start

@@ -1,35 +1,71 @@
-/** The open streams, with the limits on how many there may be in all and per client address. */
+/**
+ * The open streams, with the limits on them: how many in all and per client address, and how much latent area
+ * (width / f x height / f, f the VAE factor) they use together, since a stream's memory and compute grow with it.
+ * A stream reserves its place and area before it opens, and resizes its reservation before a size change.
+ */
 import { ServiceError } from '../../models/errors.ts';
 import type { StreamSession } from './session.ts';
 
+/** A stream's hold on the registry: its place and its latent area. */
+export interface Reservation {
+  readonly area: number;
+  /** Moves the reservation to another area; throws rate_limited (and keeps the old area) when it does not fit. */
+  resize(area: number): void;
+  release(): void;
+}
+
+export interface StreamLimits {
+  readonly maxStreams: number;
+  readonly maxPerClient: number;
+  /** Latent area all streams may use together. */
+  readonly maxArea: number;
+}
+
+/** How long a client should wait before retrying a stream refused for lack of room, s. */
+const RETRY_AFTER_S = 5;
+
 export class StreamRegistry {
   private readonly sessions = new Map<string, { session: StreamSession; client: string }>();
-  private readonly reserved = new Map<string, number>();
+  private readonly held = new Set<{ client: string; area: number }>();
 
-  constructor(
-    private readonly maxStreams: number,
-    private readonly maxPerClient: number,
-  ) {}
+  constructor(private readonly limits: StreamLimits) {}
 
-  /** Holds a place for a stream being opened; throws rate_limited when none is free. Returns the release. */
-  reserve(client: string): () => void {
-    const total = this.sessions.size + [...this.reserved.values()].reduce((a, b) => a + b, 0);
-    if (total >= this.maxStreams) throw new ServiceError('rate_limited', `the server already runs ${this.maxStreams} streams; try again later`);
-    if (this.countFor(client) >= this.maxPerClient) throw new ServiceError('rate_limited', `at most ${this.maxPerClient} streams per client`);
-    this.reserved.set(client, (this.reserved.get(client) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.reserved.get(client) ?? 1) - 1;
-      if (n <= 0) this.reserved.delete(client);
-      else this.reserved.set(client, n);
+  /** Holds a place (and `area`) for a stream being opened; throws rate_limited when there is none. */
+  reserve(client: string, area: number): Reservation {
+    const { maxStreams, maxPerClient } = this.limits;
+    if (this.held.size >= maxStreams) throw new ServiceError('rate_limited', `the server already runs ${maxStreams} streams; try again later`, { retryAfter: RETRY_AFTER_S });
+    if (this.countFor(client) >= maxPerClient) throw new ServiceError('rate_limited', `at most ${maxPerClient} streams per client`, { retryAfter: RETRY_AFTER_S });
+    const entry = { client, area: 0 };
+    this.checkArea(area, 0);
+    entry.area = area;
+    this.held.add(entry);
+    return {
+      get area() {
+        return entry.area;
+      },
+      resize: (next) => {
+        if (!this.held.has(entry)) return;
+        this.checkArea(next, entry.area);
+        entry.area = next;
+      },
+      release: () => void this.held.delete(entry),
     };
   }
 
-  add(session: StreamSession, client: string): void {
+  /** Latent area held by all streams (and streams being opened). */
+  get area(): number {
+    let total = 0;
+    for (const e of this.held) total += e.area;
+    return total;
+  }
+
+  /** A stream that opened: listed until it closes, when its reservation is released. */
+  add(session: StreamSession, client: string, reservation: Reservation): void {
     this.sessions.set(session.id, { session, client });
-    session.once('close', () => this.sessions.delete(session.id));
+    session.once('close', () => {
+      this.sessions.delete(session.id);
+      reservation.release();
+    });
   }
 
   get(id: string): StreamSession {
@@ -46,9 +82,20 @@ export class StreamRegistry {
     return [...this.sessions.values()].map((e) => e.session);
   }
 
+  private checkArea(area: number, current: number): void {
+    const used = this.area - current;
+    if (used + area > this.limits.maxArea) {
+      throw new ServiceError(
+        'rate_limited',
+        `this stream needs ${area} latent pixels and the server's streams already use ${used} of ${this.limits.maxArea}: use a smaller size, or try again when a stream ends`,
+        { retryAfter: RETRY_AFTER_S, field: 'width' },
+      );
+    }
+  }
+
   private countFor(client: string): number {
-    let n = this.reserved.get(client) ?? 0;
-    for (const e of this.sessions.values()) if (e.client === client) n++;
+    let n = 0;
+    for (const e of this.held) if (e.client === client) n++;
     return n;
   }
 }

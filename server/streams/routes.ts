@@ -24,6 +24,7 @@ export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
 
   router.get('/v1/streams/:id/mjpeg', (req, res) => {
     const session = registry.get(req.params.id);
+    res.locals['longLived'] = true; // open while the stream runs: shutdown does not wait for it
     res.writeHead(200, {
       'Content-Type': `multipart/x-mixed-replace;boundary=${BOUNDARY}`,
       'Cache-Control': 'no-cache, no-store',

@@ -8,9 +8,11 @@ import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
-import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import type { Engine } from '../../pipelines/engine.ts';
+import { mergeParams, parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
+import type { Reservation } from './registry.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -46,6 +48,14 @@ function checkLive(frameBufferSize: unknown): void {
 
 /** Bytes a socket may hold unsent before outputs wait (about a second of 720p JPEG). */
 const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
+/** Updates a stream may have waiting (each may start an adapter merge); more are refused until `updated` answers. */
+export const MAX_WAITING_UPDATES = 4;
+
+/** The latent area a stream with these parameters uses (what the registry admits by). */
+export function streamArea(engine: Engine, params: Pick<GenerationParams, 'width' | 'height' | 'frame_buffer_size'>): number {
+  const size = engine.size(params);
+  return size.latentWidth * size.latentHeight * params.frame_buffer_size;
+}
 
 interface PendingInput {
   readonly id: number;
@@ -61,28 +71,34 @@ export class StreamSession extends EventEmitter {
   private held: SentFrame | undefined;
   private busy = false;
   private closed = false;
+  /** A txt2img stream that failed: it makes no more frames (but stays open until the client goes). */
+  private stopped = false;
   private inputCounter = 0;
   private outputCounter = 0;
   private lastJpeg: Buffer | undefined;
   private readonly arrivals = new Map<number, number>();
   /** Output encoding runs beside the next frame's pipeline work; this chain keeps outputs in order. */
   private outputs: Promise<void> = Promise.resolve();
+  private updates: Promise<unknown> = Promise.resolve();
+  private updatesWaiting = 0;
 
   private constructor(
     private readonly ctx: AppContext,
     private readonly pipeline: StreamPipeline,
     private readonly sink: StreamSink,
     readonly start: StartMessage,
+    private readonly reservation: Reservation | undefined,
   ) {
     super();
     this.credits = start.window;
   }
 
-  static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
+  /** Opens a stream; `reservation` (the registry's) is resized before a size change and must fit. */
+  static async open(ctx: AppContext, start: StartMessage, sink: StreamSink, reservation?: Reservation): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode);
-    const session = new StreamSession(ctx, pipeline, sink, start);
+    const session = new StreamSession(ctx, pipeline, sink, start, reservation);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
   }
@@ -129,13 +145,40 @@ export class StreamSession extends EventEmitter {
     if (this.start.mode === 'txt2img') void this.pump();
   }
 
-  /** A live parameter change; invalid updates throw and change nothing. */
-  async update(params: Record<string, unknown>): Promise<GenerationParams> {
+  /**
+   * A live parameter change; invalid updates throw and change nothing. Updates apply in order; a stream with
+   * MAX_WAITING_UPDATES waiting is refused more (rate_limited) until they are done.
+   */
+  update(params: Record<string, unknown>): Promise<GenerationParams> {
+    if (this.updatesWaiting >= MAX_WAITING_UPDATES) {
+      return Promise.reject(new ServiceError('rate_limited', `${MAX_WAITING_UPDATES} updates are still being applied: wait for their "updated" answers`, { retryAfter: 1 }));
+    }
+    this.updatesWaiting++;
+    const run = this.updates.then(() => this.applyUpdate(params)).finally(() => this.updatesWaiting--);
+    this.updates = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A larger size must fit the registry's area before it is planned; a smaller one gives area back once applied. */
+  private async applyUpdate(params: Record<string, unknown>): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
-    return this.pipeline.update(params);
+    const reservation = this.reservation;
+    if (!reservation) return this.pipeline.update(params);
+    const before = reservation.area;
+    const area = streamArea(this.ctx.engine, mergeParams(this.params, params));
+    if (area > before) reservation.resize(area);
+    try {
+      const applied = await this.pipeline.update(params);
+      if (area < before) reservation.resize(area);
+      return applied;
+    } catch (error) {
+      if (area > before) reservation.resize(before);
+      throw error;
+    }
   }
 
   close(): void {
+    if (!this.closed) this.pipeline.close();
     this.closed = true;
     this.pending = undefined;
     this.held = undefined;
@@ -147,7 +190,7 @@ export class StreamSession extends EventEmitter {
     if (this.busy || this.closed) return;
     this.busy = true;
     try {
-      while (!this.closed) {
+      while (!this.closed && !this.stopped) {
         if (this.start.mode === 'txt2img') {
           if (this.credits <= 0 || this.held) break;
           await this.generateOne();
@@ -194,7 +237,7 @@ export class StreamSession extends EventEmitter {
       await this.outputs; // txt2img paces itself on credits: wait until this output is delivered or held
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), null);
-      this.closed = true; // a txt2img stream that cannot generate would spin: stop it
+      this.stopped = true; // a txt2img stream that cannot generate would spin: stop it
     }
   }
 

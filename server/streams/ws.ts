@@ -2,20 +2,25 @@
  * The WebSocket side of streams (protocol in server/PROTOCOL.md): ws://HOST/v1/stream.
  * The first message must be a `start`; then binary frames, `update`, `ack`, `stop` and `ping` messages.
  * Every error of a frame or message is reported on the socket and the stream goes on.
+ * Bounded: upgrades pass the Host/Origin guards, the rate limits and the key check; sockets not started yet
+ * are limited in number (in all and per client) and time; text messages in size (MAX_CONTROL_BYTES, checked
+ * before parsing); a stream's place and latent area are reserved in the registry before it opens.
  */
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { checkKey, originAllowed } from '../auth.ts';
+import { parseParams } from '../../pipelines/params.ts';
+import { checkKey } from '../auth.ts';
 import type { AppContext } from '../context.ts';
-import { CLOSE, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage } from './protocol.ts';
-import type { StreamRegistry } from './registry.ts';
-import { StreamSession } from './session.ts';
+import type { RateLimits } from '../rate-limits.ts';
+import { checkRequest } from '../request-guards.ts';
+import { CLOSE, MAX_CONTROL_BYTES, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage } from './protocol.ts';
+import type { Reservation, StreamRegistry } from './registry.ts';
+import { StreamSession, streamArea } from './session.ts';
+import { refuseWhileDraining } from '../shutdown.ts';
 
 export const STREAM_PATH = '/v1/stream';
-/** A client must send `start` this soon after connecting. */
-const START_TIMEOUT_MS = 10_000;
 
 function rawToBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
@@ -27,36 +32,76 @@ function sendJson(ws: WebSocket, message: object): void {
   if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message));
 }
 
-function reject(socket: Duplex, status: number, message: string): void {
-  socket.write(`HTTP/1.1 ${status} ${message}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(message)}\r\n\r\n${message}`);
-  socket.destroy();
+/** Answers an upgrade with an HTTP error (the body is the error's JSON, as on every other route). */
+function reject(socket: Duplex, error: ServiceError): void {
+  const body = JSON.stringify({ error: { code: error.code, message: error.message } });
+  const retry = error.retryAfter === undefined ? '' : `Retry-After: ${error.retryAfter}\r\n`;
+  socket.end(`HTTP/1.1 ${error.status} ${error.code}\r\nConnection: close\r\nContent-Type: application/json\r\n${retry}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
-export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry): WebSocketServer {
+/** Sockets connected and not started yet, in all and per client address. */
+class PendingSockets {
+  private readonly perClient = new Map<string, number>();
+  private total = 0;
+
+  constructor(private readonly max: number, private readonly maxPerClient: number) {}
+
+  /** Takes a place; throws rate_limited when there is none. Returns its release (idempotent). */
+  take(client: string): () => void {
+    const mine = this.perClient.get(client) ?? 0;
+    if (this.total >= this.max) throw new ServiceError('rate_limited', `${this.max} sockets are waiting to start a stream; try again shortly`, { retryAfter: 2 });
+    if (mine >= this.maxPerClient) throw new ServiceError('rate_limited', `this client already has ${this.maxPerClient} sockets that have not sent start`, { retryAfter: 2 });
+    this.total++;
+    this.perClient.set(client, mine + 1);
+    let taken = true;
+    return () => {
+      if (!taken) return;
+      taken = false;
+      this.total--;
+      const n = (this.perClient.get(client) ?? 1) - 1;
+      if (n <= 0) this.perClient.delete(client);
+      else this.perClient.set(client, n);
+    };
+  }
+}
+
+export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry, limits: RateLimits): WebSocketServer {
   // Frames up to 4x the limit are read and answered with a too_large error (the stream survives);
   // anything larger is cut off by ws itself with close code 1009.
   const wss = new WebSocketServer({ noServer: true, maxPayload: ctx.config.maxFrameBytes * 4 });
+  const pending = new PendingSockets(ctx.config.maxPendingSockets, ctx.config.maxPendingSocketsPerClient);
 
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  // 1. path, 2. Host and Origin, 3. rate limits, 4. key, 5. draining, 6. a place among unstarted sockets
+  const admit = async (req: IncomingMessage): Promise<() => void> => {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-    if (path !== STREAM_PATH) return reject(socket, 404, 'Not Found');
+    if (path !== STREAM_PATH) throw new ServiceError('not_found', `no WebSocket at ${path}`);
+    checkRequest(ctx.config, req, true);
+    await limits.admitUpgrade(req);
     try {
       checkKey(ctx.config, req);
-    } catch {
-      return reject(socket, 401, 'Unauthorized');
+    } catch (error) {
+      await limits.upgradeFailed(req);
+      throw error;
     }
-    if (!originAllowed(ctx.config, req)) return reject(socket, 403, 'Forbidden origin');
-    if (ctx.draining) return reject(socket, 503, 'Shutting down');
-    wss.handleUpgrade(req, socket, head, (ws) => handleConnection(ws, req, ctx, registry));
+    refuseWhileDraining(ctx.draining);
+    return pending.take(req.socket.remoteAddress ?? 'unknown');
+  };
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => socket.destroy()); // a client gone during the checks must not crash the server
+    admit(req).then(
+      (release) => wss.handleUpgrade(req, socket, head, (ws) => handleConnection(ws, req, ctx, registry, release)),
+      (error: unknown) => reject(socket, error instanceof ServiceError ? error : new ServiceError('internal', 'internal error', { cause: error })),
+    );
   });
   return wss;
 }
 
-function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, registry: StreamRegistry): void {
+function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, registry: StreamRegistry, releasePending: () => void): void {
   const client = req.socket.remoteAddress ?? 'unknown';
   let session: StreamSession | undefined;
   let opening = false;
-  const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
+  const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), ctx.config.startTimeoutMs);
 
   const report = (error: unknown) => sendJson(ws, errorMessage(error));
 
@@ -65,7 +110,14 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       if (!session) return report(new ServiceError('bad_request', 'send a start message before frames'));
       return session.onFrame(rawToBuffer(data));
     }
-    void onText(rawToBuffer(data).toString('utf8'));
+    const bytes = rawToBuffer(data);
+    // sized before it is parsed: parsing megabytes of JSON would stall every stream
+    if (bytes.length > MAX_CONTROL_BYTES) {
+      report(new ServiceError('too_large', `a text message may have at most ${MAX_CONTROL_BYTES} bytes, this one has ${bytes.length}`));
+      if (!session && !opening) ws.close(CLOSE.tooBig, 'text message too large');
+      return;
+    }
+    void onText(bytes.toString('utf8'));
   });
 
   async function onText(text: string): Promise<void> {
@@ -79,9 +131,9 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'start': {
         if (session || opening) return report(new ServiceError('conflict', 'the stream has already started'));
         opening = true;
-        let release: () => void = () => {};
+        let reservation: Reservation | undefined;
         try {
-          release = registry.reserve(client);
+          reservation = registry.reserve(client, streamArea(ctx.engine, parseParams({ ...message.params })));
           session = await StreamSession.open(ctx, message, {
             sendJson: (m) => sendJson(ws, m),
             sendFrame: (f) => {
@@ -92,11 +144,11 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             get bufferedAmount() {
               return ws.bufferedAmount;
             },
-          });
-          release();
+          }, reservation);
           clearTimeout(startTimer);
+          releasePending();
+          registry.add(session, client, reservation);
           if (ws.readyState !== ws.OPEN) return session.close();
-          registry.add(session, client);
           ctx.metrics.streamsActive.set(registry.size);
           ctx.log.info('stream started', { stream: session.id, client, mode: message.mode });
           const { width, height } = session.size;
@@ -111,7 +163,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             mjpeg_url: `/v1/streams/${session.id}/mjpeg`,
           });
         } catch (error) {
-          release();
+          reservation?.release();
           const e = toServiceError(error);
           report(e);
           ws.close(closeCodeFor(e), e.message.slice(0, 120));
@@ -143,6 +195,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
 
   ws.on('close', () => {
     clearTimeout(startTimer);
+    releasePending();
     if (session) {
       ctx.log.info('stream closed', { stream: session.id, ...session.stats });
       session.close();

@@ -6,14 +6,14 @@
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encodeImage } from '../../../pipelines/codecs/image.ts';
-import type { GenerationParams } from '../../../pipelines/params.ts';
+import type { Plan } from '../../../pipelines/plan.ts';
 import type { AppContext } from '../../context.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
-import type { Executor } from './manager.ts';
+import type { Executor, RunningJob } from './manager.ts';
 import type { ImagesJobRequest, VideoJobRequest } from './schema.ts';
 
 /** The name of result image `index`. */
@@ -33,39 +33,50 @@ async function isFile(path: string): Promise<boolean> {
 export function imagesExecutor(ctx: AppContext): Executor {
   return async (job) => {
     const request = job.record.request as ImagesJobRequest;
-    const { params, count, lanes, output_format: format } = request;
+    const { params } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
-    const { width, height } = plan.size;
-    const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image')).data : undefined;
-    // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
-    let done = 0;
-    while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;
-    job.record.results = Array.from({ length: done }, (_, i) => imageName(i, format));
-    // 2. the rest, one UNet batch at a time
-    for (let start = done; start < count; start += lanes) {
-      job.signal.throwIfAborted();
-      const n = Math.min(lanes, count - start);
-      const images = await renderImages(ctx, {
-        plan,
-        firstIndex: start,
-        count: n,
-        lanes: n,
-        endpoint: 'jobs',
-        signal: job.signal,
-        onStep: (step, steps) => job.progress((start + (n * step) / steps) / count),
-        ...(init ? { inits: [init] } : {}),
-      });
-      for (const [j, image] of images.entries()) {
-        const name = imageName(start + j, format);
-        const tmp = join(job.dir, `${name}.partial`);
-        await writeFile(tmp, await encodeImage(image.data, image.width, image.height, format));
-        await rename(tmp, join(job.dir, name));
-        job.record.results.push(name);
-      }
-      job.progress((start + n) / count, { images: start + n });
-      await job.save();
+    try {
+      await renderJob(ctx, job, plan);
+    } finally {
+      plan.release();
     }
   };
+}
+
+/** An image job's images, one UNet batch at a time, after those an earlier run already wrote. */
+async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<void> {
+  const request = job.record.request as ImagesJobRequest;
+  const { count, lanes, output_format: format } = request;
+  const { width, height } = plan.size;
+  const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image')).data : undefined;
+  // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
+  let done = 0;
+  while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;
+  job.record.results = Array.from({ length: done }, (_, i) => imageName(i, format));
+  // 2. the rest, one UNet batch at a time
+  for (let start = done; start < count; start += lanes) {
+    job.signal.throwIfAborted();
+    const n = Math.min(lanes, count - start);
+    const images = await renderImages(ctx, {
+      plan,
+      firstIndex: start,
+      count: n,
+      lanes: n,
+      endpoint: 'jobs',
+      signal: job.signal,
+      onStep: (step, steps) => job.progress((start + (n * step) / steps) / count),
+      ...(init ? { inits: [init] } : {}),
+    });
+    for (const [j, image] of images.entries()) {
+      const name = imageName(start + j, format);
+      const tmp = join(job.dir, `${name}.partial`);
+      await writeFile(tmp, await encodeImage(image.data, image.width, image.height, format));
+      await rename(tmp, join(job.dir, name));
+      job.record.results.push(name);
+    }
+    job.progress((start + n) / count, { images: start + n });
+    await job.save();
+  }
 }
 
 export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths>): Executor {

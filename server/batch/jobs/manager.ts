@@ -8,6 +8,7 @@ import { ServiceError, toServiceError } from '../../../models/errors.ts';
 import type { Logger } from '../../log.ts';
 import { deliverWebhook, DEFAULT_WEBHOOK_OPTIONS, type WebhookOptions } from '../webhook.ts';
 import { FINISHED, type JobRecord, type JobStatus, type JobStore } from './store.ts';
+import { refuseWhileDraining } from '../../shutdown.ts';
 
 export interface RunningJob {
   readonly record: JobRecord;
@@ -111,7 +112,7 @@ export class JobManager {
 
   /** Persists a new job, then queues it. */
   async submit(record: JobRecord): Promise<JobRecord> {
-    if (this.draining) throw new ServiceError('unavailable', 'the server is shutting down: no new jobs');
+    refuseWhileDraining(this.draining, 'the server is shutting down: no new jobs');
     await this.persist(record);
     this.records.set(record.id, record);
     this.queue.push(record.id);

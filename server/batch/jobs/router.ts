@@ -19,6 +19,7 @@ import { decodeBase64Image } from '../validate.ts';
 import type { JobManager } from './manager.ts';
 import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
 import { JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
+import { refuseWhileDraining } from '../../shutdown.ts';
 
 const INIT_IMAGE_FILE = 'input-image.bin';
 
@@ -42,7 +43,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
     asyncHandler(async (req, res) => {
       const upload = req.file;
       try {
-        if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down: no new jobs');
+        refuseWhileDraining(ctx.draining, 'the server is shutting down: no new jobs');
         // 1. validate (a multipart form's fields arrive as text; a file means a video job)
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
