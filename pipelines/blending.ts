@@ -60,10 +60,13 @@ export function blend(items: readonly Weighted<Float32Array>[], method: BlendMet
  * (independent normals), so any blend is still a valid noise sample. `count` rows of `size` values.
  */
 export function blendedNoise(seeds: readonly Weighted<number>[], count: number, size: number): Float32Array[] {
-  const norm = Math.sqrt(seeds.reduce((s, x) => s + x.weight * x.weight, 0));
-  if (!(norm > 0)) throw new Error('seed weights must not all be 0');
+  const largest = Math.max(...seeds.map((x) => x.weight));
+  if (!(largest > 0)) throw new Error('seed weights must not all be 0');
+  // weights whose squares would underflow (1e-200) blend the same relative to the largest one
+  const weighted = largest < 1e-100 ? seeds.map((x) => ({ value: x.value, weight: x.weight / largest })) : seeds;
+  const norm = Math.sqrt(weighted.reduce((s, x) => s + x.weight * x.weight, 0));
   const rows = Array.from({ length: count }, () => new Float32Array(size));
-  for (const { value: seed, weight } of seeds) {
+  for (const { value: seed, weight } of weighted) {
     const g = new Generator(seed);
     for (const r of rows) {
       for (let j = 0; j < size; j++) r[j]! += (weight / norm) * g.normal();

@@ -22,6 +22,10 @@ export const MAX_PROMPT_CHARS = 2000;
 /** Largest side in pixels: 1024 covers SD 1.5/2.x/Turbo; more only costs memory on a CPU. */
 export const MAX_SIDE = 1024;
 
+/** A weighted list (prompt or seed blend) needs some weight: all zeros would blend nothing (0 / 0). */
+const someWeight = (list: readonly { weight: number }[]) => list.some((item) => item.weight > 0);
+const WEIGHTS_MESSAGE = 'weights must not all be 0';
+
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
@@ -30,7 +34,7 @@ const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a mul
 export const paramsSchema = z
   .object({
     /** A prompt, or a weighted list of prompts blended together. */
-    prompt: z.union([promptText, z.array(z.object({ text: promptText, weight: z.number().min(0).max(100) }).strict()).min(1).max(8)]).default(''),
+    prompt: z.union([promptText, z.array(z.object({ text: promptText, weight: z.number().min(0).max(100) }).strict()).min(1).max(8).refine(someWeight, WEIGHTS_MESSAGE)]).default(''),
     /** linear: weighted mean of embeddings; slerp: spherical interpolation (for two or more). */
     prompt_blend: z.enum(['linear', 'slerp']).default('linear'),
     negative_prompt: promptText.default(''),
@@ -47,7 +51,7 @@ export const paramsSchema = z
     /** Raw indices on the 50-step LCM grid; overrides steps/strength. */
     t_index_list: z.array(z.number().int().min(0).max(49)).min(1).max(8).optional(),
     /** One seed, or a weighted list of seeds blended into the initial noise. */
-    seed: z.union([seedValue, z.array(z.object({ seed: seedValue, weight: z.number().min(0).max(100) }).strict()).min(1).max(8)]).default(2),
+    seed: z.union([seedValue, z.array(z.object({ seed: seedValue, weight: z.number().min(0).max(100) }).strict()).min(1).max(8).refine(someWeight, WEIGHTS_MESSAGE)]).default(2),
     width: side.optional(),
     height: side.optional(),
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */

@@ -1,6 +1,6 @@
 /**
- * Merged UNets: built in the background on worker threads (threaded-unet.ts), probed before use (probe.ts), and
- * bounded. Each is a full UNet session on its own worker thread, so at most `maxVariants` are alive at once,
+ * Merged UNets: built in the background on worker threads (threaded-unet.ts), checked before use (each adapter's
+ * update size: update-bounds.ts; the merged UNet's prediction: probe.ts), and bounded. Each is a full UNet session on its own worker thread, so at most `maxVariants` are alive at once,
  * counting those being built and those still held by a stream or render that an eviction took out of the cache.
  *
  * - Leases: acquire() hands out the UNet with a release(); a stream holds its lease while it uses the variant,
@@ -20,7 +20,8 @@ import { addConceptTokens, type ConceptTokenIds } from './concept-tokens.ts';
 import type { KohyaAdapter } from './kohya.ts';
 import { adapterDeltas, mergeAdapters, type AdapterDeltas, type WeightedAdapter } from './merge.ts';
 import type { OnnxGraphIndex } from './onnx-graph.ts';
-import { checkProbe, probeInput, probeSpread, type ProbeInput } from './probe.ts';
+import { checkProbe, probeInput, probePrediction, type ProbeInput } from './probe.ts';
+import { checkUpdateBounds } from './update-bounds.ts';
 import { ThreadedUnet } from './threaded-unet.ts';
 
 /** Merged variants alive at once by default (a merged SD 1.5 UNet holds 3.4 GB of fp32 weights). */
@@ -92,7 +93,9 @@ export class MergedUnets {
   private deltaBytes = 0;
   /** Adapter updates computed (a merge of cached adapters at new weights computes none). */
   deltasComputed = 0;
-  private baseSpread: Promise<number> | undefined;
+  private basePrediction: Promise<Float32Array> | undefined;
+  /** Adapters whose update sizes passed the bound (checked once per parsed file). */
+  private readonly bounded = new WeakSet<KohyaAdapter>();
   private probeRows: ProbeInput | undefined;
   private closed = false;
   readonly maxVariants: number;
@@ -257,7 +260,13 @@ export class MergedUnets {
       const unet = await ThreadedUnet.load(bytes.slice(), { ...options, label: 'unet' });
       return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
     }
-    // 1. weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes
+    // 1. weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes; files put in a folder by hand
+    //    have not been through the upload checks, so the update bound is checked here too
+    for (const w of weighted) {
+      if (this.bounded.has(w.adapter)) continue;
+      checkUpdateBounds(bytes, index, w.adapter, `adapter ${w.name}`);
+      this.bounded.add(w.adapter);
+    }
     const merged = await mergeAdapters(bytes, index, weighted, 'unet', (w) => this.deltasOf(index, w));
     const warnings = [...merged.warnings];
     // 2. concept tokens: a text encoder with the adapters' learned embeddings appended
@@ -289,8 +298,8 @@ export class MergedUnets {
     if (!base) return;
     this.probeRows ??= probeInput(base.unet, base.latentHeight, base.latentWidth);
     const input = this.probeRows;
-    this.baseSpread ??= probeSpread(base.unet, input);
-    const [merged, reference] = await Promise.all([probeSpread(unet, input), this.baseSpread]);
+    this.basePrediction ??= probePrediction(base.unet, input);
+    const [merged, reference] = await Promise.all([probePrediction(unet, input), this.basePrediction]);
     checkProbe(merged, reference, `adapters ${what}`);
   }
 }

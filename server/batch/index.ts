@@ -39,7 +39,7 @@ export interface BatchOptions extends Partial<JobManagerOptions> {
 
 export function createBatchApi(ctx: AppContext, options: BatchOptions = {}): BatchApi {
   const { ffmpeg = defaultFfmpeg, ...rest } = options;
-  const jobOptions: JobManagerOptions = { ...DEFAULT_JOB_OPTIONS, ...rest };
+  const jobOptions: JobManagerOptions = { ...DEFAULT_JOB_OPTIONS, maxQueued: ctx.config.maxQueuedJobs, maxQueuedPerClient: ctx.config.maxQueuedJobsPerClient, ...rest };
   const tracker = new RenderTracker();
   const results = new ResultStore(join(ctx.config.dataDir, 'results'), jobOptions.retentionMs);
   const store = new JobStore(join(ctx.config.dataDir, 'jobs'));

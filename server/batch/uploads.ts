@@ -8,6 +8,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RequestHandler } from 'express';
 import multer from 'multer';
+import { ServiceError } from '../../models/errors.ts';
 import type { ServerConfig } from '../config.ts';
 
 /** Form text fields: enough for a prompt and every parameter. */
@@ -21,16 +22,31 @@ export function uploadsDir(config: ServerConfig): string {
   return join(config.dataDir, 'uploads');
 }
 
+/**
+ * A multer middleware whose parse errors are the client's: a truncated or malformed multipart body (busboy's
+ * "Unexpected end of form", "Malformed part header" ...) is 400 bad_request. Multer's own limit errors
+ * (LIMIT_*) and the file system's (ENOSPC ...) keep their meaning.
+ */
+function clientErrors(upload: RequestHandler): RequestHandler {
+  return (req, res, next) =>
+    upload(req, res, (error?: unknown) => {
+      if (error === undefined || error === null) return next();
+      const e = error as { code?: unknown; errno?: unknown; message?: unknown };
+      const ours = e instanceof multer.MulterError || typeof e.errno === 'number' || error instanceof ServiceError;
+      next(ours ? error : new ServiceError('bad_request', `malformed multipart/form-data body: ${String(e.message ?? error)}`, { cause: error }));
+    });
+}
+
 /** OpenAI edits: `image` (or `image[]`, as the SDK sends several) and an optional `mask`, in memory. */
 export function imageUpload(config: ServerConfig): RequestHandler {
-  return multer({
+  return clientErrors(multer({
     storage: multer.memoryStorage(),
     limits: { ...FORM_LIMITS, fileSize: config.maxUploadBytes, files: MAX_EDIT_IMAGES + 1 },
   }).fields([
     { name: 'image', maxCount: MAX_EDIT_IMAGES },
     { name: 'image[]', maxCount: MAX_EDIT_IMAGES },
     { name: 'mask', maxCount: 1 },
-  ]);
+  ]));
 }
 
 /** A video job's file in field `video`, streamed to disk. */
@@ -47,7 +63,7 @@ export function videoUpload(config: ServerConfig): RequestHandler {
     },
     filename: (_req, _file, cb) => cb(null, `${randomUUID()}.upload`),
   });
-  return multer({ storage, limits: { ...FORM_LIMITS, fileSize: config.maxUploadBytes, files: 1 } }).single('video');
+  return clientErrors(multer({ storage, limits: { ...FORM_LIMITS, fileSize: config.maxUploadBytes, files: 1 } }).single('video'));
 }
 
 /** Removes uploads left behind by requests that never finished. */

@@ -21,6 +21,14 @@ export function checkPushUrl(raw: unknown): URL {
     throw new ServiceError('bad_request', `url is not a URL: ${raw}`, { field: 'url' });
   }
   if (!['rtmp:', 'rtmps:', 'srt:'].includes(url.protocol)) throw new ServiceError('bad_request', 'url must be rtmp://, rtmps:// or srt://', { field: 'url' });
+  // A push connects out to an ingest. ffmpeg would otherwise open a listening port (srt mode=listener, a listen
+  // option) that anyone who can reach it could pull the stream from, with no key.
+  for (const [key, value] of url.searchParams) {
+    const k = key.toLowerCase();
+    if (k === 'listen' || k === 'rtmp_listen' || (k === 'mode' && value.toLowerCase() !== 'caller')) {
+      throw new ServiceError('bad_request', `url: ${key}=${value} would make the server listen for viewers; a push only connects to an ingest (srt mode=caller)`, { field: 'url' });
+    }
+  }
   return url;
 }
 

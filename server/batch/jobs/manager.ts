@@ -6,8 +6,9 @@
  */
 import { ServiceError, toServiceError } from '../../../models/errors.ts';
 import type { Logger } from '../../log.ts';
+import { redactText } from '../../log.ts';
 import { deliverWebhook, DEFAULT_WEBHOOK_OPTIONS, type WebhookOptions } from '../webhook.ts';
-import { FINISHED, type JobRecord, type JobStatus, type JobStore } from './store.ts';
+import { BROKEN_JOBS_DIR, FINISHED, type JobRecord, type JobStatus, type JobStore } from './store.ts';
 import { refuseWhileDraining } from '../../shutdown.ts';
 
 export interface RunningJob {
@@ -30,6 +31,9 @@ export interface JobManagerOptions {
   /** Progress is written to job.json at most this often, ms. */
   readonly progressSaveMs: number;
   readonly webhook: WebhookOptions;
+  /** Jobs queued or running, in all and per client address; more are refused with 429 and Retry-After. */
+  readonly maxQueued: number;
+  readonly maxQueuedPerClient: number;
 }
 
 export const DEFAULT_JOB_OPTIONS: JobManagerOptions = Object.freeze({
@@ -37,7 +41,37 @@ export const DEFAULT_JOB_OPTIONS: JobManagerOptions = Object.freeze({
   drainTimeoutMs: 10_000,
   progressSaveMs: 1000,
   webhook: DEFAULT_WEBHOOK_OPTIONS,
+  maxQueued: 64,
+  maxQueuedPerClient: 16,
 });
+
+/** A client refused for a full queue should come back after about this long, s (a small job's time). */
+const QUEUE_RETRY_S = 30;
+
+/** One page of jobs, newest first; `next_cursor` continues after its last job (null on the last page). */
+export interface JobPage {
+  readonly jobs: JobRecord[];
+  readonly next_cursor: string | null;
+}
+
+/** Newest first; ties (one millisecond) by id, so the order is total and a cursor is a position in it. */
+function newestFirst(a: Pick<JobRecord, 'created_at' | 'id'>, b: Pick<JobRecord, 'created_at' | 'id'>): number {
+  return b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id);
+}
+
+function encodeCursor(r: Pick<JobRecord, 'created_at' | 'id'>): string {
+  return Buffer.from(JSON.stringify([r.created_at, r.id])).toString('base64url');
+}
+
+function decodeCursor(cursor: string): Pick<JobRecord, 'created_at' | 'id'> {
+  try {
+    const [created_at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[];
+    if (typeof created_at === 'string' && typeof id === 'string' && created_at.length < 64 && id.length < 64) return { created_at, id };
+  } catch {
+    // reported below
+  }
+  throw new ServiceError('bad_request', 'cursor: not a cursor this server gave (use next_cursor from the previous page)', { field: 'cursor' });
+}
 
 /** How often finished jobs past retention are looked for while running. */
 const PRUNE_INTERVAL_MS = 3600 * 1000;
@@ -74,6 +108,8 @@ export class JobManager {
   private readonly records = new Map<string, JobRecord>();
   private readonly queue: string[] = [];
   private running: Running | undefined;
+  /** Clients of submits between their queue check and their record being listed. */
+  private readonly reserving: (string | undefined)[] = [];
   private started = false;
   private draining = false;
   private saving: Promise<void> = Promise.resolve();
@@ -91,7 +127,10 @@ export class JobManager {
   async start(): Promise<void> {
     if (this.started) return;
     await this.store.init();
-    const records = await this.store.scan((name, error) => this.log.warn('skipping unreadable job folder', { job: name, error: String(error) }));
+    const records = await this.store.scan((name, what, error) => {
+      if (what === 'deleted') this.log.info('deleted a job folder without job.json (a request that died before its job was saved)', { job: name });
+      else this.log.warn(`moved a job folder with an unreadable job.json to ${BROKEN_JOBS_DIR}/`, { job: name, error: String(error) });
+    }, performance.timeOrigin);
     const removed = await this.prune(records);
     for (const record of records.sort((a, b) => a.created_at.localeCompare(b.created_at))) {
       if (this.records.has(record.id) || removed.has(record.id)) continue; // accepted before start(), or deleted
@@ -110,10 +149,32 @@ export class JobManager {
     this.pump();
   }
 
-  /** Persists a new job, then queues it. */
+  /** Throws rate_limited (with Retry-After) when the queue, or this client's share of it, is full. */
+  admit(client: string | undefined): void {
+    let total = this.reserving.length;
+    let mine = this.reserving.filter((c) => c !== undefined && c === client).length;
+    for (const r of this.records.values()) {
+      if (FINISHED.includes(r.status)) continue;
+      total++;
+      if (client !== undefined && r.client === client) mine++;
+    }
+    const { maxQueued, maxQueuedPerClient } = this.options;
+    if (total >= maxQueued) throw new ServiceError('rate_limited', `the job queue is full (${maxQueued} jobs queued or running); try again later`, { retryAfter: QUEUE_RETRY_S });
+    if (mine >= maxQueuedPerClient) {
+      throw new ServiceError('rate_limited', `this client already has ${maxQueuedPerClient} jobs queued or running; wait for one to finish or cancel one`, { retryAfter: QUEUE_RETRY_S });
+    }
+  }
+
+  /** Persists a new job, then queues it (the queue limits are checked again: admit() and submit() may be apart). */
   async submit(record: JobRecord): Promise<JobRecord> {
     refuseWhileDraining(this.draining, 'the server is shutting down: no new jobs');
-    await this.persist(record);
+    this.admit(record.client);
+    this.reserving.push(record.client); // between this check and the record being listed: concurrent submits count it
+    try {
+      await this.persist(record);
+    } finally {
+      this.reserving.splice(this.reserving.indexOf(record.client), 1);
+    }
     this.records.set(record.id, record);
     this.queue.push(record.id);
     this.pump();
@@ -127,7 +188,19 @@ export class JobManager {
   }
 
   list(): JobRecord[] {
-    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return [...this.records.values()].sort(newestFirst);
+  }
+
+  /**
+   * A page of at most `limit` jobs, newest first, optionally of one status, starting after `cursor` (the
+   * next_cursor of the page before; a cursor names a position, so jobs deleted meanwhile do not break it).
+   */
+  page(limit: number, cursor: string | undefined, status?: JobStatus): JobPage {
+    const after = cursor === undefined ? undefined : decodeCursor(cursor);
+    const list = this.list().filter((r) => (status === undefined || r.status === status) && (after === undefined || newestFirst(r, after) > 0));
+    const jobs = list.slice(0, limit);
+    const last = jobs[jobs.length - 1];
+    return { jobs, next_cursor: list.length > limit && last ? encodeCursor(last) : null };
   }
 
   /** Cancels a queued or running job; a finished one is a conflict. */
@@ -171,7 +244,7 @@ export class JobManager {
       urls: record.results.map((name) => `${base}/v1/jobs/${record.id}/results/${name}`),
       error: record.error,
       stats: record.stats,
-      webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error } : null,
+      webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error && redactText(record.webhook.last_error) } : null,
       request: record.request,
     };
   }

@@ -1,7 +1,7 @@
 /**
  * Async jobs (Replicate / fal style, REFERENCE §7):
  *   POST   /v1/jobs                      accept an image batch or a video (JSON, or multipart with a `video` file) -> 201 job
- *   GET    /v1/jobs                      list (newest first; ?status= filters)
+ *   GET    /v1/jobs                      a page of jobs, newest first: ?limit= (50, at most 500), ?cursor= (next_cursor), ?status=
  *   GET    /v1/jobs/:id                  {id, status, progress, eta_seconds, urls, error, ...}
  *   DELETE /v1/jobs/:id                  cancel (409 when already finished)
  *   GET    /v1/jobs/:id/results/:file    a result file
@@ -9,19 +9,30 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import express from 'express';
+import { z } from 'zod';
 import { ServiceError } from '../../../models/errors.ts';
 import type { AppContext } from '../../context.ts';
 import { asyncHandler } from '../../http-errors.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { videoExtension, videoUpload } from '../uploads.ts';
-import { decodeBase64Image } from '../validate.ts';
+import { decodeBase64Image, parseBody } from '../validate.ts';
 import type { JobManager } from './manager.ts';
 import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
 import { JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
 import { refuseWhileDraining } from '../../shutdown.ts';
 
 const INIT_IMAGE_FILE = 'input-image.bin';
+/** Jobs per page of GET /v1/jobs, by default and at most. */
+export const JOBS_PAGE = Object.freeze({ default: 50, max: 500 });
+
+const listQuery = z
+  .object({
+    status: z.enum(JOB_STATUSES).optional(),
+    limit: z.coerce.number().int().min(1).max(JOBS_PAGE.max).default(JOBS_PAGE.default),
+    cursor: z.string().min(1).max(200).optional(),
+  })
+  .strict();
 
 function jobId(raw: unknown): string {
   const id = String(raw);
@@ -44,6 +55,8 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
       const upload = req.file;
       try {
         refuseWhileDraining(ctx.draining, 'the server is shutting down: no new jobs');
+        const client = req.socket.remoteAddress;
+        jobs.admit(client); // before any work: a full queue costs the server nothing
         // 1. validate (a multipart form's fields arrive as text; a file means a video job)
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
@@ -61,6 +74,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
           results: [],
           error: null,
           base_url: baseUrl(req),
+          ...(client ? { client } : {}),
           stats: {},
         };
         let record: JobRecord;
@@ -107,12 +121,9 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
   );
 
   router.get('/v1/jobs', (req, res) => {
-    const status = req.query['status'];
-    if (status !== undefined && !JOB_STATUSES.includes(status as JobStatus)) {
-      throw new ServiceError('bad_request', `status: must be one of ${JOB_STATUSES.join(', ')}`, { field: 'status' });
-    }
-    const list = jobs.list().filter((r) => status === undefined || r.status === status);
-    res.json({ jobs: list.map((r) => jobs.view(r, baseUrl(req))) });
+    const { status, limit, cursor } = parseBody(listQuery, { ...req.query });
+    const page = jobs.page(limit, cursor, status);
+    res.json({ jobs: page.jobs.map((r) => jobs.view(r, baseUrl(req))), next_cursor: page.next_cursor });
   });
 
   router.get('/v1/jobs/:id', (req, res) => {

@@ -1,11 +1,13 @@
 /**
  * Job persistence: one folder per job under <dataDir>/jobs/<id>/ holding job.json (the record, replaced
  * atomically: written to a temporary file, then renamed over) and the job's input and results beside it.
- * A crash leaves either the old or the new record, never half of one.
+ * A crash leaves either the old or the new record, never half of one. Folders a scan cannot use are dealt with
+ * once: a folder without job.json (a request that died before its job was saved) is deleted, one whose job.json
+ * is unreadable is moved to <dataDir>/jobs-broken/ for a person to look at.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ServiceError } from '../../../models/errors.ts';
 
 export const JOB_STATUSES = ['starting', 'processing', 'succeeded', 'failed', 'canceled'] as const;
@@ -15,8 +17,8 @@ export const FINISHED: readonly JobStatus[] = ['succeeded', 'failed', 'canceled'
 /** A UUID as crypto.randomUUID makes: the only shape a job id in a path may have (no traversal). */
 const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** A job folder with no job.json this old is a leftover of a request that died mid-way. */
-const UNACKNOWLEDGED_MS = 3600 * 1000;
+/** Where folders with an unreadable job.json are moved (beside jobs/, so a scan never sees them again). */
+export const BROKEN_JOBS_DIR = 'jobs-broken';
 
 export function isJobId(id: string): boolean {
   return JOB_ID.test(id);
@@ -51,6 +53,8 @@ export interface JobRecord<Request = unknown> {
   webhook: WebhookState | null;
   /** Origin (scheme://host) of the request that created the job, for absolute URLs in webhooks. */
   readonly base_url: string;
+  /** The address of the client that created it (queued jobs are limited per client); absent in older records. */
+  readonly client?: string;
   stats: Record<string, number | boolean>;
 }
 
@@ -85,8 +89,12 @@ export class JobStore {
     return JSON.parse(await readFile(join(this.dir(id), 'job.json'), 'utf8')) as JobRecord;
   }
 
-  /** Every job folder with a readable record; broken or foreign folders are reported, not fatal. */
-  async scan(onBroken: (name: string, error: unknown) => void): Promise<JobRecord[]> {
+  /**
+   * Every job folder with a readable record. A folder without job.json that is older than `since` (the start of
+   * this process: no request of ours can still be filling it) is deleted; one with an unreadable record is moved
+   * to jobs-broken/. Both are reported through `onSetAside` once, when it happens.
+   */
+  async scan(onSetAside: (name: string, what: 'deleted' | 'moved', error: unknown) => void, since = Date.now()): Promise<JobRecord[]> {
     const records: JobRecord[] = [];
     for (const entry of await readdir(this.root, { withFileTypes: true })) {
       if (!entry.isDirectory() || !isJobId(entry.name)) continue;
@@ -96,23 +104,19 @@ export class JobStore {
         await this.removeTemporaries(entry.name);
         records.push(record);
       } catch (error) {
-        if (await this.removeIfUnacknowledged(entry.name, error)) continue;
-        onBroken(entry.name, error);
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+          if ((await stat(this.dir(entry.name))).mtimeMs >= since) continue; // a request of this process is filling it
+          await this.remove(entry.name);
+          onSetAside(entry.name, 'deleted', error);
+        } else {
+          const broken = join(dirname(this.root), BROKEN_JOBS_DIR);
+          await mkdir(broken, { recursive: true });
+          await rename(this.dir(entry.name), join(broken, entry.name));
+          onSetAside(entry.name, 'moved', error);
+        }
       }
     }
     return records;
-  }
-
-  /**
-   * A folder without job.json belongs to a request that died before its job was saved (and so was never
-   * acknowledged): removed once it is old enough that no request can still be filling it.
-   */
-  private async removeIfUnacknowledged(id: string, error: unknown): Promise<boolean> {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') return false;
-    const age = Date.now() - (await stat(this.dir(id))).mtimeMs;
-    if (age < UNACKNOWLEDGED_MS) return false;
-    await this.remove(id);
-    return true;
   }
 
   /** Leftovers of writes a crash interrupted (job.json.*.tmp, *.partial). */

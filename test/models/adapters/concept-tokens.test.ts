@@ -101,7 +101,7 @@ test('store + engine: adapters with concept tokens get their text encoder on the
   const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
   const bytes = await modelBytes(TEXT_ENCODER);
   const dim = tokenTable(indexOnnxModel(bytes)).dims[1]!;
-  const store = new AdapterStore(dir, { unet: join(BASE_PACK, 'unet', 'model.onnx'), textEncoder: TEXT_ENCODER }, OPTIONS);
+  const store = new AdapterStore(join(dir, 'pack-adapters'), { unet: join(BASE_PACK, 'unet', 'model.onnx'), textEncoder: TEXT_ENCODER }, OPTIONS, { uploadDir: dir });
   await assert.rejects(store.add('wide', await adapterWithEmbedding('heart', new Float32Array(dim + 2), [1, dim + 2])), code('model_invalid', /values per vector/));
   await store.add('heart', await adapterWithEmbedding('heart', tableRow(bytes, 602), [1, dim])); // "heart" means "red"
   await writeFile(join(dir, 'other.safetensors'), await adapterWithEmbedding('heart', new Float32Array(dim), [1, dim]));

@@ -14,18 +14,18 @@ import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../../models/pack.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 import { scaledAdapter } from '../../helpers/adapters.ts';
+import { checkProbe } from '../../../models/adapters/probe.ts';
 
 const ADAPTERS = join(FIXTURES, 'adapters');
 const UNET = join(BASE_PACK, 'unet', 'model.onnx');
 const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
 
 /** A store over a folder with copies of these fixture adapters (read-only "pack" adapters) and an upload folder. */
-async function storeWith(names: string[], maxVariants = 4, probe = false): Promise<{ store: AdapterStore; dir: string; uploads: string }> {
+async function storeWith(names: string[], maxVariants = 4): Promise<{ store: AdapterStore; dir: string; uploads: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
   const uploads = join(dir, 'uploads');
   for (const n of names) await copyFile(join(ADAPTERS, `${n}.safetensors`), join(dir, `${n}.safetensors`));
-  const base = probe ? { unet: new Unet(await OnnxModel.load(UNET, { ...OPTIONS, label: 'unet' })), latentHeight: 8, latentWidth: 8 } : undefined;
-  return { store: new AdapterStore(dir, { unet: UNET }, OPTIONS, { maxVariants, uploadDir: uploads, probe: base }), dir, uploads };
+  return { store: new AdapterStore(dir, { unet: UNET }, OPTIONS, { maxVariants, uploadDir: uploads }), dir, uploads };
 }
 
 const code = (c: string, pattern?: RegExp) => (e: unknown) => e instanceof ServiceError && e.code === c && (!pattern || pattern.test(e.message));
@@ -168,14 +168,40 @@ test('uploads: an update over the norm bound (up x 1e37, finite) is refused, nam
   await store.close();
 });
 
-test('a merged UNet that breaks the model fails its probe and is never used (a poisoned file put in the folder by hand)', async () => {
-  const { store, dir } = await storeWith(['fixture-a'], 4, true);
-  await writeFile(join(dir, 'poison.safetensors'), await scaledAdapter(join(ADAPTERS, 'fixture-a.safetensors'), 1e30));
-  await assert.rejects(store.merged([{ name: 'poison', weight: 1 }]), code('model_invalid', /adapters poison:1: the merged UNet's output (is not finite|has blown up)/));
-  assert.equal(store.stats.variants, 0, 'the refused variant ended');
-  const ok = await store.merged([{ name: 'fixture-a', weight: 2 }]);
-  ok.release();
+test('an adapter file put in the folder by hand is held to the update bound when it is merged', async () => {
+  const { store, dir } = await storeWith(['fixture-a']);
+  await writeFile(join(dir, 'poison.safetensors'), await scaledAdapter(join(ADAPTERS, 'fixture-a.safetensors'), 1e37));
+  await assert.rejects(store.merged([{ name: 'poison', weight: 1 }]), code('model_invalid', /adapter poison: lora_unet_\w+ changes its layer by/));
+  assert.equal(store.stats.variants, 0);
   await store.close();
+});
+
+test('probe: a prediction that is not finite, collapsed, blown up or no longer agrees with the base is refused', () => {
+  const g = new Generator(9);
+  const base = Float32Array.from({ length: 256 }, () => g.normal());
+  const near = base.map((v) => v * 1.1 + 0.05 * g.normal());
+  assert.doesNotThrow(() => checkProbe(near, base, 'adapters x:1'));
+  const refused = (merged: Float32Array, pattern: RegExp) => assert.throws(() => checkProbe(merged, base, 'adapters x:1'), code('model_invalid', pattern));
+  refused(base.map((v, i) => (i === 3 ? Number.NaN : v)), /adapters x:1: the merged UNet's prediction is not finite/);
+  refused(base.map((v) => v * 1e-3), /has collapsed/);
+  refused(new Float32Array(256).fill(0.7), /has collapsed/);
+  refused(base.map((v) => v * 100), /has blown up/);
+  refused(base.map((v) => -v), /no longer agrees with the base model's \(cosine -1\.000/);
+  refused(Float32Array.from({ length: 256 }, () => g.normal()), /no longer agrees/);
+});
+
+test('a merged UNet is probed before it is used: one that fails never serves and its thread ends', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
+  await copyFile(join(ADAPTERS, 'fixture-a.safetensors'), join(dir, 'fixture-a.safetensors'));
+  const real = new Unet(await OnnxModel.load(UNET, { ...OPTIONS, label: 'unet' }));
+  // a "base" that predicts the opposite noise: every merge disagrees with it
+  const contrary = Object.assign(Object.create(real) as Unet, { predict: async (...args: Parameters<Unet['predict']>) => (await real.predict(...args)).map((e) => e.map((v) => -v)) });
+  const store = new AdapterStore(dir, { unet: UNET }, OPTIONS, { probe: { unet: contrary, latentHeight: 8, latentWidth: 8 } });
+  await assert.rejects(store.merged([{ name: 'fixture-a', weight: 1 }]), code('model_invalid', /adapters fixture-a:1: the merged UNet's prediction no longer agrees/));
+  assert.equal(store.stats.variants, 0);
+  const honest = new AdapterStore(dir, { unet: UNET }, OPTIONS, { probe: { unet: real, latentHeight: 8, latentWidth: 8 } });
+  (await honest.merged([{ name: 'fixture-a', weight: 2 }])).release();
+  await Promise.all([store.close(), honest.close()]);
 });
 
 test('a merged UNet from the store (built and run on a worker thread) predicts like the explicit LoRA-branch reference', async () => {
