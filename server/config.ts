@@ -126,6 +126,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'max-batch-rows': { type: 'string' },
       'max-variants': { type: 'string' },
       'max-queued-jobs': { type: 'string' },
+      'shutdown-grace': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -138,6 +139,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   const hosts = pick(values['allowed-hosts'], 'ALLOWED_HOSTS');
   const maxVariants = pick(values['max-variants'], 'MAX_VARIANTS');
   const maxQueuedJobs = pick(values['max-queued-jobs'], 'MAX_QUEUED_JOBS');
+  const grace = pick(values['shutdown-grace'], 'SHUTDOWN_GRACE');
   const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
   const videoDirs = values['video-dir'] ?? env['VIDEO_DIRS']?.split(':').filter(Boolean) ?? [];
   const config: ServerConfig = {
@@ -157,6 +159,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
     maxVariants: maxVariants === undefined ? d.maxVariants : int(maxVariants, 'max-variants', 1, 64),
     maxQueuedJobs: maxQueuedJobs === undefined ? d.maxQueuedJobs : int(maxQueuedJobs, 'max-queued-jobs', 1, 100_000),
+    shutdownGraceMs: grace === undefined ? d.shutdownGraceMs : 1000 * int(grace, 'shutdown-grace', 0, 3600),
   };
   checkKeyStrength(config);
   return config;

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestHandler } from 'express';
-import { pino, type Logger as Pino } from 'pino';
+import { pino, type DestinationStream, type Logger as Pino } from 'pino';
 import { pinoHttp } from 'pino-http';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -69,8 +69,9 @@ function wrap(p: Pino): Logger {
   };
 }
 
-export function createLogger(base: Record<string, unknown> = {}, level: Level = defaultLevel()): Logger {
-  const streams = pino.multistream(
+/** A logger; `destination` (tests) takes every line instead of stdout/stderr. */
+export function createLogger(base: Record<string, unknown> = {}, level: Level = defaultLevel(), destination?: DestinationStream): Logger {
+  const streams = destination ?? pino.multistream(
     [
       { level: 'debug', stream: pino.destination({ dest: 1, sync: true }) },
       { level: 'error', stream: pino.destination({ dest: 2, sync: true }) },

@@ -45,7 +45,7 @@ export function createRateLimits(config: Pick<ServerConfig, 'rateLimitPerMinute'
     windowMs: WINDOW_MS,
     standardHeaders: 'draft-7',
     legacyHeaders: false,
-    keyGenerator: (req) => clientKey(req.ip ?? req.socket.remoteAddress),
+    keyGenerator: (req) => ipKeyGenerator(req.ip ?? req.socket.remoteAddress ?? 'unknown'),
     // trust proxy is off: X-Forwarded-For is ignored on purpose, no need to warn about it
     validate: { xForwardedForHeader: false },
   };

@@ -131,6 +131,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'start': {
         if (session || opening) return report(new ServiceError('conflict', 'the stream has already started'));
         opening = true;
+        clearTimeout(startTimer); // the start came in time; opening may take a while (an adapter merge)
         let reservation: Reservation | undefined;
         try {
           reservation = registry.reserve(client, streamArea(ctx.engine, parseParams({ ...message.params })));
@@ -145,7 +146,6 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
               return ws.bufferedAmount;
             },
           }, reservation);
-          clearTimeout(startTimer);
           releasePending();
           registry.add(session, client, reservation);
           if (ws.readyState !== ws.OPEN) return session.close();

@@ -1,23 +1,51 @@
 /**
  * The bad-input catalogue, WebSocket and HTTP sides: every case gets a clear error, the server stays up,
- * and a witness stream opened first keeps producing frames through all of them.
+ * and a witness stream opened first keeps producing frames through all of them. The server is `npm start`'s:
+ * streams, the batch API and the job queue.
  */
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import WebSocket from 'ws';
 import { startServer, type RunningServer } from '../../server/app.ts';
+import { createBatchApi } from '../../server/batch/index.ts';
+import { MAX_CONTROL_BYTES } from '../../server/streams/protocol.ts';
+import { MAX_WAITING_UPDATES } from '../../server/streams/session.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
 import { gifImage, pngBomb, tiffImage } from '../helpers/bad-images.ts';
+import { rawRequest, upgradeStatus } from '../helpers/raw-http.ts';
 
 const MAX_FRAME = 200_000;
+/** Latent area all streams may use: a 1024x1024 stream (128 x 128 latents) does not fit, 512x512 (64 x 64) does. */
+const MAX_AREA = 8192;
+const START_TIMEOUT_MS = 1500;
 let server: RunningServer;
 let witness: StreamClient;
 let good: Buffer;
 
 before(async () => {
-  server = await startServer({ port: 0, maxFrameBytes: MAX_FRAME, maxStreams: 6, maxStreamsPerClient: 6, rateLimitPerMinute: 0 }, { engine: await Engine.load(BASE_PACK) });
+  const dataDir = await mkdtemp(join(tmpdir(), 'bad-input-'));
+  server = await startServer(
+    {
+      port: 0,
+      dataDir,
+      maxFrameBytes: MAX_FRAME,
+      maxStreams: 6,
+      maxStreamsPerClient: 6,
+      rateLimitPerMinute: 0,
+      maxLatentArea: MAX_AREA,
+      maxPendingSocketsPerClient: 3,
+      startTimeoutMs: START_TIMEOUT_MS,
+      maxQueuedJobsPerClient: 3,
+    },
+    { engine: await Engine.load(BASE_PACK), extensions: [(ctx) => createBatchApi(ctx)] },
+  );
   good = await shapeFrame();
   witness = await StreamClient.connect(server.url, { params: { steps: 1, similarity_threshold: 1 } });
   await witness.roundTrip(good);
@@ -168,9 +196,11 @@ test('WS 14: a binary frame before start -> bad_request', async () => {
   ws.close();
 });
 
-test('WS 15: a 100k-character prompt -> bad_request naming prompt', async () => {
-  const e = await messageError({ params: {} }, { type: 'update', params: { prompt: 'a'.repeat(100_000) } });
+test('WS 15: a 10k-character prompt -> bad_request naming prompt; a 100k one is over the message limit -> too_large', async () => {
+  const e = await messageError({ params: {} }, { type: 'update', params: { prompt: 'a'.repeat(10_000) } });
   assert.equal(e['field'], 'prompt');
+  const big = await messageError({ params: {} }, { type: 'update', params: { prompt: 'a'.repeat(100_000) } });
+  assert.equal(big['code'], 'too_large');
 });
 
 test('WS 16: invalid UTF-8 in a text message closes that socket with 1007', async () => {
@@ -224,6 +254,100 @@ test('WS 23: frame_buffer_size > 1 on a live stream -> bad_request naming the fi
   assert.equal(r.error?.['field'], 'frame_buffer_size');
 });
 
+test('WS 24: a text message over the limit before start -> too_large and close 1009, without parsing it (health stays quick)', async () => {
+  const ws = new WebSocket(server.url.replace(/^http/, 'ws') + '/v1/stream');
+  await new Promise((ok) => ws.once('open', ok));
+  const error = new Promise<Record<string, unknown>>((ok) => ws.once('message', (d) => ok(JSON.parse(d.toString()) as Record<string, unknown>)));
+  const closed = new Promise<number>((ok) => ws.once('close', (c) => ok(c)));
+  ws.send(JSON.stringify({ type: 'start', params: { prompt: 'x'.repeat(500_000) } })); // under ws's own cut-off (4x the frame limit)
+  assert.equal((await error)['code'], 'too_large');
+  assert.match(String((await error)['message']), new RegExp(`at most ${MAX_CONTROL_BYTES} bytes`));
+  assert.equal(await closed, 1009);
+  assert.equal((await fetch(`${server.url}/health`)).status, 200);
+});
+
+test('WS 25: a text message over the limit after start -> too_large, the stream goes on', async () => {
+  const client = await StreamClient.connect(server.url, { params: { steps: 1 } });
+  client.ws.send('{"type": "update", "params": {"negative_prompt": "' + 'y'.repeat(MAX_CONTROL_BYTES) + '"}}');
+  await client.until(() => client.errors.length > 0);
+  assert.equal(client.errors[0]!['code'], 'too_large');
+  assert.equal((await client.roundTrip(good)).meta.input_id, 1);
+  await client.close();
+});
+
+test('WS 26: more sockets without start than a client may have -> 429 with Retry-After on the upgrade', async () => {
+  const idle = await Promise.all([1, 2, 3].map(async () => {
+    const ws = new WebSocket(server.url.replace(/^http/, 'ws') + '/v1/stream');
+    await new Promise((ok) => ws.once('open', ok));
+    return ws;
+  }));
+  const refused = await upgradeStatus(server.url, '/v1/stream', {});
+  assert.equal(refused.status, 429);
+  assert.ok(Number(refused.headers['retry-after']) > 0);
+  assert.match(refused.body, /have not sent start/);
+  await Promise.all(idle.map((ws) => new Promise((ok) => {
+    ws.once('close', ok);
+    ws.close();
+  })));
+});
+
+test('WS 27: a socket that never sends start is closed with 4400 after the start timeout', async () => {
+  const ws = new WebSocket(server.url.replace(/^http/, 'ws') + '/v1/stream');
+  const opened = Date.now();
+  await new Promise((ok) => ws.once('open', ok));
+  const code = await new Promise<number>((ok) => ws.once('close', (c) => ok(c)));
+  assert.equal(code, 4400);
+  assert.ok(Date.now() - opened >= START_TIMEOUT_MS - 100);
+});
+
+test('WS 28: seed weights that are all zero -> bad_request naming seed (start and update)', async () => {
+  const r = await rawSession(JSON.stringify({ type: 'start', params: { seed: [{ seed: 1, weight: 0 }, { seed: 2, weight: 0 }] } }));
+  assert.equal(r.code, 4400);
+  assert.equal(r.error?.['code'], 'bad_request');
+  assert.equal(r.error?.['field'], 'seed');
+  assert.match(String(r.error?.['message']), /weights must not all be 0/);
+  const e = await messageError({ params: {} }, { type: 'update', params: { seed: [{ seed: 5, weight: 0 }] } });
+  assert.equal(e['field'], 'seed');
+});
+
+test('WS 29: seed weights that underflow when squared (1e-200) blend like any other weights', async () => {
+  const client = await StreamClient.connect(server.url, { params: { steps: 1, similarity_threshold: 1, seed: [{ seed: 1, weight: 1e-200 }, { seed: 2, weight: 3e-200 }] } });
+  const out = await client.roundTrip(good);
+  assert.equal(out.meta.skipped, false);
+  assert.deepEqual(client.errors, []);
+  await client.close();
+});
+
+test('WS 30: prompt weights that are all zero -> bad_request naming prompt when the stream starts', async () => {
+  const r = await rawSession(JSON.stringify({ type: 'start', params: { prompt: [{ text: 'a red circle', weight: 0 }] } }));
+  assert.equal(r.error?.['field'], 'prompt');
+  assert.match(String(r.error?.['message']), /weights must not all be 0/);
+});
+
+test('WS 31: a stream over the server\'s latent area -> rate_limited, close 1013; a resize over it -> error, the stream keeps its size', async () => {
+  const r = await rawSession(JSON.stringify({ type: 'start', params: { width: 1024, height: 1024 } }));
+  assert.equal(r.code, 1013);
+  assert.equal(r.error?.['code'], 'rate_limited');
+  assert.match(String(r.error?.['message']), new RegExp(`this stream needs 16384 latent pixels and the server's streams already use \\d+ of ${MAX_AREA}`));
+  const client = await StreamClient.connect(server.url, { params: { steps: 1, width: 256, height: 256 } });
+  client.send({ type: 'update', params: { width: 1024, height: 1024 } });
+  await client.until(() => client.errors.length > 0);
+  assert.equal(client.errors[0]!['code'], 'rate_limited');
+  client.send({ type: 'update', params: {} });
+  await client.until(() => client.messages.some((m) => m['type'] === 'updated'));
+  assert.equal((client.messages.find((m) => m['type'] === 'updated')!['params'] as Record<string, unknown>)['width'], 256);
+  await client.close();
+});
+
+test('WS 32: more updates waiting than a stream may have -> rate_limited for the extra ones, the others apply', async () => {
+  const client = await StreamClient.connect(server.url, { params: { steps: 1 } });
+  for (let i = 0; i < MAX_WAITING_UPDATES + 4; i++) client.send({ type: 'update', params: { prompt: `p${i}` } });
+  await client.until(() => client.messages.filter((m) => m['type'] === 'updated' || m['type'] === 'error').length >= MAX_WAITING_UPDATES + 4);
+  assert.ok(client.errors.length > 0 && client.errors.every((e) => e['code'] === 'rate_limited'), JSON.stringify(client.errors));
+  assert.ok(client.messages.filter((m) => m['type'] === 'updated').length >= MAX_WAITING_UPDATES);
+  await client.close();
+});
+
 // --- HTTP -----------------------------------------------------------------------------------------
 
 async function json(path: string, init?: RequestInit): Promise<{ status: number; body: { error?: { code: string; message: string; field?: string } } }> {
@@ -268,6 +392,102 @@ test('HTTP 29: a push URL of another scheme -> 400 naming url', async () => {
   const r = await json(`/v1/streams/${witness.streamId}/push`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: 'http://example.com/' }) });
   assert.equal(r.status, 400);
   assert.equal(r.body.error?.field, 'url');
+});
+
+/** A multipart body cut off inside its file part (`field` names the file field). */
+const truncatedForm = (field: string) => `--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name="${field}"; filename="f.bin"\r\nContent-Type: application/octet-stream\r\n\r\nnot the end`;
+
+test('HTTP 31: a truncated or malformed multipart body -> 400 naming it (jobs and image edits)', async () => {
+  for (const [path, field] of [['/v1/jobs', 'video'], ['/v1/images/edits', 'image']] as const) {
+    const truncated = await rawRequest(server.url, { method: 'POST', path, headers: { 'content-type': 'multipart/form-data; boundary=b' }, body: truncatedForm(field) });
+    assert.equal(truncated.status, 400, `${path}: ${truncated.body}`);
+    assert.match(truncated.json.error!.message, /malformed multipart\/form-data body/);
+    const garbage = await rawRequest(server.url, { method: 'POST', path, headers: { 'content-type': 'multipart/form-data; boundary=b' }, body: 'garbage without parts' });
+    assert.equal(garbage.status, 400, `${path}: ${garbage.body}`);
+  }
+});
+
+test('HTTP 32: a job with seed or prompt weights that are all zero -> 400 at submission, not a job that fails later', async () => {
+  for (const [field, value] of [['seed', [{ seed: 1, weight: 0 }]], ['prompt', [{ text: 'x', weight: 0 }]]] as const) {
+    const r = await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'images', width: 64, height: 64, steps: 1, [field]: value }) });
+    assert.equal(r.status, 400, field);
+    assert.equal(((await r.json()) as { error: { field: string } }).error.field, field);
+  }
+  const tiny = await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'images', width: 64, height: 64, steps: 1, seed: [{ seed: 1, weight: 1e-200 }] }) });
+  assert.equal(tiny.status, 201);
+  const id = ((await tiny.json()) as { id: string }).id;
+  for (let i = 0; i < 400; i++) {
+    const job = (await (await fetch(`${server.url}/v1/jobs/${id}`)).json()) as { status: string; error: unknown };
+    if (job.status === 'succeeded') break;
+    assert.ok(job.status !== 'failed', JSON.stringify(job.error));
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+test('HTTP 33: a push URL that would make ffmpeg listen (srt mode=listener) -> 400 naming url', async () => {
+  for (const url of ['srt://0.0.0.0:9000?mode=listener', 'srt://host:9000?mode=rendezvous', 'rtmp://0.0.0.0/live/x?listen=1']) {
+    const r = await fetch(`${server.url}/v1/streams/${witness.streamId}/push`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url }) });
+    assert.equal(r.status, 400, url);
+    const body = (await r.json()) as { error: { field: string; message: string } };
+    assert.equal(body.error.field, 'url');
+    assert.match(body.error.message, /listen/);
+  }
+});
+
+test('HTTP 34: more queued jobs than a client may have -> 429 with Retry-After; GET /v1/jobs is paged', async () => {
+  const submit = () => fetch(`${server.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'images', count: 1000, width: 256, height: 256, steps: 4 }) });
+  const ids: string[] = [];
+  let refused: Response | undefined;
+  for (let i = 0; i < 6 && !refused; i++) {
+    const r = await submit();
+    if (r.status === 429) refused = r;
+    else ids.push(((await r.json()) as { id: string }).id);
+  }
+  assert.ok(refused, 'the fourth job of a client is refused');
+  assert.ok(ids.length <= 3);
+  assert.ok(Number(refused.headers.get('retry-after')) > 0);
+  assert.match(((await refused.json()) as { error: { message: string } }).error.message, /already has 3 jobs queued or running/);
+  const page = (await (await fetch(`${server.url}/v1/jobs?limit=1`)).json()) as { jobs: { id: string }[]; next_cursor: string | null };
+  assert.equal(page.jobs.length, 1);
+  assert.ok(page.next_cursor);
+  const rest = (await (await fetch(`${server.url}/v1/jobs?limit=500&cursor=${page.next_cursor}`)).json()) as { jobs: { id: string }[]; next_cursor: string | null };
+  assert.ok(!rest.jobs.some((j) => j.id === page.jobs[0]!.id));
+  assert.equal(rest.next_cursor, null);
+  for (const bad of ['limit=0', 'limit=501', 'limit=x', 'cursor=nonsense', 'status=weird', 'other=1']) {
+    assert.equal((await fetch(`${server.url}/v1/jobs?${bad}`)).status, 400, bad);
+  }
+  for (const id of ids) await fetch(`${server.url}/v1/jobs/${id}`, { method: 'DELETE' });
+});
+
+test('HTTP 35: a webhook URL with user:password@ -> the credentials are never echoed (job view, errors)', async () => {
+  const closed = createServer();
+  await new Promise<void>((ok) => closed.listen(0, '127.0.0.1', ok));
+  const port = (closed.address() as AddressInfo).port;
+  await new Promise((ok) => closed.close(ok)); // nothing listens there: the delivery fails
+  const r = await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'images', width: 64, height: 64, steps: 1, webhook: `http://hook-user:s3cret-pw@127.0.0.1:${port}/hook` }) });
+  assert.equal(r.status, 201);
+  const created = await r.text();
+  assert.ok(!created.includes('s3cret-pw'));
+  const id = (JSON.parse(created) as { id: string }).id;
+  let view = '';
+  for (let i = 0; i < 600; i++) {
+    view = await (await fetch(`${server.url}/v1/jobs/${id}`)).text();
+    if ((JSON.parse(view) as { webhook: { status: string } }).webhook.status !== 'pending') break;
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+  assert.equal((JSON.parse(view) as { webhook: { status: string } }).webhook.status, 'failed');
+  assert.ok(!view.includes('s3cret-pw'), view);
+  assert.ok(!(await (await fetch(`${server.url}/v1/jobs`)).text()).includes('s3cret-pw'));
+});
+
+test('HTTP 36: a request with a foreign Host (DNS rebinding) or a cross-site form post -> 403, nothing done', async () => {
+  const host = await rawRequest(server.url, { path: '/v1/jobs', headers: { host: `evil.example:${server.port}` } });
+  assert.equal(host.status, 403);
+  const before = ((await (await fetch(`${server.url}/v1/jobs?limit=500`)).json()) as { jobs: unknown[] }).jobs.length;
+  const form = '--b\r\nContent-Disposition: form-data; name="kind"\r\n\r\nimages\r\n--b\r\nContent-Disposition: form-data; name="count"\r\n\r\n1000\r\n--b--\r\n';
+  const post = await rawRequest(server.url, { method: 'POST', path: '/v1/jobs', headers: { origin: 'https://attacker.example', 'content-type': 'multipart/form-data; boundary=b' }, body: form });
+  assert.equal(post.status, 403);
+  assert.equal(((await (await fetch(`${server.url}/v1/jobs?limit=500`)).json()) as { jobs: unknown[] }).jobs.length, before);
 });
 
 test('HTTP 30: the server still answers health after all of it', async () => {

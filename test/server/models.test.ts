@@ -1,18 +1,21 @@
 /** The embedded pack's experts and adapters through the server: listing, uploads, and streams served by them. */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cp, mkdtemp, readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startServer } from '../../server/app.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
+import { scaledAdapter } from '../helpers/adapters.ts';
 
-// A copy of the pack: uploads write into its adapters/ folder.
+// A copy of the pack (read-only: uploads go to the data directory) and a data directory.
 const packDir = await mkdtemp(join(tmpdir(), 'pack-'));
 await cp(EMBEDDED_PACK_DIR, packDir, { recursive: true });
-const server = await startServer({ port: 0 }, { engine: await Engine.load(packDir) });
+const dataDir = await mkdtemp(join(tmpdir(), 'data-'));
+const engine = await Engine.load(packDir, { provider: 'cpu', threads: 0, tinyVae: false, adapters: { uploadDir: join(dataDir, 'adapters') } });
+const server = await startServer({ port: 0, dataDir }, { engine });
 after(() => server.close());
 const frame = await shapeFrame();
 
@@ -58,7 +61,32 @@ test('adapter upload: a valid file is stored and listed, a malformed one is refu
   assert.equal(bad.status, 422);
   const traversal = await fetch(`${server.url}/v1/adapters?name=../../x`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
   assert.equal(traversal.status, 400);
+  const listed = ((await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string; source: string }[] }).adapters;
+  assert.equal(listed.find((a) => a.name === 'ring2')?.source, 'upload');
+  assert.equal(listed.find((a) => a.name === 'ring')?.source, 'pack');
+  assert.ok(!listed.some((a) => a.name === 'broken'));
+  // under <data-dir>/adapters/<pack name> (this copy of the pack is named after its folder)
+  assert.ok((await readdir(join(dataDir, 'adapters', engine.pack.name))).includes('ring2.safetensors'), 'stored under the data directory');
+  assert.ok(!(await readdir(join(packDir, 'adapters'))).includes('ring2.safetensors'), 'the pack is not written');
+});
+
+test('adapter upload: concurrent uploads of one name -> one 201, the rest 409; ?replace=1 replaces it; a pack adapter cannot be replaced', async () => {
+  const bytes = await readFile(join(packDir, 'adapters', 'heart.safetensors'));
+  const post = (name: string, query = '') => fetch(`${server.url}/v1/adapters?name=${name}${query}`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
+  const statuses = (await Promise.all(Array.from({ length: 5 }, () => post('race')))).map((r) => r.status).sort();
+  assert.deepEqual(statuses, [201, 409, 409, 409, 409]);
+  assert.equal((await post('race', '&replace=1')).status, 201);
+  assert.equal((await post('race', '&replace=yes')).status, 400);
+  const packOwn = await post('heart', '&replace=1');
+  assert.equal(packOwn.status, 409);
+  assert.match(((await packOwn.json()) as { error: { message: string } }).error.message, /belongs to the model pack/);
+});
+
+test('adapter upload: a poisoned adapter (every lora_up x 1e37, finite) is refused with 422 and never stored or served', async () => {
+  const poisoned = await scaledAdapter(join(packDir, 'adapters', 'ring.safetensors'), 1e37);
+  const r = await fetch(`${server.url}/v1/adapters?name=poison`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.from(poisoned) });
+  assert.equal(r.status, 422);
+  assert.match(((await r.json()) as { error: { message: string } }).error.message, /over the bound/);
   const names = ((await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string }[] }).adapters.map((a) => a.name);
-  assert.ok(names.includes('ring2'));
-  assert.ok(!names.includes('broken'));
+  assert.ok(!names.includes('poison'));
 });

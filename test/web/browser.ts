@@ -37,11 +37,12 @@ const FLAGS = [
   '--use-fake-device-for-media-stream',
 ];
 
-export async function launchChromium(): Promise<Browser> {
+/** Debian's Chromium, headless; `extraArgs` add flags (e.g. --host-resolver-rules to play a DNS-rebinding page). */
+export async function launchChromium(extraArgs: readonly string[] = []): Promise<Browser> {
   if (!existsSync(CHROMIUM_PATH)) {
     throw new Error(`Chromium is not installed at ${CHROMIUM_PATH}: the browser tests need it (Debian: apt-get install chromium; .ci/run installs it), or set CHROMIUM_PATH`);
   }
-  return chromium.launch({ executablePath: CHROMIUM_PATH, args: FLAGS });
+  return chromium.launch({ executablePath: CHROMIUM_PATH, args: [...FLAGS, ...extraArgs] });
 }
 
 /** Which render API the server offers: all of it (as `npm start`), only AUTOMATIC1111's, or none. */

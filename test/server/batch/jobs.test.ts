@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import sharp from 'sharp';
@@ -157,6 +157,45 @@ test('webhook: the finished job is POSTed as JSON to a loopback receiver', async
   } finally {
     receiver.close();
   }
+});
+
+test('webhook with user:password@ in its URL: delivered with Basic authorization to the URL without them; never shown', async () => {
+  const received: { url: string | undefined; authorization: string | undefined }[] = [];
+  const receiver = createServer((req, res) => {
+    received.push({ url: req.url, authorization: req.headers.authorization });
+    req.resume();
+    req.on('end', () => res.end('ok'));
+  });
+  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+  const hook = `http://hook%20user:p%40ss-word@127.0.0.1:${(receiver.address() as AddressInfo).port}/done?x=1`;
+  try {
+    const created = await postJson(`${server.url}/v1/jobs`, { kind: 'images', prompt: 'x', webhook: hook, ...small });
+    assert.equal(created.status, 201);
+    const job = await waitForJob(server.url, created.body.id, (j) => j.webhook?.status === 'delivered');
+    assert.deepEqual(received, [{ url: '/done?x=1', authorization: `Basic ${Buffer.from('hook user:p@ss-word').toString('base64')}` }]);
+    assert.ok(!JSON.stringify(job).includes('ss-word'));
+  } finally {
+    receiver.close();
+  }
+});
+
+test('job folders a scan cannot use are dealt with once: no job.json -> deleted, an unreadable job.json -> moved to jobs-broken/', async () => {
+  const dataDir = await tempDir();
+  const orphan = '00000000-0000-4000-8000-000000000001';
+  const corrupt = '00000000-0000-4000-8000-000000000002';
+  await mkdir(join(dataDir, 'jobs', orphan), { recursive: true });
+  await writeFile(join(dataDir, 'jobs', orphan, 'input-image.bin'), 'left by a request that died');
+  const past = new Date(performance.timeOrigin - 60_000);
+  await utimes(join(dataDir, 'jobs', orphan), past, past); // from before this process started
+  await mkdir(join(dataDir, 'jobs', corrupt), { recursive: true });
+  await writeFile(join(dataDir, 'jobs', corrupt, 'job.json'), '{"version": 1, "id": "trunc');
+  for (let run = 0; run < 2; run++) {
+    const s = await startServer({ dataDir });
+    await s.close();
+    assert.deepEqual(await readdir(join(dataDir, 'jobs')), [], `run ${run}`);
+    assert.deepEqual(await readdir(join(dataDir, 'jobs-broken')), [corrupt], `run ${run}`);
+  }
+  assert.match(await readFile(join(dataDir, 'jobs-broken', corrupt, 'job.json'), 'utf8'), /trunc/, 'kept for a person to look at');
 });
 
 test('invalid job requests: 4xx with a message naming the field', async () => {
