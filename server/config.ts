@@ -125,6 +125,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
       'max-variants': { type: 'string' },
+      'max-latent-area': { type: 'string' },
       'max-queued-jobs': { type: 'string' },
       'shutdown-grace': { type: 'string' },
     },
@@ -138,6 +139,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   const cors = pick(values.cors, 'CORS_ORIGINS');
   const hosts = pick(values['allowed-hosts'], 'ALLOWED_HOSTS');
   const maxVariants = pick(values['max-variants'], 'MAX_VARIANTS');
+  const maxArea = pick(values['max-latent-area'], 'MAX_LATENT_AREA');
   const maxQueuedJobs = pick(values['max-queued-jobs'], 'MAX_QUEUED_JOBS');
   const grace = pick(values['shutdown-grace'], 'SHUTDOWN_GRACE');
   const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
@@ -158,6 +160,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
     maxVariants: maxVariants === undefined ? d.maxVariants : int(maxVariants, 'max-variants', 1, 64),
+    maxLatentArea: maxArea === undefined ? d.maxLatentArea : int(maxArea, 'max-latent-area', 64, 2 ** 24),
     maxQueuedJobs: maxQueuedJobs === undefined ? d.maxQueuedJobs : int(maxQueuedJobs, 'max-queued-jobs', 1, 100_000),
     shutdownGraceMs: grace === undefined ? d.shutdownGraceMs : 1000 * int(grace, 'shutdown-grace', 0, 3600),
   };

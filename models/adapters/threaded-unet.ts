@@ -99,8 +99,10 @@ export class ThreadedUnet extends Unet {
    * started after the build.
    */
   static async load(bytes: Uint8Array, options: SessionOptions, text?: { bytes: Uint8Array; options: SessionOptions }): Promise<ThreadedUnet> {
-    const worker = await (spare ?? startWorker());
+    // taken before awaiting: two loads at once must never share one worker
+    const starting = spare ?? startWorker();
     spare = undefined;
+    const worker = await starting;
     const listeners: { message?: (m: WorkerReply) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
     const ready = await new Promise<WorkerReply>((resolve, reject) => {
       listeners.message = resolve;

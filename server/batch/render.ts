@@ -24,9 +24,10 @@ export interface RenderRequest {
   readonly onStep?: (done: number, total: number) => void;
 }
 
-/** A UNet runner that reports each finished call. */
-export function countingRunner(runner: UnetRunner, onCall: () => void): UnetRunner {
+/** A UNet runner that reports each finished call and stops before the next one once `signal` is aborted. */
+export function countingRunner(runner: UnetRunner, onCall: () => void, signal?: AbortSignal): UnetRunner {
   return async (rows) => {
+    signal?.throwIfAborted();
     const eps = await runner(rows);
     onCall();
     return eps;
@@ -40,7 +41,7 @@ export async function renderImages(ctx: AppContext, request: RenderRequest): Pro
   const lanes = Math.max(1, Math.min(request.lanes ?? DEFAULT_LANES, count));
   const total = Math.ceil(count / lanes) * plan.coefficients.timesteps.length;
   let done = 0;
-  const counted = { ...plan, runner: countingRunner(plan.runner, () => request.onStep?.(++done, total)) };
+  const counted = { ...plan, runner: countingRunner(plan.runner, () => request.onStep?.(++done, total), request.signal) };
   const images = await render(ctx.engine, counted, count, {
     lanesPerCall: lanes,
     ...(inits ? { inits } : {}),

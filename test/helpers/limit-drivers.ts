@@ -168,14 +168,15 @@ function openStream(url: string, params: Record<string, unknown>, localAddress?:
   });
 }
 
-/** Streams at 1024x1024 until refused, each run for `frames` frames, then closed (the issue's four 1024x1024 streams). */
-export function driveLatentArea(server: ServerProcess, streams = 4, frames = 3): Promise<LimitRun> {
+/** Streams of `side` x `side` until refused (the server's bound is `maxArea`), each run for `frames` frames, then closed. */
+export function driveLatentArea(server: ServerProcess, options: { side?: number; streams?: number; frames?: number; maxArea?: number } = {}): Promise<LimitRun> {
+  const { side = 1024, streams = 4, frames = 3, maxArea = 2 * 128 * 128 } = options;
   return measured(server, async () => {
     const answers: Record<string, number> = {};
-    const frame = await shapeFrame({ size: 1024 });
+    const frame = await shapeFrame({ size: side });
     const open: WebSocket[] = [];
     for (let i = 0; i < streams; i++) {
-      const { ws, answer } = await openStream(server.url, { width: 1024, height: 1024, steps: 2, similarity_threshold: 1 });
+      const { ws, answer } = await openStream(server.url, { width: side, height: side, steps: 2, similarity_threshold: 1 });
       count(answers, answer);
       if (answer === 'started') open.push(ws);
     }
@@ -190,7 +191,8 @@ export function driveLatentArea(server: ServerProcess, streams = 4, frames = 3):
         ws.close();
       }),
     );
-    return { limit: 'latent area of open streams', bound: `${2 * 128 * 128} latent pixels (two 1024x1024 streams)`, pushed: `${streams} streams at 1024x1024, ${frames} frames each`, answers };
+    const each = (side / 8) ** 2;
+    return { limit: 'latent area of open streams', bound: `${maxArea} latent pixels (${Math.floor(maxArea / each)} streams of ${side}x${side})`, pushed: `${streams} streams at ${side}x${side}, ${frames} frames each`, answers };
   });
 }
 

@@ -62,21 +62,33 @@ function portOpen(url: string): Promise<boolean> {
   });
 }
 
-/** A render long enough to be in flight when the signal comes; resolves with its status and Retry-After. */
+/**
+ * A render long enough to be in flight when the signal comes (one image per UNet call, so the server's event
+ * loop stays free between calls); resolves with its status, Retry-After and images.
+ */
 async function longRender(url: string, images: number, side: number): Promise<{ status: number; retryAfter: string | null; images: number }> {
   const r = await fetch(`${url}/sdapi/v1/txt2img`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ prompt: 'a large red circle in the centre on a blue background', batch_size: Math.min(images, 16), n_iter: Math.ceil(images / 16), width: side, height: side, steps: 4 }),
+    body: JSON.stringify({ prompt: 'a large red circle in the centre on a blue background', batch_size: 1, n_iter: images, width: side, height: side, steps: 4 }),
   });
   const body = (await r.json()) as { images?: string[] };
   return { status: r.status, retryAfter: r.headers.get('retry-after'), images: body.images?.length ?? 0 };
 }
 
+/** Waits until the server says it is draining (or no longer answers): the signal has arrived. */
+async function draining(url: string): Promise<void> {
+  for (;;) {
+    const status = await fetch(`${url}/health`).then(async (r) => ((await r.json()) as { status: string }).status, () => 'gone');
+    if (status !== 'ok') return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function renderRunning(url: string): Promise<void> {
   for (;;) {
-    const p = (await (await fetch(`${url}/sdapi/v1/progress`)).json()) as { state: { job_count: number; sampling_step: number } };
-    if (p.state.job_count > 0 && p.state.sampling_step > 0) return;
+    const p = await fetch(`${url}/sdapi/v1/progress`).then((r) => r.json() as Promise<{ state: { job_count: number; sampling_step: number } }>, () => undefined);
+    if (p && p.state.job_count > 0 && p.state.sampling_step > 0) return;
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -86,7 +98,7 @@ test('npm start: SIGTERM to npm (as a process manager sends it) drains: the rend
   const render = longRender(s.url, 16, 256);
   await renderRunning(s.url);
   s.child.kill('SIGTERM');
-  await new Promise((r) => setTimeout(r, 200));
+  await draining(s.url);
   const late = await fetch(`${s.url}/sdapi/v1/txt2img`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"prompt": "x"}' }).then((r) => r.status, () => 'refused');
   assert.ok(late === 'refused' || late === 503, `a new request after SIGTERM: ${late}`);
   const done = await render;
@@ -99,7 +111,7 @@ test('npm start: SIGTERM to npm (as a process manager sends it) drains: the rend
 
 test('node --import tsx server/main.ts (Docker, systemd): a render longer than the grace period gets 503 with Retry-After, then the process exits 0', async () => {
   const s = await start(process.execPath, ['--import', 'tsx', 'server/main.ts', '--shutdown-grace', '1']);
-  const render = longRender(s.url, 64, 512);
+  const render = longRender(s.url, 16, 512);
   await renderRunning(s.url);
   const signalled = Date.now();
   s.child.kill('SIGTERM');
