@@ -6,7 +6,6 @@
  */
 import type { PeerConfig } from 'werift';
 import { ServiceError } from '../../models/errors.ts';
-import { isLoopback } from '../config.ts';
 
 /** One STUN or TURN server, as RTCIceServer spells it. */
 export interface IceServer {
@@ -40,10 +39,10 @@ export function isLoopbackAddress(address: string): boolean {
   return /^127\./.test(address) || address === '::1';
 }
 
-/** The werift peer options for a server bound to `host` with these STUN/TURN servers. */
-export function icePeerOptions(host: string, iceServers: readonly IceServer[]): Partial<PeerConfig> {
+/** The werift peer options with these STUN/TURN servers, for a loopback-only server or a LAN-facing one. */
+export function icePeerOptions(loopbackOnly: boolean, iceServers: readonly IceServer[]): Partial<PeerConfig> {
   const servers = iceServers.map((s) => ({ ...s }));
-  if (!isLoopback(host)) return { iceServers: servers };
+  if (!loopbackOnly) return { iceServers: servers };
   return {
     iceServers: servers,
     iceUseIpv6: false,

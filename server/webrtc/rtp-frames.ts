@@ -62,6 +62,11 @@ export class FrameAssembler {
     return { codec, data, keyframe: isKeyframe, timestamp };
   }
 
+  /** Drops everything up to the next keyframe and asks for one (a new decoder must start on a keyframe). */
+  restart(): undefined {
+    return this.lose();
+  }
+
   private lose(): undefined {
     this.packets = [];
     this.timestamp = undefined;
