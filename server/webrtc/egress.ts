@@ -66,18 +66,22 @@ export class StreamEgress {
     const pc = createPeer(this.ctx, 'egress');
     const id = randomUUID();
     let answer: string;
+    let sender: RTCRtpSender | undefined;
     try {
-      answer = await answerOffer(pc, offer);
+      answer = await answerOffer(pc, offer, () => {
+        // the offer's video section is recvonly: this side sends (werift would answer inactive otherwise)
+        const video = pc.getTransceivers().find((t) => t.kind === 'video');
+        video?.setDirection('sendonly');
+        sender = video?.sender;
+      });
     } catch (error) {
       await pc.close();
       throw error;
     }
-    const transceiver = pc.getTransceivers().find((t) => t.kind === 'video');
-    if (!transceiver) {
+    if (!sender) {
       await pc.close();
       throw new ServiceError('bad_request', 'the offer has no video section');
     }
-    const { sender } = transceiver;
     this.viewers.set(id, { pc, sender });
     sender.onPictureLossIndication.subscribe(() => this.requestKeyframe(false));
     pc.connectionStateChange.subscribe((state) => {

@@ -45,7 +45,10 @@ export function icePeerOptions(loopbackOnly: boolean, iceServers: readonly IceSe
   if (!loopbackOnly) return { iceServers: servers };
   return {
     iceServers: servers,
+    // werift never gathers loopback addresses itself: turn interface gathering off and name 127.0.0.1
+    iceUseIpv4: false,
     iceUseIpv6: false,
+    iceAdditionalHostAddresses: ['127.0.0.1'],
     iceInterfaceAddresses: { udp4: '127.0.0.1' },
     iceFilterCandidatePair: (pair) => isLoopbackAddress(pair.remoteCandidate.host),
   };

@@ -50,6 +50,11 @@ export class WhipPublisher {
     }
   }
 
+  /** The codec being decoded (the publisher's choice among VP8 and H.264), once media flows. */
+  get codec(): VideoCodec | undefined {
+    return this.decoder?.codec;
+  }
+
   /** Trickle ICE from the publisher (WHIP PATCH). */
   addCandidates(fragment: string): Promise<number> {
     return addCandidates(this.pc, fragment);

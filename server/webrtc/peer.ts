@@ -26,12 +26,16 @@ export function createPeer(ctx: AppContext, role: PeerRole): RTCPeerConnection {
 /** Largest SDP accepted (an offer with many codecs and candidates is a few kB). */
 export const MAX_SDP_BYTES = 64 * 1024;
 
-/** Applies the client's offer and returns the complete answer (candidates included). Bad SDP -> bad_request. */
-export async function answerOffer(pc: RTCPeerConnection, offer: string): Promise<string> {
+/**
+ * Applies the client's offer and returns the complete answer (candidates included). Bad SDP -> bad_request.
+ * `prepare` runs between the offer and the answer (a sender sets its transceivers to sendonly there).
+ */
+export async function answerOffer(pc: RTCPeerConnection, offer: string, prepare?: () => void): Promise<string> {
   if (!offer.startsWith('v=0')) throw new ServiceError('bad_request', 'the body must be an SDP offer (application/sdp, starting with v=0)');
   if (!/^m=video /m.test(offer)) throw new ServiceError('bad_request', 'the offer has no video section');
   try {
     await pc.setRemoteDescription({ type: 'offer', sdp: offer });
+    prepare?.();
     await pc.setLocalDescription(await pc.createAnswer());
   } catch (cause) {
     const message = (cause as Error).message;
