@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 /** What the parent asks. */
 export type PeerCommand =
-  | { cmd: 'publish'; url: string; path: string; token: string; width: number; height: number; rgb: string; fps: number }
+  | { cmd: 'publish'; url: string; path: string; token: string; width: number; height: number; rgb: string; fps: number; headers?: Record<string, string> }
   | { cmd: 'play'; url: string; path: string; token: string }
   | { cmd: 'control'; message: object }
   | { cmd: 'frames'; count: number }
@@ -119,13 +119,13 @@ async function child(): Promise<void> {
   let wanted = 0;
   let received = 0;
 
-  const offerAndPost = async (pc: WrtcPc, url: string, token: string) => {
+  const offerAndPost = async (pc: WrtcPc, url: string, token: string, headers: Record<string, string> = {}) => {
     await pc.setLocalDescription(await pc.createOffer());
     await new Promise<void>((ok) => {
       if (pc.iceGatheringState === 'complete') return ok();
       pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && ok();
     });
-    const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}` }, body: pc.localDescription!.sdp });
+    const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}`, ...headers }, body: pc.localDescription!.sdp });
     const body = await res.text();
     if (res.status === 201) await pc.setRemoteDescription({ type: 'answer', sdp: body });
     const location = res.headers.get('location');
@@ -163,7 +163,7 @@ async function child(): Promise<void> {
             track.stop();
             pc.close();
           });
-          const res = await offerAndPost(pc, `${command.url}${command.path}`, command.token);
+          const res = await offerAndPost(pc, `${command.url}${command.path}`, command.token, command.headers);
           report({ event: 'published', ...res });
           return;
         }
