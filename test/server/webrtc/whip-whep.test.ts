@@ -193,3 +193,35 @@ test('X-Stream-Params carries the parameters as JSON; bad parameters fail the re
   const after = (await (await fetch(`${server.url}/v1/streams`, { headers: auth })).json()) as { streams: unknown[] };
   assert.equal(after.streams.length, before.streams.length);
 });
+
+test('access rules: the key, foreign origins, SDP bodies, unknown streams; trickle ICE by PATCH', async () => {
+  const offer = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n';
+  const post = (path: string, headers: Record<string, string>, body = offer) => fetch(`${server.url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/sdp', ...headers }, body });
+  assert.equal((await post('/v1/whip', {})).status, 401, 'no key');
+  assert.equal((await post('/v1/whip', { Authorization: 'Bearer wrong' })).status, 401, 'wrong key');
+  assert.equal((await post('/v1/whep/00000000-0000-4000-8000-000000000000', {})).status, 401);
+  assert.equal((await post('/v1/whip', { ...auth, Origin: 'http://evil.example' })).status, 403, 'foreign origin');
+  const notSdp = await post('/v1/whip', { ...auth, 'Content-Type': 'text/plain' }, 'hello');
+  assert.equal(notSdp.status, 400);
+  assert.match(((await notSdp.json()) as { error: { message: string } }).error.message, /application\/sdp/);
+  const audioOnly = await post('/v1/whip', auth, 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n');
+  assert.equal(audioOnly.status, 400);
+  assert.match(((await audioOnly.json()) as { error: { message: string } }).error.message, /no video/);
+  assert.equal((await post('/v1/whep/00000000-0000-4000-8000-000000000000', auth)).status, 404, 'unknown stream');
+  assert.equal((await fetch(`${server.url}/v1/whip/00000000-0000-4000-8000-000000000000`, { method: 'DELETE', headers: auth })).status, 404);
+  // a listed origin gets CORS headers that expose the WHIP resource
+  const preflight = await fetch(`${server.url}/v1/whip`, { method: 'OPTIONS', headers: { Origin: 'http://allowed.example', 'Access-Control-Request-Method': 'POST' } });
+  assert.equal(preflight.status, 204);
+  assert.match(preflight.headers.get('access-control-allow-methods') ?? '', /PATCH/);
+  assert.match(preflight.headers.get('access-control-expose-headers') ?? '', /Location/);
+
+  // trickle ICE: a candidate fragment is accepted on a live publisher's resource; garbage is refused
+  const publisher = peer();
+  publisher.send({ cmd: 'publish', url: server.url, path: `/v1/whip?steps=1&width=${SIZE}&height=${SIZE}`, token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 15 });
+  const published = await publisher.next('published');
+  const patch = (body: string) => fetch(`${server.url}${published.location}`, { method: 'PATCH', headers: { ...auth, 'Content-Type': 'application/trickle-ice-sdpfrag' }, body });
+  assert.equal((await patch('a=mid:0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n')).status, 204);
+  assert.equal((await patch('a=mid:0\r\na=candidate:garbage\r\n')).status, 400);
+  assert.equal((await fetch(`${server.url}${published.location}`, { method: 'PATCH', headers: auth, body: 'x' })).status, 400, 'not a trickle fragment');
+  await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth });
+});
