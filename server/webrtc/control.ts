@@ -6,7 +6,7 @@
  */
 import type { RTCDataChannel } from 'werift';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { parseClientMessage } from '../streams/protocol.ts';
+import { PROTOCOL_VERSION, parseClientMessage } from '../streams/protocol.ts';
 import type { SentFrame, StreamSession, StreamSink } from '../streams/session.ts';
 
 /** A StreamSink that writes JSON to every open control channel of a stream and acks each frame itself. */
@@ -31,6 +31,13 @@ export class ChannelSink implements StreamSink {
     this.sendJson(frame.meta);
     queueMicrotask(() => this.session?.onAck(1));
   }
+}
+
+/** The WebSocket's `started` message for this stream, sent when a control channel opens (plus its WHEP URL). */
+export function startedMessage(session: StreamSession): object {
+  const { width, height } = session.size;
+  const id = session.id;
+  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, params: session.params, width, height, window: null, mjpeg_url: `/v1/streams/${id}/mjpeg`, whep_url: `/v1/whep/${id}` };
 }
 
 /** Answers one control message from a channel; `stop` calls `onStop` (the owner ends the stream). */

@@ -8,7 +8,7 @@ import type { RTCPeerConnection, RTCRtpTransceiver, MediaStreamTrack } from 'wer
 import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/ffmpeg.ts';
 import type { AppContext } from '../context.ts';
 import type { StreamSession } from '../streams/session.ts';
-import { handleControl, type ChannelSink } from './control.ts';
+import { handleControl, startedMessage, type ChannelSink } from './control.ts';
 import { addCandidates, answerOffer, createPeer } from './peer.ts';
 import { codecOf, FrameAssembler, type EncodedFrame, type VideoCodec } from './rtp-frames.ts';
 import { startDecoder, type VideoDecoder } from './video-codec.ts';
@@ -38,6 +38,9 @@ export class WhipPublisher {
     pc.onDataChannel.subscribe((channel) => {
       sink.add(channel);
       channel.onMessage.subscribe((data) => void handleControl(session, sink, data.toString(), onEnd));
+      const greet = () => channel.send(JSON.stringify(startedMessage(session)));
+      if (channel.readyState === 'open') greet();
+      else channel.stateChanged.subscribe((state) => state === 'open' && greet());
     });
     pc.connectionStateChange.subscribe((state) => {
       if (state === 'failed' || state === 'closed') onEnd();
