@@ -1,9 +1,11 @@
 /**
  * ICE settings for the server's peers. Host candidates only by default: on a loopback-bound server (the
- * default, 127.0.0.1) the peers gather on 127.0.0.1 alone and pair only with loopback candidates, so media
- * never leaves the machine; bound to a LAN address they gather on every interface. STUN/TURN servers
+ * default, 127.0.0.1) the peers gather on 127.0.0.1 alone and pair only with candidates on this machine
+ * (loopback, or one of its own interface addresses: a browser without loopback candidates offers those),
+ * so media never leaves the machine; bound to a LAN address they gather on every interface. STUN/TURN servers
  * (`--ice-servers`) add reflexive and relayed candidates for peers behind NAT.
  */
+import { networkInterfaces } from 'node:os';
 import type { PeerConfig } from 'werift';
 import { ServiceError } from '../../models/errors.ts';
 
@@ -34,9 +36,10 @@ export function parseIceServers(list: string | undefined, username?: string, cre
     });
 }
 
-/** True for 127.0.0.0/8 and ::1 candidate addresses. */
-export function isLoopbackAddress(address: string): boolean {
-  return /^127\./.test(address) || address === '::1';
+/** True for 127.0.0.0/8, ::1 and the addresses of this machine's own interfaces. */
+export function isLocalAddress(address: string): boolean {
+  if (/^127\./.test(address) || address === '::1') return true;
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === address));
 }
 
 /** The werift peer options with these STUN/TURN servers, for a loopback-only server or a LAN-facing one. */
@@ -50,6 +53,6 @@ export function icePeerOptions(loopbackOnly: boolean, iceServers: readonly IceSe
     iceUseIpv6: false,
     iceAdditionalHostAddresses: ['127.0.0.1'],
     iceInterfaceAddresses: { udp4: '127.0.0.1' },
-    iceFilterCandidatePair: (pair) => isLoopbackAddress(pair.remoteCandidate.host),
+    iceFilterCandidatePair: (pair) => isLocalAddress(pair.remoteCandidate.host),
   };
 }

@@ -10,7 +10,7 @@
  * WHEP into a <video>, updates on a data channel) and steps 1-2 are the browser's media engine; if WebRTC
  * cannot connect, or the page is opened with ?transport=ws, the WebSocket path above is used.
  */
-import { apiJson, byId, describeError, downloadBlob, keepTokenOnLinks, serverUrl } from './api.js';
+import { ApiError, apiJson, byId, describeError, downloadBlob, keepTokenOnLinks, serverUrl } from './api.js';
 import { Capture, describeCaptureError } from './capture.js';
 import { ErrorList } from './errors.js';
 import { Meter } from './meter.js';
@@ -278,6 +278,12 @@ async function start() {
       await rtcStream.start(desiredParams(), capture.media);
       return;
     } catch (e) {
+      // the server refused the parameters or the client: the WebSocket would be refused the same way
+      if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 404) {
+        handlers.onError({ code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}) });
+        handlers.onState('stopped', 'stopped');
+        return;
+      }
       errors.show(`${describeError(e)}; using the WebSocket instead`);
     }
   }

@@ -176,9 +176,12 @@ export class RtcStream {
   ack() {}
 
   stop() {
-    const resources = this.resources.splice(0);
+    // the viewer first: ending the publisher ends the stream, and with it the viewer's resource
+    const resources = this.resources.splice(0).reverse();
     this.close();
-    for (const location of resources) void apiFetch(location, { method: 'DELETE' }).catch(() => undefined);
+    void (async () => {
+      for (const location of resources) await apiFetch(location, { method: 'DELETE' }).catch(() => undefined);
+    })();
     this.handlers.onState('stopped', 'stopped');
   }
 
