@@ -15,10 +15,17 @@ import { startDecoder, type VideoDecoder } from './video-codec.ts';
 
 /** At most one picture-loss request this often (ms): a keyframe takes a round trip to arrive. */
 const PLI_INTERVAL_MS = 300;
+/**
+ * A publisher whose media stops this long has gone (ms). A peer that closes without DELETE is otherwise only
+ * noticed when ICE consent fails, about 30 s later; encoders keep sending on a still picture (>= 1 fps).
+ */
+export const MEDIA_TIMEOUT_MS = 10_000;
 
 export class WhipPublisher {
   private decoder: { codec: VideoCodec; width: number; height: number; impl: VideoDecoder } | undefined;
   private closed = false;
+  private lastPacketAt = performance.now();
+  private watchdog: NodeJS.Timeout | undefined;
   /** Encoded frames received and decoded frames handed to the session. */
   readonly counts = { frames: 0, decoded: 0 };
 
@@ -45,6 +52,8 @@ export class WhipPublisher {
     pc.connectionStateChange.subscribe((state) => {
       if (state === 'failed' || state === 'closed') onEnd();
     });
+    publisher.watchdog = setInterval(() => performance.now() - publisher.lastPacketAt > MEDIA_TIMEOUT_MS && onEnd(), 1000);
+    publisher.watchdog.unref();
     try {
       return { publisher, answer: await answerOffer(pc, offer) };
     } catch (error) {
@@ -66,6 +75,7 @@ export class WhipPublisher {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.watchdog);
     this.decoder?.impl.close();
     this.decoder = undefined;
     await this.pc.close();
@@ -82,6 +92,7 @@ export class WhipPublisher {
     const assembler = new FrameAssembler(requestKeyframe);
     track.onReceiveRtp.subscribe((packet) => {
       if (this.closed) return;
+      this.lastPacketAt = performance.now();
       const negotiated = transceiver.codecs.find((c) => c.payloadType === packet.header.payloadType);
       const codec = negotiated && codecOf(negotiated.mimeType);
       if (!codec) return; // rtx/red/fec payloads: werift's NACK handling covers loss on its own

@@ -14,6 +14,8 @@ export type PeerCommand =
   | { cmd: 'play'; url: string; path: string; token: string }
   | { cmd: 'control'; message: object }
   | { cmd: 'frames'; count: number }
+  /** Closes the peer connections without DELETE (a publisher that just goes away). */
+  | { cmd: 'drop' }
   | { cmd: 'stop' };
 
 /** What the child reports. */
@@ -23,6 +25,7 @@ export type PeerEvent =
   | { event: 'control'; message: Record<string, unknown> }
   | { event: 'frame'; width: number; height: number; rgb: string; received: number }
   | { event: 'stopped' }
+  | { event: 'dropped' }
   | { event: 'error'; message: string };
 
 /** The parent's handle: send commands, wait for events. */
@@ -115,6 +118,7 @@ async function child(): Promise<void> {
   const wrtc = createRequire(import.meta.url)('@roamhq/wrtc') as WrtcModule;
   const report = (e: PeerEvent) => process.send?.(e);
   const cleanups: (() => void | Promise<void>)[] = [];
+  const peers: WrtcPc[] = [];
   let channel: WrtcChannel | undefined;
   let wanted = 0;
   let received = 0;
@@ -139,6 +143,7 @@ async function child(): Promise<void> {
         case 'publish': {
           const { width, height, fps } = command;
           const pc = new wrtc.RTCPeerConnection({ iceServers: [] });
+          peers.push(pc);
           const source = new wrtc.nonstandard.RTCVideoSource();
           const track = source.createTrack();
           pc.addTransceiver(track, { direction: 'sendonly' });
@@ -169,6 +174,7 @@ async function child(): Promise<void> {
         }
         case 'play': {
           const pc = new wrtc.RTCPeerConnection({ iceServers: [] });
+          peers.push(pc);
           pc.addTransceiver('video', { direction: 'recvonly' });
           pc.ontrack = ({ track }) => {
             const sink = new wrtc.nonstandard.RTCVideoSink(track);
@@ -195,6 +201,10 @@ async function child(): Promise<void> {
           return;
         case 'frames':
           wanted = command.count;
+          return;
+        case 'drop':
+          for (const pc of peers.splice(0)) pc.close(); // closing twice later (stop) is harmless
+          report({ event: 'dropped' });
           return;
         case 'stop':
           for (const cleanup of cleanups.reverse()) await cleanup();

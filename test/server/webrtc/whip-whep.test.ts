@@ -22,7 +22,7 @@ let server: RunningServer;
 const peers: WrtcPeer[] = [];
 
 before(async () => {
-  server = await startServer({ port: 0, apiKey: KEY, corsOrigins: ['http://allowed.example'] }, { engine: await Engine.load(BASE_PACK), log: createLogger({}, 'error') });
+  server = await startServer({ port: 0, apiKey: KEY, corsOrigins: ['http://allowed.example'], rateLimitPerMinute: 0 }, { engine: await Engine.load(BASE_PACK), log: createLogger({}, 'error') });
 });
 
 after(async () => {
@@ -224,4 +224,23 @@ test('access rules: the key, foreign origins, SDP bodies, unknown streams; trick
   assert.equal((await patch('a=mid:0\r\na=candidate:garbage\r\n')).status, 400);
   assert.equal((await fetch(`${server.url}${published.location}`, { method: 'PATCH', headers: auth, body: 'x' })).status, 400, 'not a trickle fragment');
   await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth });
+});
+
+test('reconnects: publishers that leave (DELETE, or closing the connection without a word) leave no stream behind', async () => {
+  const publisher = peer();
+  for (let cycle = 0; cycle < 4; cycle++) {
+    const from = publisher.events.length;
+    publisher.send({ cmd: 'publish', url: server.url, path: `/v1/whip?steps=1&width=${SIZE}&height=${SIZE}`, token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 15 });
+    const published = await publisher.next('published', from);
+    assert.equal(published.status, 201, `cycle ${cycle}: ${published.body}`);
+    await until(async () => ((await streamStats(published.streamId!))?.framesIn ?? 0) >= 2, `cycle ${cycle}: frames`);
+    if (cycle % 2 === 0) {
+      assert.equal((await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth })).status, 200);
+    } else {
+      publisher.send({ cmd: 'drop' });
+      await publisher.next('dropped', from);
+    }
+    await until(async () => (await streamStats(published.streamId!)) === undefined, `cycle ${cycle}: the stream to end`);
+  }
+  assert.equal(server.streams.size, 0);
 });
