@@ -20,7 +20,6 @@ import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer } from './streams/ws.ts';
 import { webrtcRoutes } from './webrtc/routes.ts';
 import { modelRoutes } from './model-routes.ts';
-import { AdapterStore } from '../models/adapters/store.ts';
 import { CLOSE } from './streams/protocol.ts';
 
 const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'web');
@@ -72,7 +71,7 @@ export async function startServer(
   app.use(streamRoutes(registry, log));
   const webrtc = webrtcRoutes(ctx, registry);
   app.use(webrtc.router);
-  app.use(modelRoutes(ctx, engine.variants.adapters instanceof AdapterStore ? engine.variants.adapters : undefined));
+  app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
   app.use(notFound);

@@ -8,8 +8,8 @@
 import { randomUUID } from 'node:crypto';
 import type { RTCPeerConnection, RTCRtpSender } from 'werift';
 import { ServiceError } from '../../models/errors.ts';
-import { tensorToRgb8 } from '../../pipelines/image.ts';
-import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/ffmpeg.ts';
+import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
+import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import type { AppContext } from '../context.ts';
 import type { RawOutput, StreamSession } from '../streams/session.ts';
 import { addCandidates, answerOffer, createPeer } from './peer.ts';

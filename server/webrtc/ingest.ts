@@ -5,7 +5,7 @@
  * A data channel, if the publisher opens one, carries the control messages (control.ts).
  */
 import type { RTCPeerConnection, RTCRtpTransceiver, MediaStreamTrack } from 'werift';
-import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/ffmpeg.ts';
+import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import type { AppContext } from '../context.ts';
 import type { StreamSession } from '../streams/session.ts';
 import { handleControl, startedMessage, type ChannelSink } from './control.ts';

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ServiceError } from '../../models/errors.ts';
-import type { FfmpegPaths } from '../../pipelines/ffmpeg.ts';
+import type { FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import type { EncodedFrame, VideoCodec } from './rtp-frames.ts';
 
 interface Size {

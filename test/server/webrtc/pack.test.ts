@@ -1,7 +1,7 @@
 /**
  * WebRTC end to end on the embedded tiny-shapes pack: a libwebrtc peer (wrtc, in a child process) publishes
  * a drawn scene via WHIP and plays the stream via WHEP; the video it receives is re-drawn as the prompt
- * says, and after an `update` on the control data channel it follows the new prompt (models/evaluator.ts).
+ * says, and after an `update` on the control data channel it follows the new prompt (pipelines/evaluation/evaluator.ts).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +9,7 @@ import { startServer, type RunningServer } from '../../../server/app.ts';
 import { createLogger } from '../../../server/log.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../../models/pack.ts';
-import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../../models/evaluator.ts';
+import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../../pipelines/evaluation/evaluator.ts';
 import { drawScene } from '../../helpers/scenes.ts';
 import { WrtcPeer } from '../../helpers/wrtc-peer.ts';
 
