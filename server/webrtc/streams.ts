@@ -13,7 +13,7 @@ import { ChannelSink } from './control.ts';
 import { WhipPublisher } from './ingest.ts';
 
 /** How long a stream made ahead of time (POST /v1/streams) waits for its WHIP publisher, ms. */
-export const PUBLISH_TIMEOUT_MS = 60_000;
+export const PUBLISH_TIMEOUT_MS = 10 * 60_000; // time to set up OBS by hand
 
 export interface WebrtcStream {
   readonly session: StreamSession;

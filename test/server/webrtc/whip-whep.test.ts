@@ -76,10 +76,15 @@ test('WHIP: an offer with parameters in the query starts a stream; its video bec
 
   // media in: the session counts frames and sends lag metadata on the control channel
   await until(async () => ((await streamStats(id))?.framesIn ?? 0) >= 5, 'five input frames');
-  const meta = await publisher.next('control');
-  assert.equal(meta.message['type'], 'frame');
+  const greeting = await publisher.next('control');
+  assert.equal(greeting.message['type'], 'started', 'the channel opens with the WebSocket\'s started message');
+  assert.equal(greeting.message['stream_id'], id);
+  assert.equal(greeting.message['whep_url'], `/v1/whep/${id}`);
+  await until(() => publisher.events.some((e) => e.event === 'control' && e.message['type'] === 'frame'), 'frame metadata');
+  const meta = publisher.events.find((e) => e.event === 'control' && e.message['type'] === 'frame') as { message: Record<string, unknown> };
   assert.equal(meta.message['width'], SIZE);
   assert.equal(typeof meta.message['latency_ms'], 'number');
+  assert.equal(typeof meta.message['input_id'], 'number');
   const listed = (await (await fetch(`${server.url}/v1/streams`, { headers: auth })).json()) as { streams: { id: string; params: { prompt: string; steps: number } }[] };
   const params = listed.streams.find((s) => s.id === id)!.params;
   assert.equal(params.prompt, '42', 'prompt stays text');
