@@ -13,6 +13,8 @@ import { createLogger } from '../../../server/log.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
 import WebSocket from 'ws';
+import { RTCPeerConnection, RTCRtpCodecParameters } from 'werift';
+import { icePeerOptions } from '../../../server/webrtc/ice.ts';
 import { shapeFrame } from '../../helpers/stream-client.ts';
 import { WrtcPeer } from '../../helpers/wrtc-peer.ts';
 
@@ -246,5 +248,33 @@ test('reconnects: publishers that leave (DELETE, or closing the connection witho
       await publisher.next('dropped', from);
     }
     await until(async () => (await streamStats(published.streamId!)) === undefined, `cycle ${cycle}: the stream to end`);
+  }
+});
+
+test('WHEP output is timed by the input: RTP timestamps advance with the publisher\'s clock (a second stack: werift)', async () => {
+  const publisher = peer();
+  publisher.send({ cmd: 'publish', url: server.url, path: `/v1/whip?steps=1&width=${SIZE}&height=${SIZE}&similarity_threshold=1`, token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 10 });
+  const published = await publisher.next('published');
+  assert.equal(published.status, 201, published.body);
+  // the viewer is werift itself, reading RTP: the timestamps the server wrote, not a player's rendering
+  const viewer = new RTCPeerConnection({ codecs: { video: [new RTCRtpCodecParameters({ mimeType: 'video/VP8', clockRate: 90_000 })], audio: [] }, ...icePeerOptions(true, []) });
+  viewer.addTransceiver('video', { direction: 'recvonly' });
+  const frames: { timestamp: number; at: number }[] = [];
+  viewer.onTrack.subscribe((track) => track.onReceiveRtp.subscribe((rtp) => rtp.header.marker && frames.push({ timestamp: rtp.header.timestamp, at: performance.now() })));
+  await viewer.setLocalDescription(await viewer.createOffer());
+  const res = await fetch(`${server.url}/v1/whep/${published.streamId}`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/sdp' }, body: viewer.localDescription!.sdp });
+  assert.equal(res.status, 201);
+  await viewer.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+  try {
+    await until(() => frames.length >= 12, 'twelve output frames');
+    // from the second frame on (the encoder restarts once for the new viewer)
+    for (let i = 2; i < frames.length; i++) assert.ok(frames[i]!.timestamp > frames[i - 1]!.timestamp, 'timestamps increase');
+    // each output carries its input's arrival time: with a 10 fps camera no two outputs are much under 100 ms
+    // apart on the 90 kHz clock (a fixed step per output frame would put them 33 ms apart)
+    const steps = frames.slice(2).map((f, i) => (f.timestamp - frames[i + 1]!.timestamp) / 90);
+    assert.ok(steps.filter((ms) => ms < 60).length <= steps.length / 4, `steps on the RTP clock, ms: ${steps.map((ms) => ms.toFixed(0)).join(' ')}`);
+  } finally {
+    await viewer.close();
+    await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth });
   }
 });
