@@ -247,7 +247,8 @@ test('reconnects: publishers that leave (DELETE, or closing the connection witho
       publisher.send({ cmd: 'drop' });
       await publisher.next('dropped', from);
     }
-    await until(async () => (await streamStats(published.streamId!)) === undefined, `cycle ${cycle}: the stream to end`);
+    // 20 s: the media timeout (10 s) ends a silent publisher; ICE consent alone would take about 30 s
+    await until(async () => (await streamStats(published.streamId!)) === undefined, `cycle ${cycle}: the stream to end`, 20_000);
   }
 });
 
