@@ -5,8 +5,8 @@
  * Frames themselves never travel on the channel, so `start` and `ack` do not apply.
  */
 import type { RTCDataChannel } from 'werift';
-import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { PROTOCOL_VERSION, parseClientMessage } from '../streams/protocol.ts';
+import { ServiceError } from '../../models/errors.ts';
+import { PROTOCOL_VERSION, errorMessage, parseClientMessage } from '../streams/protocol.ts';
 import type { SentFrame, StreamSession, StreamSink } from '../streams/session.ts';
 
 /** A StreamSink that writes JSON to every open control channel of a stream and acks each frame itself. */
@@ -42,10 +42,7 @@ export function startedMessage(session: StreamSession): object {
 
 /** Answers one control message from a channel; `stop` calls `onStop` (the owner ends the stream). */
 export async function handleControl(session: StreamSession, sink: ChannelSink, text: string, onStop: () => void): Promise<void> {
-  const report = (error: unknown) => {
-    const e = toServiceError(error);
-    sink.sendJson({ type: 'error', code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}), input_id: null });
-  };
+  const report = (error: unknown) => sink.sendJson(errorMessage(error));
   let message;
   try {
     message = parseClientMessage(text);

@@ -9,6 +9,7 @@ import express, { Router, type Request, type Response } from 'express';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
 import { originAllowed } from '../auth.ts';
+import { coerceFormFields } from '../batch/jobs/schema.ts';
 import type { AppContext } from '../context.ts';
 import type { StreamRegistry } from '../streams/registry.ts';
 import { StreamEgress } from './egress.ts';
@@ -19,25 +20,10 @@ const SDP = 'application/sdp';
 const SDP_FRAGMENT = 'application/trickle-ice-sdpfrag';
 /** Query keys that are not stream parameters. */
 const RESERVED_QUERY = new Set(['token']);
-/** Parameters that are text even when they look like numbers (`prompt=42`). */
-const TEXT_PARAMS = new Set(['prompt', 'negative_prompt', 'expert']);
 
-/** Query values are strings: numbers, booleans and JSON arrays/objects are read as JSON, text stays text. */
+/** Query values are strings: numbers, booleans and JSON are read as JSON, prompts stay text (as form fields are). */
 export function paramsFromQuery(query: URLSearchParams): Record<string, unknown> {
-  const params: Record<string, unknown> = {};
-  for (const [key, value] of query) {
-    if (RESERVED_QUERY.has(key)) continue;
-    if (TEXT_PARAMS.has(key)) {
-      params[key] = value;
-      continue;
-    }
-    try {
-      params[key] = JSON.parse(value);
-    } catch {
-      params[key] = value;
-    }
-  }
-  return params;
+  return coerceFormFields(Object.fromEntries([...query].filter(([key]) => !RESERVED_QUERY.has(key))));
 }
 
 function headerParams(req: Request): Record<string, unknown> | undefined {

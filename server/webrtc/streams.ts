@@ -7,7 +7,7 @@
 import { ServiceError } from '../../models/errors.ts';
 import type { AppContext } from '../context.ts';
 import type { StreamRegistry } from '../streams/registry.ts';
-import { clientMessageSchema, type StartMessage } from '../streams/protocol.ts';
+import { parseClientObject, type StartMessage } from '../streams/protocol.ts';
 import { StreamSession } from '../streams/session.ts';
 import { ChannelSink } from './control.ts';
 import { WhipPublisher } from './ingest.ts';
@@ -32,13 +32,7 @@ export class WebrtcStreams {
   /** Opens a stream with these parameters for `client` (the per-client stream limit applies). */
   async open(client: string, start: Record<string, unknown>): Promise<WebrtcStream> {
     if (this.ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
-    const parsed = clientMessageSchema.safeParse({ type: 'start', window: 16, ...start });
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0]!;
-      const field = issue.path.join('.') || 'params';
-      throw new ServiceError('bad_request', `${field}: ${issue.code === 'unrecognized_keys' ? `unknown field(s): ${issue.keys.join(', ')}` : issue.message}`, { field });
-    }
-    const message = parsed.data as StartMessage;
+    const message = parseClientObject({ type: 'start', window: 16, ...start }) as StartMessage; // type is 'start' by construction
     if (message.mode !== 'img2img') throw new ServiceError('bad_request', 'mode: a WebRTC stream takes its frames from a WHIP publisher (img2img)', { field: 'mode' });
     const release = this.registry.reserve(client);
     const sink = new ChannelSink();
