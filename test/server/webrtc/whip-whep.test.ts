@@ -175,6 +175,17 @@ test('POST /v1/streams makes a stream that waits for its publisher; a second pub
   assert.equal(published.status, 201, published.body);
   assert.equal(published.streamId, body.stream_id);
   await until(async () => ((await streamStats(body.stream_id))?.framesOut ?? 0) >= 2, 'outputs of the pre-made stream');
+  // the MJPEG URL (OBS's Browser Source) shows the WebRTC stream too
+  const mjpeg = await fetch(`${server.url}${(body as { mjpeg_url?: string }).mjpeg_url}?token=${KEY}`);
+  assert.equal(mjpeg.status, 200);
+  const reader = mjpeg.body!.getReader();
+  let head = '';
+  while (!/Content-Type: image\/jpeg\r\nContent-Length: \d+/.test(head)) {
+    const { value, done } = await reader.read();
+    assert.ok(!done, 'a JPEG part');
+    head += Buffer.from(value).toString('latin1');
+  }
+  await reader.cancel();
 
   const second = peer();
   second.send({ cmd: 'publish', url: server.url, path: body.whip_url, token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 15 });
