@@ -178,7 +178,8 @@ test('adapters and experts, when the server lists them, get controls that send l
 });
 
 test('a start the server refuses stops the page with the server\'s message, once', async () => {
-  const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]);
+  // the page starts over WebRTC: the refusal is the WHIP request's 400 (which the browser logs)
+  const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/, /400.*\/v1\/whip/]);
   await p.fill('#width', '100');
   await p.click('#start');
   await p.waitForSelector('#errors .error:has-text("width: must be a multiple of 8")');
