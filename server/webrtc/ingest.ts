@@ -20,14 +20,16 @@ const PLI_INTERVAL_MS = 300;
  * noticed when ICE consent fails, about 30 s later; encoders keep sending on a still picture (>= 1 fps).
  */
 export const MEDIA_TIMEOUT_MS = 10_000;
+/** Encoded frames the decoder may hold undecoded before the publisher is asked to start over at a keyframe. */
+export const MAX_DECODER_BACKLOG = 3;
 
 export class WhipPublisher {
-  private decoder: { codec: VideoCodec; width: number; height: number; impl: VideoDecoder } | undefined;
+  private decoder: { codec: VideoCodec; width: number; height: number; written: number; decoded: number; impl: VideoDecoder } | undefined;
   private closed = false;
   private lastPacketAt = performance.now();
   private watchdog: NodeJS.Timeout | undefined;
-  /** Encoded frames received and decoded frames handed to the session. */
-  readonly counts = { frames: 0, decoded: 0 };
+  /** Encoded frames received, decoded frames handed to the session, frames dropped for a decoder backlog. */
+  readonly counts = { frames: 0, decoded: 0, skipped: 0 };
 
   private constructor(
     private readonly ctx: AppContext,
@@ -101,27 +103,37 @@ export class WhipPublisher {
     });
   }
 
+  /**
+   * Latest frame wins at the decoder too: frames it has not decoded yet count as its backlog (its pipes fill
+   * while the event loop is busy with a model). Past MAX_DECODER_BACKLOG, delta frames are dropped and a
+   * keyframe is asked for; that keyframe starts a fresh decoder, so the backlog is thrown away, not waited for.
+   */
   private decode(frame: EncodedFrame, assembler: FrameAssembler): void {
     this.counts.frames++;
     const { width, height } = this.session.size;
     const current = this.decoder;
-    if (!current || current.codec !== frame.codec || current.width !== width || current.height !== height) {
-      // a new codec or a new stream size (a live update) needs a fresh decoder, which starts at a keyframe
+    const behind = current !== undefined && current.written - current.decoded >= MAX_DECODER_BACKLOG;
+    if (behind) this.counts.skipped++;
+    if (!current || behind || current.codec !== frame.codec || current.width !== width || current.height !== height) {
+      // a new codec, a new stream size (a live update) or a backlog needs a fresh decoder, which starts at a keyframe
       current?.impl.close();
       this.decoder = undefined;
       if (!frame.keyframe) return assembler.restart();
-      const impl = startDecoder(
+      const decoder = { codec: frame.codec, width, height, written: 0, decoded: 0, impl: undefined as unknown as VideoDecoder };
+      decoder.impl = startDecoder(
         this.ffmpeg,
         frame.codec,
         { width, height },
         (rgb) => {
+          decoder.decoded++;
           this.counts.decoded++;
           this.session.onRawFrame(rgb, width, height);
         },
         (line) => this.ctx.log.warn('webrtc decoder', { stream: this.session.id, error: line }),
       );
-      this.decoder = { codec: frame.codec, width, height, impl };
+      this.decoder = decoder;
     }
+    this.decoder!.written++;
     this.decoder!.impl.write(frame);
   }
 }
