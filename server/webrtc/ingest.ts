@@ -20,11 +20,15 @@ const PLI_INTERVAL_MS = 300;
  * noticed when ICE consent fails, about 30 s later; encoders keep sending on a still picture (>= 1 fps).
  */
 export const MEDIA_TIMEOUT_MS = 10_000;
-/** Encoded frames the decoder may hold undecoded before the publisher is asked to start over at a keyframe. */
+/**
+ * The decoder is behind when it holds this many undecoded frames and the oldest waits longer than
+ * MAX_DECODER_DELAY_MS (ffmpeg keeps one frame back, and a fresh decoder is given time to start).
+ */
 export const MAX_DECODER_BACKLOG = 3;
+export const MAX_DECODER_DELAY_MS = 250;
 
 export class WhipPublisher {
-  private decoder: { codec: VideoCodec; width: number; height: number; written: number; decoded: number; impl: VideoDecoder } | undefined;
+  private decoder: { codec: VideoCodec; width: number; height: number; writtenAt: number[]; decodedAny: boolean; impl: VideoDecoder } | undefined;
   private closed = false;
   private lastPacketAt = performance.now();
   private watchdog: NodeJS.Timeout | undefined;
@@ -104,28 +108,32 @@ export class WhipPublisher {
   }
 
   /**
-   * Latest frame wins at the decoder too: frames it has not decoded yet count as its backlog (its pipes fill
-   * while the event loop is busy with a model). Past MAX_DECODER_BACKLOG, delta frames are dropped and a
-   * keyframe is asked for; that keyframe starts a fresh decoder, so the backlog is thrown away, not waited for.
+   * Latest frame wins at the decoder too: frames it has not decoded yet are its backlog (its pipes fill while
+   * the event loop is busy with a model). When it is behind (see MAX_DECODER_BACKLOG), delta frames are dropped
+   * and a keyframe is asked for; that keyframe starts a fresh decoder, so the backlog is thrown away.
    */
   private decode(frame: EncodedFrame, assembler: FrameAssembler): void {
     this.counts.frames++;
     const { width, height } = this.session.size;
     const current = this.decoder;
-    const behind = current !== undefined && current.written - current.decoded >= MAX_DECODER_BACKLOG;
+    const now = performance.now();
+    const oldest = current?.writtenAt[0];
+    const behind = current !== undefined && current.decodedAny && current.writtenAt.length >= MAX_DECODER_BACKLOG && oldest !== undefined && now - oldest > MAX_DECODER_DELAY_MS;
     if (behind) this.counts.skipped++;
     if (!current || behind || current.codec !== frame.codec || current.width !== width || current.height !== height) {
       // a new codec, a new stream size (a live update) or a backlog needs a fresh decoder, which starts at a keyframe
       current?.impl.close();
       this.decoder = undefined;
       if (!frame.keyframe) return assembler.restart();
-      const decoder = { codec: frame.codec, width, height, written: 0, decoded: 0, impl: undefined as unknown as VideoDecoder };
+      const writtenAt: number[] = [];
+      const decoder = { codec: frame.codec, width, height, writtenAt, decodedAny: false, impl: undefined as unknown as VideoDecoder };
       decoder.impl = startDecoder(
         this.ffmpeg,
         frame.codec,
         { width, height },
         (rgb) => {
-          decoder.decoded++;
+          writtenAt.shift();
+          decoder.decodedAny = true;
           this.counts.decoded++;
           this.session.onRawFrame(rgb, width, height);
         },
@@ -133,7 +141,7 @@ export class WhipPublisher {
       );
       this.decoder = decoder;
     }
-    this.decoder!.written++;
+    this.decoder!.writtenAt.push(now);
     this.decoder!.impl.write(frame);
   }
 }

@@ -101,6 +101,7 @@ async function webrtc(url: string, key: string, run: Run): Promise<() => void> {
 async function websocket(url: string, key: string, run: Run): Promise<() => void> {
   const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/stream?token=${key}`);
   await new Promise((ok, fail) => (ws.once('open', ok), ws.once('error', fail)));
+  ws.on('error', () => undefined); // a send racing the server's close: the run ends anyway
   ws.send(JSON.stringify({ type: 'start', params: G2G_PARAMS, window: 2 }));
   ws.on('message', (data, binary) => {
     if (!binary) return;
