@@ -20,20 +20,14 @@ const PLI_INTERVAL_MS = 300;
  * noticed when ICE consent fails, about 30 s later; encoders keep sending on a still picture (>= 1 fps).
  */
 export const MEDIA_TIMEOUT_MS = 10_000;
-/**
- * The decoder is behind when it holds this many undecoded frames and the oldest waits longer than
- * MAX_DECODER_DELAY_MS (ffmpeg keeps one frame back, and a fresh decoder is given time to start).
- */
-export const MAX_DECODER_BACKLOG = 3;
-export const MAX_DECODER_DELAY_MS = 250;
 
 export class WhipPublisher {
-  private decoder: { codec: VideoCodec; width: number; height: number; writtenAt: number[]; decodedAny: boolean; impl: VideoDecoder } | undefined;
+  private decoder: { codec: VideoCodec; width: number; height: number; impl: VideoDecoder } | undefined;
   private closed = false;
   private lastPacketAt = performance.now();
   private watchdog: NodeJS.Timeout | undefined;
-  /** Encoded frames received, decoded frames handed to the session, frames dropped for a decoder backlog. */
-  readonly counts = { frames: 0, decoded: 0, skipped: 0 };
+  /** Encoded frames received and decoded frames handed to the session. */
+  readonly counts = { frames: 0, decoded: 0 };
 
   private constructor(
     private readonly ctx: AppContext,
@@ -107,41 +101,28 @@ export class WhipPublisher {
     });
   }
 
-  /**
-   * Latest frame wins at the decoder too: frames it has not decoded yet are its backlog (its pipes fill while
-   * the event loop is busy with a model). When it is behind (see MAX_DECODER_BACKLOG), delta frames are dropped
-   * and a keyframe is asked for; that keyframe starts a fresh decoder, so the backlog is thrown away.
-   */
+  /** Decodes every frame (inter-frame codecs need them all); the session keeps only the newest decoded one. */
   private decode(frame: EncodedFrame, assembler: FrameAssembler): void {
     this.counts.frames++;
     const { width, height } = this.session.size;
     const current = this.decoder;
-    const now = performance.now();
-    const oldest = current?.writtenAt[0];
-    const behind = current !== undefined && current.decodedAny && current.writtenAt.length >= MAX_DECODER_BACKLOG && oldest !== undefined && now - oldest > MAX_DECODER_DELAY_MS;
-    if (behind) this.counts.skipped++;
-    if (!current || behind || current.codec !== frame.codec || current.width !== width || current.height !== height) {
-      // a new codec, a new stream size (a live update) or a backlog needs a fresh decoder, which starts at a keyframe
+    if (!current || current.codec !== frame.codec || current.width !== width || current.height !== height) {
+      // a new codec or a new stream size (a live update) needs a fresh decoder, which starts at a keyframe
       current?.impl.close();
       this.decoder = undefined;
       if (!frame.keyframe) return assembler.restart();
-      const writtenAt: number[] = [];
-      const decoder = { codec: frame.codec, width, height, writtenAt, decodedAny: false, impl: undefined as unknown as VideoDecoder };
-      decoder.impl = startDecoder(
+      const impl = startDecoder(
         this.ffmpeg,
         frame.codec,
         { width, height },
         (rgb) => {
-          writtenAt.shift();
-          decoder.decodedAny = true;
           this.counts.decoded++;
           this.session.onRawFrame(rgb, width, height);
         },
         (line) => this.ctx.log.warn('webrtc decoder', { stream: this.session.id, error: line }),
       );
-      this.decoder = decoder;
+      this.decoder = { codec: frame.codec, width, height, impl };
     }
-    this.decoder!.writtenAt.push(now);
     this.decoder!.impl.write(frame);
   }
 }
