@@ -81,7 +81,7 @@ export class RtcStream {
     try {
       await this.open(params, media);
     } catch (e) {
-      this.close();
+      this.release();
       throw e instanceof ApiError ? e : new Error(`WebRTC could not connect: ${e instanceof Error ? e.message : String(e)}`);
     }
     this.handlers.onState('streaming', 'streaming · WebRTC');
@@ -176,13 +176,18 @@ export class RtcStream {
   ack() {}
 
   stop() {
+    this.release();
+    this.handlers.onState('stopped', 'stopped');
+  }
+
+  /** Closes the peers and DELETEs their resources, so no half-made stream waits on the server. */
+  release() {
     // the viewer first: ending the publisher ends the stream, and with it the viewer's resource
     const resources = this.resources.splice(0).reverse();
     this.close();
     void (async () => {
       for (const location of resources) await apiFetch(location, { method: 'DELETE' }).catch(() => undefined);
     })();
-    this.handlers.onState('stopped', 'stopped');
   }
 
   close() {
