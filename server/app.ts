@@ -21,6 +21,7 @@ import { InFlightRequests, refuseWhileDraining } from './shutdown.ts';
 import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer } from './streams/ws.ts';
+import { webrtcRoutes } from './webrtc/routes.ts';
 import { modelRoutes } from './model-routes.ts';
 import { CLOSE } from './streams/protocol.ts';
 
@@ -99,6 +100,8 @@ export async function startServer(
   app.use(inflight.track);
   app.use(express.json({ limit: '50mb' }));
   app.use(streamRoutes(registry, log));
+  const webrtc = webrtcRoutes(ctx, registry);
+  app.use(webrtc.router);
   app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
@@ -120,6 +123,7 @@ export async function startServer(
     (closing ??= (async () => {
       (ctx as { draining: boolean }).draining = true;
       for (const client of wss.clients) client.close(CLOSE.goingAway, 'server shutting down');
+      await webrtc.close();
       for (const ext of extensions) await ext.drain?.();
       const { finished } = await inflight.drain(http, config.shutdownGraceMs);
       if (!finished) log.warn('requests still running after the grace period were answered 503', { grace_ms: config.shutdownGraceMs });

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/onnx.ts';
+import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
   readonly host: string;
@@ -60,6 +61,8 @@ export interface ServerConfig {
   readonly shutdownGraceMs: number;
   /** Rows per UNet call across streams; 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
+  readonly iceServers: readonly IceServer[];
 }
 
 export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
@@ -89,6 +92,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxQueuedJobsPerClient: 16,
   shutdownGraceMs: 10_000, // what process managers wait by default before SIGKILL (Docker 10 s, systemd 90 s)
   maxBatchRows: 16,
+  iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
 /** An API key must be at least this long (and have no whitespace) when the server listens beyond loopback. */
@@ -128,6 +132,9 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'max-latent-area': { type: 'string' },
       'max-queued-jobs': { type: 'string' },
       'shutdown-grace': { type: 'string' },
+      'ice-servers': { type: 'string' },
+      'ice-username': { type: 'string' },
+      'ice-credential': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -163,6 +170,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxLatentArea: maxArea === undefined ? d.maxLatentArea : int(maxArea, 'max-latent-area', 64, 2 ** 24),
     maxQueuedJobs: maxQueuedJobs === undefined ? d.maxQueuedJobs : int(maxQueuedJobs, 'max-queued-jobs', 1, 100_000),
     shutdownGraceMs: grace === undefined ? d.shutdownGraceMs : 1000 * int(grace, 'shutdown-grace', 0, 3600),
+    iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   checkKeyStrength(config);
   return config;
