@@ -43,7 +43,9 @@ test('per-lane noise: lane j of a batch is the noise of seed + j alone', () => {
 
 test('prompt embeddings are cached; all-zero prompt weights are refused', async () => {
   assert.equal(engine.embed('a red circle'), engine.embed('a red circle'));
-  await assert.rejects(engine.encodePrompt(parseParams({ prompt: [{ text: 'a', weight: 0 }] })), /prompt weights must not all be 0/);
+  assert.throws(() => parseParams({ prompt: [{ text: 'a', weight: 0 }] }), /prompt: weights must not all be 0/);
+  // the engine keeps its own guard for parameters that did not come through the schema
+  await assert.rejects(engine.encodePrompt({ ...parseParams({}), prompt: [{ text: 'a', weight: 0 }] }), /prompt weights must not all be 0/);
 });
 
 test('a pack without a VAE encoder renders txt2img but refuses img2img clearly', async () => {

@@ -7,12 +7,15 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, utimes, writeFile } from 'node:fs/promises';
+import { Writable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { startServer, type RunningServer } from '../../server/app.ts';
 import { createBatchApi } from '../../server/batch/index.ts';
+import { loadConfig } from '../../server/config.ts';
+import { createLogger } from '../../server/log.ts';
 import { MAX_CONTROL_BYTES } from '../../server/streams/protocol.ts';
 import { MAX_WAITING_UPDATES } from '../../server/streams/session.ts';
 import { Engine } from '../../pipelines/engine.ts';
@@ -100,7 +103,13 @@ async function rawSession(first: string | Buffer, url = server.url): Promise<{ c
     ws.once('error', fail);
   });
   ws.send(first);
-  const code = await new Promise<number>((ok) => ws.once('close', (c) => ok(c)));
+  const code = await new Promise<number>((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`the socket is still open after 60 s (error: ${JSON.stringify(error)})`)), 60_000);
+    ws.once('close', (c) => {
+      clearTimeout(timer);
+      ok(c);
+    });
+  });
   return { code, error };
 }
 
@@ -310,12 +319,15 @@ test('WS 28: seed weights that are all zero -> bad_request naming seed (start an
   assert.equal(e['field'], 'seed');
 });
 
-test('WS 29: seed weights that underflow when squared (1e-200) blend like any other weights', async () => {
-  const client = await StreamClient.connect(server.url, { params: { steps: 1, similarity_threshold: 1, seed: [{ seed: 1, weight: 1e-200 }, { seed: 2, weight: 3e-200 }] } });
-  const out = await client.roundTrip(good);
-  assert.equal(out.meta.skipped, false);
-  assert.deepEqual(client.errors, []);
-  await client.close();
+test('WS 29: seed weights that underflow when squared (1e-200) blend like any other weights: as 1 and 3 do', async () => {
+  const frames: Buffer[] = [];
+  for (const scale of [1e-200, 1]) {
+    const client = await StreamClient.connect(server.url, { params: { steps: 1, similarity_threshold: 1, seed: [{ seed: 1, weight: scale }, { seed: 2, weight: 3 * scale }] } });
+    frames.push((await client.roundTrip(good)).bytes);
+    assert.deepEqual(client.errors, []);
+    await client.close();
+  }
+  assert.ok(frames[0]!.equals(frames[1]!), 'only the ratio of the weights matters');
 });
 
 test('WS 30: prompt weights that are all zero -> bad_request naming prompt when the stream starts', async () => {
@@ -488,6 +500,51 @@ test('HTTP 36: a request with a foreign Host (DNS rebinding) or a cross-site for
   const post = await rawRequest(server.url, { method: 'POST', path: '/v1/jobs', headers: { origin: 'https://attacker.example', 'content-type': 'multipart/form-data; boundary=b' }, body: form });
   assert.equal(post.status, 403);
   assert.equal(((await (await fetch(`${server.url}/v1/jobs?limit=500`)).json()) as { jobs: unknown[] }).jobs.length, before);
+});
+
+test('HTTP 37: keys: failed logins are rate-limited (429, Retry-After, even for the right key); ?token= only where the README says', async () => {
+  const key = 'catalogue-key-123';
+  const keyed = await startServer({ port: 0, apiKey: key, authFailuresPerMinute: 4 }, { engine: server.ctx.engine });
+  try {
+    assert.equal((await fetch(`${keyed.url}/v1/streams?token=${key}`)).status, 401, '?token= is not accepted on an API route');
+    assert.equal((await fetch(`${keyed.url}/metrics?token=${key}`)).status, 401);
+    for (let i = 0; i < 3; i++) assert.equal((await fetch(`${keyed.url}/v1/streams`, { headers: { authorization: `Bearer guess-${i}` } })).status, 401);
+    const locked = await fetch(`${keyed.url}/v1/streams`, { headers: { authorization: `Bearer ${key}` } });
+    assert.equal(locked.status, 429);
+    assert.ok(Number(locked.headers.get('retry-after')) > 0);
+  } finally {
+    await keyed.close();
+  }
+});
+
+test('HTTP 38: a key of one character or of whitespace is refused for a non-loopback bind', async () => {
+  for (const apiKey of ['k', '  ', 'short key with spaces']) {
+    await assert.rejects(startServer({ port: 0, host: '0.0.0.0', apiKey }, { engine: server.ctx.engine }), /API key/);
+  }
+  assert.throws(() => loadConfig(['--host', '0.0.0.0', '--api-key', 'x'], {}), /at least 16/);
+});
+
+test('HTTP 39: job folders without job.json are deleted once at start, not logged at every start', async () => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'orphans-'));
+  const orphans = ['00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-00000000000b'];
+  for (const id of orphans) {
+    await mkdir(join(dataDir, 'jobs', id), { recursive: true });
+    await writeFile(join(dataDir, 'jobs', id, 'input-image.bin'), 'x');
+    await utimes(join(dataDir, 'jobs', id), new Date(performance.timeOrigin - 60_000), new Date(performance.timeOrigin - 60_000));
+  }
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString());
+      done();
+    },
+  });
+  for (let run = 0; run < 2; run++) {
+    const s = await startServer({ port: 0, dataDir }, { engine: server.ctx.engine, log: createLogger({}, 'info', sink), extensions: [(ctx) => createBatchApi(ctx)] });
+    await s.close();
+  }
+  assert.deepEqual(await readdir(join(dataDir, 'jobs')), []);
+  assert.equal(lines.filter((l) => l.includes('job folder')).length, orphans.length, 'one line per folder, the first start only');
 });
 
 test('HTTP 30: the server still answers health after all of it', async () => {
