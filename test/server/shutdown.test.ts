@@ -76,12 +76,14 @@ async function longRender(url: string, images: number, side: number): Promise<{ 
   return { status: r.status, retryAfter: r.headers.get('retry-after'), images: body.images?.length ?? 0 };
 }
 
-/** Waits until the server says it is draining (or no longer answers): the signal has arrived. */
+/** Waits until the server says it is draining (or no longer answers): the signal has reached it. */
 async function draining(url: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
   for (;;) {
     const status = await fetch(`${url}/health`).then(async (r) => ((await r.json()) as { status: string }).status, () => 'gone');
     if (status !== 'ok') return;
-    await new Promise((r) => setTimeout(r, 20));
+    assert.ok(Date.now() < deadline, 'the server is not draining a minute after SIGTERM: the signal did not reach it');
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
