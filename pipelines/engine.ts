@@ -63,19 +63,19 @@ export class Engine {
     const adapterDir = join(pack.dir, 'adapters');
     const uploadRoot = options.adapters?.uploadDir;
     const uploadDir = uploadRoot === undefined ? undefined : join(uploadRoot, pack.name.replace(/[^\w.-]/g, '_'));
-    const hasAdapters = (await exists(adapterDir)) || uploadDir !== undefined;
+    const packAdapters = await exists(adapterDir);
     // merged UNets are probed at a small latent size the UNet accepts (two of its down-sampling multiples)
     const probeSide = (2 * pack.sizeMultiple) / pack.vaeScale;
-    engine.attach({
-      experts: await loadExperts(pack, options),
-      adapters: hasAdapters
+    const adapters =
+      packAdapters || uploadDir !== undefined
         ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, options, {
             uploadDir,
             ...(options.adapters?.maxVariants !== undefined ? { maxVariants: options.adapters.maxVariants } : {}),
             probe: { unet: pack.unet, latentHeight: probeSide, latentWidth: probeSide },
+            prewarm: packAdapters, // a pack without adapters may never merge one: no idle thread for it
           })
-        : undefined,
-    });
+        : undefined;
+    engine.attach({ experts: await loadExperts(pack, options), adapters });
     return engine;
   }
 

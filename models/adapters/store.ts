@@ -35,6 +35,8 @@ export interface AdapterStoreSettings {
   readonly uploadDir: string | undefined;
   /** The base UNet merged ones are probed against (none: no probe). */
   readonly probe: ProbeBase | undefined;
+  /** Start a worker thread now, so the first merge does not wait for one (default true; false when no adapter is expected soon). */
+  readonly prewarm: boolean;
 }
 
 export class AdapterStore {
@@ -57,7 +59,7 @@ export class AdapterStore {
       probe: settings.probe,
     });
     // merged UNets run on worker threads: start one now so the first adapter swap does not wait for it
-    ThreadedUnet.prewarm();
+    if (settings.prewarm ?? true) ThreadedUnet.prewarm();
   }
 
   /** Merged UNets alive (each a session on a worker thread, being built included), the bound, and adapter updates computed. */

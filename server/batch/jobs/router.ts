@@ -50,13 +50,21 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
 
   router.post(
     '/v1/jobs',
+    // before the upload is read: a full queue or a draining server costs nothing
+    (req, _res, next) => {
+      try {
+        refuseWhileDraining(ctx.draining, 'the server is shutting down: no new jobs');
+        jobs.admit(req.socket.remoteAddress);
+        next();
+      } catch (error) {
+        next(error);
+      }
+    },
     videoUpload(ctx.config),
     asyncHandler(async (req, res) => {
       const upload = req.file;
       try {
-        refuseWhileDraining(ctx.draining, 'the server is shutting down: no new jobs');
         const client = req.socket.remoteAddress;
-        jobs.admit(client); // before any work: a full queue costs the server nothing
         // 1. validate (a multipart form's fields arrive as text; a file means a video job)
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
