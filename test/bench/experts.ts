@@ -78,7 +78,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
   const log = options.log ?? ((line: string) => console.log(line));
   const packOptions = options.packOptions ?? DEFAULT_PACK_OPTIONS;
   const engine = options.engine ?? (await Engine.load(options.model ?? EMBEDDED_PACK_DIR, packOptions));
-  const set = await loadExperts(engine.pack, packOptions);
+  const set = await loadExperts(engine.pack);
   if (!set) throw new Error(`model pack ${engine.pack.dir} has no experts/ folder`);
   const steps = options.steps ?? 4;
   const guidanceScale = options.guidanceScale ?? 2;
