@@ -10,7 +10,7 @@
  * in call order. room() tells the caller when to hand over the next frame (PIPELINE_DEPTH frames in flight).
  */
 import type { ImageInput } from '../models/components.ts';
-import type { Engine, Size } from './engine.ts';
+import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
 import { rgb8ToTensor } from './codecs/image.ts';
 import { mergeParams, type GenerationParams } from './params.ts';
@@ -43,11 +43,19 @@ export interface FrameResult<Tag = unknown> {
   readonly similarity: number | undefined;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
+  /** The VAE that encoded and decoded it. */
+  readonly vae: VaeChoice;
 }
 
+/** Float images made from outputs' bytes, so a repeated output (same bytes) gives the same array. */
+const floatImages = new WeakMap<Uint8Array, Float32Array>();
+
 function frameResult<Tag>(fields: Omit<FrameResult<Tag>, 'image'>): FrameResult<Tag> {
-  let image: Float32Array | undefined;
-  const get = () => (image ??= rgb8ToTensor(fields.rgb, fields.width, fields.height));
+  const get = () => {
+    let image = floatImages.get(fields.rgb);
+    if (!image) floatImages.set(fields.rgb, (image = rgb8ToTensor(fields.rgb, fields.width, fields.height)));
+    return image;
+  };
   return Object.defineProperty({ ...fields }, 'image', { get, enumerable: false }) as FrameResult<Tag>;
 }
 
@@ -115,7 +123,7 @@ export class StreamPipeline {
   }
 
   /** Which VAE the stream's frames go through now. */
-  get vae(): Plan['vaeName'] {
+  get vae(): VaeChoice {
     return this.plan.vaeName;
   }
 
@@ -168,7 +176,7 @@ export class StreamPipeline {
    * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
    */
   process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
-    const { size, prompt, variant, runner, vae } = this.plan;
+    const { size, prompt, variant, runner, vae, vaeName } = this.plan;
     const batch = this.batch;
     const { width, height } = size;
     // 1. filter, in call order: a near-identical frame repeats the previous output and runs no model
@@ -192,7 +200,7 @@ export class StreamPipeline {
     // 4. decode beside the next frame's step
     const decoded = step.then(async ({ source, denoised }) => {
       const images = await this.engine.decodeToRgb8(denoised, size, vae);
-      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant }));
+      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
     });
     const results = this.inOrder(decoded);
     this.last = results;
@@ -206,13 +214,13 @@ export class StreamPipeline {
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
-    const { size, prompt, variant, runner, vae } = this.plan;
+    const { size, prompt, variant, runner, vae, vaeName } = this.plan;
     const batch = this.batch;
     const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
     const step = this.steps.then(() => batch.process(zeros, prompt, runner));
     this.steps = step.catch(() => undefined);
     const images = await this.engine.decodeToRgb8(await step, size, vae);
-    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
+    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
   }
 
   /** Settles `p` only after every earlier frame's results. */

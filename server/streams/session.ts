@@ -219,7 +219,7 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { rgb, width, height, skipped, variant } = result;
+    const { rgb, width, height, skipped, variant, vae } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const bytes = this.lastEncoded?.rgb === rgb ? this.lastEncoded.bytes : await encodeRgb8(rgb, width, height, format, quality);
@@ -241,6 +241,7 @@ export class StreamSession extends EventEmitter {
       format,
       expert: variant.expert,
       adapters: variant.adapters,
+      vae,
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);

@@ -94,8 +94,9 @@ test('a merged UNet from the store (built and run on a worker of its own) predic
   const [got, want] = await Promise.all([unet.predict(rows, 8, 8), reference.predict(rows, 8, 8)]);
   const error = got.reduce((m, eps, i) => eps.reduce((s, v, j) => Math.max(s, Math.abs(v - want[i]![j]!)), m), 0);
   assert.ok(error < 1e-4, `max error ${error}`);
-  await store.merged([{ name: 'fixture-a', weight: 1 }]); // evicts the first (cache size 1)
+  const next = store.merged([{ name: 'fixture-a', weight: 1 }]); // evicts the first (cache size 1)
   assert.equal((await unet.predict(rows, 8, 8)).length, 3, 'still usable right after');
+  await next;
   await new Promise((resolve) => setTimeout(resolve, 300));
   await assert.rejects(unet.predict(rows, 8, 8), code('unavailable'));
 });
