@@ -19,6 +19,16 @@ export { PROVIDERS, DEFAULT_SESSION_OPTIONS, parseProvider, type Provider, type 
  */
 const NO_SPINNING = Object.freeze({ session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
 
+/** onnxruntime's options for a session: the provider, all graph optimisations, the threads, no spinning. */
+export function ortSessionOptions({ provider, threads }: SessionOptions): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [provider],
+    graphOptimizationLevel: 'all',
+    ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+    extra: NO_SPINNING,
+  };
+}
+
 /** Providers the installed onnxruntime-node build can run. */
 export function availableProviders(): string[] {
   return ort.listSupportedBackends().map((b) => b.name);
@@ -49,19 +59,14 @@ export class OnnxModel extends ModelContract implements Model {
 
   /** Opens a model from a file path or from model bytes (used by adapter merging). */
   static async load(source: string | Uint8Array, options: SessionOptions = DEFAULT_SESSION_OPTIONS): Promise<OnnxModel> {
-    const { provider, threads, label } = options;
+    const { provider, label } = options;
     if (!availableProviders().includes(provider)) {
       throw new ServiceError(
         'unsupported',
         `${label}: execution provider "${provider}" is not available in this onnxruntime-node build (available: ${availableProviders().join(', ')})`,
       );
     }
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: [provider],
-      graphOptimizationLevel: 'all',
-      ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
-      extra: NO_SPINNING,
-    };
+    const sessionOptions = ortSessionOptions(options);
     let session: ort.InferenceSession;
     try {
       session =
