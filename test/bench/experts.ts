@@ -18,6 +18,7 @@ import { txt2img } from '../../pipelines/generate.ts';
 import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { interleave, type Summary } from './stats.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 export interface ExpertsBenchOptions {
   /** A loaded engine (npm run bench passes one); else --model / the embedded pack is loaded. */
@@ -203,5 +204,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     packOptions: { ...DEFAULT_PACK_OPTIONS, threads: Number(values.threads) },
   });
   if (values.json) await writeFile(values.json, `${JSON.stringify(result, null, 2)}\n`);
+  await closeSharedPool();
   process.exit(0);
 }

@@ -9,6 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, model: { type: 'string', default: EMBEDDED_PACK_DIR } } });
@@ -71,4 +72,5 @@ for (const [name, file, fn] of SECTIONS) {
 await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
 await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
 console.log(`\nwrote ${join(HERE, 'REPORT.md')} and report.json`);
+await closeSharedPool(); // before exit: onnxruntime aborts the process when live sessions are torn down
 process.exit(0);
