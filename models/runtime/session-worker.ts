@@ -8,7 +8,8 @@
  * Messages out: {type: 'started'} | {type: 'loaded', id, inputs, outputs} | {type: 'ran', id, outputs}
  *               | {type: 'released', id} | {type: 'error', id, message, code?}
  */
-import { parentPort } from 'node:worker_threads';
+import { getPriority, setPriority } from 'node:os';
+import { parentPort, workerData } from 'node:worker_threads';
 import { ServiceError } from '../errors.ts';
 import type { Feed, Outputs, Rgb8Tensor, SessionOptions } from './contract.ts';
 import { OnnxModel } from './onnx.ts';
@@ -30,6 +31,12 @@ export type WorkerReply =
   | { type: 'error'; id: number; message: string; code?: ServiceError['code'] };
 
 const port = parentPort!;
+try {
+  // this thread only (Linux keeps a nice value per thread); sessions' intra-op threads start from it and inherit it
+  setPriority(Math.min(19, getPriority() + ((workerData as { nice?: number } | undefined)?.nice ?? 0)));
+} catch {
+  // a platform or sandbox that refuses: run at the main thread's priority
+}
 const sessions = new Map<number, OnnxModel>();
 /** Feeds kept for later calls (prompt contexts), by key; the main thread decides what is kept and evicted. */
 const kept = new Map<string, Feed>();

@@ -22,6 +22,13 @@ const WORKER_URL = new URL('./session-worker.ts', import.meta.url);
  */
 const WORKER_BOOTSTRAP = `(async () => { (await import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})).register(); await import(${JSON.stringify(WORKER_URL.href)}); })()`;
 
+/**
+ * How much nicer worker threads (and the intra-op threads they start) are than the main thread: a little, so
+ * that when every core is busy with models, the main thread's I/O (frames in and out, /health) runs first.
+ * The main thread is idle most of the time; the workers still get every cycle it leaves.
+ */
+export const WORKER_NICE = 5;
+
 /** Kept feeds (prompt contexts) a worker holds at most; the least recently used is dropped first. */
 const KEPT_FEEDS = 64;
 
@@ -50,7 +57,7 @@ export class SessionWorker implements CallTarget {
     /** A dedicated worker ends when its last session is released. */
     readonly dedicated: boolean,
   ) {
-    this.worker = new Worker(WORKER_BOOTSTRAP, { eval: true, name });
+    this.worker = new Worker(WORKER_BOOTSTRAP, { eval: true, name, workerData: { nice: WORKER_NICE } });
     this.worker.on('message', (msg: WorkerReply) => {
       if (msg.type === 'started') return;
       const p = this.pending.get(msg.id);

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only pipeline,server]`: every speed claim, measured side by side in one
+ * `npm run bench [-- --quick] [-- --only live,batching]`: every speed claim, measured side by side in one
  * run on the embedded pack, written to test/bench/REPORT.md and test/bench/report.json with machine info.
  */
 import { writeFile, access } from 'node:fs/promises';
@@ -26,7 +26,8 @@ const log = (line: string) => {
 const SECTIONS: [string, string, string][] = [
   ['pack', 'pack.ts', 'benchPack'],
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
-  ['server', 'server.ts', 'benchServer'],
+  ['live', 'live.ts', 'benchLive'],
+  ['batching', 'batching.ts', 'benchBatching'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],

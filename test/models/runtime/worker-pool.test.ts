@@ -9,7 +9,8 @@ import { execFile } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { OnnxModel } from '../../../models/runtime/onnx.ts';
-import { WorkerPool } from '../../../models/runtime/worker-pool.ts';
+import { readdirSync, readFileSync } from 'node:fs';
+import { WORKER_NICE, WorkerPool } from '../../../models/runtime/worker-pool.ts';
 import { planarToRgb8, rgb8ToPlanar } from '../../../models/runtime/image-layout.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { Generator } from '../../../pipelines/random.ts';
@@ -113,6 +114,17 @@ test('a released model refuses calls; a dedicated worker ends with its last sess
   await assert.rejects(own.run({ latent_sample: { data: new Float32Array(4 * 16 * 16), dims: [1, 4, 16, 16] } }), (e: ServiceError) => e.code === 'unavailable');
   await beside.release();
   assert.equal(own.workers[0]!.alive, false);
+});
+
+test('worker threads run at a lower priority than the main thread, so I/O goes first when the cores are busy', { skip: process.platform !== 'linux' && 'nice values per thread are read from /proc' }, async () => {
+  const model = await pool.load(DECODER, options('decoder', 2), [0, 1]);
+  await model.run({ latent_sample: { data: random(4 * 16 * 16, 20), dims: [1, 4, 16, 16] } });
+  const nice = (task: string) => Number(readFileSync(`/proc/self/task/${task}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+  const tasks = readdirSync('/proc/self/task');
+  const main = nice(String(process.pid));
+  // two workers of this pool, and the intra-op thread each two-thread session started
+  assert.ok(WORKER_NICE > 0 && main + WORKER_NICE <= 19);
+  assert.ok(tasks.filter((t) => nice(t) === main + WORKER_NICE).length >= 4, `main thread ${main}, threads: ${tasks.map(nice).join(' ')}`);
 });
 
 const ROOT = resolve(import.meta.dirname, '..', '..', '..');
