@@ -4,6 +4,8 @@
  * together with every other waiting request of the same group (same latent size, same model variant), up to
  * maxRows. No timers: an idle UNet runs a request at once (lowest latency), and under load batches form by
  * themselves. Groups take turns by the age of their oldest request, so no stream starves.
+ * With maxRows 1 (no batching) requests go straight to the model's worker queue (models/runtime/dispatcher.ts),
+ * which keeps the worker busy back to back; holding them here would leave it idle between calls.
  */
 import type { UnetRow, UnetRunner } from '../pipelines/denoise-step.ts';
 import type { Size } from '../pipelines/engine.ts';
@@ -30,6 +32,12 @@ export class UnetBatcher {
 
   /** A runner for latents of `size` executed by `execute`; `variant` names the model variant (expert, adapters). */
   runner(size: Size, variant: string, execute: UnetRunner): UnetRunner {
+    if (this.maxRows === 1) {
+      return (rows) => {
+        this.metrics?.unetBatchRows.observe(rows.length);
+        return execute(rows);
+      };
+    }
     const group = `${size.latentHeight}x${size.latentWidth}|${variant}`;
     return (rows) =>
       new Promise<Float32Array[]>((resolve, reject) => {

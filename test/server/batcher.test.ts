@@ -58,3 +58,23 @@ test('a failed batched UNet call is retried request by request, so one poisoned 
   assert.equal((results[2] as PromiseFulfilledResult<Float32Array[]>).value[0]![0], 3);
   assert.equal(calls, 1 + 1 + 3); // alone, the failed batch of three, then each of the three again
 });
+
+test('with batching off (1 row set per call) requests go straight on: a second call starts before the first ends', async () => {
+  const batcher = new UnetBatcher(1);
+  const started: number[] = [];
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const execute = async (rows: readonly UnetRow[]) => {
+    started.push(rows[0]!.sample[0]!);
+    await gate;
+    return rows.map((r) => r.sample);
+  };
+  const runner = batcher.runner(engine.size({}), 'k', execute);
+  const row = (v: number): UnetRow => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) });
+  const calls = [runner([row(1)]), runner([row(2)])];
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(started, [1, 2], 'both calls are with the model at once (its worker queue orders them)');
+  release();
+  assert.deepEqual((await Promise.all(calls)).map((eps) => eps[0]![0]), [1, 2]);
+  assert.equal(batcher.waiting, 0);
+});
