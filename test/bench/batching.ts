@@ -43,8 +43,8 @@ export async function benchBatching({ engine, quick, rounds, log }: BatchingBenc
   const windows = quick ? 2 : 4;
   const seconds = quick ? 3 : 6;
   const servers = new Map<number, RunningServer>();
-  const log = createLogger({}, 'error');
-  for (const maxBatchRows of MAX_ROWS) servers.set(maxBatchRows, await startServer({ port: 0, maxBatchRows, maxStreams: 16, maxStreamsPerClient: 16, rateLimitPerMinute: 0 }, { engine, log }));
+  const quiet = createLogger({}, 'error');
+  for (const maxBatchRows of MAX_ROWS) servers.set(maxBatchRows, await startServer({ port: 0, maxBatchRows, maxStreams: 16, maxStreamsPerClient: 16, rateLimitPerMinute: 0 }, { engine, log: quiet }));
   const runs = new Map<string, Awaited<ReturnType<typeof loadFromChild>>[]>();
   for (let w = 0; w < windows; w++) {
     for (const streams of [4, 8]) {
