@@ -94,7 +94,7 @@ export class SessionWorker implements CallTarget {
 
   async run(session: number, feeds: Record<string, Feed>, rgb8Output: string | undefined): Promise<Outputs | { rgb8: Rgb8Tensor }> {
     const wire: Record<string, WireFeed> = {};
-    const transfer: ArrayBuffer[] = [];
+    const transfer = new Set<ArrayBuffer>(); // a buffer listed twice cannot be transferred
     for (const [name, feed] of Object.entries(feeds)) {
       if (feed.keep !== undefined && this.kept.has(feed.keep)) {
         this.kept.delete(feed.keep); // refresh its place in the LRU order
@@ -103,14 +103,14 @@ export class SessionWorker implements CallTarget {
         continue;
       }
       if (feed.keep !== undefined) this.keep(feed.keep);
-      else if (feed.transfer) transfer.push(feed.data.buffer as ArrayBuffer);
+      else if (feed.transfer) transfer.add(feed.data.buffer as ArrayBuffer);
       wire[name] = feed;
     }
     const evict = this.evicted;
     this.evicted = [];
     this.runs++;
     try {
-      const reply = await this.request({ type: 'run', id: 0, session, feeds: wire, ...(rgb8Output !== undefined ? { rgb8Output } : {}), ...(evict.length ? { evict } : {}) }, transfer);
+      const reply = await this.request({ type: 'run', id: 0, session, feeds: wire, ...(rgb8Output !== undefined ? { rgb8Output } : {}), ...(evict.length ? { evict } : {}) }, [...transfer]);
       if (reply.type !== 'ran') throw new ServiceError('internal', `unexpected reply ${reply.type} to run`);
       return reply.outputs;
     } finally {
