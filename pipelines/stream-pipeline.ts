@@ -8,6 +8,8 @@
  * finished. A frame's VAE encode starts at once (beside the previous frame's UNet call), the stream-batch steps
  * run one after another in call order, a frame's decode runs beside the next frame's step, and results resolve
  * in call order. room() tells the caller when to hand over the next frame (PIPELINE_DEPTH frames in flight).
+ * A frame keeps the size and VAE of the moment it entered; each step takes the prompt, UNet variant, guidance and
+ * seed current when it starts (a step is never changed half-way), as one frame at a time would.
  */
 import type { ImageInput } from '../models/components.ts';
 import type { Engine, Size, VaeChoice } from './engine.ts';
@@ -69,8 +71,10 @@ export class StreamPipeline {
   private last: Promise<FrameResult[]> | undefined;
   /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
   private updates: Promise<unknown> = Promise.resolve();
-  /** The stream-batch steps (and changes to the batch), one after another in call order. */
+  /** The stream-batch steps, one after another in call order. */
   private steps: Promise<unknown> = Promise.resolve();
+  /** Guidance and noise changes for the current batch, made at the start of its next step. */
+  private pending: { guidance?: Plan['guidance']; noise?: NoiseTable } = {};
   /** Settles after the newest frame's results: results resolve in call order. */
   private delivered: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
@@ -153,13 +157,9 @@ export class StreamPipeline {
       if (sizeChanged) this.filter.reset();
       return p;
     }
-    // changes to the batch take their turn behind the steps of frames that came before the update
-    const batch = this.batch;
-    if (!same(before.guidance, next.guidance)) this.afterSteps(() => batch.setGuidance(next.guidance));
-    if (!same(before.params.seed, p.seed)) {
-      const noise = this.noise();
-      this.afterSteps(() => batch.setNoise(noise));
-    }
+    // made when the next step starts: a step in progress keeps the guidance it planned its rows with
+    if (!same(before.guidance, next.guidance)) this.pending.guidance = next.guidance;
+    if (!same(before.params.seed, p.seed)) this.pending.noise = this.noise();
     return p;
   }
 
@@ -176,7 +176,8 @@ export class StreamPipeline {
    * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
    */
   process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
-    const { size, prompt, variant, runner, vae, vaeName } = this.plan;
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
     const batch = this.batch;
     const { width, height } = size;
     // 1. filter, in call order: a near-identical frame repeats the previous output and runs no model
@@ -193,12 +194,13 @@ export class StreamPipeline {
     // 3. one stream-batch step after another
     const step = this.steps.then(async () => {
       const z = await latents;
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
       const source = this.trackSource(batch, tag);
-      return { source, denoised: await batch.process(z, prompt, runner) };
+      return { source, variant, denoised: await batch.process(z, prompt, runner) };
     });
     this.steps = step.catch(() => undefined);
     // 4. decode beside the next frame's step
-    const decoded = step.then(async ({ source, denoised }) => {
+    const decoded = step.then(async ({ source, variant, denoised }) => {
       const images = await this.engine.decodeToRgb8(denoised, size, vae);
       return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
     });
@@ -214,13 +216,31 @@ export class StreamPipeline {
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
-    const { size, prompt, variant, runner, vae, vaeName } = this.plan;
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
     const batch = this.batch;
-    const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
-    const step = this.steps.then(() => batch.process(zeros, prompt, runner));
+    const zeros = Array.from({ length: entered.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
+    const step = this.steps.then(async () => {
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
+      return { variant, denoised: await batch.process(zeros, prompt, runner) };
+    });
     this.steps = step.catch(() => undefined);
-    const images = await this.engine.decodeToRgb8(await step, size, vae);
+    const { variant, denoised } = await step;
+    const images = await this.engine.decodeToRgb8(denoised, size, vae);
     return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+  }
+
+  /**
+   * What a step starting now runs with: the current plan and the batch changes made since the last step, or, for
+   * a batch an update has replaced (a frame that entered before a re-prime), the plan the frame entered with.
+   */
+  private stepPlan(batch: StreamBatch, entered: Plan): Plan {
+    if (batch !== this.batch) return entered;
+    const { guidance, noise } = this.pending;
+    this.pending = {};
+    if (guidance) batch.setGuidance(guidance);
+    if (noise) batch.setNoise(noise);
+    return this.plan;
   }
 
   /** Settles `p` only after every earlier frame's results. */
@@ -237,10 +257,6 @@ export class StreamPipeline {
     return ordered;
   }
 
-  private afterSteps(change: () => void): void {
-    this.steps = this.steps.then(change).catch(() => undefined);
-  }
-
   private trackSource<Tag>(batch: StreamBatch, tag: Tag | undefined): Tag | undefined {
     if (batch.inFlight === 0) this.inFlightTags = new Array<unknown>(batch.lag).fill(tag); // priming repeats the first frame
     this.inFlightTags.push(tag);
@@ -255,6 +271,7 @@ export class StreamPipeline {
 
   private rebuild(): void {
     this.batch = new StreamBatch(this.plan.coefficients, this.plan.guidance, this.noise());
+    this.pending = {};
     this.last = undefined;
   }
 }
