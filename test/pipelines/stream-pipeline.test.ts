@@ -197,3 +197,35 @@ test('with the filter off, frames are not even looked at', async () => {
   await stream.process([frames[1]!], 1);
   assert.equal(checks, 1);
 });
+
+test('an update reaches the frames already waiting in the pipeline: each step takes the parameters current when it starts', async () => {
+  // reference, one frame at a time: frame 0, then the update, then frames 1-3
+  const reference = await StreamPipeline.create(engine, parseParams(base));
+  const expected = [(await reference.process([frames[0]!], 0))[0]!];
+  await reference.update({ prompt: 'a small green triangle on the left on a white background', guidance: 'full', guidance_scale: 1.6 });
+  for (const i of [1, 2, 3]) expected.push((await reference.process([frames[i]!], i))[0]!);
+  // pipelined: frame 0's step is held in the UNet while frame 1 waits; the update lands between the two steps
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let reached!: () => void;
+  const inUnet = new Promise<void>((r) => (reached = r));
+  let held = false;
+  const runners: RunnerFactory = (size, variant) => async (rows) => {
+    if (!held) {
+      held = true;
+      reached();
+      await gate;
+    }
+    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
+  };
+  const stream = await StreamPipeline.create(engine, parseParams(base), runners);
+  const first = stream.process([frames[0]!], 0);
+  await stream.room();
+  const second = stream.process([frames[1]!], 1);
+  await inUnet; // frame 0's step has started (its first UNet call waits)
+  await stream.update({ prompt: 'a small green triangle on the left on a white background', guidance: 'full', guidance_scale: 1.6 });
+  release();
+  const got = [(await first)[0]!, (await second)[0]!];
+  for (const i of [2, 3]) got.push((await stream.process([frames[i]!], i))[0]!);
+  got.forEach((r, i) => assert.deepEqual(r.rgb, expected[i]!.rgb, `frame ${i}`));
+});
