@@ -9,7 +9,6 @@
 import { availableParallelism } from 'node:os';
 import { ServiceError } from './errors.ts';
 import { DEFAULT_SESSION_OPTIONS, type Model, type Provider, type SessionOptions } from './runtime/contract.ts';
-import { OnnxModel } from './runtime/onnx.ts';
 import { sharedPool, WorkerPool, type WorkerModel } from './runtime/worker-pool.ts';
 
 export type Role = 'text_encoder' | 'vae_encoder' | 'unet' | 'vae_decoder';
@@ -47,6 +46,12 @@ export interface SessionsOptions {
   readonly workers?: number | undefined;
 }
 
+/** A session on the calling thread; onnxruntime is loaded here only then (the service's main thread never loads it). */
+async function onThisThread(source: string | Uint8Array, options: SessionOptions): Promise<Model> {
+  const { OnnxModel } = await import('./runtime/onnx.ts');
+  return OnnxModel.load(source, options);
+}
+
 /** Opens a pack's sessions where their role says; owns its pool when it was given a worker count. */
 export class ModelSessions {
   private readonly pool: WorkerPool | undefined;
@@ -74,7 +79,7 @@ export class ModelSessions {
   async open(source: string | Uint8Array, role: Role, label: string): Promise<Model> {
     const where = placement(role, this.workerCount, availableParallelism(), this.options.threads);
     const options = this.sessionOptions(label, where.threads);
-    return this.track(this.pool ? await this.pool.load(source, options, where.workers) : await OnnxModel.load(source, options));
+    return this.track(this.pool ? await this.pool.load(source, options, where.workers) : await onThisThread(source, options));
   }
 
   /**
@@ -84,7 +89,7 @@ export class ModelSessions {
   async openOwn(source: string | Uint8Array, label: string, beside?: Model): Promise<Model> {
     const threads = this.options.threads > 0 ? this.options.threads : 1;
     const options = this.sessionOptions(label, threads);
-    if (!this.pool) return this.track(await OnnxModel.load(source, options));
+    if (!this.pool) return this.track(await onThisThread(source, options));
     const home = beside && (beside as Partial<WorkerModel>).workers?.[0];
     return this.track(await this.pool.load(source, options, home ?? 'own'));
   }
