@@ -41,7 +41,7 @@ export interface ServerConfig {
   readonly maxUploadBytes: number;
   /** HTTP requests per client per minute (0 = unlimited). */
   readonly rateLimitPerMinute: number;
-  /** Rows per UNet call across streams; 1 disables cross-stream batching. */
+  /** Most rows per UNet call across streams (calls grow only while the measured cost per row falls); 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
   /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
   readonly iceServers: readonly IceServer[];
