@@ -61,7 +61,7 @@ export async function startServer(
     (await Engine.load(config.modelDir, {
       provider: config.provider,
       threads: config.threads,
-      tinyVae: config.tinyVae,
+      workers: config.workers,
       adapters: { uploadDir: join(config.dataDir, 'adapters'), maxVariants: config.maxVariants },
     }));
   const metrics = new Metrics(true);

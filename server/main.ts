@@ -8,6 +8,7 @@ import { startServer, type ExtensionFactory } from './app.ts';
 import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { createBatchApi } from './batch/index.ts';
+import { closeSharedPool } from '../models/runtime/worker-pool.ts';
 
 const log = createLogger({ service: 'streamdiffusion-node' });
 
@@ -25,7 +26,8 @@ async function main(): Promise<void> {
     }
     stopping = true;
     log.info('draining', { signal });
-    server.close().then(
+    // the model workers end before the process: onnxruntime aborts it when a live session is torn down
+    server.close().then(closeSharedPool).then(
       () => {
         log.info('stopped', { signal });
         process.exit(0);

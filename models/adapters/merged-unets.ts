@@ -1,7 +1,9 @@
 /**
- * Merged UNets: built in the background on worker threads (threaded-unet.ts), checked before use (each adapter's
- * update size: update-bounds.ts; the merged UNet's prediction: probe.ts), and bounded. Each is a full UNet session on its own worker thread, so at most `maxVariants` are alive at once,
- * counting those being built and those still held by a stream or render that an eviction took out of the cache.
+ * Merged UNets: built in the background, each on a worker thread of its own (models/sessions.ts openOwn:
+ * building a session blocks its thread for hundreds of ms, so streams keep running on their current UNet until
+ * the new one is ready), checked before use (each adapter's update size: update-bounds.ts; the merged UNet's
+ * prediction: probe.ts), and bounded: at most `maxVariants` are alive at once, counting those being built and
+ * those still held by a stream or render that an eviction took out of the cache.
  *
  * - Leases: acquire() hands out the UNet with a release(); a stream holds its lease while it uses the variant,
  *   a render until its response is sent. Concurrent acquires of one combination share one build.
@@ -10,19 +12,20 @@
  *   it is refused (rate_limited, Retry-After) instead of growing memory and threads.
  * - Shared work: an adapter's update at weight 1 (the up @ down products) is kept in a byte-bounded LRU, so
  *   the same adapters at other weights only scale and add it.
- * Adapters that bundle concept tokens also get a text encoder with those tokens added, on the same worker.
+ * Adapters that bundle concept tokens also get a text encoder with those tokens added, on the same worker as
+ * their UNet (released with it).
  * Merging never writes to disk.
  */
-import type { ClipTextEncoder, Unet } from '../components.ts';
+import { ClipTextEncoder, Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import { DEFAULT_SESSION_OPTIONS, type SessionOptions } from '../runtime/onnx.ts';
+import type { Model } from '../runtime/contract.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { addConceptTokens, type ConceptTokenIds } from './concept-tokens.ts';
 import type { KohyaAdapter } from './kohya.ts';
 import { adapterDeltas, mergeAdapters, type AdapterDeltas, type WeightedAdapter } from './merge.ts';
 import type { OnnxGraphIndex } from './onnx-graph.ts';
 import { checkProbe, probeInput, probePrediction, type ProbeInput } from './probe.ts';
 import { checkUpdateBounds } from './update-bounds.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 
 /** Merged variants alive at once by default (a merged SD 1.5 UNet holds 3.4 GB of fp32 weights). */
 export const DEFAULT_MAX_VARIANTS = 4;
@@ -47,6 +50,8 @@ export interface ConceptText {
 
 export interface MergedUnet {
   readonly unet: Unet;
+  /** The sessions behind it (the UNet, and the text encoder beside it when there are concept tokens), released together. */
+  readonly models: readonly Model[];
   /** Present when the adapters bring concept tokens. */
   readonly text?: ConceptText | undefined;
   readonly warnings: string[];
@@ -104,7 +109,8 @@ export class MergedUnets {
     private readonly unet: () => Promise<BaseModel>,
     /** Undefined when the pack's text encoder is not at hand: concept tokens are then read as plain text. */
     private readonly textEncoder: (() => Promise<BaseModel>) | undefined,
-    private readonly options: Pick<SessionOptions, 'provider' | 'threads'>,
+    /** Where merged UNets are opened (each on a worker of its own, when the sessions have workers). */
+    private readonly sessions: ModelSessions,
     private readonly settings: MergedUnetsSettings,
   ) {
     const max = settings.maxVariants;
@@ -174,7 +180,7 @@ export class MergedUnets {
     }
   }
 
-  /** Ends every variant (their worker threads exit); later acquires are refused. */
+  /** Ends every variant (their dedicated worker threads exit); later acquires are refused. */
   async close(): Promise<void> {
     this.closed = true;
     this.cache.clear();
@@ -226,7 +232,12 @@ export class MergedUnets {
     entry.released = true;
     this.alive.delete(entry);
     const merged = entry.merged ?? (await entry.built.catch(() => undefined));
-    if (merged) await (merged.unet as ThreadedUnet).release();
+    if (merged) await this.releaseModels(merged.models);
+  }
+
+  /** Releases a variant's sessions; a dedicated worker ends with its last session. */
+  private async releaseModels(models: readonly Model[]): Promise<void> {
+    await Promise.all(models.map((m) => this.sessions.release(m)));
   }
 
   /** An adapter's update at weight 1, shared by merges at other weights (LRU, at most deltaCacheBytes). */
@@ -253,12 +264,11 @@ export class MergedUnets {
   }
 
   private async build(weighted: readonly WeightedAdapter[], key: string): Promise<MergedUnet> {
-    const options = { ...DEFAULT_SESSION_OPTIONS, ...this.options };
     const { bytes, index } = await this.unet();
     const t0 = performance.now();
     if (weighted.length === 0) {
-      const unet = await ThreadedUnet.load(bytes.slice(), { ...options, label: 'unet' });
-      return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
+      const model = await this.sessions.openOwn(bytes, 'unet');
+      return { unet: new Unet(model), models: [model], warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
     }
     // 1. weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes; files put in a folder by hand
     //    have not been through the upload checks, so the update bound is checked here too
@@ -278,19 +288,21 @@ export class MergedUnets {
     } else if (embeddings.length > 0) {
       warnings.push(`no text encoder to add the concept tokens ${embeddings.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
     }
-    // 3. sessions on a worker thread
+    // 3. sessions on a worker thread of their own
     const t1 = performance.now();
-    const unet = await ThreadedUnet.load(merged.bytes, { ...options, label: `unet+${key}` }, text && { bytes: text.bytes, options: { ...options, label: `text_encoder+${key}` } });
-    const buildMs = performance.now() - t1;
-    // 4. the probe: a variant that breaks the model is never used
+    const models: Model[] = [await this.sessions.openOwn(merged.bytes, `unet+${key}`)];
     try {
+      if (text) models.push(await this.sessions.openOwn(text.bytes, `text_encoder+${key}`, models[0]));
+      const unet = new Unet(models[0]!);
+      const buildMs = performance.now() - t1;
+      // 4. the probe: a variant that breaks the model is never used
       await this.probe(unet, weighted.map((w) => `${w.name}:${w.weight}`).join(', '));
+      const concept = text && { key, encoder: new ClipTextEncoder(models[1]!), tokens: text.ids };
+      return { unet, models, text: concept, warnings, mergeMs: t1 - t0, buildMs };
     } catch (error) {
-      await unet.release();
+      await this.releaseModels(models);
       throw error;
     }
-    const concept = text && { key, encoder: unet.textEncoder!, tokens: text.ids };
-    return { unet, text: concept, warnings, mergeMs: t1 - t0, buildMs };
   }
 
   private async probe(unet: Unet, what: string): Promise<void> {

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { ServiceError } from '../errors.ts';
-import type { PackOptions } from '../pack.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { AdapterFiles, type AdapterInfo } from './adapter-files.ts';
 import { adapterKey, checkAdapterChoices, DEFAULT_ADAPTER_LIMITS, type AdapterChoice, type AdapterLimits } from './choices.ts';
 import { tokenTable } from './concept-tokens.ts';
@@ -15,7 +15,6 @@ import type { KohyaAdapter } from './kohya.ts';
 import { matchAdapter } from './merge.ts';
 import { DEFAULT_MAX_VARIANTS, MergedUnets, type BaseModel, type MergedLease, type MergedUnet, type ProbeBase } from './merged-unets.ts';
 import { indexOnnxModel } from './onnx-graph.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 import { checkUpdateBounds } from './update-bounds.ts';
 
 export type { AdapterInfo } from './adapter-files.ts';
@@ -48,18 +47,19 @@ export class AdapterStore {
   constructor(
     adapterDir: string,
     private readonly baseModels: BaseModelPaths,
-    options: PackOptions,
+    /** Where merged UNets are opened (the pack's sessions: each merged UNet gets a worker of its own). */
+    sessions: ModelSessions,
     settings: Partial<AdapterStoreSettings> = {},
   ) {
     this.limits = { ...DEFAULT_ADAPTER_LIMITS, ...settings.limits };
     this.files = new AdapterFiles(adapterDir, this.limits, settings.uploadDir);
     const textEncoder = baseModels.textEncoder;
-    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, options, {
+    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, sessions, {
       maxVariants: settings.maxVariants ?? DEFAULT_MAX_VARIANTS,
       probe: settings.probe,
     });
-    // merged UNets run on worker threads: start one now so the first adapter swap does not wait for it
-    if (settings.prewarm ?? true) ThreadedUnet.prewarm();
+    // merged UNets run on worker threads of their own: start one now so the first adapter swap does not wait for it
+    if (settings.prewarm ?? true) sessions.prewarm();
   }
 
   /** Merged UNets alive (each a session on a worker thread, being built included), the bound, and adapter updates computed. */

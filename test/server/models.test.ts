@@ -14,7 +14,7 @@ import { scaledAdapter } from '../helpers/adapters.ts';
 const packDir = await mkdtemp(join(tmpdir(), 'pack-'));
 await cp(EMBEDDED_PACK_DIR, packDir, { recursive: true });
 const dataDir = await mkdtemp(join(tmpdir(), 'data-'));
-const engine = await Engine.load(packDir, { provider: 'cpu', threads: 0, tinyVae: false, adapters: { uploadDir: join(dataDir, 'adapters') } });
+const engine = await Engine.load(packDir, { provider: 'cpu', threads: 0, adapters: { uploadDir: join(dataDir, 'adapters') } });
 const server = await startServer({ port: 0, dataDir }, { engine });
 after(() => server.close());
 const frame = await shapeFrame();

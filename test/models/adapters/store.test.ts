@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdapterStore } from '../../../models/adapters/store.ts';
 import { adapterKey } from '../../../models/adapters/choices.ts';
-import type { ThreadedUnet } from '../../../models/adapters/threaded-unet.ts';
 import { Unet } from '../../../models/components.ts';
 import { OnnxModel } from '../../../models/runtime/onnx.ts';
 import { Generator } from '../../../pipelines/random.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../../models/pack.ts';
+import { ModelSessions } from '../../../models/sessions.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 import { scaledAdapter } from '../../helpers/adapters.ts';
 import { checkProbe } from '../../../models/adapters/probe.ts';
@@ -19,13 +19,14 @@ import { checkProbe } from '../../../models/adapters/probe.ts';
 const ADAPTERS = join(FIXTURES, 'adapters');
 const UNET = join(BASE_PACK, 'unet', 'model.onnx');
 const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
+const SESSIONS = new ModelSessions(OPTIONS);
 
 /** A store over a folder with copies of these fixture adapters (read-only "pack" adapters) and an upload folder. */
 async function storeWith(names: string[], maxVariants = 4): Promise<{ store: AdapterStore; dir: string; uploads: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
   const uploads = join(dir, 'uploads');
   for (const n of names) await copyFile(join(ADAPTERS, `${n}.safetensors`), join(dir, `${n}.safetensors`));
-  return { store: new AdapterStore(dir, { unet: UNET }, OPTIONS, { maxVariants, uploadDir: uploads }), dir, uploads };
+  return { store: new AdapterStore(dir, { unet: UNET }, SESSIONS, { maxVariants, uploadDir: uploads }), dir, uploads };
 }
 
 const code = (c: string, pattern?: RegExp) => (e: unknown) => e instanceof ServiceError && e.code === c && (!pattern || pattern.test(e.message));
@@ -45,7 +46,7 @@ test('list() reads names, rank, layers and metadata; skips the basis file and br
   assert.equal(list[0]!.layers, 50);
   assert.equal(list[0]!.method, 'orthogonal');
   assert.equal(list[1]!.method, 'lora');
-  assert.equal((await new AdapterStore(join(dir, 'missing'), { unet: UNET }, OPTIONS).list()).length, 0);
+  assert.equal((await new AdapterStore(join(dir, 'missing'), { unet: UNET }, SESSIONS).list()).length, 0);
 });
 
 test('add() validates the name, size, format and fit before writing anything', async () => {
@@ -55,7 +56,7 @@ test('add() validates the name, size, format and fit before writing anything', a
   for (const name of ['../evil', 'a/b', 'UPPER', '', 'x'.repeat(65), 'orthogonal-basis', 'dot.name']) {
     await assert.rejects(store.add(name, good), code('bad_request', /adapter name must match/), name);
   }
-  await assert.rejects(new AdapterStore(dir, { unet: UNET }, OPTIONS, { limits: { maxBytes: 1000 }, uploadDir: dir }).add('big', good), code('too_large', /limit is 1000/));
+  await assert.rejects(new AdapterStore(dir, { unet: UNET }, SESSIONS, { limits: { maxBytes: 1000 }, uploadDir: dir }).add('big', good), code('too_large', /limit is 1000/));
   await assert.rejects(store.add('trunc', good.subarray(0, good.length - 10)), code('model_invalid', /adapter trunc: not a valid safetensors file/));
   await assert.rejects(store.add('junk', new TextEncoder().encode('hello world, not safetensors')), code('model_invalid'));
   const onnx = new Uint8Array(await readFile(join(ADAPTERS, 'unet-lora-branch.onnx')));
@@ -95,7 +96,7 @@ test('merged(): validation, one build per key for concurrent requests, warnings,
   assert.equal(store.ready([{ name: 'fixture-a', weight: 1 }, { name: 'fixture-b', weight: 0.5 }]), undefined, 'evicted (2 variants at most)');
   assert.ok(store.ready([]));
   assert.equal(store.stats.variants, 2);
-  await assert.rejects(ab.unet.predict([], 8, 8).then(() => (ab.unet as ThreadedUnet).predict(probeRows(), 8, 8)), code('unavailable'), 'the evicted session has ended');
+  await assert.rejects(ab.unet.predict([], 8, 8).then(() => ab.unet.predict(probeRows(), 8, 8)), code('unavailable'), 'the evicted session has ended');
 });
 
 function probeRows() {
@@ -196,24 +197,28 @@ test('a merged UNet is probed before it is used: one that fails never serves and
   const real = new Unet(await OnnxModel.load(UNET, { ...OPTIONS, label: 'unet' }));
   // a "base" that predicts the opposite noise: every merge disagrees with it
   const contrary = Object.assign(Object.create(real) as Unet, { predict: async (...args: Parameters<Unet['predict']>) => (await real.predict(...args)).map((e) => e.map((v) => -v)) });
-  const store = new AdapterStore(dir, { unet: UNET }, OPTIONS, { probe: { unet: contrary, latentHeight: 8, latentWidth: 8 } });
+  const store = new AdapterStore(dir, { unet: UNET }, SESSIONS, { probe: { unet: contrary, latentHeight: 8, latentWidth: 8 } });
   await assert.rejects(store.merged([{ name: 'fixture-a', weight: 1 }]), code('model_invalid', /adapters fixture-a:1: the merged UNet's prediction no longer agrees/));
   assert.equal(store.stats.variants, 0);
-  const honest = new AdapterStore(dir, { unet: UNET }, OPTIONS, { probe: { unet: real, latentHeight: 8, latentWidth: 8 } });
+  const honest = new AdapterStore(dir, { unet: UNET }, SESSIONS, { probe: { unet: real, latentHeight: 8, latentWidth: 8 } });
   (await honest.merged([{ name: 'fixture-a', weight: 2 }])).release();
   await Promise.all([store.close(), honest.close()]);
 });
 
-test('a merged UNet from the store (built and run on a worker thread) predicts like the explicit LoRA-branch reference', async () => {
-  const { store } = await storeWith(['fixture-a', 'fixture-b']);
-  const { unet } = await store.merged([{ name: 'fixture-a', weight: 1 }, { name: 'fixture-b', weight: 0.5 }]);
+test('a merged UNet from the store (built and run on a worker of its own) predicts like the explicit LoRA-branch reference; evicted once idle, it ends', async () => {
+  const { store } = await storeWith(['fixture-a', 'fixture-b'], 1);
+  const lease = await store.merged([{ name: 'fixture-a', weight: 1 }, { name: 'fixture-b', weight: 0.5 }]);
   const reference = new Unet(await OnnxModel.load(join(ADAPTERS, 'unet-lora-branch.onnx'), { provider: 'cpu', threads: 1, label: 'reference' }));
   const g = new Generator(3);
   const rows = [999, 499, 99].map((timestep) => ({ sample: Float32Array.from({ length: 4 * 8 * 8 }, () => g.normal()), timestep, context: Float32Array.from({ length: 77 * 8 }, () => g.normal()) }));
-  const [got, want] = await Promise.all([unet.predict(rows, 8, 8), reference.predict(rows, 8, 8)]);
+  const [got, want] = await Promise.all([lease.unet.predict(rows, 8, 8), reference.predict(rows, 8, 8)]);
   const error = got.reduce((m, eps, i) => eps.reduce((s, v, j) => Math.max(s, Math.abs(v - want[i]![j]!)), m), 0);
   assert.ok(error < 1e-4, `max error ${error}`);
-  await assert.rejects(unet.model.run({}), /runs on a worker thread/);
-  await (unet as ThreadedUnet).release(); // what eviction does
-  await assert.rejects(unet.predict(rows, 8, 8), code('unavailable'));
+  const next = store.merged([{ name: 'fixture-a', weight: 1 }]);
+  await assert.rejects(next, code('rate_limited'), 'the one variant allowed is in use');
+  assert.equal((await lease.unet.predict(rows, 8, 8)).length, 3, 'still usable');
+  lease.release();
+  (await store.merged([{ name: 'fixture-a', weight: 1 }])).release(); // evicts the first, now idle: it ends at once
+  await assert.rejects(lease.unet.predict(rows, 8, 8), code('unavailable'));
+  await store.close();
 });
