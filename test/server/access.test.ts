@@ -160,6 +160,43 @@ test('Origin: state-changing requests from a foreign page are refused (JSON, mul
   assert.equal((await rawRequest(server.url, { path: '/v1/streams', headers: { origin: 'http://evil.example', ...auth } })).status, 200);
 });
 
+test('WebRTC signalling (WHIP, WHEP) is behind the same rules: Host allow-list, Origin, the key as a Bearer header only', async () => {
+  const s = await startServer({ port: 0, apiKey: KEY, rateLimitPerMinute: 0, authFailuresPerMinute: 1000 }, { engine, log: createLogger({}, 'error') });
+  try {
+    const sdp = { 'content-type': 'application/sdp' };
+    const frag = { 'content-type': 'application/trickle-ice-sdpfrag' };
+    const routes = [
+      { method: 'POST', path: '/v1/streams', headers: { 'content-type': 'application/json' }, body: '{"params": {}}' },
+      { method: 'POST', path: '/v1/whip', headers: sdp, body: '' },
+      { method: 'POST', path: '/v1/whip/none', headers: sdp, body: 'v=0' },
+      { method: 'PATCH', path: '/v1/whip/none', headers: frag, body: 'a=candidate' },
+      { method: 'DELETE', path: '/v1/whip/none', headers: {}, body: '' },
+      { method: 'POST', path: '/v1/whep/none', headers: sdp, body: 'v=0' },
+      { method: 'PATCH', path: '/v1/whep/none/viewer', headers: frag, body: 'a=candidate' },
+      { method: 'DELETE', path: '/v1/whep/none/viewer', headers: {}, body: '' },
+    ];
+    for (const { method, path, headers, body } of routes) {
+      const what = `${method} ${path}`;
+      const send = (extra: Record<string, string>, at = path) => rawRequest(s.url, { method, path: at, headers: { ...headers, ...extra }, body });
+      const rebound = await send({ host: `evil.example:${s.port}`, origin: `http://evil.example:${s.port}`, ...auth });
+      assert.equal(rebound.status, 403, `${what}: foreign Host`);
+      assert.equal(rebound.json.error?.field, 'host', what);
+      const foreign = await send({ origin: 'http://evil.example', ...auth });
+      assert.equal(foreign.status, 403, `${what}: foreign Origin`);
+      assert.equal(foreign.json.error?.field, 'origin', what);
+      assert.equal((await send({ 'sec-fetch-site': 'cross-site', ...auth })).status, 403, `${what}: a cross-site browser request without Origin`);
+      assert.equal((await send({})).status, 401, `${what}: no key`);
+      assert.equal((await send({}, `${path}?token=${KEY}`)).status, 401, `${what}: ?token= is not for signalling`);
+      // with the key, from the server's own page: the route itself answers (the stream is unknown or the offer empty)
+      const own = await send({ origin: `http://127.0.0.1:${s.port}`, ...auth });
+      assert.ok([400, 404, 201].includes(own.status), `${what}: ${own.status} ${own.body}`);
+      if (own.status === 201) assert.equal((await rawRequest(s.url, { method: 'DELETE', path: String(own.json['whip_url']), headers: auth })).status, 200);
+    }
+  } finally {
+    await s.close();
+  }
+});
+
 test('security headers: a Content-Security-Policy on the pages, nosniff, no referrer, no HSTS on plain HTTP', async () => {
   const r = await fetch(`${server.url}/`);
   const csp = r.headers.get('content-security-policy') ?? '';
