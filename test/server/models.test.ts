@@ -90,3 +90,19 @@ test('adapter upload: a poisoned adapter (every lora_up x 1e37, finite) is refus
   const names = ((await (await fetch(`${server.url}/v1/adapters`)).json()) as { adapters: { name: string }[] }).adapters.map((a) => a.name);
   assert.ok(!names.includes('poison'));
 });
+
+test('a stream that changes its adapter weight again and again lets go of each variant it leaves: every change applies, none waits for a free variant', async () => {
+  // 4 variants may be alive (the default): a stream holding on to the ones it left would be refused by the 5th change
+  const client = await StreamClient.connect(server.url, { params: { prompt: 'a large ring in the centre', steps: 1, similarity_threshold: 1, adapters: [{ name: 'ring', weight: 0.5 }] } });
+  await client.roundTrip(frame);
+  for (let i = 1; i <= 6; i++) {
+    const weight = 0.5 + i / 20;
+    const updated = client.messages.filter((m) => m['type'] === 'updated').length;
+    client.send({ type: 'update', params: { adapters: [{ name: 'ring', weight }] } });
+    await client.until(() => client.messages.filter((m) => m['type'] === 'updated').length > updated || client.messages.some((m) => m['type'] === 'error'), 60_000);
+    assert.deepEqual(client.messages.filter((m) => m['type'] === 'error'), [], `change ${i}`);
+    const out = await client.roundTrip(frame);
+    assert.deepEqual(out.meta['adapters'], [{ name: 'ring', weight }], `change ${i} serves the new weight`);
+  }
+  await client.close();
+});
