@@ -229,3 +229,42 @@ test('an update reaches the frames already waiting in the pipeline: each step ta
   for (const i of [2, 3]) got.push((await stream.process([frames[i]!], i))[0]!);
   got.forEach((r, i) => assert.deepEqual(r.rgb, expected[i]!.rgb, `frame ${i}`));
 });
+
+test('a merged adapter variant an update replaces is let go only once the step running on it ends; close lets go of the current one', async () => {
+  const store = engine.variants.adapters!;
+  const events: string[] = [];
+  const spy = Object.create(engine) as Engine;
+  spy.attach({
+    adapters: {
+      async merged(adapters) {
+        const lease = await store.merged(adapters);
+        const name = adapters.map((a) => `${a.name}:${a.weight}`).join(',');
+        return { ...lease, release: () => (events.push(`released ${name}`), lease.release?.()) };
+      },
+    },
+  });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let reached!: () => void;
+  const inUnet = new Promise<void>((r) => (reached = r));
+  let held = false;
+  const runners: RunnerFactory = (size, variant) => async (rows) => {
+    if (!held) {
+      held = true;
+      reached();
+      await gate;
+    }
+    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
+  };
+  const stream = await StreamPipeline.create(spy, parseParams({ ...base, steps: 1, adapters: [{ name: 'ring', weight: 0.5 }] }), runners);
+  const first = stream.process([frames[0]!], 0);
+  await inUnet; // frame 0's step runs on ring:0.5 and waits
+  await stream.update({ adapters: [{ name: 'ring', weight: 0.7 }] });
+  assert.deepEqual(events, [], 'the step still runs on the variant the update replaced');
+  release();
+  assert.deepEqual((await first)[0]!.variant.adapters, [{ name: 'ring', weight: 0.5 }]);
+  assert.deepEqual(events, ['released ring:0.5'], 'let go when its step ended');
+  assert.deepEqual((await stream.process([frames[1]!], 1))[0]!.variant.adapters, [{ name: 'ring', weight: 0.7 }]);
+  stream.close();
+  assert.deepEqual(events, ['released ring:0.5', 'released ring:0.7']);
+});
