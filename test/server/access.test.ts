@@ -165,7 +165,7 @@ test('WebRTC signalling (WHIP, WHEP) is behind the same rules: Host allow-list, 
   try {
     const sdp = { 'content-type': 'application/sdp' };
     const frag = { 'content-type': 'application/trickle-ice-sdpfrag' };
-    const routes = [
+    const routes: { method: string; path: string; headers: Record<string, string>; body: string }[] = [
       { method: 'POST', path: '/v1/streams', headers: { 'content-type': 'application/json' }, body: '{"params": {}}' },
       { method: 'POST', path: '/v1/whip', headers: sdp, body: '' },
       { method: 'POST', path: '/v1/whip/none', headers: sdp, body: 'v=0' },
