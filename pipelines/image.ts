@@ -1,7 +1,8 @@
 /**
  * Image bytes <-> model tensors, through sharp. Frames in: JPEG, PNG or WebP, checked before decoding
  * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop),
- * converted to [3, H, W] floats in [-1, 1]. Frames out: [3, H, W] in [-1, 1] -> JPEG, PNG or WebP.
+ * converted to [3, H, W] floats in [-1, 1] (`fit: pad` keeps the whole picture, with black bars, instead).
+ * Frames out: [3, H, W] in [-1, 1] -> JPEG, PNG or WebP.
  */
 import sharp from 'sharp';
 import { ServiceError } from '../models/errors.ts';
@@ -19,8 +20,27 @@ export interface DecodedImage {
   readonly height: number;
 }
 
-/** Decodes an image and resizes it to width x height. A bad image throws `bad_image` or `too_large`. */
-export async function decodeImage(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedImage> {
+/** What becomes of the input outside the output's aspect: centre-cropped, or kept whole with black bars. */
+export type Fit = 'crop' | 'pad';
+
+/** An input image's header: format and display size (EXIF rotation applied). */
+export interface ImageInfo {
+  readonly format: string;
+  readonly width: number;
+  readonly height: number;
+}
+
+export interface DecodeOptions {
+  /** Default crop. */
+  readonly fit?: Fit;
+  /** Default MAX_INPUT_PIXELS. */
+  readonly maxPixels?: number;
+  /** The header, when the caller read it already (probeImage). */
+  readonly info?: ImageInfo;
+}
+
+/** Reads an image's header only. A bad image throws `bad_image`, one over the pixel limit `too_large`. */
+export async function probeImage(bytes: Uint8Array, maxPixels = MAX_INPUT_PIXELS): Promise<ImageInfo> {
   if (bytes.length === 0) throw new ServiceError('bad_image', 'image is empty (0 bytes)');
   let meta: sharp.Metadata;
   try {
@@ -35,12 +55,22 @@ export async function decodeImage(bytes: Uint8Array, width: number, height: numb
   if (pixels > maxPixels) {
     throw new ServiceError('too_large', `image is ${meta.width}x${meta.height} pixels, more than the limit of ${maxPixels}`);
   }
+  // EXIF orientations 5-8 turn the picture by 90 degrees: rotate() below swaps its sides
+  const turned = (meta.orientation ?? 1) >= 5;
+  const [w, h] = [meta.width ?? 0, meta.height ?? 0];
+  return { format: meta.format, width: turned ? h : w, height: turned ? w : h };
+}
+
+/** Decodes an image and resizes it to width x height (`fit` for the rest). A bad image throws `bad_image` or `too_large`. */
+export async function decodeImage(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedImage> {
+  const maxPixels = options.maxPixels ?? MAX_INPUT_PIXELS;
+  if (!options.info) await probeImage(bytes, maxPixels);
   let raw: Buffer;
   try {
     raw = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
       .rotate()
       .removeAlpha()
-      .resize(width, height, { fit: 'cover' })
+      .resize(width, height, options.fit === 'pad' ? { fit: 'contain', background: { r: 0, g: 0, b: 0 } } : { fit: 'cover' })
       .toColourspace('srgb')
       .raw()
       .toBuffer();

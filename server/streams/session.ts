@@ -1,12 +1,13 @@
 /**
  * One client's stream: its own pipeline (buffer, noise, stock noise, filter state), a latest-frame-wins
  * input slot, and credit-based output. Nothing here queues without bound: at most one input waits (newer
- * frames replace it), and at most one output waits for credit (newer outputs replace it).
+ * frames replace it), at most MAX_UPDATES_WAITING updates wait for their turn, and at most one output waits
+ * for credit (newer outputs replace it). Frames and updates take their turns in the order they arrived.
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage, probeImage, type Fit } from '../../pipelines/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
@@ -47,17 +48,23 @@ function checkLive(frameBufferSize: unknown): void {
 /** Bytes a socket may hold unsent before outputs wait (about a second of 720p JPEG). */
 const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 
+/** Updates that may wait for their turn behind a frame (a client sending more is told to slow down). */
+const MAX_UPDATES_WAITING = 16;
+
 interface PendingInput {
   readonly id: number;
   readonly bytes: Buffer;
   readonly receivedAt: number;
 }
 
+/** What waits for the pipeline, in arrival order: at most one frame, and updates that hold frames back. */
+type Work = { readonly kind: 'frame'; readonly input: PendingInput } | { readonly kind: 'update'; readonly turn: () => void; readonly done: Promise<unknown> };
+
 export class StreamSession extends EventEmitter {
   readonly id = randomUUID();
   readonly stats: StreamStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0 };
   private credits: number;
-  private pending: PendingInput | undefined;
+  private queue: Work[] = [];
   private held: SentFrame | undefined;
   private busy = false;
   private closed = false;
@@ -100,8 +107,16 @@ export class StreamSession extends EventEmitter {
     return this.lastJpeg;
   }
 
-  /** A binary frame arrived: it replaces any frame still waiting (latest-frame-wins). */
-  onFrame(bytes: Buffer): void {
+  /** The stream's name for stable output URLs (`name` in start), if it has one. */
+  get name(): string | undefined {
+    return this.start.name;
+  }
+
+  /**
+   * A binary frame arrived (at `receivedAt`, performance.now() ms): it replaces any frame still waiting
+   * (latest-frame-wins).
+   */
+  onFrame(bytes: Buffer, receivedAt = performance.now()): void {
     if (this.closed || this.start.mode === 'txt2img') return;
     const id = ++this.inputCounter;
     this.stats.framesIn++;
@@ -110,12 +125,27 @@ export class StreamSession extends EventEmitter {
       this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
       return;
     }
-    if (this.pending) {
-      this.stats.droppedInput++;
-      this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
+    const waiting = this.queue.findIndex((w) => w.kind === 'frame');
+    if (waiting >= 0) {
+      this.queue.splice(waiting, 1);
+      this.dropInput();
     }
-    this.pending = { id, bytes, receivedAt: performance.now() };
+    this.queue.push({ kind: 'frame', input: { id, bytes, receivedAt } });
     void this.pump();
+  }
+
+  /** A frame that was replaced before the stream opened still counts (frame ids count binary messages). */
+  onDroppedFrame(): void {
+    if (this.closed) return;
+    this.inputCounter++;
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    this.dropInput();
+  }
+
+  private dropInput(): void {
+    this.stats.droppedInput++;
+    this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
   }
 
   /** The client can take `frames` more outputs. */
@@ -129,15 +159,27 @@ export class StreamSession extends EventEmitter {
     if (this.start.mode === 'txt2img') void this.pump();
   }
 
-  /** A live parameter change; invalid updates throw and change nothing. */
+  /**
+   * A live parameter change; invalid updates throw and change nothing. It applies to every frame that arrived
+   * after it (frames that arrived before it run first), except while a new UNet variant is built (new
+   * adapters): frames keep flowing on the old one, and the change applies between frames once it is ready.
+   */
   async update(params: Record<string, unknown>): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
-    return this.pipeline.update(params);
+    if (this.pipeline.buildsVariant(params)) return this.pipeline.update(params);
+    if (this.queue.filter((w) => w.kind === 'update').length >= MAX_UPDATES_WAITING) {
+      throw new ServiceError('rate_limited', `more than ${MAX_UPDATES_WAITING} updates wait for their turn: wait for \`updated\` before sending more`);
+    }
+    let turn!: () => void;
+    const done = this.pipeline.update(params, new Promise<void>((ok) => (turn = ok)));
+    this.queue.push({ kind: 'update', turn, done });
+    void this.pump();
+    return done;
   }
 
   close(): void {
     this.closed = true;
-    this.pending = undefined;
+    this.queue = [];
     this.held = undefined;
     this.emit('close');
     this.removeAllListeners();
@@ -148,15 +190,21 @@ export class StreamSession extends EventEmitter {
     this.busy = true;
     try {
       while (!this.closed) {
+        const next = this.queue[0];
+        if (next?.kind === 'update') {
+          this.queue.shift();
+          next.turn();
+          await next.done.catch(() => undefined); // its error goes to the client with the update's answer
+          continue;
+        }
         if (this.start.mode === 'txt2img') {
           if (this.credits <= 0 || this.held) break;
           await this.generateOne();
           continue;
         }
-        const input = this.pending;
-        if (!input) break;
-        this.pending = undefined;
-        await this.processOne(input);
+        if (!next) break;
+        this.queue.shift();
+        await this.processOne(next.input);
       }
     } finally {
       this.busy = false;
@@ -166,11 +214,11 @@ export class StreamSession extends EventEmitter {
   private async processOne(input: PendingInput): Promise<void> {
     const started = performance.now();
     try {
-      // decode -> filter -> encode -> denoise -> decode -> frame out
-      const { width, height } = this.pipeline.frameSize;
-      const image = await decodeImage(input.bytes, width, height);
+      // decode (at the size the stream runs at when its turn comes) -> filter -> encode -> denoise -> decode -> frame out
+      const info = await probeImage(input.bytes);
       this.arrivals.set(input.id, input.receivedAt);
-      const [result] = await this.pipeline.process([image.data], input.id);
+      const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeImage(input.bytes, size.width, size.height, { fit, info })).data;
+      const [result] = await this.pipeline.processInput(load, input.id, info.width / info.height);
       if (this.closed || !result) return;
       const sourceId = result.source ?? input.id;
       const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
@@ -256,6 +304,6 @@ export class StreamSession extends EventEmitter {
     this.stats.errors++;
     this.ctx.metrics.frameErrors.inc({ code: error.code });
     if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
-    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, input_id: inputId });
+    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, ...(error.field ? { field: error.field } : {}), input_id: inputId });
   }
 }
