@@ -166,15 +166,20 @@ export class StreamSession extends EventEmitter {
    */
   async update(params: Record<string, unknown>): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
-    if (this.pipeline.buildsVariant(params)) return this.pipeline.update(params);
-    if (this.queue.filter((w) => w.kind === 'update').length >= MAX_UPDATES_WAITING) {
-      throw new ServiceError('rate_limited', `more than ${MAX_UPDATES_WAITING} updates wait for their turn: wait for \`updated\` before sending more`);
+    let done: Promise<GenerationParams>;
+    if (this.pipeline.buildsVariant(params)) done = this.pipeline.update(params);
+    else {
+      if (this.queue.filter((w) => w.kind === 'update').length >= MAX_UPDATES_WAITING) {
+        throw new ServiceError('rate_limited', `more than ${MAX_UPDATES_WAITING} updates wait for their turn: wait for \`updated\` before sending more`);
+      }
+      let turn!: () => void;
+      done = this.pipeline.update(params, new Promise<void>((ok) => (turn = ok)));
+      this.queue.push({ kind: 'update', turn, done });
+      void this.pump();
     }
-    let turn!: () => void;
-    const done = this.pipeline.update(params, new Promise<void>((ok) => (turn = ok)));
-    this.queue.push({ kind: 'update', turn, done });
-    void this.pump();
-    return done;
+    const applied = await done;
+    await this.outputs; // the answer follows the outputs of the frames that ran before the update
+    return applied;
   }
 
   close(): void {
