@@ -1,5 +1,6 @@
 /**
- * A video file through the stream pipeline: ffmpeg decodes every frame to RGB at the render size, one
+ * A video file through the stream pipeline: ffmpeg decodes every frame to RGB at the render size (by default
+ * the largest with the source's aspect within the model's pixel budget; `fit` crops or pads the rest), one
  * StreamPipeline renders them in order (SSF on, the stream's initial noise reused for every frame, so a
  * still scene stays still), ffmpeg encodes H.264 MP4 at the source's frame rate with its audio.
  * The stream batch lags n - 1 frames (n = steps): the first n - 1 outputs are dropped and the last frame
@@ -51,8 +52,9 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   // 1. ffmpeg and the source's properties
   const paths = options.ffmpeg ?? (await defaultFfmpeg());
   const info = await probeVideo(paths, options.input, signal);
-  const size = engine.size(params);
-  const stream = await StreamPipeline.create(engine, params, options.runners);
+  // the source's shape decides the size when the parameters set none (pipelines/aspect.ts)
+  const size = engine.size(params, info.width / info.height);
+  const stream = await StreamPipeline.create(engine, { ...params, aspect: params.aspect ?? info.width / info.height }, options.runners);
   const lag = engine.coefficients(params, 'img2img').timesteps.length - 1;
   // 2. the encoder, fed as frames finish
   const partial = `${options.output}.partial`;
@@ -91,7 +93,7 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   try {
     // 3. every decoded frame through the stream
     let last: Float32Array | undefined;
-    for await (const rgb of decodeFrames(paths, options.input, size, signal)) {
+    for await (const rgb of decodeFrames(paths, options.input, size, params.fit, signal)) {
       signal?.throwIfAborted();
       last = rgb8ToTensor(rgb, size.width, size.height);
       const [result] = await stream.process([last], frames);

@@ -145,11 +145,11 @@ test('adapters', () => checkInFlight(BASE, { adapters: [{ name: 'heart', weight:
 
 test('fit', () => checkInFlight({ ...BASE, width: 128, height: 128 }, { fit: 'pad' }, WIDE));
 
-test('steps', () => checkReprimed(BASE, { steps: 3 }));
+test('steps', async () => void (await checkReprimed(BASE, { steps: 3 })));
 
-test('strength', () => checkReprimed(BASE, { strength: 0.85 }));
+test('strength', async () => void (await checkReprimed(BASE, { strength: 0.85 })));
 
-test('t_index_list', () => checkReprimed(BASE, { t_index_list: [15, 30, 40] }));
+test('t_index_list', async () => void (await checkReprimed(BASE, { t_index_list: [15, 30, 40] })));
 
 test('width', async () => {
   const r = await checkReprimed(BASE, { width: 96 });
