@@ -285,6 +285,7 @@ export class StreamSession extends EventEmitter {
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    this.ctx.metrics.frameProcessing.observe((now - started) / 1000);
     this.deliver({ meta, bytes });
   }
 
