@@ -167,19 +167,31 @@ export class StreamSession extends EventEmitter {
   async update(params: Record<string, unknown>): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
     let done: Promise<GenerationParams>;
+    let reached: Promise<void> = Promise.resolve();
     if (this.pipeline.buildsVariant(params)) done = this.pipeline.update(params);
     else {
       if (this.queue.filter((w) => w.kind === 'update').length >= MAX_UPDATES_WAITING) {
         throw new ServiceError('rate_limited', `more than ${MAX_UPDATES_WAITING} updates wait for their turn: wait for \`updated\` before sending more`);
       }
       let turn!: () => void;
-      done = this.pipeline.update(params, new Promise<void>((ok) => (turn = ok)));
+      reached = new Promise<void>((ok) => (turn = ok));
+      done = this.pipeline.update(params, reached);
       this.queue.push({ kind: 'update', turn, done });
       void this.pump();
     }
-    const applied = await done;
-    await this.outputs; // the answer follows the outputs of the frames that ran before the update
-    return applied;
+    // the answer (updated or error) follows the answers to the frames that arrived before the update
+    const answer = async () => {
+      await reached;
+      await this.outputs;
+    };
+    try {
+      const applied = await done;
+      await answer();
+      return applied;
+    } catch (error) {
+      await answer();
+      throw error;
+    }
   }
 
   close(): void {

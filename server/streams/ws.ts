@@ -88,12 +88,20 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
     early.push({ frame: rawToBuffer(data), at });
   };
 
+  /** A bug while handling a message ends the stream with 1011 instead of the process. */
+  const handle = (text: string) =>
+    onText(text).catch((error: unknown) => {
+      ctx.log.error('stream message failed', { error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      report(new ServiceError('internal', 'internal error'));
+      ws.close(CLOSE.internal, 'internal error');
+    });
+
   /** Hands the held messages to the open stream, in the order they came. */
   const replay = (open: StreamSession) => {
     const held = early;
     early = [];
     for (const m of held) {
-      if ('text' in m) void onText(m.text);
+      if ('text' in m) void handle(m.text);
       else if ('frame' in m) open.onFrame(m.frame, m.at);
       else for (let i = 0; i < m.dropped; i++) open.onDroppedFrame();
     }
@@ -106,7 +114,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       if (!session) return report(new ServiceError('bad_request', 'send a start message before frames'));
       return session.onFrame(rawToBuffer(data), at);
     }
-    void onText(rawToBuffer(data).toString('utf8'));
+    void handle(rawToBuffer(data).toString('utf8'));
   });
 
   async function onText(text: string): Promise<void> {
