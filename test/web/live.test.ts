@@ -11,7 +11,7 @@ import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage, probeImage } from '../../pipelines/image.ts';
 import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 import { outputAfter, recordWire, streamIdOf, type Wire } from './wire.ts';
 
@@ -27,12 +27,16 @@ const rawSockets: Duplex[] = [];
 const current = () => wires[wires.length - 1]!;
 const streamId = (wire: Wire) => streamIdOf(wire)!;
 
-/** What the server's pipeline makes of `input` with `params` as a fresh stream (steps 1: no frames in flight). */
+/**
+ * What the server's pipeline makes of `input` with `params` as a fresh stream (steps 1: no frames in flight),
+ * at the size the server picks for the input's shape.
+ */
 async function reference(params: GenerationParams, input: Buffer): Promise<Buffer> {
   const pipeline = await StreamPipeline.create(server.ctx.engine, params);
-  const { width, height } = pipeline.frameSize;
-  const [out] = await pipeline.process([(await decodeImage(input, width, height)).data]);
-  return encodeImage(out!.image, width, height, 'jpeg', 80);
+  const info = await probeImage(input);
+  const load = async (size: { width: number; height: number }, fit: 'crop' | 'pad') => (await decodeImage(input, size.width, size.height, { fit, info })).data;
+  const [out] = await pipeline.processInput(load, 1, info.width / info.height);
+  return encodeImage(out!.image, out!.width, out!.height, 'jpeg', 80);
 }
 
 before(async () => {
@@ -107,7 +111,7 @@ test('a prompt typed in the page reaches the server and the output follows it', 
   assert.ok(!withNew.equals(withOld), 'and the prompt makes a difference to it');
 });
 
-test('a value the server rejects shows its message and marks the field; fixing it clears the mark', async () => {
+test('a value the server rejects shows its message and marks the field; the next successful update clears both', async () => {
   const wire = current();
   await page.fill('#width', '100');
   await page.press('#width', 'Tab');
@@ -116,11 +120,50 @@ test('a value the server rejects shows its message and marks the field; fixing i
   assert.equal(await page.getAttribute('#width', 'aria-invalid'), 'true');
   const before = wire.outputs.length;
   await until(() => wire.outputs.length > before + 2, 'the stream to go on after the error');
+  assert.equal(await page.locator('#errors .error').count(), 1, 'the message stays while the value is wrong');
   await page.fill('#width', '128');
   await page.press('#width', 'Tab');
   await until(async () => (await page.getAttribute('#width', 'aria-invalid')) === null, 'the mark to clear');
-  await page.click('#errors .error button');
-  assert.equal(await page.locator('#errors .error').count(), 0);
+  await until(async () => (await page.locator('#errors .error').count()) === 0, 'the message to clear');
+  // back to the camera's shape for the tests that follow
+  await page.selectOption('#size_preset', '');
+  const auto = await cameraSize();
+  await until(() => wire.outputs.at(-1)?.meta['width'] === auto.width && wire.outputs.at(-1)?.meta['height'] === auto.height, 'the auto size again');
+});
+
+/** The size the server picks for the fake camera's shape when none is set (the largest within the model's budget). */
+async function cameraSize(): Promise<{ width: number; height: number }> {
+  const [w, h] = await page.$eval('#input', (v) => [(v as HTMLVideoElement).videoWidth, (v as HTMLVideoElement).videoHeight]);
+  return server.ctx.engine.size({}, w! / h!);
+}
+
+test('Resolution works while streaming: the output and its label take the chosen size, auto goes back to the camera\'s shape', async () => {
+  const wire = current();
+  const size = () => [wire.outputs.at(-1)?.meta['width'], wire.outputs.at(-1)?.meta['height']];
+  const auto = await cameraSize();
+  assert.notEqual(auto.width, auto.height, 'the fake camera is not square');
+  assert.deepEqual(size(), [auto.width, auto.height], "the camera's shape within the model's pixel budget");
+  await page.selectOption('#size_preset', '160x96');
+  await until(() => size()[0] === 160 && size()[1] === 96, 'outputs at 160 x 96');
+  await until(async () => (await page.textContent('#output_label'))!.startsWith('160 × 96'), 'the label to follow');
+  const sent = wire.sent.filter((m) => m['type'] === 'update').at(-1)!;
+  assert.deepEqual(sent['params'], { width: 160, height: 96 });
+  await page.selectOption('#size_preset', '');
+  await until(() => size()[0] === auto.width && size()[1] === auto.height, 'outputs in the camera shape again');
+  assert.deepEqual(wire.sent.filter((m) => m['type'] === 'update').at(-1)!['params'], { width: null, height: null }, 'auto clears the size');
+  await until(async () => (await page.textContent('#output_label'))!.startsWith(`${auto.width} × ${auto.height}`), 'the label to follow');
+});
+
+test('the seed box shows the whole seed; glass-to-glass and processing are shown apart', async () => {
+  for (const seed of ['881105052', '4294967295']) {
+    await page.fill('#seed', seed);
+    const fits = await page.$eval('#seed', (el) => el.scrollWidth <= el.clientWidth);
+    assert.ok(fits, `seed ${seed} fits its box`);
+  }
+  await page.press('#seed', 'Tab');
+  await until(async () => /^\d+ ms$/.test((await page.textContent('#stat_processing'))!), 'the processing time');
+  assert.match((await page.textContent('#stat_glass'))!, /^\d+ ms$/);
+  assert.match((await page.textContent('#stat_server'))!, /^\d+ ms$/);
 });
 
 test('after a dropped connection the page reconnects and resumes with the same parameters', async () => {
