@@ -3,7 +3,7 @@
  * pack (random weights: outputs are meaningless pictures, but exactly reproducible). The test watches the
  * page's WebSocket from the outside (playwright's frame events) and the server's own stream state.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
 import { readFile } from 'node:fs/promises';
@@ -12,7 +12,7 @@ import type { RunningServer } from '../../server/app.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import { decodeImage, encodeImage, probeImage } from '../../pipelines/image.ts';
-import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 import { outputAfter, recordWire, streamIdOf, type Wire } from './wire.ts';
 
 const FIRST_PROMPT = 'a large red circle in the centre on a blue background';
@@ -40,6 +40,7 @@ async function reference(params: GenerationParams, input: Buffer): Promise<Buffe
 }
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer();
   server.http.on('upgrade', (_req, socket: Duplex) => rawSockets.push(socket));
   browser = await launchChromium();
@@ -54,7 +55,7 @@ after(async () => {
   await writeScreenshots();
 });
 
-test('the live page streams the fake webcam: outputs arrive and change', async () => {
+browserTest('the live page streams the fake webcam: outputs arrive and change', async () => {
   assert.deepEqual(await unlabelledControls(page), [], 'every control has a label');
   // steps 1 and the similarity filter off make each output a function of its own input (checked below)
   await page.fill('#steps', '1');
@@ -77,7 +78,7 @@ test('the live page streams the fake webcam: outputs arrive and change', async (
   assert.ok(shown >= 1);
 });
 
-test('the MJPEG URL for OBS and the snapshot download work', async () => {
+browserTest('the MJPEG URL for OBS and the snapshot download work', async () => {
   const id = streamId(current());
   const mjpeg = await page.inputValue('#mjpeg_url');
   assert.equal(mjpeg, `${server.url}/v1/streams/${id}/mjpeg?token=${API_KEY}`);
@@ -92,7 +93,7 @@ test('the MJPEG URL for OBS and the snapshot download work', async () => {
   assert.deepEqual([...bytes.subarray(0, 3)], [0xff, 0xd8, 0xff], 'a JPEG');
 });
 
-test('a prompt typed in the page reaches the server and the output follows it', async () => {
+browserTest('a prompt typed in the page reaches the server and the output follows it', async () => {
   const wire = current();
   await page.fill('#prompt', NEW_PROMPT);
   await page.press('#prompt', 'Tab'); // leaving the field applies at once (else after a short pause)
@@ -111,7 +112,7 @@ test('a prompt typed in the page reaches the server and the output follows it', 
   assert.ok(!withNew.equals(withOld), 'and the prompt makes a difference to it');
 });
 
-test('a value the server rejects shows its message and marks the field; the next successful update clears both', async () => {
+browserTest('a value the server rejects shows its message and marks the field; the next successful update clears both', async () => {
   const wire = current();
   await page.fill('#width', '100');
   await page.press('#width', 'Tab');
@@ -137,7 +138,7 @@ async function cameraSize(): Promise<{ width: number; height: number }> {
   return server.ctx.engine.size({}, w! / h!);
 }
 
-test('Resolution works while streaming: the output and its label take the chosen size, auto goes back to the camera\'s shape', async () => {
+browserTest('Resolution works while streaming: the output and its label take the chosen size, auto goes back to the camera\'s shape', async () => {
   const wire = current();
   const size = () => [wire.outputs.at(-1)?.meta['width'], wire.outputs.at(-1)?.meta['height']];
   const auto = await cameraSize();
@@ -154,7 +155,7 @@ test('Resolution works while streaming: the output and its label take the chosen
   await until(async () => (await page.textContent('#output_label'))!.startsWith(`${auto.width} × ${auto.height}`), 'the label to follow');
 });
 
-test('the seed box shows the whole seed; glass-to-glass and processing are shown apart', async () => {
+browserTest('the seed box shows the whole seed; glass-to-glass and processing are shown apart', async () => {
   for (const seed of ['881105052', '4294967295']) {
     await page.fill('#seed', seed);
     const fits = await page.$eval('#seed', (el) => el.scrollWidth <= el.clientWidth);
@@ -166,7 +167,7 @@ test('the seed box shows the whole seed; glass-to-glass and processing are shown
   assert.match((await page.textContent('#stat_server'))!, /^\d+ ms$/);
 });
 
-test('after a dropped connection the page reconnects and resumes with the same parameters', async () => {
+browserTest('after a dropped connection the page reconnects and resumes with the same parameters', async () => {
   const first = current();
   await screenshot(page, 'live.png');
   for (const socket of rawSockets.splice(0)) socket.destroy(); // the network drops: no close handshake
@@ -181,14 +182,35 @@ test('after a dropped connection the page reconnects and resumes with the same p
   assert.equal(server.streams.get(streamId(current())).params.prompt, NEW_PROMPT);
 });
 
-test('Stop ends the stream on the server', async () => {
+browserTest('Stop ends the stream on the server', async () => {
   await page.click('#stop');
   await until(async () => (await page.textContent('#status')) === 'stopped', 'the page to stop');
   await until(() => server.streams.size === 0, 'the server to free the stream');
   assert.deepEqual(problems, [], 'no script errors in the page');
 });
 
-test('adapters and experts, when the server lists them, get controls that send live updates', async () => {
+browserTest('a stream name: the stable URLs show before Start, the stream runs under the name, the URLs outlive it', async () => {
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  await page.fill('#stream_name', 'page-cam');
+  const mjpeg = `${server.url}/v1/streams/by-name/page-cam/mjpeg?token=${API_KEY}`;
+  assert.equal(await page.inputValue('#mjpeg_url'), mjpeg, 'shown before the stream starts');
+  assert.equal(await page.inputValue('#view_url'), `${server.url}/view.html?name=page-cam&token=${API_KEY}`);
+  await page.click('#copy_view');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), await page.inputValue('#view_url'));
+  await page.click('#start');
+  await until(() => current().start?.['name'] === 'page-cam' && current().outputs.length >= 2, 'the named stream to run');
+  const snapshot = async () => (await fetch(mjpeg.replace('/mjpeg', '/snapshot'))).headers.get('x-stream-state');
+  assert.equal(await snapshot(), 'running');
+  await page.click('#stop');
+  await until(() => server.streams.size === 0, 'the stream to end');
+  assert.equal(await page.inputValue('#mjpeg_url'), mjpeg, 'the stable URL stays after Stop');
+  assert.equal(await snapshot(), 'waiting');
+  await page.fill('#stream_name', '');
+  assert.equal(await page.inputValue('#mjpeg_url'), '');
+  assert.deepEqual(problems, []);
+});
+
+browserTest('adapters and experts, when the server lists them, get controls that send live updates', async () => {
   // this server has neither endpoint yet: the browser answers for it; the fixture pack has no adapters or
   // experts, so the server's refusals must come back as readable errors
   const { page: p, problems: pageProblems } = await openPage(browser, 'about:blank');
@@ -220,7 +242,7 @@ test('adapters and experts, when the server lists them, get controls that send l
   assert.deepEqual(pageProblems, []);
 });
 
-test('a start the server refuses stops the page with the server\'s message, once', async () => {
+browserTest('a start the server refuses stops the page with the server\'s message, once', async () => {
   const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]);
   await p.fill('#width', '100');
   await p.click('#start');
