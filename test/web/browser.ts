@@ -67,9 +67,9 @@ export function browserSkip(): false | string {
   return `BROWSER TESTS SKIPPED: ${reason}`;
 }
 
-/** A test that needs Chromium: skipped (outside CI) when there is none. */
-export function browserTest(name: string, fn: TestFn): void {
-  void test(name, { skip: browserSkip() }, fn);
+/** A test that needs Chromium: skipped (outside CI) when there is none, or for `skip` (another missing tool). */
+export function browserTest(name: string, fn: TestFn, options: { skip?: string | false } = {}): void {
+  void test(name, { skip: browserSkip() || options.skip || false }, fn);
 }
 
 /** Screenshots of the pages, kept in the repository (the latest of each). */

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { shapeFrame } from '../helpers/stream-client.ts';
+import { HAVE_FFMPEG } from '../server/batch/helpers.ts';
 import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 
 let server: RunningServer;
@@ -95,7 +96,7 @@ browserTest('a video job renders an uploaded clip with progress', async () => {
   await page.evaluate(() => window.scrollTo(0, 0));
   await screenshot(page, 'render.png');
   assert.deepEqual(problems, [], 'no script errors in the page');
-});
+}, { skip: HAVE_FFMPEG ? false : 'no ffmpeg on this machine' });
 
 browserTest('without the job API the page renders through AUTOMATIC1111\'s API, and says so when there is no render API', async () => {
   for (const kind of ['a1111', 'none'] as const) {
