@@ -4,7 +4,11 @@
  * float32 [] or float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters.
  */
 import { ServiceError } from './errors.ts';
-import { OnnxModel, type DType, type IoSpec } from './runtime.ts';
+import { OnnxModel, type DType, type IoSpec } from './runtime/onnx.ts';
+import { CLIP_CONTEXT_LENGTH } from './tokenizer.ts';
+
+/** SD's latent channels, for an export whose channel dimension is symbolic in its metadata. */
+const SD_LATENT_CHANNELS = 4;
 
 function requireInput(model: OnnxModel, names: readonly string[]): IoSpec {
   const spec = names.map((n) => model.input(n)).find((s) => s !== undefined);
@@ -79,7 +83,7 @@ export class Unet {
     if (t.dims.length > 1) throw new ServiceError('unsupported', `${model.label}: timestep of rank ${t.dims.length} is not a known export contract`);
     this.timestep = { dtype: t.dtype, perRow: t.dims.length === 1 };
     const channels = model.input('sample')!.dims[1];
-    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : SD_LATENT_CHANNELS;
     this.outputName = requireOutput(model, ['out_sample']).name;
   }
 
@@ -111,7 +115,7 @@ export class Unet {
       context.set(r.context, i * contextSize);
     });
     const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
-    const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / 77;
+    const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / CLIP_CONTEXT_LENGTH;
     const steps = rows.map((r) => r.timestep);
     const timestep = this.timestep.perRow
       ? this.timestep.dtype === 'int64'
@@ -177,7 +181,7 @@ export class VaeDecoder {
     requireInput(model, ['latent_sample', 'latent', 'latents']);
     this.outputName = requireOutput(model, ['sample', 'image']).name;
     const channels = model.inputs[0]!.dims[1];
-    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : SD_LATENT_CHANNELS;
   }
 
   async decode(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Promise<{ images: Float32Array[]; height: number; width: number }> {

@@ -5,7 +5,7 @@
 import type { PromptEmbedding } from '../models/components.ts';
 import { ServiceError } from '../models/errors.ts';
 import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
-import { loadExperts } from '../models/experts.ts';
+import { loadExperts } from '../models/aptp/experts.ts';
 import { AdapterStore, type ConceptText } from '../models/adapters/store.ts';
 import { exists } from '../models/files.ts';
 import { join } from 'node:path';

@@ -7,11 +7,11 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage, probeImage, type Fit } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import type { FrameMeta, StartMessage } from './protocol.ts';
+import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -88,7 +88,7 @@ export class StreamSession extends EventEmitter {
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
     checkLive(params.frame_buffer_size);
-    const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
+    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode);
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -322,6 +322,6 @@ export class StreamSession extends EventEmitter {
     this.stats.errors++;
     this.ctx.metrics.frameErrors.inc({ code: error.code });
     if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
-    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, ...(error.field ? { field: error.field } : {}), input_id: inputId });
+    this.sink.sendJson(errorMessage(error, inputId));
   }
 }

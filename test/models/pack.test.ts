@@ -90,3 +90,17 @@ test('a tiny VAE (taesd_encoder/taesd_decoder) is used when asked for, with scal
   assert.equal(tiny.vaeEncoder!.scalingFactor, 1);
   assert.equal(tiny.vaeDecoder.model.label, 'taesd_decoder');
 });
+
+test('the pack kind comes from model_index.json; a known but unsupported kind says what the pack is', async () => {
+  assert.equal((await loadPack(BASE_PACK)).kind.name, 'stable-diffusion');
+  const dir = await copyPack();
+  await writeFile(join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'ORTStableDiffusionXLPipeline' }));
+  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'unsupported' && /ORTStableDiffusionXLPipeline is a stable-diffusion-xl pack/.test(e.message));
+});
+
+test('every missing required component is named at once', async () => {
+  const dir = await copyPack();
+  await rm(join(dir, 'unet', 'model.onnx'));
+  await rm(join(dir, 'text_encoder', 'model.onnx'));
+  await assert.rejects(loadPack(dir), /missing text_encoder\/model\.onnx, unet\/model\.onnx/);
+});
