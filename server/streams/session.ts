@@ -196,6 +196,7 @@ export class StreamSession extends EventEmitter {
 
   close(): void {
     this.closed = true;
+    for (const w of this.queue) if (w.kind === 'update') w.turn(); // let waiting updates settle
     this.queue = [];
     this.held = undefined;
     this.emit('close');

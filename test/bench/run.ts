@@ -28,6 +28,7 @@ const SECTIONS: [string, string, string][] = [
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
   ['server', 'server.ts', 'benchServer'],
   ['latency', 'latency.ts', 'benchLatency'],
+  ['aspect', 'aspect.ts', 'benchAspect'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
