@@ -10,6 +10,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Engine } from '../../pipelines/engine.ts';
+import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
+import { parseParams } from '../../pipelines/params.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
 import { fmt } from './stats.ts';
 
@@ -58,10 +61,13 @@ interface Samples {
   skipped: number;
 }
 
-/** One camera client for `seconds`: frames at CAMERA_FPS, an update every second. */
-async function camera(client: StreamClient, frames: readonly Buffer[], seconds: number, into: Samples): Promise<void> {
+/**
+ * One camera client for `seconds`: frames at CAMERA_FPS, an update every second. `alreadySent`: frames the
+ * client sent before (the server's input ids count every binary message).
+ */
+async function camera(client: StreamClient, frames: readonly Buffer[], seconds: number, into: Samples, alreadySent: number): Promise<void> {
   const sentAt = new Map<number, number>();
-  let sent = 0;
+  let sent = alreadySent;
   let update: { at: number; firstInput: number | undefined } | undefined;
   client.ws.on('message', (data, isBinary) => {
     if (isBinary) return;
@@ -104,9 +110,19 @@ export async function benchLatency({ engine, pack, quick, log }: LatencyBenchOpt
   const seconds = quick ? 8 : 20;
   const size = engine.pack.defaultImageSize;
   const frames = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => shapeFrame({ x: 24 + i * 10, size })));
+  // the machine's state in this run: one frame in process (decode, pipeline, encode), as the server does it
+  const pipeline = await StreamPipeline.create(engine, parseParams(PARAMS));
+  const inProcess: number[] = [];
+  for (let i = 0; i < (quick ? 40 : 100); i++) {
+    const t0 = performance.now();
+    const [r] = await pipeline.process([(await decodeImage(frames[i % frames.length]!, size, size)).data]);
+    await encodeImage(r!.image, size, size, 'jpeg', 80);
+    if (i >= 5) inProcess.push(performance.now() - t0);
+  }
   const server = await startServerProcess(pack);
   log(`### Live latency through the WebSocket (cameras at ${CAMERA_FPS} fps, ${size} x ${size} JPEG, 2 steps, RCFG self, filter off, ${seconds} s)\n`);
   log('Each client sends frames at the camera rate whatever the server does (latest-frame-wins), acks every output, and sends an update every second (alternating a prompt, an in-flight change, and strength, which re-primes).\n');
+  log(`In this run one frame takes ${fmt(quantile(inProcess, 0.5), 1)} ms (p95 ${fmt(quantile(inProcess, 0.95), 1)} ms) in process (decode, pipeline, JPEG encode), for the machine's load at the time.\n`);
   log('| streams | output fps per stream | glass to glass p50 / p95 | server latency_ms p50 / p95 | processing_ms p50 / p95 | update -> `updated` p50 / p95 | update -> first output with it p50 / p95 |');
   log('| --- | --- | --- | --- | --- | --- | --- |');
   const rows: Record<string, unknown>[] = [];
@@ -114,7 +130,7 @@ export async function benchLatency({ engine, pack, quick, log }: LatencyBenchOpt
     const clients = await Promise.all(Array.from({ length: streams }, (_, i) => StreamClient.connect(server.url, { params: { ...PARAMS, seed: i } })));
     for (const c of clients) await c.roundTrip(frames[0]!); // priming outside the measurement
     const samples: Samples = { glass: [], server: [], processing: [], updated: [], applied: [], outputs: 0, skipped: 0 };
-    await Promise.all(clients.map((c) => camera(c, frames, seconds, samples)));
+    await Promise.all(clients.map((c) => camera(c, frames, seconds, samples, 1)));
     await Promise.all(clients.map((c) => c.close()));
     const pair = (v: number[]) => `${fmt(quantile(v, 0.5), 1)} / ${fmt(quantile(v, 0.95), 1)} ms`;
     const fps = samples.outputs / seconds / streams;
@@ -125,5 +141,5 @@ export async function benchLatency({ engine, pack, quick, log }: LatencyBenchOpt
   log('\nGlass to glass is what a viewer waits for: it includes the pipeline lag (with 2 steps an output shows the frame before the latest, one frame interval), the wait in the input slot and the network. latency_ms is the server\'s part of it; processing_ms the work on the call that made the output. The server runs as `npm start` does, in its own process.');
   server.child.kill('SIGTERM');
   await new Promise((ok) => server.child.once('exit', ok));
-  return { camera_fps: CAMERA_FPS, seconds, rows };
+  return { camera_fps: CAMERA_FPS, seconds, in_process_frame_ms: { p50: quantile(inProcess, 0.5), p95: quantile(inProcess, 0.95) }, rows };
 }
