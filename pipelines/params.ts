@@ -9,6 +9,7 @@ import { isRecord } from '../models/files.ts';
 import { checkAdapterChoices } from '../models/adapters/choices.ts';
 import { DEFAULT_GUIDANCE, GUIDANCE_KINDS } from './rcfg.ts';
 import { DEFAULT_SIMILARITY_FILTER } from './similarity-filter.ts';
+import { FITS } from './codecs/image.ts';
 
 /**
  * Denoising steps when a request gives none, by the kind of work: a live stream favours latency (its output lags
@@ -60,7 +61,7 @@ export const paramsSchema = z
      */
     aspect: z.number().min(MIN_ASPECT).max(MAX_ASPECT).optional(),
     /** What happens to the part of the input outside the output's aspect: cropped (centre) or padded (black bars). */
-    fit: z.enum(['crop', 'pad']).default('crop'),
+    fit: z.enum(FITS).default('crop'),
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
     similarity_threshold: z.number().min(0).max(1).default(DEFAULT_SIMILARITY_FILTER.threshold),
     max_skip_frames: z.number().int().min(0).max(1000).default(DEFAULT_SIMILARITY_FILTER.maxSkipFrames),

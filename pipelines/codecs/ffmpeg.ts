@@ -10,6 +10,7 @@ import { access, constants } from 'node:fs/promises';
 import { once } from 'node:events';
 import { basename, delimiter, dirname, join } from 'node:path';
 import { ServiceError } from '../../models/errors.ts';
+import type { Fit } from './image.ts';
 
 export interface FfmpegPaths {
   readonly ffmpeg: string;
@@ -227,7 +228,7 @@ export interface FrameSize {
  * cropped, or with `fit: pad` scaled to fit and padded with black), one per source frame (no frame-rate
  * conversion). Stopping the loop or aborting kills ffmpeg.
  */
-export async function* decodeFrames(paths: FfmpegPaths, file: string, size: FrameSize, fit: 'crop' | 'pad' = 'crop', signal?: AbortSignal): AsyncGenerator<Buffer> {
+export async function* decodeFrames(paths: FfmpegPaths, file: string, size: FrameSize, fit: Fit = 'crop', signal?: AbortSignal): AsyncGenerator<Buffer> {
   const { width, height } = size;
   const filter =
     fit === 'pad'

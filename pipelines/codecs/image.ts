@@ -21,7 +21,8 @@ export interface DecodedImage {
 }
 
 /** What becomes of the input outside the output's aspect: centre-cropped, or kept whole with black bars. */
-export type Fit = 'crop' | 'pad';
+export const FITS = ['crop', 'pad'] as const;
+export type Fit = (typeof FITS)[number];
 
 /** An input image's header: format and display size (EXIF rotation applied). */
 export interface ImageInfo {
