@@ -145,7 +145,8 @@ test('without ffmpeg a video job is refused with 503 ffmpeg_missing', async () =
     jobs: { ffmpeg: () => Promise.reject(new ServiceError('ffmpeg_missing', 'video needs ffmpeg and none was found')) },
   });
   try {
-    const res = await postJson(`${none.url}/v1/jobs`, { kind: 'video', path: 'silent.mp4', ...render });
+    await writeFile(join(videoDir, 'unread.mp4'), 'never decoded: ffmpeg is looked for first');
+    const res = await postJson(`${none.url}/v1/jobs`, { kind: 'video', path: 'unread.mp4', ...render });
     assert.equal(res.status, 503);
     assert.equal(res.body.error.code, 'ffmpeg_missing');
   } finally {
