@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
+import { decodeImage, encodeImage, probeImage, rgb8ToTensor, type Fit } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
@@ -24,6 +24,22 @@ export interface StreamSink {
   sendFrame(frame: SentFrame): void;
   /** Bytes queued in the socket and not yet written: output is held back above a limit. */
   readonly bufferedAmount: number;
+  /**
+   * False when the sink takes no encoded bytes (a WebRTC stream sends the `output` event's raw image):
+   * `sendFrame` then gets the metadata with empty bytes, and no image is encoded for it. Default true.
+   */
+  readonly encoded?: boolean;
+}
+
+/** The `output` event: each output frame as raw pixels, for transports that encode it themselves (WebRTC). */
+export interface RawOutput {
+  /** [3, H, W] in [-1, 1]; the same array again when the similarity filter repeats a frame. */
+  readonly image: Float32Array;
+  readonly width: number;
+  readonly height: number;
+  /** performance.now() when the shown input frame arrived (ms): output timing follows the input's. */
+  readonly arrivedAt: number;
+  readonly meta: FrameMeta;
 }
 
 export interface StreamStats {
@@ -51,11 +67,23 @@ const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 /** Updates that may wait for their turn behind a frame (a client sending more is told to slow down). */
 const MAX_UPDATES_WAITING = 16;
 
+/** Interleaved RGB bytes [H, W, 3] of a decoded frame (onRawFrame). */
+interface RawInput {
+  readonly data: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
 interface PendingInput {
   readonly id: number;
-  readonly bytes: Buffer;
+  /** An encoded image (JPEG/PNG/WebP), or interleaved RGB already at the stream's size (onRawFrame). */
+  readonly bytes: Buffer | undefined;
+  readonly rgb: RawInput | undefined;
   readonly receivedAt: number;
 }
+
+/** A raw frame made for a size the stream no longer runs at. */
+class StaleFrame extends Error {}
 
 /** What waits for the pipeline, in arrival order: at most one frame, and updates that hold frames back. */
 type Work = { readonly kind: 'frame'; readonly input: PendingInput } | { readonly kind: 'update'; readonly turn: () => void; readonly done: Promise<unknown> };
@@ -112,25 +140,56 @@ export class StreamSession extends EventEmitter {
     return this.start.name;
   }
 
+  /** Paths of its MJPEG output and snapshot: the stable by-name ones for a named stream, else its own. */
+  get outputPaths(): { mjpeg_url: string; snapshot_url: string } {
+    const base = this.name === undefined ? `/v1/streams/${this.id}` : `/v1/streams/by-name/${this.name}`;
+    return { mjpeg_url: `${base}/mjpeg`, snapshot_url: `${base}/snapshot` };
+  }
+
   /**
    * A binary frame arrived (at `receivedAt`, performance.now() ms): it replaces any frame still waiting
    * (latest-frame-wins).
    */
   onFrame(bytes: Buffer, receivedAt = performance.now()): void {
     if (this.closed || this.start.mode === 'txt2img') return;
-    const id = ++this.inputCounter;
-    this.stats.framesIn++;
-    this.ctx.metrics.framesIn.inc();
+    const id = this.countInput();
     if (bytes.length > this.ctx.config.maxFrameBytes) {
       this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
       return;
     }
+    this.queueInput({ id, bytes, rgb: undefined, receivedAt });
+  }
+
+  /**
+   * A decoded frame arrived as interleaved RGB at the stream's size (WebRTC decodes video itself): no image
+   * decode, otherwise as onFrame (latest-frame-wins). A frame whose size no longer fits the stream when its
+   * turn comes (a live size change) is dropped.
+   */
+  onRawFrame(rgb: Uint8Array, width: number, height: number): void {
+    if (this.closed || this.start.mode === 'txt2img') return;
+    const id = this.countInput();
+    const size = this.pipeline.frameSize;
+    if (width !== size.width || height !== size.height || rgb.length !== width * height * 3) {
+      this.fail(new ServiceError('bad_image', `raw frame ${id} is ${width}x${height} (${rgb.length} bytes); the stream takes ${size.width}x${size.height} RGB`), id);
+      return;
+    }
+    this.queueInput({ id, bytes: undefined, rgb: { data: rgb, width, height }, receivedAt: performance.now() });
+  }
+
+  private countInput(): number {
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    return ++this.inputCounter;
+  }
+
+  /** Latest-frame-wins: a frame still waiting is replaced (and counted as dropped). */
+  private queueInput(input: PendingInput): void {
     const waiting = this.queue.findIndex((w) => w.kind === 'frame');
     if (waiting >= 0) {
       this.queue.splice(waiting, 1);
       this.dropInput();
     }
-    this.queue.push({ kind: 'frame', input: { id, bytes, receivedAt } });
+    this.queue.push({ kind: 'frame', input });
     void this.pump();
   }
 
@@ -233,10 +292,7 @@ export class StreamSession extends EventEmitter {
     const started = performance.now();
     try {
       // decode (at the size the stream runs at when its turn comes) -> filter -> encode -> denoise -> decode -> frame out
-      const info = await probeImage(input.bytes);
-      this.arrivals.set(input.id, input.receivedAt);
-      const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeImage(input.bytes, size.width, size.height, { fit, info })).data;
-      const [result] = await this.pipeline.processInput(load, input.id, info.width / info.height);
+      const [result] = input.rgb ? await this.processRaw(input, input.rgb) : await this.processEncoded(input, input.bytes!);
       if (this.closed || !result) return;
       const sourceId = result.source ?? input.id;
       const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
@@ -248,6 +304,30 @@ export class StreamSession extends EventEmitter {
       this.queueOutput(result, sourceId, sourceArrival, started);
     } catch (error) {
       this.fail(toServiceError(error, 'inference_failed'), input.id);
+    }
+  }
+
+  /** An encoded image: its shape is read first (the stream may follow it), then it is decoded at the stream's size. */
+  private async processEncoded(input: PendingInput, bytes: Buffer): Promise<FrameResult<number>[]> {
+    const info = await probeImage(bytes);
+    this.arrivals.set(input.id, input.receivedAt);
+    const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeImage(bytes, size.width, size.height, { fit, info })).data;
+    return this.pipeline.processInput(load, input.id, info.width / info.height);
+  }
+
+  /** Raw RGB already at the stream's size (it says nothing about the source's shape); stale after a size change. */
+  private async processRaw(input: PendingInput, rgb: RawInput): Promise<FrameResult<number>[]> {
+    this.arrivals.set(input.id, input.receivedAt);
+    const load = async (size: { width: number; height: number }) => {
+      if (size.width !== rgb.width || size.height !== rgb.height) throw new StaleFrame();
+      return rgb8ToTensor(rgb.data, rgb.width, rgb.height);
+    };
+    try {
+      return await this.pipeline.processInput(load, input.id);
+    } catch (error) {
+      if (!(error instanceof StaleFrame)) throw error;
+      this.dropInput(); // the size changed while it waited: the sender's next frame has the new size
+      return [];
     }
   }
 
@@ -276,10 +356,11 @@ export class StreamSession extends EventEmitter {
     const { image, width, height, skipped, variant } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
-    const bytes = this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
-    this.lastEncoded = { image, bytes };
-    if (this.listenerCount('jpeg') > 0 || format === 'jpeg') {
-      this.lastJpeg = format === 'jpeg' ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+    const encoded = this.sink.encoded !== false;
+    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
+    if (encoded) this.lastEncoded = { image, bytes };
+    if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
+      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -299,6 +380,7 @@ export class StreamSession extends EventEmitter {
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
     this.ctx.metrics.frameProcessing.observe((now - started) / 1000);
+    if (this.listenerCount('output') > 0) this.emit('output', { image, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
 

@@ -147,7 +147,6 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
           ctx.metrics.streamsActive.set(registry.size);
           ctx.log.info('stream started', { stream: opened.id, name: opened.name, client, mode: message.mode });
           const { width, height } = opened.size;
-          const outputs = opened.name === undefined ? `/v1/streams/${opened.id}` : `/v1/streams/by-name/${opened.name}`;
           sendJson(ws, {
             type: 'started',
             protocol: PROTOCOL_VERSION,
@@ -157,8 +156,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             width,
             height,
             window: message.window,
-            mjpeg_url: `${outputs}/mjpeg`,
-            snapshot_url: `${outputs}/snapshot`,
+            ...opened.outputPaths,
           });
           opening = false;
           replay(opened);
