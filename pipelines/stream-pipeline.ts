@@ -3,17 +3,35 @@
  * Each stream owns its buffer, noise, stock noise and filter state (two streams never mix frames), and
  * every parameter can change between frames without reloading sessions or emitting a broken frame:
  * prompt, guidance, seed and the UNet variant apply to the frames in flight; a new schedule or size
- * re-primes the buffer. Frames and parameter changes take turns: a change never lands inside a frame.
+ * re-primes the buffer.
+ *
+ * Frames are pipelined across the model workers: process() may be called again before the previous call has
+ * finished. A frame's VAE encode starts at once (beside the previous frame's UNet call), the stream-batch steps
+ * run one after another in call order, a frame's decode runs beside the next frame's step, and results resolve
+ * in call order. room() tells the caller when to hand over the next frame (PIPELINE_DEPTH frames in flight).
+ * A frame keeps the size and VAE of the moment it entered; each step takes the prompt, UNet variant, guidance and
+ * seed current when it starts (a step is never changed half-way), as one frame at a time would. Frames enter
+ * (processInput) and updates apply in turns, so an update never lands between loading a frame and its entry.
  */
-import type { Engine, Size } from './engine.ts';
+import type { ImageInput } from '../models/components.ts';
+import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
-import type { Fit } from './codecs/image.ts';
+import { rgb8ToTensor, type Fit } from './codecs/image.ts';
 import { mergeParams, paramsSchema, type GenerationParams } from './params.ts';
-import { planRequest, resizePlan, type Mode, type Plan, type RunnerFactory } from './plan.ts';
+import { planRequest, resizePlan, BATCH_DEFAULTS, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from './plan.ts';
 import { Generator } from './random.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
 import type { UnetVariant } from './variants.ts';
+
+/**
+ * Frames a stream has in its pipeline at once: one being encoded while the one before is denoised and decoded.
+ * More would wait in front of the UNet, where latest-frame-wins can no longer replace them by newer ones.
+ */
+export const PIPELINE_DEPTH = 2;
+
+/** A frame in: an image tensor [3, H, W] in [-1, 1], or RGB bytes [H, W, 3] (the lean path: no float copy here). */
+export type FrameInput = ImageInput;
 
 export interface FrameResult<Tag = unknown> {
   /**
@@ -21,7 +39,9 @@ export interface FrameResult<Tag = unknown> {
    * (skipped) shows the input the filter judged unchanged, and the frame in flight then stands for it too.
    */
   readonly source: Tag | undefined;
-  /** [3, H, W] in [-1, 1] */
+  /** RGB bytes [H, W, 3], as the VAE decoder's thread made them. */
+  readonly rgb: Uint8Array;
+  /** [3, H, W] in [-1, 1], made from `rgb` when first read (encoding it gives the same bytes as `rgb`). */
   readonly image: Float32Array;
   readonly width: number;
   readonly height: number;
@@ -30,10 +50,35 @@ export interface FrameResult<Tag = unknown> {
   readonly similarity: number | undefined;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
+  /** The VAE that encoded and decoded it. */
+  readonly vae: VaeChoice;
 }
 
-/** Produces one input frame [3, H, W] in [-1, 1] at the size (and fit) the stream runs at when its turn comes. */
-export type FrameLoader = (size: Size, fit: Fit) => Promise<Float32Array>;
+/** Float images made from outputs' bytes, so a repeated output (same bytes) gives the same array. */
+const floatImages = new WeakMap<Uint8Array, Float32Array>();
+
+function frameResult<Tag>(fields: Omit<FrameResult<Tag>, 'image'>): FrameResult<Tag> {
+  const get = () => {
+    let image = floatImages.get(fields.rgb);
+    if (!image) floatImages.set(fields.rgb, (image = rgb8ToTensor(fields.rgb, fields.width, fields.height)));
+    return image;
+  };
+  return Object.defineProperty({ ...fields }, 'image', { get, enumerable: false }) as FrameResult<Tag>;
+}
+
+/** Produces one input frame at the size (and fit) the stream runs at when its turn comes. */
+export type FrameLoader = (size: Size, fit: Fit) => Promise<FrameInput>;
+
+/** A frame handed to processInput: `entered` once it is in the pipeline, `results` when it has finished. */
+export interface FrameEntry<Tag> {
+  readonly entered: Promise<void>;
+  readonly results: Promise<FrameResult<Tag>[]>;
+}
+
+/** A frame's tag while it is in the stream batch's buffer (a skipped input may take the newest one over). */
+interface TagSlot {
+  tag: unknown;
+}
 
 /** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
 const FILTER_SEED_SALT = 0x5f3759df;
@@ -44,25 +89,37 @@ const sameSize = (a: Size, b: Size) => a.width === b.width && a.height === b.hei
 export class StreamPipeline {
   private plan!: Plan;
   private batch!: StreamBatch;
-  /** The size the stream batch was built for (a new one resets the filter). */
-  private batchSize: Size | undefined;
-  private lastOutput: FrameResult | undefined;
-  /** The shape (width / height) of the latest input frame: the size follows it when the parameters set none. */
-  private inputAspect: number | undefined;
+  /** The results of the newest frame that ran the models (a skipped frame repeats them). */
+  private last: Promise<FrameResult[]> | undefined;
   /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
   private updates: Promise<unknown> = Promise.resolve();
+  /** The stream-batch steps, one after another in call order. */
+  private steps: Promise<unknown> = Promise.resolve();
+  /** Guidance and noise changes for the current batch, made at the start of its next step. */
+  private pending: { guidance?: Plan['guidance']; noise?: NoiseTable } = {};
+  /** Settles after the newest frame's results: results resolve in call order. */
+  private delivered: Promise<unknown> = Promise.resolve();
+  /** The size the stream batch was built for (a new one resets the filter). */
+  private batchSize: Size | undefined;
+  /** The shape (width / height) of the latest input frame: the size follows it when the parameters set none. */
+  private inputAspect: number | undefined;
   /** Updates queued that build a new UNet variant (see buildsVariant). */
   private variantBuilds = 0;
-  /** Frames and the moments updates apply take turns here: nothing changes inside a frame. */
+  /** Frames entering (loaded, filtered) and updates applying take turns here. */
   private turn: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
-  private inFlightTags: unknown[] = [];
+  private inFlightTags: TagSlot[] = [];
+  /** The tag of the newest frame that ran the models. */
+  private newest: TagSlot | undefined;
+  private inFlight = 0;
+  private readonly waiting: (() => void)[] = [];
   readonly filter: SimilarityFilter;
 
   private constructor(
     private readonly engine: Engine,
     params: GenerationParams,
     private readonly runners: RunnerFactory | undefined,
+    private readonly defaults: PlanDefaults,
   ) {
     const seed = typeof params.seed === 'number' ? params.seed : params.seed[0]!.seed;
     this.filter = new SimilarityFilter(
@@ -73,11 +130,12 @@ export class StreamPipeline {
 
   /**
    * A stream of frames (img2img: each frame is encoded and noised to the strength) or a txt2img stream
-   * (every call denoises fresh noise, see generate()).
+   * (every call denoises fresh noise, see generate()). `defaults` fill unset parameters (the server's live
+   * defaults: the tiny VAE); batch defaults otherwise.
    */
-  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img'): Promise<StreamPipeline> {
-    const stream = new StreamPipeline(engine, params, runners);
-    stream.plan = await planRequest(engine, params, mode, runners);
+  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
+    const stream = new StreamPipeline(engine, params, runners, defaults);
+    stream.plan = await planRequest(engine, params, mode, runners, defaults);
     stream.rebuild();
     return stream;
   }
@@ -101,6 +159,11 @@ export class StreamPipeline {
     return this.plan.variant;
   }
 
+  /** Which VAE the stream's frames go through now. */
+  get vae(): VaeChoice {
+    return this.plan.vaeName;
+  }
+
   /**
    * Whether this update builds a new UNet variant (new adapters: a merge on a worker, up to seconds), or
    * follows one still being built. Such updates apply once the variant is ready while frames keep flowing on
@@ -116,7 +179,7 @@ export class StreamPipeline {
 
   /**
    * Applies a live update between two frames, once `when` resolves (the caller's turn: a server holds it until
-   * the frames that arrived before the update have run). Validation errors throw and change nothing. A new
+   * the frames that arrived before the update have entered). Validation errors throw and change nothing. A new
    * variant (an adapter merge) is built first, with frames flowing on the current UNet meanwhile.
    */
   update(update: unknown, when: Promise<unknown> = Promise.resolve()): Promise<GenerationParams> {
@@ -129,10 +192,10 @@ export class StreamPipeline {
 
   private async applyUpdate(update: unknown, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.inputAspect);
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults());
     // 2. apply between frames, once the caller's turn has come
     await when;
-    return this.exclusive(() => this.apply(next));
+    return this.inTurn(() => this.apply(next));
   }
 
   private apply(planned: Plan): GenerationParams {
@@ -148,75 +211,141 @@ export class StreamPipeline {
       this.rebuild();
       return p;
     }
-    if (!same(before.guidance, next.guidance)) this.batch.setGuidance(next.guidance);
-    if (!same(before.params.seed, p.seed)) this.batch.setNoise(this.noise());
+    // made when the next step starts: a step in progress keeps the guidance it planned its rows with
+    if (!same(before.guidance, next.guidance)) this.pending.guidance = next.guidance;
+    if (!same(before.params.seed, p.seed)) this.pending.noise = this.noise();
     return p;
   }
 
-  /**
-   * Processes one group of frame_buffer_size frames ([3, H, W] each at frameSize) and returns the group
-   * that finished. With one frame per group the similarity filter may skip the models entirely.
-   * `tag` (e.g. the input frame id) comes back on the output that shows this frame.
-   */
-  process<Tag>(frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
-    return this.exclusive(() => this.run(frames, tag));
+  /** The defaults a plan of this stream fills unset parameters from, with the input's current shape. */
+  private planDefaults(): PlanDefaults {
+    return { ...this.defaults, inputAspect: this.inputAspect };
   }
 
-  /**
-   * Processes one input frame that `load` produces at the stream's size when its turn comes. `aspect` is the
-   * input's shape (width / height): when the parameters fix no size the stream follows it (a new size
-   * re-primes the buffer).
-   */
-  processInput<Tag>(load: FrameLoader, tag: Tag, aspect?: number): Promise<FrameResult<Tag>[]> {
-    return this.exclusive(async () => {
-      if (aspect !== undefined && aspect !== this.inputAspect) this.followAspect(aspect);
-      return this.run([await load(this.plan.size, this.plan.params.fit)], tag);
-    });
-  }
-
-  /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
-  generate(): Promise<FrameResult[]> {
-    return this.exclusive(async () => {
-      const { size, prompt, variant, runner } = this.plan;
-      const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
-      const denoised = await this.batch.process(zeros, prompt, runner);
-      const images = await this.engine.decodeLatents(denoised, size);
-      return images.map((image) => ({ source: undefined, image, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
-    });
-  }
-
-  private exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
+  private inTurn<T>(fn: () => T | Promise<T>): Promise<T> {
     const run = this.turn.then(fn);
     this.turn = run.catch(() => undefined);
     return run;
   }
 
-  private async run<Tag>(frames: readonly Float32Array[], tag: Tag | undefined): Promise<FrameResult<Tag>[]> {
-    const { size, prompt, variant, runner } = this.plan;
+  /** Resolves when the pipeline takes another frame (fewer than PIPELINE_DEPTH in flight). */
+  room(): Promise<void> {
+    if (this.inFlight < PIPELINE_DEPTH) return Promise.resolve();
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /**
+   * Processes one input frame that `load` produces at the stream's size when its turn comes. `aspect` is the
+   * input's shape (width / height): when the parameters fix no size the stream follows it (a new size re-primes
+   * the buffer). `entered` settles once the frame is in the pipeline (frames enter in call order; a load error
+   * rejects both); `results` as process(). `handOver` as process().
+   */
+  processInput<Tag>(load: FrameLoader, tag: Tag, aspect?: number, handOver = false): FrameEntry<Tag> {
+    const turn = this.inTurn(async () => {
+      if (aspect !== undefined && aspect !== this.inputAspect) this.followAspect(aspect);
+      const frame = await load(this.plan.size, this.plan.params.fit);
+      // wrapped: the turn ends when the frame has entered, not when its results are ready
+      return { results: this.process([frame], tag, handOver) };
+    });
+    return { entered: turn.then(() => undefined), results: turn.then((t) => t.results) };
+  }
+
+  /**
+   * Processes one group of frame_buffer_size frames (at frameSize each) and returns the group that finished.
+   * With one frame per group the similarity filter may skip the models entirely. `tag` (e.g. the input frame id)
+   * comes back on the output that shows this frame. `handOver`: the caller is done with the frames (byte frames
+   * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
+   */
+  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
+    const batch = this.batch;
     const { width, height } = size;
-    // 1. filter: a near-identical frame repeats the previous output and runs no model
-    if (frames.length === 1) {
+    // 1. filter, in call order: a near-identical frame repeats the previous output and runs no model
+    if (frames.length === 1 && this.filter.enabled) {
       const decision = this.filter.check(frames[0]!);
-      if (decision.skip && this.lastOutput) {
+      const last = this.last as Promise<FrameResult<Tag>[]> | undefined;
+      if (decision.skip && last) {
         // the newest frame in flight is the one this input was compared with: it now stands for this input
-        if (this.inFlightTags.length > 0) this.inFlightTags[this.inFlightTags.length - 1] = tag;
-        return [{ ...(this.lastOutput as FrameResult<Tag>), source: tag, skipped: true, similarity: decision.similarity }];
+        if (this.newest) this.newest.tag = tag;
+        return this.inOrder(last.then((results) => results.map((r) => frameResult({ ...r, source: tag, skipped: true, similarity: decision.similarity }))));
       }
     }
-    // 2. encode, 3. denoise in the stream batch, 4. decode
-    const latents = await this.engine.encodeImages(frames, size);
-    const source = this.trackSource(tag);
-    const denoised = await this.batch.process(latents, prompt, runner);
-    const images = await this.engine.decodeLatents(denoised, size);
-    const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined, variant }));
-    this.lastOutput = results[results.length - 1];
+    this.inFlight++;
+    const slot: TagSlot = { tag };
+    this.newest = slot;
+    // 2. encode now, beside the previous frame's step
+    const latents = this.engine.encodeImages(frames, size, vae, handOver);
+    // 3. one stream-batch step after another
+    const step = this.steps.then(async () => {
+      const z = await latents;
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
+      const source = this.trackSource(batch, slot) as Tag | undefined;
+      return { source, variant, denoised: await batch.process(z, prompt, runner) };
+    });
+    this.steps = step.catch(() => undefined);
+    // 4. decode beside the next frame's step
+    const decoded = step.then(async ({ source, variant, denoised }) => {
+      const images = await this.engine.decodeToRgb8(denoised, size, vae);
+      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+    });
+    const results = this.inOrder(decoded);
+    this.last = results;
+    const done = () => {
+      this.inFlight--;
+      while (this.inFlight < PIPELINE_DEPTH && this.waiting.length > 0) this.waiting.shift()!();
+    };
+    results.then(done, done);
     return results;
   }
 
-  private trackSource<Tag>(tag: Tag | undefined): Tag | undefined {
-    if (this.batch.inFlight === 0) this.inFlightTags = new Array<unknown>(this.lag).fill(tag); // priming repeats the first frame
-    this.inFlightTags.push(tag);
-    return this.inFlightTags.shift() as Tag | undefined;
+  /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
+  async generate(): Promise<FrameResult[]> {
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
+    const batch = this.batch;
+    const zeros = Array.from({ length: entered.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
+    const step = this.steps.then(async () => {
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
+      return { variant, denoised: await batch.process(zeros, prompt, runner) };
+    });
+    this.steps = step.catch(() => undefined);
+    const { variant, denoised } = await step;
+    const images = await this.engine.decodeToRgb8(denoised, size, vae);
+    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+  }
+
+  /**
+   * What a step starting now runs with: the current plan and the batch changes made since the last step, or, for
+   * a batch an update has replaced (a frame that entered before a re-prime), the plan the frame entered with.
+   */
+  private stepPlan(batch: StreamBatch, entered: Plan): Plan {
+    if (batch !== this.batch) return entered;
+    const { guidance, noise } = this.pending;
+    this.pending = {};
+    if (guidance) batch.setGuidance(guidance);
+    if (noise) batch.setNoise(noise);
+    return this.plan;
+  }
+
+  /** Settles `p` only after every earlier frame's results. */
+  private inOrder<T>(p: Promise<T>): Promise<T> {
+    const before = this.delivered;
+    const ordered = p.then(
+      async (value) => (await before, value),
+      async (error: unknown) => {
+        await before;
+        throw error;
+      },
+    );
+    this.delivered = ordered.catch(() => undefined);
+    return ordered;
+  }
+
+  private trackSource(batch: StreamBatch, slot: TagSlot): unknown {
+    if (batch.inFlight === 0) this.inFlightTags = new Array<TagSlot>(batch.lag).fill(slot); // priming repeats the first frame
+    this.inFlightTags.push(slot);
+    return this.inFlightTags.shift()!.tag;
   }
 
   /** A new input shape: a new size when the parameters leave the size to the input and it changes. */
@@ -239,6 +368,8 @@ export class StreamPipeline {
     if (this.batchSize && !sameSize(this.batchSize, this.plan.size)) this.filter.reset();
     this.batchSize = this.plan.size;
     this.batch = new StreamBatch(this.plan.coefficients, this.plan.guidance, this.noise());
-    this.lastOutput = undefined;
+    this.pending = {};
+    this.last = undefined;
+    this.newest = undefined;
   }
 }

@@ -1,11 +1,14 @@
 /**
  * Image bytes <-> model tensors, through sharp. Frames in: JPEG, PNG or WebP, checked before decoding
- * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop),
- * converted to [3, H, W] floats in [-1, 1] (`fit: pad` keeps the whole picture, with black bars, instead).
- * Frames out: [3, H, W] in [-1, 1] -> JPEG, PNG or WebP.
+ * (format, pixel limit against decompression bombs), resized to the target size (`fit`: centre crop, or the whole
+ * picture with black bars), as RGB bytes [H, W, 3] or [3, H, W] floats in [-1, 1]. Frames out: RGB bytes or
+ * [3, H, W] in [-1, 1] -> JPEG, PNG or WebP. The lean path: a frame that already has the target size, no EXIF
+ * rotation and plain RGB is decoded in one step with nothing else done to it (a live client sends frames at the
+ * stream's size).
  */
 import sharp from 'sharp';
 import { ServiceError } from '../../models/errors.ts';
+import { planarToRgb8, rgb8ToPlanar } from '../../models/runtime/image-layout.ts';
 
 export const INPUT_FORMATS = ['jpeg', 'png', 'webp'] as const;
 export type OutputFormat = 'jpeg' | 'png' | 'webp';
@@ -20,6 +23,13 @@ export interface DecodedImage {
   readonly height: number;
 }
 
+export interface DecodedRgb8 {
+  /** RGB bytes [H, W, 3] */
+  readonly rgb: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
 /** What becomes of the input outside the output's aspect: centre-cropped, or kept whole with black bars. */
 export const FITS = ['crop', 'pad'] as const;
 export type Fit = (typeof FITS)[number];
@@ -29,6 +39,8 @@ export interface ImageInfo {
   readonly format: string;
   readonly width: number;
   readonly height: number;
+  /** Upright sRGB with 3 channels and no alpha: at the target size it decodes as is. */
+  readonly plain: boolean;
 }
 
 export interface DecodeOptions {
@@ -57,57 +69,54 @@ export async function probeImage(bytes: Uint8Array, maxPixels = MAX_INPUT_PIXELS
     throw new ServiceError('too_large', `image is ${meta.width}x${meta.height} pixels, more than the limit of ${maxPixels}`);
   }
   // EXIF orientations 5-8 turn the picture by 90 degrees: rotate() below swaps its sides
-  const turned = (meta.orientation ?? 1) >= 5;
+  const orientation = meta.orientation ?? 1;
+  const turned = orientation >= 5;
   const [w, h] = [meta.width ?? 0, meta.height ?? 0];
-  return { format: meta.format, width: turned ? h : w, height: turned ? w : h };
+  const plain = orientation === 1 && meta.channels === 3 && !meta.hasAlpha && meta.space === 'srgb';
+  return { format: meta.format, width: turned ? h : w, height: turned ? w : h, plain };
 }
 
-/** Decodes an image and resizes it to width x height (`fit` for the rest). A bad image throws `bad_image` or `too_large`. */
-export async function decodeImage(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedImage> {
+/** Decodes an image to RGB bytes at width x height (`fit` for the rest). A bad image throws `bad_image` or `too_large`. */
+export async function decodeRgb8(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedRgb8> {
   const maxPixels = options.maxPixels ?? MAX_INPUT_PIXELS;
-  if (!options.info) await probeImage(bytes, maxPixels);
+  const info = options.info ?? (await probeImage(bytes, maxPixels));
+  const asIs = info.plain && info.width === width && info.height === height;
+  const resize: sharp.ResizeOptions = options.fit === 'pad' ? { fit: 'contain', background: { r: 0, g: 0, b: 0 } } : { fit: 'cover' };
   let raw: Buffer;
   try {
-    raw = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
-      .rotate()
-      .removeAlpha()
-      .resize(width, height, options.fit === 'pad' ? { fit: 'contain', background: { r: 0, g: 0, b: 0 } } : { fit: 'cover' })
-      .toColourspace('srgb')
-      .raw()
-      .toBuffer();
+    const img = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' });
+    raw = await (asIs ? img : img.rotate().removeAlpha().resize(width, height, resize).toColourspace('srgb')).raw().toBuffer();
   } catch (cause) {
     throw new ServiceError('bad_image', `cannot decode image: ${(cause as Error).message}`, { cause });
   }
-  return { data: rgb8ToTensor(raw, width, height), width, height };
+  return { rgb: raw, width, height };
+}
+
+/** Decodes an image to [3, H, W] floats in [-1, 1] at width x height (see decodeRgb8). */
+export async function decodeImage(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedImage> {
+  const { rgb } = await decodeRgb8(bytes, width, height, options);
+  return { data: rgb8ToTensor(rgb, width, height), width, height };
 }
 
 /** Interleaved RGB bytes [H, W, 3] -> [3, H, W] in [-1, 1]. */
 export function rgb8ToTensor(rgb: Uint8Array, width: number, height: number): Float32Array {
-  const plane = width * height;
-  const out = new Float32Array(3 * plane);
-  for (let p = 0; p < plane; p++) {
-    out[p] = rgb[3 * p]! / 127.5 - 1;
-    out[plane + p] = rgb[3 * p + 1]! / 127.5 - 1;
-    out[2 * plane + p] = rgb[3 * p + 2]! / 127.5 - 1;
-  }
-  return out;
+  return rgb8ToPlanar(rgb, 1, height, width);
 }
 
 /** [3, H, W] in [-1, 1] -> interleaved RGB bytes [H, W, 3], clamped and rounded. */
 export function tensorToRgb8(data: Float32Array, width: number, height: number): Buffer {
-  const plane = width * height;
-  const out = Buffer.alloc(3 * plane);
-  for (let p = 0; p < plane; p++) {
-    for (let c = 0; c < 3; c++) {
-      const v = Math.round((data[c * plane + p]! + 1) * 127.5);
-      out[3 * p + c] = v < 0 ? 0 : v > 255 ? 255 : v;
-    }
-  }
-  return out;
+  const rgb = planarToRgb8(data, 1, height, width);
+  return Buffer.from(rgb.buffer, rgb.byteOffset, rgb.byteLength);
 }
 
+/** [3, H, W] in [-1, 1] -> an encoded image. */
 export async function encodeImage(data: Float32Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
-  const img = sharp(tensorToRgb8(data, width, height), { raw: { width, height, channels: 3 } });
+  return encodeRgb8(tensorToRgb8(data, width, height), width, height, format, quality);
+}
+
+/** RGB bytes [H, W, 3] -> an encoded image. */
+export async function encodeRgb8(rgb: Uint8Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
+  const img = sharp(rgb, { raw: { width, height, channels: 3 } });
   switch (format) {
     case 'png':
       return img.png().toBuffer();

@@ -7,8 +7,8 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage, probeImage, rgb8ToTensor, type Fit } from '../../pipelines/codecs/image.ts';
-import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
+import { decodeRgb8, encodeRgb8, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
+import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
@@ -33,8 +33,8 @@ export interface StreamSink {
 
 /** The `output` event: each output frame as raw pixels, for transports that encode it themselves (WebRTC). */
 export interface RawOutput {
-  /** [3, H, W] in [-1, 1]; the same array again when the similarity filter repeats a frame. */
-  readonly image: Float32Array;
+  /** RGB bytes [H, W, 3]; the same array again when the similarity filter repeats a frame. */
+  readonly rgb: Uint8Array;
   readonly width: number;
   readonly height: number;
   /** performance.now() when the shown input frame arrived (ms): output timing follows the input's. */
@@ -100,6 +100,8 @@ export class StreamSession extends EventEmitter {
   private outputCounter = 0;
   private lastJpeg: Buffer | undefined;
   private readonly arrivals = new Map<number, number>();
+  /** Settles once the newest frame in the pipeline has its output queued (or its error sent). */
+  private handled: Promise<void> = Promise.resolve();
   /** Output encoding runs beside the next frame's pipeline work; this chain keeps outputs in order. */
   private outputs: Promise<void> = Promise.resolve();
 
@@ -116,7 +118,7 @@ export class StreamSession extends EventEmitter {
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
     checkLive(params.frame_buffer_size);
-    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode);
+    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -241,6 +243,7 @@ export class StreamSession extends EventEmitter {
     // the answer (updated or error) follows the answers to the frames that arrived before the update
     const answer = async () => {
       await reached;
+      await this.handled;
       await this.outputs;
     };
     try {
@@ -280,55 +283,72 @@ export class StreamSession extends EventEmitter {
           continue;
         }
         if (!next) break;
-        this.queue.shift();
-        await this.processOne(next.input);
+        // frames are pipelined: the next one is taken (the newest waiting) once the pipeline has room
+        await this.pipeline.room();
+        if (this.closed || this.queue[0]?.kind !== 'frame') continue;
+        const work = this.queue.shift() as Extract<Work, { kind: 'frame' }>;
+        await this.startOne(work.input);
       }
     } finally {
       this.busy = false;
     }
   }
 
-  private async processOne(input: PendingInput): Promise<void> {
+  /**
+   * decode (at the size the stream runs at when its turn comes) -> filter -> encode -> denoise -> decode -> frame
+   * out. Resolves once the frame is in the pipeline (so frames enter it in arrival order); the rest runs beside
+   * the next frames.
+   */
+  private async startOne(input: PendingInput): Promise<void> {
     const started = performance.now();
+    this.arrivals.set(input.id, input.receivedAt);
+    const { entered, results } = input.rgb ? this.enterRaw(input, input.rgb) : await this.enterEncoded(input, input.bytes!);
     try {
-      // decode (at the size the stream runs at when its turn comes) -> filter -> encode -> denoise -> decode -> frame out
-      const [result] = input.rgb ? await this.processRaw(input, input.rgb) : await this.processEncoded(input, input.bytes!);
-      if (this.closed || !result) return;
-      const sourceId = result.source ?? input.id;
-      const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
-      for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
-      if (result.skipped) {
-        this.stats.skipped++;
-        this.ctx.metrics.ssfSkips.inc();
-      }
-      this.queueOutput(result, sourceId, sourceArrival, started);
+      await entered;
     } catch (error) {
-      this.fail(toServiceError(error, 'inference_failed'), input.id);
+      results.catch(() => undefined);
+      if (error instanceof StaleFrame) this.dropInput(); // the size changed while it waited: the sender's next frame has the new size
+      else this.fail(toServiceError(error, 'bad_image'), input.id);
+      return;
     }
+    this.handled = results.then(
+      ([result]) => {
+        if (this.closed || !result) return;
+        const sourceId = result.source ?? input.id;
+        const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
+        for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
+        if (result.skipped) {
+          this.stats.skipped++;
+          this.ctx.metrics.ssfSkips.inc();
+        }
+        this.queueOutput(result, sourceId, sourceArrival, started);
+      },
+      (error: unknown) => this.fail(toServiceError(error, 'inference_failed'), input.id),
+    );
   }
 
   /** An encoded image: its shape is read first (the stream may follow it), then it is decoded at the stream's size. */
-  private async processEncoded(input: PendingInput, bytes: Buffer): Promise<FrameResult<number>[]> {
-    const info = await probeImage(bytes);
-    this.arrivals.set(input.id, input.receivedAt);
-    const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeImage(bytes, size.width, size.height, { fit, info })).data;
-    return this.pipeline.processInput(load, input.id, info.width / info.height);
+  private async enterEncoded(input: PendingInput, bytes: Buffer): Promise<FrameEntry<number>> {
+    let info;
+    try {
+      info = await probeImage(bytes);
+    } catch (error) {
+      const failed = Promise.reject(error);
+      return { entered: failed, results: failed };
+    }
+    const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeRgb8(bytes, size.width, size.height, { fit, info })).rgb;
+    // a decoded frame is ours to hand over to the encoder's thread
+    return this.pipeline.processInput(load, input.id, info.width / info.height, true);
   }
 
   /** Raw RGB already at the stream's size (it says nothing about the source's shape); stale after a size change. */
-  private async processRaw(input: PendingInput, rgb: RawInput): Promise<FrameResult<number>[]> {
-    this.arrivals.set(input.id, input.receivedAt);
+  private enterRaw(input: PendingInput, rgb: RawInput): FrameEntry<number> {
     const load = async (size: { width: number; height: number }) => {
       if (size.width !== rgb.width || size.height !== rgb.height) throw new StaleFrame();
-      return rgb8ToTensor(rgb.data, rgb.width, rgb.height);
+      return rgb.data;
     };
-    try {
-      return await this.pipeline.processInput(load, input.id);
-    } catch (error) {
-      if (!(error instanceof StaleFrame)) throw error;
-      this.dropInput(); // the size changed while it waited: the sender's next frame has the new size
-      return [];
-    }
+    // a raw frame's buffer belongs to its transport: not handed over
+    return this.pipeline.processInput(load, input.id);
   }
 
   private async generateOne(): Promise<void> {
@@ -344,7 +364,7 @@ export class StreamSession extends EventEmitter {
     }
   }
 
-  private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
+  private lastEncoded: { rgb: Uint8Array; bytes: Buffer } | undefined;
 
   private queueOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): void {
     this.outputs = this.outputs
@@ -353,14 +373,14 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { image, width, height, skipped, variant } = result;
+    const { rgb, width, height, skipped, variant, vae } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const encoded = this.sink.encoded !== false;
-    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
-    if (encoded) this.lastEncoded = { image, bytes };
+    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.rgb === rgb ? this.lastEncoded.bytes : await encodeRgb8(rgb, width, height, format, quality);
+    if (encoded) this.lastEncoded = { rgb, bytes };
     if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
-      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeRgb8(rgb, width, height, 'jpeg', quality);
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -376,11 +396,12 @@ export class StreamSession extends EventEmitter {
       format,
       expert: variant.expert,
       adapters: variant.adapters,
+      vae,
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
     this.ctx.metrics.frameProcessing.observe((now - started) / 1000);
-    if (this.listenerCount('output') > 0) this.emit('output', { image, width, height, arrivedAt, meta } satisfies RawOutput);
+    if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
 

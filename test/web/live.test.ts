@@ -32,10 +32,10 @@ const streamId = (wire: Wire) => streamIdOf(wire)!;
  * at the size the server picks for the input's shape.
  */
 async function reference(params: GenerationParams, input: Buffer): Promise<Buffer> {
-  const pipeline = await StreamPipeline.create(server.ctx.engine, params);
+  const pipeline = await StreamPipeline.create(server.ctx.engine, params, undefined, 'img2img', server.ctx.defaults.live);
   const info = await probeImage(input);
   const load = async (size: { width: number; height: number }, fit: 'crop' | 'pad') => (await decodeImage(input, size.width, size.height, { fit, info })).data;
-  const [out] = await pipeline.processInput(load, 1, info.width / info.height);
+  const [out] = await pipeline.processInput(load, 1, info.width / info.height).results;
   return encodeImage(out!.image, out!.width, out!.height, 'jpeg', 80);
 }
 
