@@ -228,9 +228,14 @@ export class StreamPipeline {
     return run;
   }
 
-  /** Resolves when the pipeline takes another frame (fewer than PIPELINE_DEPTH in flight). */
+  /** Whether the pipeline takes another frame now (fewer than PIPELINE_DEPTH in flight). */
+  get hasRoom(): boolean {
+    return this.inFlight < PIPELINE_DEPTH;
+  }
+
+  /** Resolves when the pipeline takes another frame (see hasRoom). */
   room(): Promise<void> {
-    if (this.inFlight < PIPELINE_DEPTH) return Promise.resolve();
+    if (this.hasRoom) return Promise.resolve();
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 

@@ -284,10 +284,12 @@ export class StreamSession extends EventEmitter {
         }
         if (!next) break;
         // frames are pipelined: the next one is taken (the newest waiting) once the pipeline has room
-        await this.pipeline.room();
-        if (this.closed || this.queue[0]?.kind !== 'frame') continue;
-        const work = this.queue.shift() as Extract<Work, { kind: 'frame' }>;
-        await this.startOne(work.input);
+        if (!this.pipeline.hasRoom) {
+          await this.pipeline.room();
+          continue;
+        }
+        this.queue.shift();
+        await this.startOne(next.input);
       }
     } finally {
       this.busy = false;
