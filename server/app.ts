@@ -67,7 +67,7 @@ export async function startServer(
   const metrics = new Metrics(true);
   const inflight = new InFlightRequests();
   const ctx = createContext(config, engine, log, metrics, inflight.signal);
-  const registry = new StreamRegistry({ maxStreams: config.maxStreams, maxPerClient: config.maxStreamsPerClient, maxArea: config.maxLatentArea });
+  const registry = new StreamRegistry({ maxStreams: config.maxStreams, maxPerClient: config.maxStreamsPerClient, maxArea: config.maxLatentArea }, engine.size({}));
   const limits = createRateLimits(config);
   const extensions = (options.extensions ?? []).map((make) => make(ctx));
 

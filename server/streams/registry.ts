@@ -1,9 +1,11 @@
 /**
  * The open streams, with the limits on them: how many in all and per client address, and how much latent area
- * (width / f x height / f, f the VAE factor) they use together, since a stream's memory and compute grow with it.
- * A stream reserves its place and area before it opens, and resizes its reservation before a size change.
+ * (width / f x height / f, f the VAE factor) they use together, since a stream's memory and compute grow with it;
+ * and their names. A stream reserves its place, area and name before it opens, and resizes its reservation
+ * before a size change.
  */
 import { ServiceError } from '../../models/errors.ts';
+import { StreamNames } from './names.ts';
 import type { StreamSession } from './session.ts';
 
 /** A stream's hold on the registry: its place and its latent area. */
@@ -26,18 +28,32 @@ const RETRY_AFTER_S = 5;
 
 export class StreamRegistry {
   private readonly sessions = new Map<string, { session: StreamSession; client: string }>();
-  private readonly held = new Set<{ client: string; area: number }>();
+  private readonly held = new Set<{ client: string; area: number; name: string | undefined }>();
+  /** Stable outputs by stream name. */
+  readonly names: StreamNames;
 
-  constructor(private readonly limits: StreamLimits) {}
+  constructor(
+    private readonly limits: StreamLimits,
+    /** The size of a name's placeholder before any stream of that name ran (the model's default). */
+    placeholderSize: { width: number; height: number },
+  ) {
+    this.names = new StreamNames(placeholderSize);
+  }
 
-  /** Holds a place (and `area`) for a stream being opened; throws rate_limited when there is none. */
-  reserve(client: string, area: number): Reservation {
+  /**
+   * Holds a place, `area` and the name (if any) for a stream being opened, until the reservation is released
+   * (when the stream closes); throws rate_limited when no place or area is free and conflict when a running or
+   * opening stream has the name.
+   */
+  reserve(client: string, area: number, name?: string): Reservation {
     const { maxStreams, maxPerClient } = this.limits;
     if (this.held.size >= maxStreams) throw new ServiceError('rate_limited', `the server already runs ${maxStreams} streams; try again later`, { retryAfter: RETRY_AFTER_S });
     if (this.countFor(client) >= maxPerClient) throw new ServiceError('rate_limited', `at most ${maxPerClient} streams per client`, { retryAfter: RETRY_AFTER_S });
-    const entry = { client, area: 0 };
+    if (name !== undefined && ([...this.held].some((e) => e.name === name) || this.names.running(name))) {
+      throw new ServiceError('conflict', `a stream named "${name}" is already running; stop it first or choose another name`, { field: 'name' });
+    }
     this.checkArea(area, 0);
-    entry.area = area;
+    const entry = { client, area, name };
     this.held.add(entry);
     return {
       get area() {
@@ -62,6 +78,7 @@ export class StreamRegistry {
   /** A stream that opened: listed until it closes, when its reservation is released. */
   add(session: StreamSession, client: string, reservation: Reservation): void {
     this.sessions.set(session.id, { session, client });
+    this.names.attach(session);
     session.once('close', () => {
       this.sessions.delete(session.id);
       reservation.release();

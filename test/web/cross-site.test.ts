@@ -6,16 +6,17 @@
  * - a cross-site page (attacker.example) that posts a multipart form and fires no-cors requests at the server.
  * The server must refuse all of them, and nothing may be created or rendered.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Browser } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
-import { launchChromium, startWebServer } from './browser.ts';
+import { browserSkip, browserTest, launchChromium, startWebServer } from './browser.ts';
 
 let browser: Browser;
 let server: RunningServer;
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer('full', { apiKey: undefined });
   browser = await launchChromium([
     '--host-resolver-rules=MAP evil.example 127.0.0.1, MAP attacker.example 127.0.0.1',
@@ -39,7 +40,7 @@ async function imagesRendered(): Promise<number> {
   return [...text.matchAll(/^sd_images_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
-test('a DNS-rebinding page (Host: evil.example) reads nothing, queues nothing, opens no stream', async () => {
+browserTest('a DNS-rebinding page (Host: evil.example) reads nothing, queues nothing, opens no stream', async () => {
   const origin = `http://evil.example:${server.port}`;
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -72,7 +73,7 @@ test('a DNS-rebinding page (Host: evil.example) reads nothing, queues nothing, o
   await context.close();
 });
 
-test('a cross-site page: its multipart form post and no-cors requests are refused, no job is queued and nothing rendered', async () => {
+browserTest('a cross-site page: its multipart form post and no-cors requests are refused, no job is queued and nothing rendered', async () => {
   const target = `http://127.0.0.1:${server.port}`;
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -111,7 +112,7 @@ test('a cross-site page: its multipart form post and no-cors requests are refuse
   await context.close();
 });
 
-test('the server\'s own pages still work: same-origin requests pass', async () => {
+browserTest('the server\'s own pages still work: same-origin requests pass', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
   await page.goto(`${server.url}/render.html`);

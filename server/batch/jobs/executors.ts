@@ -48,7 +48,7 @@ async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<
   const request = job.record.request as ImagesJobRequest;
   const { count, lanes, output_format: format } = request;
   const { width, height } = plan.size;
-  const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image')).data : undefined;
+  const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image', request.params.fit)).data : undefined;
   // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
   let done = 0;
   while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;
