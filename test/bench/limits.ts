@@ -31,7 +31,7 @@ const CEILINGS: readonly [string, string, string][] = [
   ['latent area of open streams', `${c.maxLatentArea} (two 1024x1024 SD streams); resizes too`, 'start: error rate_limited, close 1013; update: error rate_limited, the stream keeps its size'],
   ['sockets without start', `${c.maxPendingSockets} in all, ${c.maxPendingSocketsPerClient} per client, ${c.startTimeoutMs / 1000} s each`, 'HTTP 429 with Retry-After on the upgrade; close 4400 after the time'],
   ['text (control) message', `${MAX_CONTROL_BYTES / 1024} KiB, before parsing`, 'error too_large; before start also close 1009'],
-  ['updates waiting per stream', `${MAX_WAITING_UPDATES}`, 'error rate_limited, the stream goes on'],
+  ['updates not answered yet per stream', `${MAX_WAITING_UPDATES}`, 'error rate_limited, the stream goes on'],
   ['frame (binary message)', `${c.maxFrameBytes / 2 ** 20} MiB (4x: the socket is closed)`, 'error too_large for that frame; close 1009 past 4x'],
   ['merged adapter variants', `${c.maxVariants} alive (sessions on worker threads), evicted ones end at once`, '429 / error rate_limited with Retry-After when all are in use'],
   ['adapter update size', `\\|dW\\| <= ${MAX_UPDATE_RATIO} sqrt(r) rms(W) (sqrt(out) + sqrt(in)) per layer`, '422 model_invalid at upload and when merged'],

@@ -284,6 +284,29 @@ test('WS 25: a text message over the limit after start -> too_large, the stream 
   await client.close();
 });
 
+test('WS 33: a text message over the limit sent while the stream opens -> too_large, not held for later; the stream opens and runs', async () => {
+  const ws = new WebSocket(server.url.replace(/^http/, 'ws') + '/v1/stream');
+  await new Promise((ok) => ws.once('open', ok));
+  const messages: Record<string, unknown>[] = [];
+  ws.on('message', (d, binary) => {
+    if (!binary) messages.push(JSON.parse(d.toString()) as Record<string, unknown>);
+  });
+  const until = async (predicate: () => boolean) => {
+    for (let i = 0; i < 600 && !predicate(); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(predicate(), JSON.stringify(messages));
+  };
+  // back to back: the second arrives while the first opens the stream
+  ws.send(JSON.stringify({ type: 'start', params: { steps: 1 } }));
+  ws.send('{"type": "update", "params": {"negative_prompt": "' + 'y'.repeat(MAX_CONTROL_BYTES) + '"}}');
+  await until(() => messages.some((m) => m['type'] === 'started') && messages.some((m) => m['type'] === 'error'));
+  assert.deepEqual(messages.filter((m) => m['type'] === 'error').map((m) => m['code']), ['too_large']);
+  assert.ok(messages.findIndex((m) => m['type'] === 'error') < messages.findIndex((m) => m['type'] === 'started'), 'refused on arrival, not replayed after started');
+  ws.send(good);
+  await until(() => messages.some((m) => m['type'] === 'frame'));
+  assert.equal(ws.readyState, WebSocket.OPEN);
+  ws.close();
+});
+
 test('WS 26: more sockets without start than a client may have -> 429 with Retry-After on the upgrade', async () => {
   const idle = await Promise.all([1, 2, 3].map(async () => {
     const ws = new WebSocket(server.url.replace(/^http/, 'ws') + '/v1/stream');
