@@ -27,6 +27,8 @@ after(async () => {
 });
 const frames = await Promise.all([0, 1, 2, 3].map((i) => shapeFrame({ x: 30 + i * 16 })));
 const withKey = (path: string) => `${server.url}${path}${path.includes('?') ? '&' : '?'}token=${KEY}`;
+/** The by-name info (JSON, not an MJPEG or image URL): the key as a Bearer header (?token= is for players and images). */
+const nameInfo = async (name: string) => (await (await fetch(`${server.url}/v1/streams/by-name/${name}`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as Record<string, unknown>;
 
 /** Connects with the key on the URL (as a browser must). */
 function connect(start: Record<string, unknown>): Promise<StreamClient> {
@@ -76,10 +78,10 @@ test('start with a name: started gives the stable URL paths; a second stream wit
   assert.equal(b.error?.['code'], 'conflict');
   assert.equal(b.error?.['field'], 'name');
   assert.equal(b.closeCode, 4409);
-  const info = (await (await fetch(withKey('/v1/streams/by-name/cam-1'))).json()) as Record<string, unknown>;
+  const info = await nameInfo('cam-1');
   assert.deepEqual([info['running'], info['stream_id']], [true, a.streamId]);
   await a.close();
-  await until(async () => ((await (await fetch(withKey('/v1/streams/by-name/cam-1'))).json()) as { running: boolean }).running === false, 'the name to be free');
+  await until(async () => (await nameInfo('cam-1'))['running'] === false, 'the name to be free');
   const c = await connect({ name: 'cam-1' });
   await c.close();
   assert.deepEqual((await rawStart({ name: 'Bad Name' })).error?.['field'], 'name');
