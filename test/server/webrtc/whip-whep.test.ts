@@ -13,6 +13,7 @@ import { createLogger } from '../../../server/log.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
 import WebSocket from 'ws';
+import sharp from 'sharp';
 import { RTCPeerConnection, RTCRtpCodecParameters } from 'werift';
 import { icePeerOptions } from '../../../server/webrtc/ice.ts';
 import { shapeFrame } from '../../helpers/stream-client.ts';
@@ -91,6 +92,12 @@ test('WHIP: an offer with parameters in the query starts a stream; its video bec
   const params = listed.streams.find((s) => s.id === id)!.params;
   assert.equal(params.prompt, '42', 'prompt stays text');
   assert.equal(params.steps, 1);
+
+  // a snapshot of a WebRTC stream (which makes no JPEGs for its own output) is encoded from its latest frame
+  const snapshot = await fetch(`${server.url}/v1/streams/${id}/snapshot`, { headers: auth });
+  assert.equal(snapshot.status, 200);
+  const { width: snapWidth, format: snapFormat } = await sharp(Buffer.from(await snapshot.arrayBuffer())).metadata();
+  assert.deepEqual([snapFormat, snapWidth], ['jpeg', SIZE]);
 
   // live update on the data channel, answered like the WebSocket's
   const from = publisher.events.length;
