@@ -172,6 +172,7 @@ test('WebRTC signalling (WHIP, WHEP) is behind the same rules: Host allow-list, 
       { method: 'PATCH', path: '/v1/whip/none', headers: frag, body: 'a=candidate' },
       { method: 'DELETE', path: '/v1/whip/none', headers: {}, body: '' },
       { method: 'POST', path: '/v1/whep/none', headers: sdp, body: 'v=0' },
+      { method: 'POST', path: '/v1/whep/by-name/none', headers: sdp, body: 'v=0' },
       { method: 'PATCH', path: '/v1/whep/none/viewer', headers: frag, body: 'a=candidate' },
       { method: 'DELETE', path: '/v1/whep/none/viewer', headers: {}, body: '' },
     ];
