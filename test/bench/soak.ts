@@ -5,6 +5,7 @@
  */
 import { startServer } from '../../server/app.ts';
 import { createBatchApi } from '../../server/batch/index.ts';
+import { createLogger } from '../../server/log.ts';
 import type { Engine } from '../../pipelines/engine.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
 import { fmt } from './stats.ts';
@@ -24,7 +25,7 @@ const SAMPLE_MS = 5000;
 export async function benchSoak({ engine, quick, log }: SoakOptions): Promise<Record<string, unknown>> {
   const seconds = quick ? 30 : 120;
   const dataDir = await mkdtemp(join(tmpdir(), 'soak-'));
-  const server = await startServer({ port: 0, dataDir, maxStreams: 16, maxStreamsPerClient: 16, rateLimitPerMinute: 0 }, { engine, extensions: [(ctx) => createBatchApi(ctx)] });
+  const server = await startServer({ port: 0, dataDir, maxStreams: 16, maxStreamsPerClient: 16, rateLimitPerMinute: 0 }, { engine, log: createLogger({}, 'warn'), extensions: [(ctx) => createBatchApi(ctx)] }); // a log line per request (pino-http, info) would fill the bench's output
   const size = engine.pack.defaultImageSize;
   const frames = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => shapeFrame({ x: 24 + i * 14, size })));
   const clients = await Promise.all(Array.from({ length: STREAMS }, (_, i) => StreamClient.connect(server.url, { params: { prompt: 'a large red circle in the centre on a blue background', steps: 2, seed: i, similarity_threshold: 1 } })));

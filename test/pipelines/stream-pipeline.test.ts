@@ -37,6 +37,24 @@ function counting(): { runners: RunnerFactory; calls: () => number } {
   };
 }
 
+/** A runner factory whose first UNet call waits (`inUnet` settles when it is reached) until `release()`. */
+function heldFirstCall(): { runners: RunnerFactory; inUnet: Promise<void>; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let reached!: () => void;
+  const inUnet = new Promise<void>((r) => (reached = r));
+  let held = false;
+  const runners: RunnerFactory = (size, variant) => async (rows) => {
+    if (!held) {
+      held = true;
+      reached();
+      await gate;
+    }
+    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
+  };
+  return { runners, inUnet, release };
+}
+
 const base: GenerationParamsInput = { prompt: 'a large yellow square in the centre on a blue background', steps: 3, seed: 4, similarity_threshold: 1 };
 
 async function run(stream: StreamPipeline, inputs: readonly Float32Array[]): Promise<Float32Array[]> {
@@ -205,19 +223,7 @@ test('an update reaches the frames already waiting in the pipeline: each step ta
   await reference.update({ prompt: 'a small green triangle on the left on a white background', guidance: 'full', guidance_scale: 1.6 });
   for (const i of [1, 2, 3]) expected.push((await reference.process([frames[i]!], i))[0]!);
   // pipelined: frame 0's step is held in the UNet while frame 1 waits; the update lands between the two steps
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  let reached!: () => void;
-  const inUnet = new Promise<void>((r) => (reached = r));
-  let held = false;
-  const runners: RunnerFactory = (size, variant) => async (rows) => {
-    if (!held) {
-      held = true;
-      reached();
-      await gate;
-    }
-    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
-  };
+  const { runners, inUnet, release } = heldFirstCall();
   const stream = await StreamPipeline.create(engine, parseParams(base), runners);
   const first = stream.process([frames[0]!], 0);
   await stream.room();
@@ -243,19 +249,7 @@ test('a merged adapter variant an update replaces is let go only once the step r
       },
     },
   });
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  let reached!: () => void;
-  const inUnet = new Promise<void>((r) => (reached = r));
-  let held = false;
-  const runners: RunnerFactory = (size, variant) => async (rows) => {
-    if (!held) {
-      held = true;
-      reached();
-      await gate;
-    }
-    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
-  };
+  const { runners, inUnet, release } = heldFirstCall();
   const stream = await StreamPipeline.create(spy, parseParams({ ...base, steps: 1, adapters: [{ name: 'ring', weight: 0.5 }] }), runners);
   const first = stream.process([frames[0]!], 0);
   await inUnet; // frame 0's step runs on ring:0.5 and waits
