@@ -10,7 +10,7 @@ import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
 import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime/onnx.ts';
-import { packKind, type PackKind } from './pack-kinds.ts';
+import { packDefaults, packKind, type PackDefaults, type PackKind } from './pack-kinds.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
 /** The pack the service runs when no model folder is given. */
@@ -48,6 +48,8 @@ export interface ModelPack {
   readonly vaeScale: number;
   /** Width and height must be multiples of this (VAE factor x the UNet's own down-sampling). */
   readonly sizeMultiple: number;
+  /** The ranges of guidance scale and image size the model renders well in (pack-kinds.ts). */
+  readonly defaults: PackDefaults;
 }
 
 async function readOptionalJson(path: string, what: string): Promise<Record<string, unknown>> {
@@ -119,5 +121,6 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,
+    defaults: packDefaults(modelIndex, sampleSize * vaeScale),
   };
 }

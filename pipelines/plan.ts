@@ -1,15 +1,19 @@
 /**
  * A request's plan: everything a render or a stream needs to know before its first UNet call, worked out once
  * from the parameters and passed down (size, step coefficients, guidance, prompt embeddings, the UNet variant and
- * its runner). A stream makes a new plan on each live update and compares it with the old one to decide what
- * to rebuild.
+ * its runner), with notes for the caller where the plan differs from what was asked. A stream makes a new plan on
+ * each live update and compares it with the old one to decide what to rebuild.
  */
 import type { UnetRunner } from './denoise-step.ts';
 import type { EncodedPrompt, Engine, Size } from './engine.ts';
+import { chooseGuidance, type Flow } from './guidance-choice.ts';
 import type { GenerationParams } from './params.ts';
 import { makeGuidance, type Guidance } from './rcfg.ts';
+import { chooseRenderSize } from './render-size.ts';
 import type { StepCoefficients } from './schedulers/lcm.ts';
 import type { UnetVariant } from './variants.ts';
+
+export type { Flow } from './guidance-choice.ts';
 
 /** txt2img starts from pure noise (strength 1); img2img (and a stream of frames) from encoded images. */
 export type Mode = 'txt2img' | 'img2img';
@@ -18,16 +22,22 @@ export type Mode = 'txt2img' | 'img2img';
 export type RunnerFactory = (size: Size, variant: UnetVariant) => UnetRunner;
 
 export interface Plan {
+  /** The parameters as asked (a stream's next update merges into these). */
   readonly params: GenerationParams;
   readonly mode: Mode;
+  readonly flow: Flow;
+  /** The size the model runs at. */
   readonly size: Size;
+  /** The size of the images handed back: the size asked for (a render out of the pack's range is resized to it). */
+  readonly outputSize: { readonly width: number; readonly height: number };
   readonly coefficients: StepCoefficients;
+  /** The guidance used (the pack's range and a negative prompt may change what was asked: see notes). */
   readonly guidance: Guidance;
   readonly prompt: EncodedPrompt;
   /** The UNet that serves the request (pack, expert, merged adapters). */
   readonly variant: UnetVariant;
-  /** Notes for the caller (e.g. an adapter's layers that match nothing). */
-  readonly warnings: readonly string[];
+  /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, adapters). */
+  readonly notes: readonly string[];
   readonly runner: UnetRunner;
 }
 
@@ -35,11 +45,22 @@ export interface Plan {
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
  * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
  */
-export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory): Promise<Plan> {
-  const size = engine.size(params);
+export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, flow: Flow = 'render'): Promise<Plan> {
+  // 1. size: a render out of the pack's size range runs at its training size (a stream's frames are their size)
+  const asked = engine.size(params);
+  const { pack } = engine;
+  const fit =
+    flow === 'render'
+      ? chooseRenderSize(asked.width, asked.height, { range: pack.defaults.size_range, trainingSize: pack.defaultImageSize, multiple: pack.sizeMultiple }, params)
+      : { ...asked, notes: [] };
+  const size = fit.width === asked.width && fit.height === asked.height ? asked : engine.size(fit);
+  // 2. schedule, prompt, UNet
   const coefficients = engine.coefficients(params, mode);
   const { prompt, variant } = await engine.prepare(params);
   const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
-  const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner };
+  // 3. guidance within the pack's range
+  const choice = chooseGuidance(params, pack.defaults.guidance_range, flow);
+  const guidance = makeGuidance(choice.kind, choice.scale, params.delta);
+  const notes = [...fit.notes, ...choice.notes, ...variant.warnings];
+  return { params, mode, flow, size, outputSize: { width: asked.width, height: asked.height }, coefficients, guidance, prompt, variant, notes, runner };
 }

@@ -58,7 +58,7 @@ export class StreamPipeline {
    */
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img'): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners);
-    stream.plan = await planRequest(engine, params, mode, runners);
+    stream.plan = await planRequest(engine, params, mode, runners, 'stream');
     stream.rebuild();
     return stream;
   }
@@ -94,7 +94,7 @@ export class StreamPipeline {
 
   private async applyUpdate(update: unknown): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners);
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, 'stream');
     const before = this.plan;
     this.plan = next;
     const p = next.params;

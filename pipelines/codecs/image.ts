@@ -75,6 +75,15 @@ export function tensorToRgb8(data: Float32Array, width: number, height: number):
   return out;
 }
 
+/** Resizes an image [3, H, W] in [-1, 1] to width x height (Lanczos, on its 8-bit pixels as they will be saved). */
+export async function resizeImage(data: Float32Array, from: { width: number; height: number }, width: number, height: number): Promise<Float32Array> {
+  const raw = await sharp(tensorToRgb8(data, from.width, from.height), { raw: { width: from.width, height: from.height, channels: 3 } })
+    .resize(width, height, { fit: 'fill', kernel: 'lanczos3' })
+    .raw()
+    .toBuffer();
+  return rgb8ToTensor(raw, width, height);
+}
+
 export async function encodeImage(data: Float32Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
   const img = sharp(tensorToRgb8(data, width, height), { raw: { width, height, channels: 3 } });
   switch (format) {
