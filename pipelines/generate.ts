@@ -18,6 +18,8 @@ export interface GeneratedImage {
   readonly width: number;
   readonly height: number;
   readonly seed: number;
+  /** Its index in the request: it was drawn from seed + index (each seed of a blend shifted by index). */
+  readonly index: number;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
 }
@@ -57,7 +59,7 @@ export async function render(engine: Engine, plan: Plan, count: number, options:
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
     const decoded = await engine.decodeLatents(denoised, size);
     const images = resized ? await Promise.all(decoded.map((d) => resizeImage(d, size, out.width, out.height))) : decoded;
-    images.forEach((data, j) => done.push({ data, width: out.width, height: out.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, variant }));
+    images.forEach((data, j) => done.push({ data, width: out.width, height: out.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, index: offset + j, variant }));
     options.onProgress?.(done.length, count);
   }
   return done;

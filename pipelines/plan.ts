@@ -41,12 +41,19 @@ export interface Plan {
   readonly runner: UnetRunner;
 }
 
+/** The part of a plan that needs no model run: sizes and guidance, and the notes on them. */
+export interface Fit {
+  readonly size: Size;
+  readonly outputSize: { readonly width: number; readonly height: number };
+  readonly guidance: Guidance;
+  readonly notes: readonly string[];
+}
+
 /**
- * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
- * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
+ * Fits a request to the pack: a render out of the pack's size range runs at its training size (a stream's frames
+ * are their size), guidance within the pack's range. Cheap: a job is fitted when accepted, to report its notes.
  */
-export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, flow: Flow = 'render'): Promise<Plan> {
-  // 1. size: a render out of the pack's size range runs at its training size (a stream's frames are their size)
+export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render'): Fit {
   const asked = engine.size(params);
   const { pack } = engine;
   const fit =
@@ -54,13 +61,25 @@ export async function planRequest(engine: Engine, params: GenerationParams, mode
       ? chooseRenderSize(asked.width, asked.height, { range: pack.defaults.size_range, trainingSize: pack.defaultImageSize, multiple: pack.sizeMultiple }, params)
       : { ...asked, notes: [] };
   const size = fit.width === asked.width && fit.height === asked.height ? asked : engine.size(fit);
+  const choice = chooseGuidance(params, pack.defaults.guidance_range, flow);
+  return {
+    size,
+    outputSize: { width: asked.width, height: asked.height },
+    guidance: makeGuidance(choice.kind, choice.scale, params.delta),
+    notes: [...fit.notes, ...choice.notes],
+  };
+}
+
+/**
+ * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
+ * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
+ */
+export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, flow: Flow = 'render'): Promise<Plan> {
+  // 1. size and guidance fitted to the pack
+  const fit = fitRequest(engine, params, flow);
   // 2. schedule, prompt, UNet
   const coefficients = engine.coefficients(params, mode);
   const { prompt, variant } = await engine.prepare(params);
-  const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
-  // 3. guidance within the pack's range
-  const choice = chooseGuidance(params, pack.defaults.guidance_range, flow);
-  const guidance = makeGuidance(choice.kind, choice.scale, params.delta);
-  const notes = [...fit.notes, ...choice.notes, ...variant.warnings];
-  return { params, mode, flow, size, outputSize: { width: asked.width, height: asked.height }, coefficients, guidance, prompt, variant, notes, runner };
+  const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(fit.size, variant);
+  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner };
 }

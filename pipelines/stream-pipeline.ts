@@ -76,6 +76,11 @@ export class StreamPipeline {
     return this.plan.coefficients.timesteps.length - 1;
   }
 
+  /** Where the stream's plan differs from its parameters (guidance brought into the pack's range ...). */
+  get notes(): readonly string[] {
+    return this.plan.notes;
+  }
+
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
   get variant(): UnetVariant {
     return this.plan.variant;

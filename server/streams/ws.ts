@@ -105,6 +105,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             protocol: PROTOCOL_VERSION,
             stream_id: session.id,
             params: session.params,
+            notes: session.notes,
             width,
             height,
             window: message.window,
@@ -123,7 +124,8 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          sendJson(ws, { type: 'updated', params: await session.update(message.params) });
+          const params = await session.update(message.params);
+          sendJson(ws, { type: 'updated', params, notes: session.notes });
         } catch (error) {
           report(error);
         }

@@ -1,7 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
-import { loraTags } from '../../../server/batch/a1111.ts';
+import { loraTags } from '../../../pipelines/prompt-syntax.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
@@ -43,9 +43,10 @@ test('txt2img: A1111 response shape, batch_size x n_iter images with consecutive
   assert.deepEqual(info.all_seeds, [40, 41, 42, 43]);
   assert.equal(info.sampler_name, 'LCM');
   assert.equal(info.guidance, 'full');
-  assert.equal(info.cfg_scale, 3);
+  assert.equal(info.cfg_scale, 2, 'cfg_scale 3 is above the model\'s range (1-2): the scale used is reported');
   assert.deepEqual(info.unsupported_fields.sort(), ['enable_hr', 'restore_faces']);
   assert.ok(info.notes.some((n: string) => n.includes('Euler a')));
+  assert.ok(info.notes.some((n: string) => /guidance scale 3 is outside this model's recommended range 1-2: 2 is used/.test(n)), info.notes.join('\n'));
   assert.match(info.infotexts[1], /Seed: 41, Size: 64x64/);
   assert.equal(body.parameters.prompt, 'a red circle');
   assert.equal(body.parameters.seed, 40);

@@ -21,11 +21,16 @@ after(() => server.close());
 
 const small = { width: 64, height: 64, steps: 1 };
 
-/** What an uninterrupted render gives for image j of a job (seed + j), as PNG bytes. */
+/** What an uninterrupted render gives for image j of a job (seed + j), as the pixels of its PNG. */
 async function expectedPng(params: Record<string, unknown>, index: number): Promise<Buffer> {
   const p = parseParams(params);
   const [img] = await txt2img(await fixtureEngine(), { ...p, seed: (p.seed as number) + index }, 1);
-  return encodeImage(img!.data, img!.width, img!.height, 'png');
+  return pixels(await encodeImage(img!.data, img!.width, img!.height, 'png'));
+}
+
+/** An image's decoded pixels (a job's PNGs also carry their parameters, which a direct encode has not). */
+function pixels(bytes: Buffer): Promise<Buffer> {
+  return sharp(bytes).raw().toBuffer();
 }
 
 async function download(url: string): Promise<Buffer> {
@@ -48,7 +53,7 @@ test('an images job: 201, polled to succeeded with progress 1, results downloada
   assert.equal(job.urls.length, 3);
   for (const [j, url] of (job.urls as string[]).entries()) {
     assert.ok(url.startsWith(`${server.url}/v1/jobs/${job.id}/results/image-000${j}.png`), url);
-    assert.ok((await download(url)).equals(await expectedPng(params, j)), `image ${j} differs from a direct render`);
+    assert.ok((await pixels(await download(url))).equals(await expectedPng(params, j)), `image ${j} differs from a direct render`);
   }
   // persisted beside its results
   const record = JSON.parse(await readFile(join(server.config.dataDir, 'jobs', job.id, 'job.json'), 'utf8'));
@@ -93,7 +98,7 @@ test('list, status filter, unknown and malformed ids, result names', async () =>
   assert.equal(notResult.status, 404);
 });
 
-test('cancel: a queued job and a running job end canceled; a finished one is a 409', async () => {
+test('cancel: a queued job and a running job end canceled; DELETE on a finished one deletes it and its files', async () => {
   // a gate holds the UNet so the first job stays running and the second queued
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
@@ -126,7 +131,10 @@ test('cancel: a queued job and a running job end canceled; a finished one is a 4
     assert.equal(view.status, 'canceled');
     assert.ok(view.progress < 1);
     const again = await fetch(`${held.url}/v1/jobs/${running.body.id}`, { method: 'DELETE' });
-    assert.equal(again.status, 409);
+    assert.equal(again.status, 200);
+    assert.equal(((await again.json()) as Json).deleted, true);
+    assert.equal((await getJson(`${held.url}/v1/jobs/${running.body.id}`)).status, 404);
+    assert.deepEqual(await readdir(held.api.manager.store.root), [queued.body.id], 'the deleted job\'s folder is gone; the canceled one is kept');
   } finally {
     release();
     await held.close();
@@ -227,7 +235,7 @@ test('drain mid-run, then a new API on the same data dir resumes the job and com
     const job = await waitForJob(second.url, id);
     assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
     assert.equal(job.urls.length, 5);
-    for (let j = 0; j < 5; j++) assert.ok((await download(job.urls[j])).equals(await expectedPng(params, j)), `image ${j}`);
+    for (let j = 0; j < 5; j++) assert.ok((await pixels(await download(job.urls[j]))).equals(await expectedPng(params, j)), `image ${j}`);
   } finally {
     await second.close();
   }
@@ -260,7 +268,7 @@ test('a job survives SIGKILL of the server process: a new server on the data dir
       const job = await waitForJob(second.url, created.body.id);
       assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
       assert.equal(job.urls.length, 6);
-      for (let j = 0; j < 6; j++) assert.ok((await download(job.urls[j])).equals(await expectedPng(params, j)), `image ${j}`);
+      for (let j = 0; j < 6; j++) assert.ok((await pixels(await download(job.urls[j]))).equals(await expectedPng(params, j)), `image ${j}`);
       const files = await readdir(join(dataDir, 'jobs', created.body.id));
       assert.ok(!files.some((f) => f.endsWith('.tmp') || f.endsWith('.partial')), files.join(' '));
     } finally {
