@@ -24,10 +24,13 @@ import { decodeBytes, mapParams, parseBody } from './validate.ts';
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
 
-/** Generation parameters taken under their own names (prompt and size are OpenAI's; the rest are for streams). */
+/**
+ * Generation parameters taken under their own names (prompt is OpenAI's; width and height are another way to say
+ * size, so that parameters read from an image go back as they are; the rest are for streams).
+ */
 export const EXTENSIONS = [
   'negative_prompt', 'seed', 'steps', 'strength', 't_index_list', 'guidance', 'guidance_scale', 'delta', 'prompt_blend',
-  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size',
+  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height',
 ] as const satisfies readonly (keyof GenerationParams)[];
 /** Extensions whose values are text even when they look like JSON. */
 const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert'];
@@ -85,8 +88,9 @@ const editsSchema = z
 
 type ImagesRequest = z.output<typeof generationsSchema> & Partial<Record<(typeof EXTENSIONS)[number], unknown>>;
 
-function parseSize(size: string, ctx: AppContext): { width?: number; height?: number } {
+function parseSize(size: string, ctx: AppContext, request: ImagesRequest): { width?: number; height?: number } {
   if (size === 'auto') return {};
+  if (request.width !== undefined || request.height !== undefined) throw new ServiceError('bad_request', 'size: give size or width and height, not both', { field: 'size' });
   const [w, h] = size.split('x').map(Number);
   ctx.engine.size({ width: w!, height: h! }); // the pack's multiple, naming width/height
   return { width: w!, height: h! };
@@ -106,7 +110,7 @@ function promptAndTags(prompt: ImagesRequest['prompt']): { prompt: GenerationPar
 
 function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' | 'edits'): GenerationParams {
   try {
-    const size = parseSize(request.size, ctx);
+    const size = parseSize(request.size, ctx, request);
     const { prompt, adapters } = promptAndTags(request.prompt);
     const extensions = Object.fromEntries(EXTENSIONS.map((k) => [k, request[k]]));
     const listed = Array.isArray(extensions['adapters']) ? (extensions['adapters'] as unknown[]) : [];
