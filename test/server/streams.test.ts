@@ -135,3 +135,21 @@ test('health and Prometheus metrics', async () => {
     assert.ok(metrics.includes(name), name);
   }
 });
+
+test('a stream without a seed gets a random one; started and updated carry notes on what was changed', async () => {
+  const a = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 1, guidance: 'full', guidance_scale: 5 } });
+  const b = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 1 } });
+  try {
+    const seed = a.started!['params'] as Record<string, unknown>;
+    assert.ok(Number.isInteger(seed['seed']) && seed['seed'] !== (b.started!['params'] as Record<string, unknown>)['seed'], 'random seeds, reported');
+    assert.match((a.started!['notes'] as string[]).join(), /guidance scale 5 is outside this model's recommended range 1-2: 2 is used/);
+    assert.deepEqual(b.started!['notes'], []);
+    b.send({ type: 'update', params: { negative_prompt: 'a blue background' } });
+    await b.until(() => b.messages.some((m) => m['type'] === 'updated'));
+    const updated = b.messages.find((m) => m['type'] === 'updated')!;
+    assert.match((updated['notes'] as string[]).join(), /guidance self ignores it, so initialize guidance is used/);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});

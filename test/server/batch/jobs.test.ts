@@ -334,3 +334,56 @@ test('while draining, new jobs are refused with 503', async () => {
     await s.close();
   }
 });
+
+test('GET /v1/jobs pages through the jobs newest first (limit, next_cursor); a job without a seed gets one; notes are in the view', async () => {
+  const own = await startServer({ start: false }); // accepted, never run: the listing is what is tested
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await postJson(`${own.url}/v1/jobs`, { kind: 'images', prompt: `job ${i}`, ...small, ...(i === 0 ? { guidance: 'full', guidance_scale: 6 } : {}) });
+      assert.equal(res.status, 201);
+      ids.push(res.body.id);
+      await new Promise((r) => setTimeout(r, 3)); // distinct creation times
+    }
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page: Json = await getJson(`${own.url}/v1/jobs?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      assert.equal(page.status, 200);
+      assert.ok(page.body.jobs.length <= 2);
+      seen.push(...page.body.jobs.map((j: Json) => j.id));
+      cursor = page.body.next_cursor;
+      pages++;
+    } while (cursor);
+    assert.deepEqual(seen, [...ids].reverse(), 'every job once, newest first');
+    assert.equal(pages, 3);
+    const all = await getJson(`${own.url}/v1/jobs`);
+    assert.equal(all.body.jobs.length, 5);
+    assert.equal(all.body.next_cursor, null);
+    const first = all.body.jobs.at(-1);
+    assert.ok(Number.isInteger(first.request.params.seed), 'a random seed, fixed at acceptance');
+    assert.match(first.notes.join(), /guidance scale 6 is outside this model's recommended range 1-2: 2 is used/);
+    for (const [query, field] of [['limit=0', 'limit'], ['limit=500', 'limit'], ['cursor=bogus', 'cursor'], ['status=done', 'status'], ['sort=asc', 'sort']] as const) {
+      const res = await getJson(`${own.url}/v1/jobs?${query}`);
+      assert.equal(res.status, 400, query);
+      assert.equal(res.body.error.field, field, JSON.stringify(res.body));
+    }
+  } finally {
+    await own.close();
+  }
+});
+
+test('DELETE on a succeeded job removes the job and its files', async () => {
+  const created = await postJson(`${server.url}/v1/jobs`, { kind: 'images', count: 2, prompt: 'x', seed: 1, ...small });
+  const job = await waitForJob(server.url, created.body.id);
+  assert.equal(job.status, 'succeeded');
+  assert.equal((await fetch(job.urls[0])).status, 200);
+  const res = await fetch(`${server.url}/v1/jobs/${job.id}`, { method: 'DELETE' });
+  assert.equal(res.status, 200);
+  assert.deepEqual((({ deleted, status, urls }) => ({ deleted, status, urls }))((await res.json()) as Json), { deleted: true, status: 'succeeded', urls: [] });
+  assert.equal((await getJson(`${server.url}/v1/jobs/${job.id}`)).status, 404);
+  assert.equal((await fetch(job.urls[0])).status, 404);
+  assert.ok(!(await readdir(server.api.manager.store.root)).includes(job.id), 'its folder is gone');
+  assert.equal((await fetch(`${server.url}/v1/jobs/${job.id}`, { method: 'DELETE' })).status, 404);
+});
