@@ -62,7 +62,7 @@ test('a corrupt frame fails alone: an error naming the frame, then the stream go
 });
 
 test('a live prompt change applies within steps frames with every frame intact', async () => {
-  const client = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 2, similarity_threshold: 1 } });
+  const client = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 2, similarity_threshold: 1, seed: 2 } });
   for (const f of frames.slice(0, 3)) await client.roundTrip(f);
   client.send({ type: 'update', params: { prompt: 'a yellow triangle', seed: 9 } });
   await client.until(() => client.messages.some((m) => m['type'] === 'updated'));
@@ -70,7 +70,7 @@ test('a live prompt change applies within steps frames with every frame intact',
   for (const f of frames.slice(3, 6)) after.push(await client.roundTrip(f));
   for (const o of after) assert.equal((await sharp(o.bytes).stats()).channels.length, 3);
   // the reference: a pipeline that had the new prompt from the frame after the update on
-  const ref = await StreamPipeline.create(engine, parseParams({ prompt: 'a red circle', steps: 2, similarity_threshold: 1 }));
+  const ref = await StreamPipeline.create(engine, parseParams({ prompt: 'a red circle', steps: 2, similarity_threshold: 1, seed: 2 }));
   for (const f of frames.slice(0, 3)) await ref.process([(await decodeImage(f, 128, 128)).data]);
   await ref.update({ prompt: 'a yellow triangle', seed: 9 });
   for (const [i, f] of frames.slice(3, 6).entries()) {
