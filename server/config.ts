@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/onnx.ts';
+import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
   readonly host: string;
@@ -37,6 +38,8 @@ export interface ServerConfig {
   readonly rateLimitPerMinute: number;
   /** Rows per UNet call across streams; 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
+  readonly iceServers: readonly IceServer[];
 }
 
 export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
@@ -56,6 +59,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxUploadBytes: 200 * 1024 * 1024, // a few minutes of 720p H.264
   rateLimitPerMinute: 600,
   maxBatchRows: 16,
+  iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
@@ -87,6 +91,9 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'video-dir': { type: 'string', multiple: true },
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
+      'ice-servers': { type: 'string' },
+      'ice-username': { type: 'string' },
+      'ice-credential': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -111,6 +118,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     videoDirs: videoDirs.map((p) => resolve(p)),
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
+    iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   if (!isLoopback(config.host) && !config.apiKey) {
     throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`);
