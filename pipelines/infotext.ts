@@ -13,15 +13,13 @@
 import { ServiceError } from '../models/errors.ts';
 import { DEFAULT_IMG2IMG_STRENGTH } from './engine.ts';
 import type { GeneratedImage } from './generate.ts';
-import { paramsSchema, type GenerationParamsInput } from './params.ts';
+import { MAX_STEPS, paramsSchema, type GenerationParamsInput } from './params.ts';
 import type { Mode, Plan } from './plan.ts';
 import { parsePrompt, variationSeeds, writePrompt } from './prompt-syntax.ts';
 import { GUIDANCE_KINDS, type GuidanceKind } from './rcfg.ts';
 
 /** The only sampler here. */
 export const SAMPLER = 'LCM';
-
-const MAX_STEPS = paramsSchema.shape.steps.removeDefault().maxValue ?? 8;
 
 /** A1111's quote(): a value with a comma, colon or newline becomes a JSON string. */
 function quote(value: string): string {

@@ -18,6 +18,9 @@ import { DEFAULT_SIMILARITY_FILTER } from './similarity-filter.ts';
  */
 export const DEFAULT_STEPS = Object.freeze({ stream: 2, txt2img: 4, img2img: 2 });
 
+/** Most denoising steps: LCM needs few (A1111's 20-150 are clamped to this, with a note). */
+export const MAX_STEPS = 8;
+
 /** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
 export const MAX_PROMPT_CHARS = 2000;
 /** Largest side in pixels: 1024 covers SD 1.5/2.x/Turbo; more only costs memory on a CPU. */
@@ -47,7 +50,7 @@ export const paramsSchema = z
     /** RCFG delta: how much of the residual noise estimate stands in for the uncond prediction (1.0). */
     delta: z.number().min(0).max(2).default(DEFAULT_GUIDANCE.delta),
     /** Denoising steps; with strength they give t_index_list. */
-    steps: z.number().int().min(1).max(8).default(DEFAULT_STEPS.stream),
+    steps: z.number().int().min(1).max(MAX_STEPS).default(DEFAULT_STEPS.stream),
     /** 0..1: how far the output may move from the input (img2img); 1 = start from noise. */
     strength: z.number().gt(0).max(1).optional(),
     /** Raw indices on the 50-step LCM grid; overrides steps/strength. */

@@ -13,7 +13,7 @@ import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { readImageText } from '../../pipelines/codecs/image.ts';
 import { parseInfotext, SAMPLER, writeInfotext } from '../../pipelines/infotext.ts';
-import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, paramsSchema, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
 import { parsePrompt, variationSeeds } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
@@ -24,7 +24,6 @@ import { base64Bytes, decodeBase64Image, dropNulls, mapParams, parseBody } from 
 const DEFAULT_DENOISING_STRENGTH = 0.75;
 /** Most images per request (batch_size x n_iter): bounds one request's hold on the UNet. */
 export const MAX_IMAGES_PER_REQUEST = 64;
-const MAX_STEPS = paramsSchema.shape.steps.removeDefault().maxValue ?? 8;
 /** The alwayson_scripts entry that carries this service's parameters. */
 export const SCRIPT_NAME = 'StreamDiffusion';
 /** Parameters A1111 has no field for, taken from override_settings or the StreamDiffusion script's args. */
