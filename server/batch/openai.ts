@@ -19,7 +19,7 @@ import { asyncHandler } from '../http-errors.ts';
 import { clientGone, encodeResult, renderImages, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
-import { decodeBytes, mapParams, parseBody } from './validate.ts';
+import { decodeBytes, jsonOrText, mapParams, parseBody } from './validate.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
@@ -37,16 +37,6 @@ const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prom
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
-
-/** A multipart form field's text read as JSON when it is JSON ("0.6", "true", "[...]"), else kept as text. */
-function fromForm(value: unknown): unknown {
-  if (typeof value !== 'string') return value;
-  try {
-    return JSON.parse(value);
-  } catch {
-    return value;
-  }
-}
 
 const promptText = z.string().min(1, 'is required').max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 
@@ -75,7 +65,7 @@ const common = {
   user: z.string().max(200).optional(),
   partial_images: num(z.number().int().min(0).max(3)).optional(),
   // extensions, checked by the parameters' own schema when mapped
-  ...Object.fromEntries(EXTENSIONS.map((k) => [k, TEXT_EXTENSIONS.includes(k) ? z.unknown().optional() : z.preprocess(fromForm, z.unknown()).optional()])),
+  ...Object.fromEntries(EXTENSIONS.map((k) => [k, TEXT_EXTENSIONS.includes(k) ? z.unknown().optional() : z.preprocess(jsonOrText, z.unknown()).optional()])),
 };
 
 const generationsSchema = z.object(common).strict();

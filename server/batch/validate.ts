@@ -25,6 +25,16 @@ export function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.o
   throw new ServiceError('bad_request', message, { field });
 }
 
+/** A multipart form field's text read as JSON when it is JSON ("0.6", "true", "[...]"), else kept as text. */
+export function jsonOrText(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  try {
+    return JSON.parse(value);
+  } catch {
+    return value;
+  }
+}
+
 /** A copy without null-valued keys: clients of A1111 send null for "not set". */
 export function dropNulls(body: unknown): unknown {
   if (!isRecord(body)) return body;

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
 import { paramsSchema, parseRequestParams, RANDOM_SEED, type GenerationParams } from '../../../pipelines/params.ts';
-import { parseBody } from '../validate.ts';
+import { jsonOrText, parseBody } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
 export const MAX_JOB_IMAGES = 1000;
@@ -96,17 +96,5 @@ const TEXT_FIELDS = new Set(['kind', 'prompt', 'negative_prompt', 'path', 'webho
 
 /** Multipart form fields -> a JSON-like body (`steps=2` -> 2, `prompt=123` stays "123"). */
 export function coerceFormFields(fields: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(fields)) {
-    if (typeof value !== 'string' || TEXT_FIELDS.has(key)) {
-      out[key] = value;
-      continue;
-    }
-    try {
-      out[key] = JSON.parse(value);
-    } catch {
-      out[key] = value;
-    }
-  }
-  return out;
+  return Object.fromEntries(Object.entries(fields).map(([key, value]) => [key, TEXT_FIELDS.has(key) ? value : jsonOrText(value)]));
 }
