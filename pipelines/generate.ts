@@ -43,9 +43,9 @@ function firstSeed(params: GenerationParams): number {
  * inits[j % inits.length], [3, H, W] at the plan's size).
  */
 export async function render(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] } = {}): Promise<GeneratedImage[]> {
-  const { params, size, outputSize: out, coefficients: c, guidance: g, prompt, variant, runner } = plan;
+  const { params, size, outputSize: out, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
   const resized = out.width !== size.width || out.height !== size.height;
-  const inits = options.inits && (await engine.encodeImages(options.inits, size));
+  const inits = options.inits && (await engine.encodeImages(options.inits, size, vae));
   const lanes = Math.max(1, options.lanesPerCall ?? DEFAULT_LANES);
   const first = options.firstIndex ?? 0;
   const done: GeneratedImage[] = [];
@@ -57,7 +57,7 @@ export async function render(engine: Engine, plan: Plan, count: number, options:
     const noise = engine.noise({ seed: shifted }, c.timesteps.length, n, size, true);
     const latents = Array.from({ length: n }, (_, j) => (inits ? inits[(start + j) % inits.length]! : new Float32Array(engine.latentSize(size))));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
-    const decoded = await engine.decodeLatents(denoised, size);
+    const decoded = await engine.decodeLatents(denoised, size, vae);
     const images = resized ? await Promise.all(decoded.map((d) => resizeImage(d, size, out.width, out.height))) : decoded;
     images.forEach((data, j) => done.push({ data, width: out.width, height: out.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, index: offset + j, variant }));
     options.onProgress?.(done.length, count);

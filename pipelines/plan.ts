@@ -4,8 +4,9 @@
  * its runner), with notes for the caller where the plan differs from what was asked. A stream makes a new plan on
  * each live update and compares it with the old one to decide what to rebuild.
  */
+import type { Vae } from '../models/pack.ts';
 import type { UnetRunner } from './denoise-step.ts';
-import type { EncodedPrompt, Engine, Size } from './engine.ts';
+import type { EncodedPrompt, Engine, Size, VaeChoice } from './engine.ts';
 import { chooseGuidance, type Flow } from './guidance-choice.ts';
 import type { GenerationParams } from './params.ts';
 import { makeGuidance, type Guidance } from './rcfg.ts';
@@ -39,7 +40,19 @@ export interface Plan {
   /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, adapters). */
   readonly notes: readonly string[];
   readonly runner: UnetRunner;
+  /** The VAE that encodes and decodes the request's images, and which one it is. */
+  readonly vae: Vae;
+  readonly vaeName: VaeChoice;
 }
+
+/** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
+export interface PlanDefaults {
+  /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
+  readonly vae: VaeChoice;
+}
+
+/** Batch renders, the CLI and video: the full VAE unless asked. */
+export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
 
 /** The part of a plan that needs no model run: sizes and guidance, and the notes on them. */
 export interface Fit {
@@ -74,12 +87,20 @@ export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow 
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
  * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
  */
-export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, flow: Flow = 'render'): Promise<Plan> {
+export async function planRequest(
+  engine: Engine,
+  params: GenerationParams,
+  mode: Mode,
+  runners?: RunnerFactory,
+  defaults: PlanDefaults = BATCH_DEFAULTS,
+  flow: Flow = 'render',
+): Promise<Plan> {
   // 1. size and guidance fitted to the pack
   const fit = fitRequest(engine, params, flow);
-  // 2. schedule, prompt, UNet
+  // 2. schedule, VAE, prompt, UNet
   const coefficients = engine.coefficients(params, mode);
+  const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
   const { prompt, variant } = await engine.prepare(params);
   const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(fit.size, variant);
-  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner };
+  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name };
 }

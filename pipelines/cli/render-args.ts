@@ -158,6 +158,7 @@ export async function paramsFromFlags(values: CliValues, fromImageInput: boolean
     adapters: values.adapter?.map((a) => nameAndWeight(a, 'adapter')),
     similarity_threshold: number(values.similarity, 'similarity'),
     max_skip_frames: number(values['max-skip-frames'], 'max-skip-frames'),
+    vae: values['tiny-vae'] ? 'tiny' : undefined,
   };
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
   const merged: Record<string, unknown> = { steps: DEFAULT_STEPS[fromImageInput ? 'img2img' : 'txt2img'], ...base.params, ...given };
@@ -193,4 +194,5 @@ export const FLAG_OF: Readonly<Record<string, string>> = {
   adapters: 'adapter',
   similarity_threshold: 'similarity',
   max_skip_frames: 'max-skip-frames',
+  vae: 'tiny-vae',
 };
