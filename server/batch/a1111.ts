@@ -27,7 +27,7 @@ export const MAX_IMAGES_PER_REQUEST = 64;
 /** The alwayson_scripts entry that carries this service's parameters. */
 export const SCRIPT_NAME = 'StreamDiffusion';
 /** Parameters A1111 has no field for, taken from override_settings or the StreamDiffusion script's args. */
-export const EXTRA_PARAMS = ['guidance', 'delta', 'budget', 'expert', 'adapters', 't_index_list', 'prompt_blend', 'strict_guidance', 'strict_size'] as const;
+export const EXTRA_PARAMS = ['guidance', 'delta', 'budget', 'expert', 'adapters', 't_index_list', 'prompt_blend', 'strict_guidance', 'strict_size', 'vae'] as const;
 
 /** A1111 request fields this service accepts but ignores (listed back in info.unsupported_fields). */
 const UNSUPPORTED_COMMON = [

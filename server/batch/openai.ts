@@ -30,10 +30,10 @@ export const MAX_N = 10;
  */
 export const EXTENSIONS = [
   'negative_prompt', 'seed', 'steps', 'strength', 't_index_list', 'guidance', 'guidance_scale', 'delta', 'prompt_blend',
-  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height',
+  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height', 'vae',
 ] as const satisfies readonly (keyof GenerationParams)[];
 /** Extensions whose values are text even when they look like JSON. */
-const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert'];
+const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert', 'vae'];
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);

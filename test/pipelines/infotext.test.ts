@@ -6,7 +6,7 @@ import { Engine } from '../../pipelines/engine.ts';
 import { parseInfotext, writeInfotext } from '../../pipelines/infotext.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { planRequest } from '../../pipelines/plan.ts';
-import { BASE_PACK } from '../helpers/fixtures.ts';
+import { BASE_PACK, linkPackWithTinyVae } from '../helpers/fixtures.ts';
 
 const engine = await Engine.load(BASE_PACK);
 const image = (index: number, variant: { expert: string; relativeMacs: number; adapters: { name: string; weight: number }[] }) => ({ index, width: 96, height: 64, variant: { key: 'k', unet: engine.pack.unet, ...variant } });
@@ -64,6 +64,21 @@ test('img2img, RCFG delta and the strict flags are written and read back', async
   const none = writeInfotext(await planRequest(engine, parseParams({ prompt: 'y', guidance: 'none', seed: 1 }), 'txt2img'), image(0, { expert: 'full', relativeMacs: 1, adapters: [] }), 'tiny');
   assert.match(none, /CFG scale: 1, .*Guidance: none$/);
   assert.deepEqual(parseInfotext(none).params.guidance, 'none');
+});
+
+test('the VAE is written when the tiny one decoded or one was named, and read back; A1111\'s VAE files are noted', async () => {
+  const withTiny = await Engine.load(await linkPackWithTinyVae(BASE_PACK));
+  const variant = { expert: 'full', relativeMacs: 1, adapters: [] };
+  const text = async (vae: 'full' | 'tiny' | undefined, e = withTiny) =>
+    writeInfotext(await planRequest(e, parseParams({ prompt: 'x', seed: 1, ...(vae ? { vae } : {}) }), 'txt2img', undefined, { vae: 'tiny' }), image(0, variant), 'm');
+  assert.match(await text(undefined), /, VAE: tiny$/, 'the default chose the tiny VAE');
+  assert.match(await text('full'), /, VAE: full$/, 'asked for by name');
+  assert.doesNotMatch(await text(undefined, engine), /VAE/, 'a pack without one: the full VAE by default, nothing to say');
+  assert.equal(parseInfotext(await text('tiny')).params.vae, 'tiny');
+  assert.equal(parseInfotext(await text('full')).params.vae, 'full');
+  const a1111 = parseInfotext('p\nSteps: 4, Sampler: LCM, Seed: 1, VAE: vae-ft-mse-840000-ema-pruned.safetensors');
+  assert.equal(a1111.params.vae, undefined);
+  assert.match(a1111.notes.join(), /VAE "vae-ft-mse-840000-ema-pruned.safetensors" is not available/);
 });
 
 test('an AUTOMATIC1111 infotext reads as A1111 reads it, and maps onto this service\'s parameters', () => {

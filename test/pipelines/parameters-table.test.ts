@@ -6,7 +6,9 @@
  *   reads back (parseInfotext) to the row's parameters as /v1/jobs spells them;
  * - the image differs from the base request's (the parameter took effect);
  * - the WebSocket stream starts with the parameters and sends a frame (different from its base's frame).
- * A cell with two examples must give what either gives. Rows of stream parameters are checked where they apply.
+ * A cell with two examples must give what either gives. Rows of stream parameters are checked where they apply;
+ * rows marked (tiny VAE) run on the embedded pack with its own VAE linked in as a tiny VAE, on a server whose
+ * streams default to the full VAE (tinyVae 'off'), so that choosing the tiny one changes the image everywhere.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,9 +24,12 @@ import { createLogger } from '../../server/log.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { readImageText } from '../../pipelines/codecs/image.ts';
 import { parseInfotext } from '../../pipelines/infotext.ts';
+import { paramsSchema } from '../../pipelines/params.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { runRender } from '../../pipelines/cli/render.ts';
 import { paramsFromFlags, readFlags } from '../../pipelines/cli/render-args.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
+import { linkPackWithTinyVae } from '../helpers/fixtures.ts';
 import { postJson, waitForJob, type Json } from '../server/batch/helpers.ts';
 
 const DOC = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'pipelines', 'PARAMETERS.md');
@@ -35,6 +40,8 @@ interface Row {
   readonly name: string;
   readonly img2img: boolean;
   readonly stream: boolean;
+  /** Runs on a pack with a tiny VAE. */
+  readonly tinyVae: boolean;
   /** Each interface's examples (alternatives); empty: the interface has no way to say it. */
   readonly cells: Record<Interface, string[]>;
 }
@@ -55,7 +62,7 @@ function readDoc(text: string): { rows: Row[]; cliBase: string[]; jsonBase: Json
       const cells = line.slice(2, -2).split(' | ');
       assert.equal(cells.length, 7, `a row of 7 cells: ${line.slice(0, 60)}`);
       const [head, , cli, openai, a1111, jobs, ws] = cells as [string, string, string, string, string, string, string];
-      return { name: head, img2img: head.includes('(img2img)'), stream: head.includes('(stream)'), cells: { cli: spans(cli), openai: spans(openai), a1111: spans(a1111), jobs: spans(jobs), ws: spans(ws) } };
+      return { name: head, img2img: head.includes('(img2img)'), stream: head.includes('(stream)'), tinyVae: head.includes('(tiny VAE)'), cells: { cli: spans(cli), openai: spans(openai), a1111: spans(a1111), jobs: spans(jobs), ws: spans(ws) } };
     });
   return { rows, cliBase, jsonBase: jsonBase!, a1111Base: a1111Base! };
 }
@@ -95,23 +102,44 @@ function assertContains(actual: Json, expected: Json, what: string): void {
   for (const [k, v] of Object.entries(expected)) assert.deepEqual(actual[k], v, `${what}: ${k} is ${JSON.stringify(actual[k])}, expected ${JSON.stringify(v)}`);
 }
 
-let server: RunningServer;
-let engine: Engine;
-let client: OpenAI;
+/** A server, its engine and an OpenAI SDK client of it. */
+interface Target {
+  readonly name: string;
+  readonly server: RunningServer;
+  readonly engine: Engine;
+  readonly client: OpenAI;
+}
+
 let work: string;
 let input: Buffer;
 const doc = readDoc(await readFile(DOC, 'utf8'));
+const targets: Target[] = [];
+
+async function start(name: string, packDir: string, tinyVae: 'live' | 'off'): Promise<Target> {
+  const engine = await Engine.load(packDir);
+  const server = await startServer({ port: 0, dataDir: join(work, name), tinyVae }, { engine, log: createLogger({}, 'error'), extensions: [(ctx) => createBatchApi(ctx)] });
+  const target = { name, server, engine, client: new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 }) };
+  targets.push(target);
+  return target;
+}
+
+let embedded: Target;
+let tinyVaeTarget: Promise<Target> | undefined;
+/** The embedded pack, or (rows marked tiny VAE) the same pack with a tiny VAE, started on first use. */
+function targetFor(row: Pick<Row, 'tinyVae'>): Promise<Target> {
+  if (!row.tinyVae) return Promise.resolve(embedded);
+  tinyVaeTarget ??= linkPackWithTinyVae(EMBEDDED_PACK_DIR).then((dir) => start('tiny-vae', dir, 'off'));
+  return tinyVaeTarget;
+}
 
 before(async () => {
-  engine = await Engine.load();
   work = await mkdtemp(join(tmpdir(), 'params-table-'));
-  server = await startServer({ port: 0, dataDir: work }, { engine, log: createLogger({}, 'error'), extensions: [(ctx) => createBatchApi(ctx)] });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  embedded = await start('embedded', EMBEDDED_PACK_DIR, 'live');
   input = await shapeFrame({ bg: '#f0f0f0', fg: '#20a020', shape: 'square', x: 40 });
 });
 
 after(async () => {
-  await server?.close();
+  await Promise.all(targets.map((t) => t.server.close()));
 });
 
 interface Output {
@@ -122,7 +150,8 @@ interface Output {
 }
 
 let files = 0;
-async function render(via: Interface, cell: string | undefined, img2img: boolean): Promise<Output> {
+async function render(target: Target, via: Interface, cell: string | undefined, img2img: boolean): Promise<Output> {
+  const { server, engine, client } = target;
   switch (via) {
     case 'cli': {
       const out = join(work, `cli-${files++}.png`);
@@ -171,18 +200,15 @@ async function render(via: Interface, cell: string | undefined, img2img: boolean
 
 const pixels = (bytes: Buffer) => sharp(bytes).raw().toBuffer();
 const baselines = new Map<string, Buffer>();
-async function baseline(via: Interface, img2img: boolean): Promise<Buffer> {
-  const key = `${via}-${img2img}`;
-  if (!baselines.has(key)) baselines.set(key, await pixels((await render(via, undefined, img2img)).bytes));
+async function baseline(target: Target, via: Interface, img2img: boolean): Promise<Buffer> {
+  const key = `${target.name}-${via}-${img2img}`;
+  if (!baselines.has(key)) baselines.set(key, await pixels((await render(target, via, undefined, img2img)).bytes));
   return baselines.get(key)!;
 }
 
 test('the table lists every generation parameter and every interface', () => {
-  const names = new Set(doc.rows.map((r) => /`(\w+)`/.exec(r.name)![1]));
-  for (const key of ['prompt', 'prompt_blend', 'negative_prompt', 'seed', 'steps', 'strength', 't_index_list', 'guidance', 'guidance_scale', 'delta', 'strict_guidance', 'width', 'strict_size', 'budget', 'expert', 'adapters', 'similarity_threshold', 'max_skip_frames', 'frame_buffer_size']) {
-    assert.ok(names.has(key), `a row for ${key}`);
-  }
-  assert.ok(doc.rows.length >= 19);
+  const names = new Set(doc.rows.flatMap((r) => spans(r.name)));
+  for (const key of Object.keys(paramsSchema.shape)) assert.ok(names.has(key), `a row for ${key}`);
   assert.deepEqual(doc.cliBase.slice(0, 2), ['--prompt', 'a large red circle in the centre on a blue background']);
 });
 
@@ -190,7 +216,7 @@ test('the base requests of every interface give one image', async () => {
   for (const img2img of [false, true]) {
     // A1111's img2img keeps A1111's own default denoising_strength (0.75; the others' default strength is 0.5)
     const vias = img2img ? (['cli', 'openai', 'jobs'] as const) : (['cli', 'openai', 'a1111', 'jobs'] as const);
-    const [first, ...rest] = await Promise.all(vias.map((via) => baseline(via, img2img)));
+    const [first, ...rest] = await Promise.all(vias.map((via) => baseline(embedded, via, img2img)));
     for (const other of rest) assert.ok(other.equals(first!), `img2img ${img2img}: every interface renders the base request alike`);
   }
 });
@@ -199,6 +225,8 @@ for (const row of doc.rows) {
   const expectedCell = row.cells.jobs[0];
   if (expectedCell === undefined) continue; // nothing says it (frame_buffer_size)
   test(`row ${row.name}: every interface renders it, alike`, async () => {
+    const target = await targetFor(row);
+    const { server } = target;
     const expected = JSON.parse(`{${expectedCell}}`) as Json;
     // 1. stream parameters: the CLI and jobs take them; a stream renders with them
     if (row.stream) {
@@ -206,14 +234,14 @@ for (const row of doc.rows) {
       const job = await postJson(`${server.url}/v1/jobs`, { kind: 'images', count: 1, ...jsonBody(doc.jsonBase, expectedCell) });
       assert.equal(job.status, 201, JSON.stringify(job.body));
       assertContains(job.body.request.params, expected, 'job');
-      for (const cell of row.cells.ws) assertContains((await render('ws', cell, true)).started, expected, `WebSocket ${cell}`);
+      for (const cell of row.cells.ws) assertContains((await render(target, 'ws', cell, true)).started, expected, `WebSocket ${cell}`);
       return;
     }
     // 2. images: the same pixels and parameters text from every interface and every example
     const images: { via: string; pixels: Buffer; text: string }[] = [];
     for (const via of ['cli', 'openai', 'a1111', 'jobs'] as const) {
       for (const cell of row.cells[via]) {
-        const { bytes } = await render(via, cell, row.img2img);
+        const { bytes } = await render(target, via, cell, row.img2img);
         const text = await readImageText(bytes);
         assert.ok(text, `${via} ${cell}: the image carries its parameters`);
         assertContains(parseInfotext(text).params, expected, `${via} ${cell}`);
@@ -225,12 +253,12 @@ for (const row of doc.rows) {
       assert.ok(other.pixels.equals(first!.pixels), `${other.via} renders what ${first!.via} renders`);
       assert.equal(other.text, first!.text, `${other.via} writes what ${first!.via} writes`);
     }
-    assert.ok(!first!.pixels.equals(await baseline('cli', row.img2img)), `${row.name} changes the image`);
+    assert.ok(!first!.pixels.equals(await baseline(target, 'cli', row.img2img)), `${row.name} changes the image`);
     // 3. a stream with it
     for (const cell of row.cells.ws) {
-      const out = await render('ws', cell, row.img2img);
+      const out = await render(target, 'ws', cell, row.img2img);
       assertContains(out.started, expected, `WebSocket ${cell}`);
-      assert.ok(!(await pixels(out.bytes)).equals(await baseline('ws', row.img2img)), `WebSocket ${cell} changes the frame`);
+      assert.ok(!(await pixels(out.bytes)).equals(await baseline(target, 'ws', row.img2img)), `WebSocket ${cell} changes the frame`);
     }
   });
 }
