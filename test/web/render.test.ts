@@ -165,7 +165,7 @@ test('an image dropped on "Load settings" fills the form with the parameters it 
   const ok = await fetch(`${server.url}/sdapi/v1/txt2img`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` },
-    body: JSON.stringify({ prompt: 'a small green triangle', negative_prompt: 'blue', seed: 77, steps: 3, cfg_scale: 1.5, width: 96, height: 64, override_settings: { t_index_list: [10, 30] } }),
+    body: JSON.stringify({ prompt: 'a small green triangle', negative_prompt: 'blue', seed: 77, steps: 3, cfg_scale: 1.5, width: 96, height: 64, override_settings: { t_index_list: [10, 30], vae: 'full' } }),
   });
   assert.equal(ok.status, 200);
   const png = ((await ok.json()) as { images: string[] }).images[0]!;
@@ -179,8 +179,8 @@ test('an image dropped on "Load settings" fills the form with the parameters it 
   await page.dispatchEvent('#settings_drop', 'drop', { dataTransfer });
   await until(async () => (await page.inputValue('#seed')) === '77', 'the form filled from the image');
   assert.deepEqual(
-    await Promise.all(['#prompt', '#negative_prompt', '#steps', '#guidance', '#guidance_scale', '#width', '#height', '#t_index_list'].map((s) => page.inputValue(s))),
-    ['a small green triangle', 'blue', '2', 'full', '1.5', '96', '64', '10, 30'],
+    await Promise.all(['#prompt', '#negative_prompt', '#steps', '#guidance', '#guidance_scale', '#width', '#height', '#t_index_list', '#vae'].map((s) => page.inputValue(s))),
+    ['a small green triangle', 'blue', '2', 'full', '1.5', '96', '64', '10, 30', 'full'],
     'steps: the 2 steps the t_index_list ran (the image records what was run)',
   );
   assert.match((await page.textContent('#status'))!, /settings loaded from made-elsewhere\.png \(seed 77\)/);

@@ -98,7 +98,7 @@ function fillExtras(params) {
   byId('adapters', HTMLInputElement).value = adapters.map((a) => `${a.name}:${a.weight}`).join(', ');
   for (const flag of ['strict_guidance', 'strict_size']) byId(flag, HTMLInputElement).checked = params[flag] === true;
   const budget = params['budget'];
-  if (adapters.length > 0 || (budget !== undefined && budget !== 1) || params['expert'] || params['t_index_list'] || params['strict_guidance'] || params['strict_size']) {
+  if (adapters.length > 0 || (budget !== undefined && budget !== 1) || params['expert'] || params['vae'] || params['t_index_list'] || params['strict_guidance'] || params['strict_size']) {
     byId('more_settings', HTMLDetailsElement).open = true;
   }
 }
