@@ -64,10 +64,12 @@ export interface Fit {
 
 /**
  * Fits a request to the pack: a render out of the pack's size range runs at its training size (a stream's frames
- * are their size), guidance within the pack's range. Cheap: a job is fitted when accepted, to report its notes.
+ * are their size), guidance within the pack's range. Cheap: a job is fitted when accepted, to report its notes
+ * (and to refuse then what the pack cannot do: a size off its multiple, a tiny VAE it does not have).
  */
 export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render'): Fit {
   const asked = engine.size(params);
+  if (params.vae !== undefined) engine.vae(params.vae, true);
   const { pack } = engine;
   const fit =
     flow === 'render'

@@ -177,6 +177,7 @@ test('invalid job requests: 4xx with a message naming the field', async () => {
     [{ kind: 'images', width: 72 }, 'width', 400],
     [{ kind: 'images', seed: -5 }, 'seed', 400],
     [{ kind: 'images', colour: 'red' }, 'colour', 400],
+    [{ kind: 'images', vae: 'tiny' }, 'vae', 400],
     [{ kind: 'images', webhook: 'ftp://example.invalid/x' }, 'webhook', 400],
     [{ kind: 'images', webhook: 'not a url' }, 'webhook', 400],
     [{ kind: 'images', init_image: '@@@' }, 'init_image', 400],
