@@ -40,7 +40,7 @@ export const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options
   --count N           number of images
   --model DIR         model pack folder (default: the embedded tiny-shapes pack)
   --provider NAME     cpu | cuda | tensorrt | dml | coreml
-  --tiny-vae          use the pack's tiny VAE (taesd_encoder/taesd_decoder) when it has one`;
+  --tiny-vae          use the pack's tiny VAE (taesd_encoder/taesd_decoder; an error on a pack without one)`;
 
 export const FLAGS = {
   prompt: { type: 'string', multiple: true },
