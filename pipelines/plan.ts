@@ -55,7 +55,7 @@ export interface PlanDefaults {
 export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
 
 /** The part of a plan that needs no model run: sizes and guidance, and the notes on them. */
-export interface Fit {
+export interface RequestFit {
   readonly size: Size;
   readonly outputSize: { readonly width: number; readonly height: number };
   readonly guidance: Guidance;
@@ -67,7 +67,7 @@ export interface Fit {
  * are their size), guidance within the pack's range. Cheap: a job is fitted when accepted, to report its notes
  * (and to refuse then what the pack cannot do: a size off its multiple, a tiny VAE it does not have).
  */
-export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render'): Fit {
+export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render'): RequestFit {
   const asked = engine.size(params);
   if (params.vae !== undefined) engine.vae(params.vae, true);
   const { pack } = engine;
