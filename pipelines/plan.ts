@@ -45,10 +45,17 @@ export interface Plan {
   readonly vaeName: VaeChoice;
 }
 
+/** The runner factory a plan uses: the caller's (the server's batcher), else the engine's own. */
+function runnersOf(engine: Engine, runners: RunnerFactory | undefined): RunnerFactory {
+  return runners ?? ((s, v) => engine.unetRunner(s, v));
+}
+
 /** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
 export interface PlanDefaults {
   /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
   readonly vae: VaeChoice;
+  /** The input's shape (width / height): the size follows it when the parameters set none (pipelines/aspect.ts). */
+  readonly inputAspect?: number;
 }
 
 /** Batch renders, the CLI and video: the full VAE unless asked. */
@@ -64,11 +71,12 @@ export interface RequestFit {
 
 /**
  * Fits a request to the pack: a render out of the pack's size range runs at its training size (a stream's frames
- * are their size), guidance within the pack's range. Cheap: a job is fitted when accepted, to report its notes
- * (and to refuse then what the pack cannot do: a size off its multiple, a tiny VAE it does not have).
+ * are their size; with no size given, the size follows `inputAspect`), guidance within the pack's range. Cheap: a
+ * job is fitted when accepted, to report its notes (and to refuse then what the pack cannot do: a size off its
+ * multiple, a tiny VAE it does not have).
  */
-export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render'): RequestFit {
-  const asked = engine.size(params);
+export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow = 'render', inputAspect?: number): RequestFit {
+  const asked = engine.size(params, inputAspect);
   if (params.vae !== undefined) engine.vae(params.vae, true);
   const { pack } = engine;
   const fit =
@@ -87,7 +95,8 @@ export function fitRequest(engine: Engine, params: GenerationParams, flow: Flow 
 
 /**
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
- * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
+ * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero. The size follows
+ * the input's shape (`defaults.inputAspect`) when the parameters set none.
  */
 export async function planRequest(
   engine: Engine,
@@ -98,11 +107,16 @@ export async function planRequest(
   flow: Flow = 'render',
 ): Promise<Plan> {
   // 1. size and guidance fitted to the pack
-  const fit = fitRequest(engine, params, flow);
+  const fit = fitRequest(engine, params, flow, defaults.inputAspect);
   // 2. schedule, VAE, prompt, UNet
   const coefficients = engine.coefficients(params, mode);
   const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
   const { prompt, variant } = await engine.prepare(params);
-  const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(fit.size, variant);
+  const runner = runnersOf(engine, runners)(fit.size, variant);
   return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name };
+}
+
+/** The same plan at another frame size (a stream following its input's shape): only the size and runner change. */
+export function resizePlan(engine: Engine, plan: Plan, size: Size, runners?: RunnerFactory): Plan {
+  return { ...plan, size, outputSize: { width: size.width, height: size.height }, runner: runnersOf(engine, runners)(size, plan.variant) };
 }

@@ -1,10 +1,11 @@
 /**
  * The size a render runs at. A model renders well only near the size it was trained at: asked for a size outside
- * the pack's recommended range (AUTOMATIC1111 clients send 512x512 whatever the model), the render runs at the
- * training size, aspect ratio kept, and the image is resized to the size asked for, with a note. strict_size renders
- * at the size asked for.
+ * the pack's recommended range (AUTOMATIC1111 clients send 512x512 whatever the model), the render runs at the size
+ * a stream of that shape would get (pipelines/aspect.ts: the closest aspect within the training size's pixels) and
+ * the image is resized to the size asked for, with a note. strict_size renders at the size asked for.
  */
-import type { GenerationParams } from './params.ts';
+import { sizeForAspect } from './aspect.ts';
+import { MAX_SIDE, type GenerationParams } from './params.ts';
 
 export interface SizeChoice {
   readonly width: number;
@@ -15,7 +16,7 @@ export interface SizeChoice {
 export interface SizeRules {
   /** [min, max] side in pixels the model renders well at. */
   readonly range: readonly [number, number];
-  /** The training size (its longer side is rendered at when out of range). */
+  /** The training size: out of range, a render gets at most its square's pixels. */
   readonly trainingSize: number;
   /** Sides must be multiples of this. */
   readonly multiple: number;
@@ -27,10 +28,9 @@ export function chooseRenderSize(width: number, height: number, rules: SizeRules
   const long = Math.max(width, height);
   const short = Math.min(width, height);
   if (params.strict_size || (long <= max && short >= min)) return { width, height, notes: [] };
-  const scale = rules.trainingSize / long;
-  const side = (v: number) => Math.max(rules.multiple, Math.round((v * scale) / rules.multiple) * rules.multiple);
-  const w = side(width);
-  const h = side(height);
+  const { width: w, height: h } = sizeForAspect(width / height, { pixels: rules.trainingSize ** 2, multiple: rules.multiple, maxSide: MAX_SIDE });
+  // a shape the rule itself picks (160x96 for 16:9 on a 128 model) renders as it is
+  if (w === width && h === height) return { width, height, notes: [] };
   return {
     width: w,
     height: h,

@@ -6,7 +6,7 @@ import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, type DecodedImage } from '../../pipelines/codecs/image.ts';
+import { decodeImage, type DecodedImage, type Fit } from '../../pipelines/codecs/image.ts';
 
 function fieldOf(issue: z.ZodIssue): string {
   return issue.code === 'unrecognized_keys' ? issue.keys[0]! : issue.path.join('.') || '(body)';
@@ -67,15 +67,15 @@ export function base64Bytes(text: string, field: string): Buffer {
   return Buffer.from(payload, 'base64');
 }
 
-/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height. */
-export async function decodeBase64Image(text: string, width: number, height: number, field: string): Promise<DecodedImage> {
-  return decodeBytes(base64Bytes(text, field), width, height, field);
+/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height (`fit` for the rest). */
+export async function decodeBase64Image(text: string, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
+  return decodeBytes(base64Bytes(text, field), width, height, field, fit);
 }
 
 /** decodeImage with the field named in its errors. */
-export async function decodeBytes(bytes: Uint8Array, width: number, height: number, field: string): Promise<DecodedImage> {
+export async function decodeBytes(bytes: Uint8Array, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
   try {
-    return await decodeImage(bytes, width, height);
+    return await decodeImage(bytes, width, height, { fit });
   } catch (error) {
     if (!(error instanceof ServiceError)) throw error;
     throw new ServiceError(error.code, `${field}: ${error.message}`, { cause: error, field });

@@ -5,7 +5,7 @@
  * the gallery lists the server's jobs a page at a time; the viewer shows an image full size with its parameters;
  * an image dropped on "Load settings" fills the form; deleting a job removes it from the server.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { shapeFrame } from '../helpers/stream-client.ts';
-import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
+import { HAVE_FFMPEG } from '../server/batch/helpers.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 
 let server: RunningServer;
 let browser: Browser;
@@ -23,6 +24,7 @@ let problems: string[];
 let work: string;
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer();
   browser = await launchChromium();
   ({ page, problems } = await openPage(browser, `${server.url}/render.html?token=${API_KEY}`));
@@ -38,7 +40,7 @@ after(async () => {
 /** Gallery images that have loaded (decoded with a size). */
 const loadedImages = () => page.$$eval('#gallery img', (imgs) => imgs.filter((i) => (i as HTMLImageElement).naturalWidth > 0).length);
 
-test('a txt2img batch renders into the gallery with progress', async () => {
+browserTest('a txt2img batch renders into the gallery with progress', async () => {
   assert.deepEqual(await unlabelledControls(page), [], 'every control has a label');
   await page.fill('#count', '2');
   await page.fill('#steps', '1');
@@ -55,7 +57,7 @@ test('a txt2img batch renders into the gallery with progress', async () => {
   assert.deepEqual(size, [128, 128]);
 });
 
-test('"Reuse settings" loads an image\'s own settings into the form', async () => {
+browserTest('"Reuse settings" loads an image\'s own settings into the form', async () => {
   await page.fill('#seed', '7');
   await page.fill('#prompt', 'something else');
   await page.click('#gallery .gallery li:nth-child(2) button:has-text("Reuse settings")');
@@ -64,7 +66,7 @@ test('"Reuse settings" loads an image\'s own settings into the form', async () =
   assert.equal(await page.evaluate(() => document.activeElement?.id), 'prompt', 'focus moves to the prompt');
 });
 
-test('img2img from an uploaded image', async () => {
+browserTest('img2img from an uploaded image', async () => {
   await page.check('input[name="mode"][value="img2img"]');
   await page.click('#render'); // no image yet: a readable message, nothing sent
   await page.waitForSelector('#errors .error:has-text("choose or drop an input image")');
@@ -79,7 +81,7 @@ test('img2img from an uploaded image', async () => {
   await page.click('#errors .error button');
 });
 
-test('a video job renders an uploaded clip with progress', async () => {
+browserTest('a video job renders an uploaded clip with progress', async () => {
   const clip = join(work, 'clip.mp4');
   const ffmpeg = process.env['FFMPEG_PATH'] ?? 'ffmpeg';
   const made = spawnSync(ffmpeg, ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=96x64:rate=8:duration=1', '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p', clip]);
@@ -96,9 +98,9 @@ test('a video job renders an uploaded clip with progress', async () => {
   await page.evaluate(() => window.scrollTo(0, 0));
   await screenshot(page, 'render.png');
   assert.deepEqual(problems, [], 'no script errors in the page');
-});
+}, { skip: HAVE_FFMPEG ? false : 'no ffmpeg on this machine' });
 
-test('without the job API the page renders through AUTOMATIC1111\'s API, and says so when there is no render API', async () => {
+browserTest('without the job API the page renders through AUTOMATIC1111\'s API, and says so when there is no render API', async () => {
   for (const kind of ['a1111', 'none'] as const) {
     const other = await startWebServer(kind);
     try {
@@ -130,7 +132,7 @@ test('without the job API the page renders through AUTOMATIC1111\'s API, and say
 /** The job ids the gallery shows, top to bottom. */
 const galleryJobs = () => page.$$eval('#gallery > li[data-job]', (lis) => lis.map((li) => (li as HTMLElement).dataset['job']!));
 
-test('after a reload the gallery lists the server\'s jobs with their images: newest job first, each job\'s images in seed order', async () => {
+browserTest('after a reload the gallery lists the server\'s jobs with their images: newest job first, each job\'s images in seed order', async () => {
   const before = await galleryJobs();
   assert.ok(before.length >= 3, `the jobs rendered so far: ${before.length}`);
   await page.reload();
@@ -143,7 +145,7 @@ test('after a reload the gallery lists the server\'s jobs with their images: new
   assert.equal(await page.locator('#gallery video').count(), 1, 'the video job too');
 });
 
-test('the viewer shows an image full size with its parameters; "Reuse settings" there loads them', async () => {
+browserTest('the viewer shows an image full size with its parameters; "Reuse settings" there loads them', async () => {
   const oldest = (await galleryJobs()).at(-1)!;
   await page.click(`#gallery > li[data-job="${oldest}"] .gallery li:nth-child(2) button.thumb`);
   await page.waitForSelector('#viewer[open]');
@@ -160,7 +162,7 @@ test('the viewer shows an image full size with its parameters; "Reuse settings" 
   assert.equal(await page.inputValue('#steps'), '1');
 });
 
-test('an image dropped on "Load settings" fills the form with the parameters it carries', async () => {
+browserTest('an image dropped on "Load settings" fills the form with the parameters it carries', async () => {
   // a PNG the service wrote elsewhere (through the A1111 API)
   const ok = await fetch(`${server.url}/sdapi/v1/txt2img`, {
     method: 'POST',
@@ -209,7 +211,7 @@ test('an image dropped on "Load settings" fills the form with the parameters it 
   await page.click('#errors .error button');
 });
 
-test('deleting a job removes it and its files from the server; the listing pages with "Show older jobs"', async () => {
+browserTest('deleting a job removes it and its files from the server; the listing pages with "Show older jobs"', async () => {
   const [newest] = await galleryJobs();
   const auth = { headers: { authorization: `Bearer ${API_KEY}` } };
   const files = ((await (await fetch(`${server.url}/v1/jobs/${newest}`, auth)).json()) as { urls: string[] }).urls;

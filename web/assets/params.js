@@ -3,8 +3,8 @@
  * Generation parameters (pipelines/params.ts) <-> form controls. A control's `name` is the parameter's
  * name; a few controls build one parameter together: prompt + prompt2 + prompt_weight (+ blend_prompts) make
  * a weighted prompt list, seed + seed2 + seed_weight (+ blend_seeds) a weighted seed list, budget_auto
- * makes the budget "auto", an empty expert or vae means none (the server's choice), and t_index_list is typed as "10, 30". Both pages use
- * these, each with the controls it has.
+ * makes the budget "auto", an empty expert or vae means none (the server's choice), and t_index_list is typed
+ * as "10, 30". Both pages use these, each with the controls it has.
  */
 
 /** @typedef {Record<string, unknown>} Params */
@@ -12,9 +12,11 @@
 /** Number parameters read with valueAsNumber (an empty field leaves the parameter out). */
 const NUMBER_FIELDS = ['guidance_scale', 'delta', 'steps', 'strength', 'width', 'height', 'similarity_threshold', 'max_skip_frames'];
 /** Text and choice parameters read as they are. */
-const TEXT_FIELDS = ['negative_prompt', 'guidance', 'prompt_blend'];
+const TEXT_FIELDS = ['negative_prompt', 'guidance', 'prompt_blend', 'fit'];
 /** Text parameters an empty control leaves out. */
 const OPTIONAL_FIELDS = ['expert', 'vae'];
+/** Parameters an update clears with null when their control is emptied (back to the server's choice). */
+const CLEARABLE = ['width', 'height', 'expert', 'vae'];
 
 /** @param {number} x */
 const round3 = (x) => Math.round(x * 1000) / 1000;
@@ -167,8 +169,9 @@ export function fillForm(form, params) {
 }
 
 /**
- * The entries of `desired` that differ from `known` (what a live `update` must send). Clearing
- * t_index_list cannot be sent as such: the server drops it when steps or strength are sent.
+ * The entries of `desired` that differ from `known` (what a live `update` must send); an emptied size or
+ * expert is sent as null. Clearing t_index_list cannot be sent as such: the server drops it when steps or
+ * strength are sent.
  * @param {Params} desired
  * @param {Params} known
  * @returns {Params}
@@ -183,8 +186,8 @@ export function diffParams(desired, known) {
     if (desired['steps'] !== undefined) changed['steps'] = desired['steps'];
     if (desired['strength'] !== undefined) changed['strength'] = desired['strength'];
   }
-  // back to the router: a forced expert is cleared with null
-  if (known['expert'] !== undefined && desired['expert'] === undefined) changed['expert'] = null;
+  // back to the server's choice (the input's shape, the router): cleared with null
+  for (const key of CLEARABLE) if (known[key] !== undefined && desired[key] === undefined) changed[key] = null;
   return changed;
 }
 
