@@ -6,7 +6,7 @@
  *   Steps: 4, Sampler: LCM, CFG scale: 2, Seed: 7, Size: 128x128, Model: tiny-shapes, Guidance: full
  * Adapters are <lora:> tags and blends `text :w AND text :w` in the prompt (prompt-syntax.ts); what A1111 has no key
  * for follows as keys of our own (Guidance, RCFG delta, Prompt blend, Seed blend, T index list, Budget, Expert,
- * Strict guidance, Strict size); VAE is A1111's own key (a file name there, `tiny` or `full` here). Values with a
+ * Strict guidance, Strict size, Aspect, Fit); VAE is A1111's own key (a file name there, `tiny` or `full` here). Values with a
  * comma, colon or newline are JSON strings, as A1111 quotes them.
  * The text records what was used (the guidance after the pack's range, the expert that served), so that reading
  * it back renders the same image.
@@ -50,6 +50,8 @@ export function writeInfotext(plan: Plan, image: Pick<GeneratedImage, 'index' | 
     ['Expert', variant.relativeMacs < 1 || params.expert !== undefined ? variant.expert : undefined],
     ['Strict guidance', params.strict_guidance || undefined],
     ['Strict size', params.strict_size || undefined],
+    ['Aspect', params.aspect],
+    ['Fit', params.fit !== 'crop' ? params.fit : undefined],
     // A1111 names its VAE file here; ours: tiny when the tiny VAE decoded, full when asked for by name
     ['VAE', plan.vaeName === 'tiny' || params.vae !== undefined ? plan.vaeName : undefined],
   ];
@@ -170,6 +172,9 @@ export function parseInfotext(text: string): ParsedInfotext {
   if (fields['Expert'] !== undefined) params['expert'] = fields['Expert'];
   if (fields['Strict guidance'] === 'true') params['strict_guidance'] = true;
   if (fields['Strict size'] === 'true') params['strict_size'] = true;
+  const aspect = num('Aspect');
+  if (aspect !== undefined) params['aspect'] = aspect;
+  if (fields['Fit'] !== undefined) params['fit'] = fields['Fit'];
   const vae = fields['VAE'];
   if (vae === 'tiny' || vae === 'full') params['vae'] = vae;
   else if (vae !== undefined) notes.push(`VAE "${vae}" is not available here: the model's own VAE is used`);

@@ -23,6 +23,9 @@ export const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options
   --prompt-blend B    linear | slerp (default linear)
   --negative TEXT     negative prompt (moves guidance self to full, said in a note)
   --width N --height N  output size (multiples of 8; default: the model's size)
+  --aspect X          width / height (e.g. 1.7778 for 16:9) when --width and --height are not given: the largest
+                      size with that shape within the model's pixels
+  --fit F             crop | pad: an input image of another shape is centre-cropped or padded (default crop)
   --steps N           denoising steps (default 4 for txt2img, 2 for img2img, folders and video)
   --strength X        img2img strength in (0, 1] (default 0.5)
   --t-index-list L    raw indices on the 50-step LCM grid, e.g. 10,30 (overrides --steps and --strength)
@@ -55,6 +58,8 @@ export const FLAGS = {
   format: { type: 'string' },
   width: { type: 'string' },
   height: { type: 'string' },
+  aspect: { type: 'string' },
+  fit: { type: 'string' },
   steps: { type: 'string' },
   strength: { type: 'string' },
   't-index-list': { type: 'string' },
@@ -144,6 +149,8 @@ export async function paramsFromFlags(values: CliValues, fromImageInput: boolean
     negative_prompt: values.negative,
     width: number(values.width, 'width'),
     height: number(values.height, 'height'),
+    aspect: number(values.aspect, 'aspect'),
+    fit: values.fit,
     steps: number(values.steps, 'steps'),
     strength: number(values.strength, 'strength'),
     t_index_list: indices,
@@ -180,6 +187,8 @@ export const FLAG_OF: Readonly<Record<string, string>> = {
   negative_prompt: 'negative',
   width: 'width',
   height: 'height',
+  aspect: 'aspect',
+  fit: 'fit',
   steps: 'steps',
   strength: 'strength',
   t_index_list: 't-index-list',

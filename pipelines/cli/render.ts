@@ -51,7 +51,7 @@ async function renderImages(engine: Engine, params: GenerationParams, out: strin
   progress?.start(count, 0);
   const onProgress = (done: number) => progress?.update(done);
   const { width, height } = planned.size;
-  const inits = image ? [(await decodeImage(await readFile(image), width, height)).data] : undefined;
+  const inits = image ? [(await decodeImage(await readFile(image), width, height, { fit: params.fit })).data] : undefined;
   const images = await render(engine, planned, count, { onProgress, ...(inits ? { inits } : {}) });
   progress?.stop();
   await mkdir(dirname(out), { recursive: true });
@@ -75,7 +75,7 @@ async function renderDirectory(engine: Engine, params: GenerationParams, inputDi
   const progress = bar('images');
   progress.start(names.length, 0);
   for (const [i, name] of names.entries()) {
-    const input = await decodeImage(await readFile(join(inputDir, name)), size.width, size.height);
+    const input = await decodeImage(await readFile(join(inputDir, name)), size.width, size.height, { fit: params.fit });
     const [img] = await render(engine, planned, 1, { inits: [input.data] });
     const f = format ?? formatOf(name, 'input-dir');
     const ext = f === 'jpeg' ? (/\.jpe?g$/i.test(name) ? extname(name) : '.jpg') : `.${f}`;

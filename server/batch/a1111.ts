@@ -27,7 +27,7 @@ export const MAX_IMAGES_PER_REQUEST = 64;
 /** The alwayson_scripts entry that carries this service's parameters. */
 export const SCRIPT_NAME = 'StreamDiffusion';
 /** Parameters A1111 has no field for, taken from override_settings or the StreamDiffusion script's args. */
-export const EXTRA_PARAMS = ['guidance', 'delta', 'budget', 'expert', 'adapters', 't_index_list', 'prompt_blend', 'strict_guidance', 'strict_size', 'vae'] as const;
+export const EXTRA_PARAMS = ['guidance', 'delta', 'budget', 'expert', 'adapters', 't_index_list', 'prompt_blend', 'strict_guidance', 'strict_size', 'aspect', 'fit', 'vae'] as const;
 
 /** A1111 request fields this service accepts but ignores (listed back in info.unsupported_fields). */
 const UNSUPPORTED_COMMON = [
@@ -194,7 +194,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       // 2. decode init images at the size the model runs at
       const { size } = plan;
       const inits = img
-        ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
+        ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`, params.fit)))).map((d) => d.data)
         : undefined;
       // 3. render (progress visible on /sdapi/v1/progress)
       const progress = tracker.begin();

@@ -30,10 +30,10 @@ export const MAX_N = 10;
  */
 export const EXTENSIONS = [
   'negative_prompt', 'seed', 'steps', 'strength', 't_index_list', 'guidance', 'guidance_scale', 'delta', 'prompt_blend',
-  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height', 'vae',
+  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height', 'aspect', 'fit', 'vae',
 ] as const satisfies readonly (keyof GenerationParams)[];
 /** Extensions whose values are text even when they look like JSON. */
-const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert', 'vae'];
+const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert', 'fit', 'vae'];
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
@@ -167,7 +167,8 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
       const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
       const { width, height } = plan.size;
-      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
+      const field = (i: number) => (uploads.length > 1 ? `image.${i}` : 'image');
+      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, field(i), plan.params.fit)).data));
       await respond(req, res, request, plan, inits, '/v1/images/edits');
     }),
   );

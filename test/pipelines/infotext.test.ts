@@ -66,6 +66,14 @@ test('img2img, RCFG delta and the strict flags are written and read back', async
   assert.deepEqual(parseInfotext(none).params.guidance, 'none');
 });
 
+test('an aspect asked for and fit pad are written and read back; the default crop is left out', async () => {
+  const variant = { expert: 'full', relativeMacs: 1, adapters: [] };
+  const text = writeInfotext(await planRequest(engine, parseParams({ prompt: 'x', seed: 1, aspect: 1.5, fit: 'pad' }), 'img2img'), image(0, variant), 'm');
+  assert.match(text, /, Aspect: 1.5, Fit: pad$/);
+  assert.deepEqual([parseInfotext(text).params.aspect, parseInfotext(text).params.fit], [1.5, 'pad']);
+  assert.doesNotMatch(writeInfotext(await planRequest(engine, parseParams({ prompt: 'x', seed: 1 }), 'img2img'), image(0, variant), 'm'), /Aspect|Fit/);
+});
+
 test('the VAE is written when the tiny one decoded or one was named, and read back; A1111\'s VAE files are noted', async () => {
   const withTiny = await Engine.load(await linkPackWithTinyVae(BASE_PACK));
   const variant = { expert: 'full', relativeMacs: 1, adapters: [] };

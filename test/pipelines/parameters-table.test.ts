@@ -4,7 +4,7 @@
  * WebSocket client), on the embedded tiny-shapes pack, over the base requests the page states. For each row:
  * - every image interface gives the same pixels and writes the same parameters text into its PNG, and that text
  *   reads back (parseInfotext) to the row's parameters as /v1/jobs spells them;
- * - the image differs from the base request's (the parameter took effect);
+ * - the image differs from the same request without the row's parameter (it took effect);
  * - the WebSocket stream starts with the parameters and sends a frame (different from its base's frame).
  * A cell with two examples must give what either gives. Rows of stream parameters are checked where they apply;
  * rows marked (tiny VAE) run on the embedded pack with its own VAE linked in as a tiny VAE, on a server whose
@@ -253,7 +253,10 @@ for (const row of doc.rows) {
       assert.ok(other.pixels.equals(first!.pixels), `${other.via} renders what ${first!.via} renders`);
       assert.equal(other.text, first!.text, `${other.via} writes what ${first!.via} writes`);
     }
-    assert.ok(!first!.pixels.equals(await baseline(target, 'cli', row.img2img)), `${row.name} changes the image`);
+    // the same request without the row's own parameters (a row may need others, e.g. a size for fit) differs
+    const own = spans(row.name);
+    const without = JSON.stringify(Object.fromEntries(Object.entries(expected).filter(([k]) => !own.includes(k)))).slice(1, -1);
+    assert.ok(!first!.pixels.equals(await pixels((await render(target, 'jobs', without, row.img2img)).bytes)), `${row.name} changes the image`);
     // 3. a stream with it
     for (const cell of row.cells.ws) {
       const out = await render(target, 'ws', cell, row.img2img);
