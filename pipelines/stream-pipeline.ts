@@ -141,7 +141,7 @@ export class StreamPipeline {
    */
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners, defaults);
-    stream.plan = await planRequest(engine, params, mode, runners, defaults);
+    stream.plan = await planRequest(engine, params, mode, runners, defaults, 'stream');
     stream.rebuild();
     return stream;
   }
@@ -158,6 +158,11 @@ export class StreamPipeline {
   /** Frames an output lags its input (steps - 1). */
   get lag(): number {
     return this.plan.coefficients.timesteps.length - 1;
+  }
+
+  /** Where the stream's plan differs from its parameters (guidance brought into the pack's range ...). */
+  get notes(): readonly string[] {
+    return this.plan.notes;
   }
 
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
@@ -198,7 +203,7 @@ export class StreamPipeline {
 
   private async applyUpdate(update: unknown, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults());
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults(), 'stream');
     // 2. apply between frames, once the caller's turn has come; a plan never applied (the stream closed, the turn
     //    failed) lets its variant go
     let applied = false;

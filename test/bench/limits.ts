@@ -9,7 +9,7 @@ import { MAX_WAITING_UPDATES } from '../../server/streams/session.ts';
 import { DEFAULT_ADAPTER_LIMITS } from '../../models/adapters/choices.ts';
 import { MAX_UPDATE_RATIO } from '../../models/adapters/update-bounds.ts';
 import { PROBE_MIN_AGREEMENT, PROBE_SPREAD } from '../../models/adapters/probe.ts';
-import { JOBS_PAGE } from '../../server/batch/jobs/router.ts';
+import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../server/batch/jobs/router.ts';
 import { driveControlMessages, driveJobQueue, driveLatentArea, drivePendingSockets, driveVariants, spawnServer, type LimitRun } from '../helpers/limit-drivers.ts';
 
 export interface LimitsOptions {
@@ -38,7 +38,7 @@ const CEILINGS: readonly [string, string, string][] = [
   ['merged UNet probe', `finite, spread ${PROBE_SPREAD.min}-${PROBE_SPREAD.max}x the base's, cosine >= ${PROBE_MIN_AGREEMENT}`, '422 model_invalid; the variant is never used'],
   ['adapters merged at once', `${DEFAULT_ADAPTER_LIMITS.maxAdapters}, \\|weight\\| <= ${DEFAULT_ADAPTER_LIMITS.maxWeight}`, '400 bad_request naming the field'],
   ['queued jobs', `${c.maxQueuedJobs} in all, ${c.maxQueuedJobsPerClient} per client`, '429 rate_limited, Retry-After'],
-  ['GET /v1/jobs page', `${JOBS_PAGE.default} by default, ${JOBS_PAGE.max} at most`, 'next_cursor for the next page'],
+  ['GET /v1/jobs page', `${DEFAULT_PAGE_SIZE} by default, ${MAX_PAGE_SIZE} at most`, 'next_cursor for the next page'],
   ['upload size', `${c.maxUploadBytes / 2 ** 20} MiB`, '413 too_large'],
   ['shutdown', `${c.shutdownGraceMs / 1000} s for requests in flight`, 'then 503 unavailable with Retry-After'],
 ];

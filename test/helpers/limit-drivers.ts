@@ -268,10 +268,10 @@ export function driveJobQueue(server: ServerProcess, jobs = 200, addresses = 10)
     pageSize = page.jobs.length;
     let cursor: string | null = null;
     do {
-      const p = (await (await fetch(`${server.url}/v1/jobs?limit=500${cursor ? `&cursor=${cursor}` : ''}`)).json()) as { jobs: { id: string; status: string }[]; next_cursor: string | null };
+      const p = (await (await fetch(`${server.url}/v1/jobs?limit=100${cursor ? `&cursor=${cursor}` : ''}`)).json()) as { jobs: { id: string; status: string }[]; next_cursor: string | null };
       for (const j of p.jobs) if (j.status === 'starting' || j.status === 'processing') await fetch(`${server.url}/v1/jobs/${j.id}`, { method: 'DELETE' });
       cursor = p.next_cursor;
     } while (cursor);
-    return { limit: 'queued jobs', bound: '64 queued or running, 16 per client address; GET /v1/jobs pages of 50 (at most 500)', pushed: `${jobs} jobs of 1000 images from ${addresses} addresses`, answers };
+    return { limit: 'queued jobs', bound: '64 queued or running, 16 per client address; GET /v1/jobs pages of 20 (at most 100)', pushed: `${jobs} jobs of 1000 images from ${addresses} addresses`, answers };
   }).then((run) => ({ ...run, pageSize }));
 }

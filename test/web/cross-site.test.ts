@@ -32,7 +32,7 @@ after(async () => {
 });
 
 async function jobCount(): Promise<number> {
-  return ((await (await fetch(`${server.url}/v1/jobs?limit=500`)).json()) as { jobs: unknown[] }).jobs.length;
+  return ((await (await fetch(`${server.url}/v1/jobs?limit=100`)).json()) as { jobs: unknown[] }).jobs.length;
 }
 
 async function imagesRendered(): Promise<number> {

@@ -5,12 +5,11 @@
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import type { Plan } from '../../../pipelines/plan.ts';
 import type { AppContext } from '../../context.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
-import { renderImages } from '../render.ts';
+import { encodeResult, renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
 import type { Executor, RunningJob } from './manager.ts';
@@ -35,6 +34,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
     const request = job.record.request as ImagesJobRequest;
     const { params } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    job.record.notes = [...plan.notes];
     try {
       await renderJob(ctx, job, plan);
     } finally {
@@ -70,7 +70,7 @@ async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<
     for (const [j, image] of images.entries()) {
       const name = imageName(start + j, format);
       const tmp = join(job.dir, `${name}.partial`);
-      await writeFile(tmp, await encodeImage(image.data, image.width, image.height, format));
+      await writeFile(tmp, await encodeResult(ctx, plan, image, format));
       await rename(tmp, join(job.dir, name));
       job.record.results.push(name);
     }

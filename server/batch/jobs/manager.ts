@@ -48,31 +48,6 @@ export const DEFAULT_JOB_OPTIONS: JobManagerOptions = Object.freeze({
 /** A client refused for a full queue should come back after about this long, s (a small job's time). */
 const QUEUE_RETRY_S = 30;
 
-/** One page of jobs, newest first; `next_cursor` continues after its last job (null on the last page). */
-export interface JobPage {
-  readonly jobs: JobRecord[];
-  readonly next_cursor: string | null;
-}
-
-/** Newest first; ties (one millisecond) by id, so the order is total and a cursor is a position in it. */
-function newestFirst(a: Pick<JobRecord, 'created_at' | 'id'>, b: Pick<JobRecord, 'created_at' | 'id'>): number {
-  return b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id);
-}
-
-function encodeCursor(r: Pick<JobRecord, 'created_at' | 'id'>): string {
-  return Buffer.from(JSON.stringify([r.created_at, r.id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): Pick<JobRecord, 'created_at' | 'id'> {
-  try {
-    const [created_at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[];
-    if (typeof created_at === 'string' && typeof id === 'string' && created_at.length < 64 && id.length < 64) return { created_at, id };
-  } catch {
-    // reported below
-  }
-  throw new ServiceError('bad_request', 'cursor: not a cursor this server gave (use next_cursor from the previous page)', { field: 'cursor' });
-}
-
 /** How often finished jobs past retention are looked for while running. */
 const PRUNE_INTERVAL_MS = 3600 * 1000;
 
@@ -93,6 +68,7 @@ export interface JobView {
   stats: JobRecord['stats'];
   webhook: { status: string; attempts: number; last_error: string | null } | null;
   request: unknown;
+  notes: string[];
 }
 
 interface Running {
@@ -106,6 +82,8 @@ interface Running {
 
 export class JobManager {
   private readonly records = new Map<string, JobRecord>();
+  /** Jobs deleted by remove(): a late save (a webhook's outcome) must not bring their folder back. */
+  private readonly removed = new Set<string>();
   private readonly queue: string[] = [];
   private running: Running | undefined;
   /** Clients of submits between their queue check and their record being listed. */
@@ -187,23 +165,12 @@ export class JobManager {
     return record;
   }
 
+  /** Every job, newest first (ties by id, so that pages are stable). */
   list(): JobRecord[] {
-    return [...this.records.values()].sort(newestFirst);
+    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id));
   }
 
-  /**
-   * A page of at most `limit` jobs, newest first, optionally of one status, starting after `cursor` (the
-   * next_cursor of the page before; a cursor names a position, so jobs deleted meanwhile do not break it).
-   */
-  page(limit: number, cursor: string | undefined, status?: JobStatus): JobPage {
-    const after = cursor === undefined ? undefined : decodeCursor(cursor);
-    const list = this.list().filter((r) => (status === undefined || r.status === status) && (after === undefined || newestFirst(r, after) > 0));
-    const jobs = list.slice(0, limit);
-    const last = jobs[jobs.length - 1];
-    return { jobs, next_cursor: list.length > limit && last ? encodeCursor(last) : null };
-  }
-
-  /** Cancels a queued or running job; a finished one is a conflict. */
+  /** Cancels a queued or running job; a finished one is a conflict (remove() deletes it). */
   async cancel(id: string): Promise<JobRecord> {
     const record = this.get(id);
     if (FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} already ${record.status}`, { field: 'id' });
@@ -214,6 +181,17 @@ export class JobManager {
     }
     this.queue.splice(this.queue.indexOf(id), 1);
     await this.finish(record, 'canceled');
+    return record;
+  }
+
+  /** Deletes a finished job: its record and its folder (inputs and results). A queued or running one is a conflict. */
+  async remove(id: string): Promise<JobRecord> {
+    const record = this.get(id);
+    if (!FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} is ${record.status}: cancel it first`, { field: 'id' });
+    this.records.delete(id);
+    this.removed.add(id);
+    await this.saving; // a save of this record in flight would recreate its folder
+    await this.store.remove(id);
     return record;
   }
 
@@ -246,6 +224,7 @@ export class JobManager {
       stats: record.stats,
       webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error && redactText(record.webhook.last_error) } : null,
       request: record.request,
+      notes: record.notes ?? [],
     };
   }
 
@@ -260,7 +239,7 @@ export class JobManager {
   }
 
   private persist(record: JobRecord): Promise<void> {
-    const next = this.saving.then(() => this.store.save(record));
+    const next = this.saving.then(() => (this.removed.has(record.id) ? undefined : this.store.save(record)));
     this.saving = next.catch((error: unknown) => this.log.error('cannot save job', { job: record.id, error: String(error) }));
     return next;
   }

@@ -56,6 +56,8 @@ export interface JobRecord<Request = unknown> {
   /** The address of the client that created it (queued jobs are limited per client); absent in older records. */
   readonly client?: string;
   stats: Record<string, number | boolean>;
+  /** Where the render differs from the request (guidance brought into the model's range ...); absent in older records. */
+  notes?: string[];
 }
 
 export class JobStore {
