@@ -12,6 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { driveControlMessages, driveJobQueue, driveLatentArea, drivePendingSockets, driveVariants, spawnServer, type LimitRun, type ServerProcess, type Usage } from '../helpers/limit-drivers.ts';
+import { DEFAULT_PAGE_SIZE } from '../../server/batch/jobs/router.ts';
 
 /** Threads: 4 merged variants and a spare worker, each a thread with its session's pool. */
 const VARIANT_THREADS = 24;
@@ -79,7 +80,7 @@ test('queued jobs: 64 accepted in all (16 per address), the rest 429 with Retry-
   const run = await driveJobQueue(server, 200, 10);
   t.diagnostic(`${usage(run.before)} before, ${usage(run.peak)} at peak, ${usage(run.after)} after`);
   assert.deepEqual(run.answers, { '201': 64, '429 rate_limited, Retry-After': 136 });
-  assert.equal(run.pageSize, 50);
+  assert.equal(run.pageSize, DEFAULT_PAGE_SIZE);
   assert.ok(run.peak.rssMb <= run.before.rssMb + SMALL_MB);
 });
 
