@@ -1,14 +1,20 @@
 /**
  * Loads a model pack: a folder in the diffusers/optimum ONNX layout (REFERENCE §5), described by its own files.
- *   model_index.json, scheduler/scheduler_config.json, tokenizer/, text_encoder/, unet/, vae_encoder/,
- *   vae_decoder/ (each <component>/model.onnx, weights may sit beside it as external data), and optionally
- *   taesd_encoder/ + taesd_decoder/ (a tiny VAE, scale factor 1) used instead of the full VAE when asked.
+ *   model_index.json, scheduler/scheduler_config.json, tokenizer/ + text_encoder/ (SDXL also tokenizer_2/ +
+ *   text_encoder_2/, see pack-kinds.ts), unet/, vae_encoder/, vae_decoder/ (each <component>/model.onnx, weights
+ *   may sit beside it as external data: model.onnx_data, weights.pb), and optionally taesd_encoder/ +
+ *   taesd_decoder/ (a tiny VAE, scale factor 1) used instead of the full VAE when asked.
  */
+import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { indexOnnxModel } from './adapters/onnx-graph.ts';
+import { nodeWithFloatAttributes, replaceGraphFields } from './adapters/onnx-rewrite.ts';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
+import { packDefaults, packKind, type PackDefaults, type PackKind } from './pack-kinds.ts';
+import { PromptEncoder } from './prompt-encoder.ts';
 import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
@@ -31,10 +37,16 @@ export const DEFAULT_PACK_OPTIONS: PackOptions = Object.freeze({ provider: 'cpu'
 export interface ModelPack {
   readonly dir: string;
   readonly name: string;
+  readonly kind: PackKind;
   readonly modelIndex: Record<string, unknown>;
   readonly schedulerConfig: Record<string, unknown>;
+  /** Prompt -> conditioning, over every text tower of the pack. */
+  readonly prompts: PromptEncoder;
+  /** The first tower's tokenizer and text encoder (the only ones of SD 1.x/2.x packs). */
   readonly tokenizer: ClipTokenizer;
   readonly textEncoder: ClipTextEncoder;
+  /** Steps and guidance for requests that leave them out (pack-kinds.ts). */
+  readonly defaults: PackDefaults;
   readonly unet: Unet;
   readonly vaeEncoder: VaeEncoder | undefined;
   readonly vaeDecoder: VaeDecoder;
@@ -56,6 +68,22 @@ export async function loadSession(dir: string, component: string, options: PackO
   return OnnxModel.load(path, { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component });
 }
 
+/**
+ * A VAE encoder that outputs a posterior draw (latent_sample, as the diffusers script and optimum < 1.23 export it)
+ * has a RandomNormalLike node whose unseeded draw would make every img2img run differ. It is loaded with that
+ * node's scale set to 0: the latent is the posterior mean, as with latent_parameters, and runs are repeatable.
+ */
+async function loadVaeEncoder(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
+  const path = join(dir, component, 'model.onnx');
+  const bytes = new Uint8Array(await readFile(path));
+  const index = indexOnnxModel(bytes, component);
+  const draws = index.nodes.filter((n) => n.opType === 'RandomNormalLike' || n.opType === 'RandomNormal');
+  if (draws.length === 0) return loadSession(dir, component, options);
+  const edits = draws.map((n) => ({ range: n.field, replacement: nodeWithFloatAttributes(bytes, n.field, { mean: 0, scale: 0 }) }));
+  const base = { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component };
+  return OnnxModel.load(replaceGraphFields(bytes, index, edits), { ...base, externalDataDir: join(dir, component) });
+}
+
 function scalingFactor(config: Record<string, unknown>, fallback: number): number {
   const v = config['scaling_factor'];
   return typeof v === 'number' && v > 0 ? v : fallback;
@@ -68,18 +96,20 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   // 1. the pack describes itself
   const modelIndex = await readJsonObject(join(root, 'model_index.json'), 'model_index.json');
   const schedulerConfig = await readJsonObject(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
-  const tokenizer = await loadClipTokenizer(join(root, 'tokenizer'));
+  const kind = packKind(modelIndex, await exists(join(root, 'text_encoder_2', 'model.onnx')));
+  const tokenizers = await Promise.all(kind.towers.map((t) => loadClipTokenizer(join(root, t.tokenizer))));
   // 2. sessions, opened together
   const useTiny = options.tinyVae && (await exists(join(root, 'taesd_decoder', 'model.onnx')));
   const encoderDir = useTiny ? 'taesd_encoder' : 'vae_encoder';
   const decoderDir = useTiny ? 'taesd_decoder' : 'vae_decoder';
   const hasEncoder = await exists(join(root, encoderDir, 'model.onnx'));
-  const [textModel, unetModel, encoderModel, decoderModel] = await Promise.all([
-    loadSession(root, 'text_encoder', options),
+  const [unetModel, encoderModel, decoderModel, ...textModels] = await Promise.all([
     loadSession(root, 'unet', options),
-    hasEncoder ? loadSession(root, encoderDir, options) : Promise.resolve(undefined),
+    hasEncoder ? loadVaeEncoder(root, encoderDir, options) : Promise.resolve(undefined),
     loadSession(root, decoderDir, options),
+    ...kind.towers.map((t) => loadSession(root, t.encoder, options)),
   ]);
+  const towers = kind.towers.map((t, i) => ({ tokenizer: tokenizers[i]!, encoder: new ClipTextEncoder(textModels[i]!, t.layer) }));
   // 3. configs: the VAE's scaling factor (TAESD works on unscaled latents)
   const decoderConfig = await readOptionalJson(join(root, decoderDir, 'config.json'), `${decoderDir}/config.json`);
   const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'), 'unet/config.json');
@@ -89,14 +119,19 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
   const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
   const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);
+  const unet = new Unet(unetModel);
+  const schedulerClass = typeof schedulerConfig['_class_name'] === 'string' ? schedulerConfig['_class_name'] : '';
   return {
     dir: root,
     name: typeof modelIndex['name'] === 'string' ? modelIndex['name'] : (root.split(/[\\/]/).pop() ?? 'model'),
+    kind,
     modelIndex,
     schedulerConfig,
-    tokenizer,
-    textEncoder: new ClipTextEncoder(textModel),
-    unet: new Unet(unetModel),
+    prompts: new PromptEncoder(towers, modelIndex['force_zeros_for_empty_prompt'] === true),
+    tokenizer: towers[0]!.tokenizer,
+    textEncoder: towers[0]!.encoder,
+    defaults: packDefaults(modelIndex, schedulerClass, unet),
+    unet,
     vaeEncoder: encoderModel ? new VaeEncoder(encoderModel, factor) : undefined,
     vaeDecoder: new VaeDecoder(decoderModel, factor),
     defaultImageSize: sampleSize * vaeScale,

@@ -30,6 +30,8 @@ export interface SessionOptions {
   readonly threads: number;
   /** Shown in errors: "unet", "vae_decoder", a file path. */
   readonly label: string;
+  /** For a model given as bytes: the folder its external data files are in (a model read from a path finds them itself). */
+  readonly externalDataDir?: string | undefined;
 }
 
 export const DEFAULT_SESSION_OPTIONS: SessionOptions = Object.freeze({ provider: 'cpu', threads: 0, label: 'model' });
@@ -79,6 +81,7 @@ export class OnnxModel {
       executionProviders: [provider],
       graphOptimizationLevel: 'all',
       ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+      ...(options.externalDataDir !== undefined ? { extra: { session: { model_external_initializers_file_folder_path: options.externalDataDir } } } : {}),
     };
     let session: ort.InferenceSession;
     try {

@@ -29,6 +29,9 @@ export type UnetRunner = (rows: readonly UnetRow[]) => Promise<Float32Array[]>;
 export interface PromptContext {
   readonly cond: Float32Array;
   readonly uncond: Float32Array;
+  /** Pooled embeddings of both (SDXL's text_embeds; other UNets ignore them). */
+  readonly pooled?: Float32Array | undefined;
+  readonly uncondPooled?: Float32Array | undefined;
 }
 
 /** The initial noise drawn once per stream: one row per (step, lane), reused every frame. */
@@ -56,8 +59,8 @@ export function enterRow(c: StepCoefficients, g: Guidance, noise: NoiseTable, z:
 export function planStep(states: readonly RowState[], c: StepCoefficients, g: Guidance, prompt: PromptContext): UnetRow[] {
   const uncond = states
     .filter((s) => needsUncondRow(g, s.step))
-    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond }));
-  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond }));
+    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond, pooled: prompt.uncondPooled }));
+  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond, pooled: prompt.pooled }));
   return [...uncond, ...cond];
 }
 

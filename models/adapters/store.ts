@@ -1,21 +1,22 @@
 /**
  * The adapter store: a folder of kohya LoRA safetensors files beside a pack's UNet, uploads into it, and
- * merged UNets built in the background (on worker threads, see worker-unet.ts) with a bounded LRU cache keyed
- * by the sorted adapters and weights. Concurrent requests for the same combination share one build; an
- * evicted UNet is released once no stream has used it for EVICTED_IDLE_MS. Merging never writes to disk; uploads are
- * checked completely (format, keys, shapes against the UNet) before a file is written, and are written
- * atomically (temporary file + rename). Adapters that bundle concept tokens (learned embeddings for their
- * trigger words) also get a text encoder with those tokens added, built on the same worker as the UNet.
+ * merged UNets built in the background (on worker threads, see worker-unet.ts) with an LRU cache keyed by the
+ * sorted adapters and weights and bounded by the bytes of weights the merged sessions hold (and a count).
+ * Concurrent requests for the same combination share one build; an evicted UNet is released once no stream has
+ * used it for EVICTED_IDLE_MS. Merging never writes to disk; uploads are checked completely (format, keys, shapes
+ * against the models) before a file is written, and are written atomically (temporary file + rename).
+ * A text encoder gets its own merged copy, built on the same worker as the UNet, when the adapters have LoRA
+ * layers for it (lora_te_, lora_te1_, lora_te2_) or bundle concept tokens (learned embeddings for trigger words).
  */
 import { statSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import type { ClipTextEncoder, Unet } from '../components.ts';
+import { dirname, join, resolve } from 'node:path';
+import type { ClipTextEncoder, HiddenLayer, Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import type { PackOptions } from '../pack.ts';
-import { DEFAULT_SESSION_OPTIONS } from '../runtime.ts';
+import { DEFAULT_SESSION_OPTIONS, type SessionOptions } from '../runtime.ts';
 import { addConceptTokens, tokenTable, type ConceptTokenIds } from './concept-tokens.ts';
-import { readKohyaAdapter, type KohyaAdapter } from './kohya.ts';
+import { readKohyaAdapter, type KohyaAdapter, type LoraTarget } from './kohya.ts';
 import { matchAdapter, mergeAdapters, type WeightedAdapter } from './merge.ts';
 import { indexOnnxModel, type OnnxGraphIndex } from './onnx-graph.ts';
 import { DEFAULT_SAFETENSORS_LIMITS, parseSafetensors } from './safetensors.ts';
@@ -37,6 +38,12 @@ export interface AdapterLimits {
 }
 
 export const DEFAULT_ADAPTER_LIMITS: AdapterLimits = Object.freeze({ maxBytes: 256 * 2 ** 20, maxAdapters: 8, maxWeight: 2 });
+/**
+ * Weights merged sessions may hold together before the least recently used is evicted (the newest is always
+ * kept): each merged variant is a full copy of the UNet (SD 1.5 fp32 3.4 GB, SDXL 10 GB), so a count alone would
+ * not bound memory.
+ */
+export const DEFAULT_MERGED_BYTES = 4 * 2 ** 30;
 /** A merged UNet evicted from the cache is released after this long without a prediction (streams may still hold it). */
 export const EVICTED_IDLE_MS = 60_000;
 
@@ -60,28 +67,52 @@ export interface AdapterChoice {
   readonly weight: number;
 }
 
-/** How prompts are encoded for a merged UNet whose adapters bring concept tokens. */
+/** How prompts are encoded for a merged UNet whose adapters change a text encoder (LoRA layers or concept tokens). */
 export interface ConceptText {
   /** Cache key of the adapter combination (prompt embeddings depend on it). */
   readonly key: string;
-  readonly encoder: ClipTextEncoder;
+  /** Per text tower of the pack: its merged encoder, or undefined where the tower is unchanged. */
+  readonly encoders: readonly (ClipTextEncoder | undefined)[];
   readonly tokens: ConceptTokenIds;
 }
 
-/** The base models adapters apply to (the text encoder only for adapters with concept tokens). */
+/** A text encoder adapters may change, with the hidden state the pack reads from it. */
+export interface TextEncoderPath {
+  readonly path: string;
+  readonly layer: HiddenLayer;
+}
+
+/**
+ * The base models adapters apply to: the UNet, and the pack's text encoders in tower order (SDXL: text_encoder,
+ * text_encoder_2). `textEncoder` is the single-tower shorthand.
+ */
 export interface BaseModelPaths {
   readonly unet: string;
   readonly textEncoder?: string | undefined;
+  readonly textEncoders?: readonly TextEncoderPath[] | undefined;
+}
+
+/** The LoRA target of each text tower. */
+const TOWER_TARGETS: readonly LoraTarget[] = ['text_encoder', 'text_encoder_2'];
+
+interface BaseModel {
+  readonly path: string;
+  readonly bytes: Uint8Array;
+  readonly index: OnnxGraphIndex;
+  /** Bytes of the weights a session of it holds (model.onnx and its external data). */
+  readonly weightBytes: number;
 }
 
 export interface MergedUnet {
   readonly unet: Unet;
-  /** Present when the adapters bring concept tokens. */
+  /** Present when the adapters change a text encoder (LoRA layers or concept tokens). */
   readonly text?: ConceptText | undefined;
   readonly warnings: string[];
   /** Wall time of merging the weights and of building the session, ms (0 for the base UNet). */
   readonly mergeMs: number;
   readonly buildMs: number;
+  /** Weights the merged sessions hold (the cache's byte bound counts these). */
+  readonly weightBytes: number;
 }
 
 /** Cache key: adapters sorted by name, zero weights dropped ("" is the base UNet). */
@@ -111,9 +142,10 @@ function infoOf(name: string, bytes: number, adapter: KohyaAdapter): AdapterInfo
 export class AdapterStore {
   readonly limits: AdapterLimits;
   private readonly dir: string;
-  private readonly cache = new Map<string, Promise<MergedUnet>>();
+  private readonly cache = new Map<string, { merged: Promise<MergedUnet>; bytes: number }>();
   private readonly adapters = new Map<string, { mtimeMs: number; size: number; adapter: KohyaAdapter; info: AdapterInfo }>();
-  private readonly bases = new Map<string, Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }>>();
+  private readonly bases = new Map<string, Promise<BaseModel>>();
+  private readonly textEncoders: readonly TextEncoderPath[];
 
   constructor(
     adapterDir: string,
@@ -121,10 +153,18 @@ export class AdapterStore {
     private readonly options: PackOptions,
     private readonly cacheSize = 4,
     limits: Partial<AdapterLimits> = {},
+    /** Weights the cached merged sessions may hold together (DEFAULT_MERGED_BYTES). */
+    private readonly maxMergedBytes = DEFAULT_MERGED_BYTES,
   ) {
     this.dir = resolve(adapterDir);
     this.limits = { ...DEFAULT_ADAPTER_LIMITS, ...limits };
     if (!Number.isInteger(cacheSize) || cacheSize < 1) throw new ServiceError('bad_request', `adapter cache size must be a positive integer, got ${cacheSize}`);
+    this.textEncoders = baseModels.textEncoders ?? (baseModels.textEncoder ? [{ path: baseModels.textEncoder, layer: 'last' }] : []);
+  }
+
+  /** Bytes of weights the cached merged sessions hold (those still building count when done). */
+  get mergedBytes(): number {
+    return [...this.cache.values()].reduce((n, e) => n + e.bytes, 0);
   }
 
   /** The adapters in the folder (valid files only, sorted by name). Reads headers of new or changed files. */
@@ -158,9 +198,11 @@ export class AdapterStore {
     if (this.exists(path)) throw new ServiceError('conflict', `adapter ${name} already exists`, { field: 'name' });
     // 2. format, then keys and shapes against the UNet
     const adapter = readKohyaAdapter(parseSafetensors(bytes, `adapter ${name}`, { ...DEFAULT_SAFETENSORS_LIMITS, maxBytes: this.limits.maxBytes }), `adapter ${name}`);
-    const { index } = await this.baseModel(this.baseModels.unet);
-    const { matched } = matchAdapter(index, adapter, `adapter ${name}`);
-    if (matched === 0) throw new ServiceError('model_invalid', `adapter ${name}: none of its ${adapter.layers.length} keys matches a node of the UNet (e.g. ${adapter.layers[0]!.key})`);
+    let matched = matchAdapter((await this.baseModel(this.baseModels.unet)).index, adapter, `adapter ${name}`).matched;
+    for (const [i, te] of this.textEncoders.entries()) {
+      matched += matchAdapter((await this.baseModel(te.path)).index, adapter, `adapter ${name}`, TOWER_TARGETS[i]).matched;
+    }
+    if (matched === 0) throw new ServiceError('model_invalid', `adapter ${name}: none of its ${adapter.layers.length} keys matches a node of the UNet or text encoders (e.g. ${adapter.layers[0]!.key})`);
     await this.checkEmbeddings(name, adapter);
     // 3. atomic write
     const tmp = join(this.dir, `.${name}.${process.pid}.${Date.now()}.tmp`);
@@ -177,7 +219,7 @@ export class AdapterStore {
 
   /** A merged UNet if it is already built (for a swap at a frame boundary without waiting). */
   ready(adapters: readonly AdapterChoice[]): Promise<MergedUnet> | undefined {
-    return this.cache.get(adapterKey(adapters));
+    return this.cache.get(adapterKey(adapters))?.merged;
   }
 
   /**
@@ -195,19 +237,30 @@ export class AdapterStore {
     if (hit) {
       this.cache.delete(key); // refresh LRU order
       this.cache.set(key, hit);
-      return hit;
+      return hit.merged;
     }
-    const pending = this.build(adapters.filter((a) => a.weight !== 0), key);
-    pending.catch(() => {
-      if (this.cache.get(key) === pending) this.cache.delete(key);
-    });
-    this.cache.set(key, pending);
-    while (this.cache.size > this.cacheSize) {
+    const entry = { merged: this.build(adapters.filter((a) => a.weight !== 0), key), bytes: 0 };
+    entry.merged.then(
+      (m) => {
+        entry.bytes = m.weightBytes;
+        this.evict();
+      },
+      () => {
+        if (this.cache.get(key) === entry) this.cache.delete(key);
+      },
+    );
+    this.cache.set(key, entry);
+    this.evict();
+    return entry.merged;
+  }
+
+  /** Drops least recently used entries past the count or byte bound; the newest always stays. */
+  private evict(): void {
+    while (this.cache.size > 1 && (this.cache.size > this.cacheSize || this.mergedBytes > this.maxMergedBytes)) {
       const [oldest, evicted] = this.cache.entries().next().value!;
       this.cache.delete(oldest);
-      evicted.then((m) => (m.unet as WorkerUnet).releaseWhenIdle(EVICTED_IDLE_MS), () => undefined);
+      evicted.merged.then((m) => (m.unet as WorkerUnet).releaseWhenIdle(EVICTED_IDLE_MS), () => undefined);
     }
-    return pending;
   }
 
   private validate(adapters: readonly AdapterChoice[]): void {
@@ -226,48 +279,80 @@ export class AdapterStore {
 
   /** Rejects bundled embeddings whose width differs from the text encoder's tokens. */
   private async checkEmbeddings(name: string, adapter: KohyaAdapter): Promise<void> {
-    if (adapter.embeddings.length === 0 || !this.baseModels.textEncoder) return;
-    const dim = tokenTable((await this.baseModel(this.baseModels.textEncoder)).index).dims[1];
+    const first = this.textEncoders[0];
+    if (adapter.embeddings.length === 0 || !first) return;
+    const dim = tokenTable((await this.baseModel(first.path)).index).dims[1];
     const wrong = adapter.embeddings.find((e) => e.dim !== dim);
     if (wrong) throw new ServiceError('model_invalid', `adapter ${name}: its embedding for "${wrong.word}" has ${wrong.dim} values per vector; the text encoder's tokens have ${dim}`);
   }
 
   private async build(adapters: readonly AdapterChoice[], key: string): Promise<MergedUnet> {
     const options = { ...DEFAULT_SESSION_OPTIONS, provider: this.options.provider, threads: this.options.threads };
-    const { bytes, index } = await this.baseModel(this.baseModels.unet);
+    const unetBase = await this.baseModel(this.baseModels.unet);
+    const unetOptions = { ...options, externalDataDir: dirname(unetBase.path) };
     const t0 = performance.now();
     if (adapters.length === 0) {
-      const unet = await WorkerUnet.load(bytes.slice(), { ...options, label: 'unet' });
-      return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
+      const unet = await WorkerUnet.load(unetBase.bytes.slice(), { ...unetOptions, label: 'unet' });
+      return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0, weightBytes: unetBase.weightBytes };
     }
+    // 1. the UNet
     const weighted: WeightedAdapter[] = await Promise.all(adapters.map(async (a) => ({ name: a.name, weight: a.weight, adapter: (await this.load(a.name)).adapter })));
-    const merged = await mergeAdapters(bytes, index, weighted, 'unet');
+    const merged = await mergeAdapters(unetBase.bytes, unetBase.index, weighted, 'unet', { externalDir: dirname(unetBase.path) });
     const warnings = [...merged.warnings];
+    let weightBytes = unetBase.weightBytes;
+    // 2. text encoders with LoRA layers, the first also with concept tokens
     const embeddings = weighted.flatMap((w) => w.adapter.embeddings.map((embedding) => ({ adapter: w.name, embedding })));
-    let text: { bytes: Uint8Array; ids: ConceptTokenIds } | undefined;
-    if (embeddings.length > 0 && this.baseModels.textEncoder) {
-      const base = await this.baseModel(this.baseModels.textEncoder);
-      text = addConceptTokens(base.bytes, base.index, embeddings);
-    } else if (embeddings.length > 0) {
-      warnings.push(`no text encoder to add the concept tokens ${embeddings.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
+    const texts: { tower: number; bytes: Uint8Array; options: SessionOptions & { layer: HiddenLayer } }[] = [];
+    let tokens: ConceptTokenIds = new Map();
+    for (const [tower, target] of TOWER_TARGETS.entries()) {
+      const hasLayers = weighted.some((w) => w.adapter.layers.some((l) => l.target === target));
+      const concepts = tower === 0 ? embeddings : [];
+      if (!hasLayers && concepts.length === 0) continue;
+      const te = this.textEncoders[tower];
+      if (!te) {
+        if (hasLayers) warnings.push(`no ${target} to merge the adapters' ${target} layers into: they were ignored`);
+        if (concepts.length > 0) warnings.push(`no text encoder to add the concept tokens ${concepts.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
+        continue;
+      }
+      const base = await this.baseModel(te.path);
+      let bytes = base.bytes;
+      if (hasLayers) {
+        const m = await mergeAdapters(base.bytes, base.index, weighted, target, { target, externalDir: dirname(te.path) });
+        warnings.push(...m.warnings);
+        bytes = m.bytes;
+      }
+      if (concepts.length > 0) {
+        const added = addConceptTokens(bytes, bytes === base.bytes ? base.index : indexOnnxModel(bytes, target), concepts);
+        bytes = added.bytes;
+        tokens = added.ids;
+      }
+      weightBytes += base.weightBytes;
+      texts.push({ tower, bytes, options: { ...options, label: `${target}+${key}`, externalDataDir: dirname(te.path), layer: te.layer } });
     }
+    // 3. sessions on a worker thread
     const t1 = performance.now();
-    const unet = await WorkerUnet.load(merged.bytes, { ...options, label: `unet+${key}` }, text && { bytes: text.bytes, options: { ...options, label: `text_encoder+${key}` } });
-    const concept = text && { key, encoder: unet.textEncoder!, tokens: text.ids };
-    return { unet, text: concept, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1 };
+    const unet = await WorkerUnet.load(merged.bytes, { ...unetOptions, label: `unet+${key}` }, texts.map((t) => ({ bytes: t.bytes, options: t.options })));
+    const encoders: (ClipTextEncoder | undefined)[] = [];
+    texts.forEach((t, i) => (encoders[t.tower] = unet.textEncoders[i]));
+    const text = texts.length > 0 ? { key, encoders, tokens } : undefined;
+    return { unet, text, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1, weightBytes };
   }
 
-  /** A base model's bytes and graph index, read once. */
-  private baseModel(path: string): Promise<{ bytes: Uint8Array; index: OnnxGraphIndex }> {
+  /** A base model's bytes, graph index and weight size, read once. */
+  private baseModel(path: string): Promise<BaseModel> {
     let base = this.bases.get(path);
     if (!base) {
       base = readFile(path)
         .catch((cause) => {
           throw new ServiceError('model_invalid', `cannot read the model ${path}: ${(cause as Error).message}`, { cause });
         })
-        .then((buf) => {
+        .then(async (buf) => {
           const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-          return { bytes, index: indexOnnxModel(bytes, path) };
+          const index = indexOnnxModel(bytes, path);
+          const files = new Set([...index.initializers.values()].flatMap((i) => (i.external ? [i.external.location] : [])));
+          let weightBytes = bytes.length;
+          for (const f of files) weightBytes += await stat(join(dirname(path), f)).then((s) => s.size, () => 0);
+          return { path, bytes, index, weightBytes };
         });
       base.catch(() => this.bases.delete(path));
       this.bases.set(path, base);

@@ -4,9 +4,9 @@
  * the whole build (hundreds of ms). Here the session is built and run on its own thread; the main thread
  * only posts rows and receives predictions. A worker starts empty (so one can be started ahead of time)
  * and builds its session on the first message.
- * The worker can also hold the text encoder that goes with the UNet (one with an adapter's concept tokens added).
- * Messages in: {type: 'load', bytes, options, text?} | {type: 'predict', id, rows, h, w} | {type: 'encode', id, feeds} | {type: 'close'};
- * out: {type: 'started'} | {type: 'ready', inputs, outputs, text?} | {type: 'result', id, eps} | {type: 'outputs', id, outputs}
+ * The worker can also hold the text encoders that go with the UNet (merged LoRA layers, an adapter's concept tokens).
+ * Messages in: {type: 'load', bytes, options, texts} | {type: 'predict', id, rows, h, w} | {type: 'encode', id, model, feeds} | {type: 'close'};
+ * out: {type: 'started'} | {type: 'ready', inputs, outputs, texts} | {type: 'result', id, eps} | {type: 'outputs', id, outputs}
  *   | {type: 'error', id?, message, code?}.
  */
 import { parentPort } from 'node:worker_threads';
@@ -15,9 +15,9 @@ import { ServiceError } from '../errors.ts';
 import { OnnxModel, type Feed, type SessionOptions } from '../runtime.ts';
 
 export type WorkerRequest =
-  | { type: 'load'; bytes: Uint8Array; options: SessionOptions; text?: { bytes: Uint8Array; options: SessionOptions } }
+  | { type: 'load'; bytes: Uint8Array; options: SessionOptions; texts: { bytes: Uint8Array; options: SessionOptions }[] }
   | { type: 'predict'; id: number; rows: UnetRow[]; h: number; w: number }
-  | { type: 'encode'; id: number; feeds: Record<string, Feed> }
+  | { type: 'encode'; id: number; model: number; feeds: Record<string, Feed> }
   | { type: 'close' };
 
 const port = parentPort!;
@@ -25,28 +25,29 @@ const fail = (error: unknown, id?: number) =>
   port.postMessage({ type: 'error', id, message: (error as Error)?.message ?? String(error), code: error instanceof ServiceError ? error.code : undefined });
 
 let unet: Unet | undefined;
-let text: OnnxModel | undefined;
+let texts: OnnxModel[] = [];
 
 port.on('message', (msg: WorkerRequest) => {
   switch (msg.type) {
     case 'load':
-      Promise.all([OnnxModel.load(msg.bytes, msg.options), msg.text && OnnxModel.load(msg.text.bytes, msg.text.options)]).then(
-        ([model, textModel]) => {
-          unet = new Unet(model);
-          text = textModel;
-          const textContract = textModel && { inputs: textModel.inputs, outputs: textModel.outputs };
-          port.postMessage({ type: 'ready', inputs: model.inputs, outputs: model.outputs, text: textContract });
+      Promise.all([OnnxModel.load(msg.bytes, msg.options), ...msg.texts.map((t) => OnnxModel.load(t.bytes, t.options))]).then(
+        ([model, ...textModels]) => {
+          unet = new Unet(model!);
+          texts = textModels;
+          port.postMessage({ type: 'ready', inputs: model!.inputs, outputs: model!.outputs, texts: textModels.map((m) => ({ inputs: m.inputs, outputs: m.outputs })) });
         },
         (error) => fail(error),
       );
       return;
-    case 'encode':
-      if (!text) return fail(new ServiceError('internal', 'encode without a text encoder'), msg.id);
+    case 'encode': {
+      const text = texts[msg.model];
+      if (!text) return fail(new ServiceError('internal', `encode with text encoder ${msg.model}, which was not loaded`), msg.id);
       text.run(msg.feeds).then(
         (outputs) => port.postMessage({ type: 'outputs', id: msg.id, outputs }),
         (error) => fail(error, msg.id),
       );
       return;
+    }
     case 'predict':
       if (!unet) return fail(new ServiceError('internal', 'predict before the session was loaded'), msg.id);
       unet.predict(msg.rows, msg.h, msg.w).then(
@@ -55,7 +56,7 @@ port.on('message', (msg: WorkerRequest) => {
       );
       return;
     case 'close':
-      void Promise.all([unet?.model.release(), text?.release()]).finally(() => process.exit(0));
+      void Promise.all([unet?.model.release(), ...texts.map((t) => t.release())]).finally(() => process.exit(0));
       return;
   }
 });

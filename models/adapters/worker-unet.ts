@@ -3,10 +3,10 @@
  * the thread that builds it, so merged UNets are built off the main thread: streams keep running on the old
  * session until the new one is ready, then swap at a frame boundary. predict() posts the rows and awaits the
  * predictions (a message round trip, well under a millisecond for tiny-shapes rows). The worker also holds the
- * text encoder that goes with the UNet when its adapters bring concept tokens (`textEncoder`).
+ * text encoders that go with the UNet when its adapters change them (`textEncoders`: LoRA layers, concept tokens).
  */
 import { Worker } from 'node:worker_threads';
-import { ClipTextEncoder, Unet, type UnetRow } from '../components.ts';
+import { ClipTextEncoder, Unet, type HiddenLayer, type UnetRow } from '../components.ts';
 import { ServiceError, type ErrorCode } from '../errors.ts';
 import { OnnxModel, type Feed, type IoSpec, type SessionOptions } from '../runtime.ts';
 
@@ -21,7 +21,7 @@ type Outputs = Record<string, { data: Float32Array; dims: number[] }>;
 type Contract = { inputs: IoSpec[]; outputs: IoSpec[] };
 type WorkerReply =
   | { type: 'started' }
-  | ({ type: 'ready'; text?: Contract } & Contract)
+  | ({ type: 'ready'; texts: Contract[] } & Contract)
   | { type: 'result'; id: number; eps: Float32Array[] }
   | { type: 'outputs'; id: number; outputs: Outputs }
   | { type: 'error'; id?: number; message: string; code?: ErrorCode };
@@ -59,21 +59,30 @@ function startWorker(): Promise<Worker> {
   return started;
 }
 
+/** A text encoder to load beside the UNet, and the hidden state the pack reads from it. */
+export interface WorkerTextModel {
+  readonly bytes: Uint8Array;
+  readonly options: SessionOptions & { readonly layer?: HiddenLayer };
+}
+
 export class WorkerUnet extends Unet {
-  /** The text encoder on the same worker, when one was loaded with the UNet. */
-  readonly textEncoder: ClipTextEncoder | undefined;
+  /** The text encoders on the same worker, in the order they were loaded with the UNet. */
+  readonly textEncoders: readonly ClipTextEncoder[];
   private readonly pending = new Map<number, { resolve: (result: never) => void; reject: (e: Error) => void }>();
   private nextId = 0;
   private closed: ServiceError | undefined;
   private lastUsed = performance.now();
 
   private constructor(
-    ready: Contract & { text?: Contract },
+    ready: Contract & { texts: Contract[] },
     label: string,
     private readonly worker: Worker,
+    layers: readonly (HiddenLayer | undefined)[],
   ) {
     super(contractModel(ready, label, () => Promise.reject(new ServiceError('internal', `${label} runs on a worker thread: call Unet.predict`))));
-    this.textEncoder = ready.text && new ClipTextEncoder(contractModel(ready.text, `text_encoder of ${label}`, (feeds) => this.call<Outputs>({ type: 'encode', feeds })));
+    this.textEncoders = ready.texts.map(
+      (contract, model) => new ClipTextEncoder(contractModel(contract, `text_encoder of ${label}`, (feeds) => this.call<Outputs>({ type: 'encode', model, feeds })), layers[model]),
+    );
     worker.on('message', (msg: WorkerReply) => {
       if (msg.type === 'started' || msg.type === 'ready' || msg.id === undefined) return;
       const p = this.pending.get(msg.id);
@@ -99,7 +108,7 @@ export class WorkerUnet extends Unet {
    * modules: tens to hundreds of ms of CPU better spent before a swap than during it); a new spare is
    * started after the build.
    */
-  static async load(bytes: Uint8Array, options: SessionOptions, text?: { bytes: Uint8Array; options: SessionOptions }): Promise<WorkerUnet> {
+  static async load(bytes: Uint8Array, options: SessionOptions, texts: readonly WorkerTextModel[] = []): Promise<WorkerUnet> {
     const worker = await (spare ?? startWorker());
     spare = undefined;
     const listeners: { message?: (m: WorkerReply) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
@@ -109,8 +118,8 @@ export class WorkerUnet extends Unet {
       listeners.exit = (code) => reject(new Error(`worker exited with code ${code} before the session was ready`));
       worker.once('message', listeners.message).once('error', listeners.error).once('exit', listeners.exit);
       worker.ref();
-      const transfer = [bytes.buffer as ArrayBuffer, ...(text ? [text.bytes.buffer as ArrayBuffer] : [])];
-      worker.postMessage({ type: 'load', bytes, options, text }, transfer);
+      const transfer = [...new Set([bytes.buffer as ArrayBuffer, ...texts.map((t) => t.bytes.buffer as ArrayBuffer)])];
+      worker.postMessage({ type: 'load', bytes, options, texts: texts.map((t) => ({ bytes: t.bytes, options: t.options })) }, transfer);
     }).catch((cause: Error): WorkerReply => ({ type: 'error', message: cause.message }));
     worker.off('message', listeners.message!).off('error', listeners.error!).off('exit', listeners.exit!);
     setImmediate(() => (spare ??= startWorker()));
@@ -119,7 +128,7 @@ export class WorkerUnet extends Unet {
       const code = ready.type === 'error' ? (ready.code ?? 'model_invalid') : 'internal';
       throw new ServiceError(code, `${options.label}: ${ready.type === 'error' ? ready.message : 'unexpected worker reply'}`);
     }
-    return new WorkerUnet(ready, options.label, worker);
+    return new WorkerUnet(ready, options.label, worker, texts.map((t) => t.options.layer));
   }
 
   /** Starts a spare worker now (e.g. when the service starts) so the first swap does not pay for it. */
@@ -129,7 +138,8 @@ export class WorkerUnet extends Unet {
 
   override predict(rows: readonly UnetRow[], latentHeight: number, latentWidth: number): Promise<Float32Array[]> {
     if (rows.length === 0) return Promise.resolve([]);
-    return this.call({ type: 'predict', rows: rows.map((r) => ({ sample: r.sample, timestep: r.timestep, context: r.context })), h: latentHeight, w: latentWidth });
+    const plain = rows.map((r) => ({ sample: r.sample, timestep: r.timestep, context: r.context, pooled: r.pooled, timeIds: r.timeIds, guidanceScale: r.guidanceScale }));
+    return this.call({ type: 'predict', rows: plain, h: latentHeight, w: latentWidth });
   }
 
   /** Posts a request to the worker and awaits its reply. */
