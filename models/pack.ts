@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { indexOnnxModel } from './adapters/onnx-graph.ts';
-import { nodeWithFloatAttributes, replaceGraphFields } from './adapters/onnx-rewrite.ts';
+import { nodeField, replaceGraphFields } from './adapters/onnx-rewrite.ts';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
@@ -70,16 +70,17 @@ export async function loadSession(dir: string, component: string, options: PackO
 
 /**
  * A VAE encoder that outputs a posterior draw (latent_sample, as the diffusers script and optimum < 1.23 export it)
- * has a RandomNormalLike node whose unseeded draw would make every img2img run differ. It is loaded with that
- * node's scale set to 0: the latent is the posterior mean, as with latent_parameters, and runs are repeatable.
+ * has a RandomNormalLike node whose unseeded draw would make every img2img run differ. It is loaded with that node
+ * replaced by Sub(x, x) (zeros of the same shape; onnxruntime refuses a RandomNormalLike of scale 0): the latent is
+ * the posterior mean, as with latent_parameters, and runs are repeatable.
  */
 async function loadVaeEncoder(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
   const path = join(dir, component, 'model.onnx');
   const bytes = new Uint8Array(await readFile(path));
   const index = indexOnnxModel(bytes, component);
-  const draws = index.nodes.filter((n) => n.opType === 'RandomNormalLike' || n.opType === 'RandomNormal');
+  const draws = index.nodes.filter((n) => n.opType === 'RandomNormalLike' && n.inputs.length === 1);
   if (draws.length === 0) return loadSession(dir, component, options);
-  const edits = draws.map((n) => ({ range: n.field, replacement: nodeWithFloatAttributes(bytes, n.field, { mean: 0, scale: 0 }) }));
+  const edits = draws.map((n) => ({ range: n.field, replacement: nodeField({ name: n.name, opType: 'Sub', inputs: [n.inputs[0]!, n.inputs[0]!], outputs: n.outputs }) }));
   const base = { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component };
   return OnnxModel.load(replaceGraphFields(bytes, index, edits), { ...base, externalDataDir: join(dir, component) });
 }

@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
+import { defaultParams } from '../models/pack-kinds.ts';
 import { parseProvider } from '../models/runtime.ts';
 import { renderVideo } from './video.ts';
 import { Engine } from './engine.ts';
@@ -159,18 +160,6 @@ async function main(): Promise<void> {
   const sources = [values.image, values['input-dir'], values.video].filter((v) => v !== undefined);
   if (sources.length > 1) throw new ServiceError('bad_request', 'give at most one of --image, --input-dir, --video');
   const fromImage = sources.length === 1;
-  const params = parseParams({
-    prompt: values.prompt ?? '',
-    negative_prompt: values.negative ?? '',
-    width: number(values.width, 'width'),
-    height: number(values.height, 'height'),
-    steps: number(values.steps, 'steps') ?? (fromImage ? 2 : 4),
-    strength: number(values.strength, 'strength'),
-    seed: number(values.seed, 'seed'),
-    guidance_scale: number(values.guidance, 'guidance'),
-    guidance: values.cfg,
-    similarity_threshold: number(values.similarity, 'similarity'),
-  });
   const count = number(values.count, 'count') ?? 1;
   if (!Number.isInteger(count) || count < 1) throw new ServiceError('bad_request', '--count must be a positive integer', { field: 'count' });
   const format = values.format === undefined ? undefined : formatOf(`x.${values.format}`, 'format');
@@ -179,6 +168,22 @@ async function main(): Promise<void> {
     threads: 0,
     tinyVae: values['tiny-vae'] ?? false,
   });
+  // steps and guidance a flag leaves out come from the pack (Turbo: 1 step, no guidance)
+  const params = parseParams(
+    {
+      prompt: values.prompt ?? '',
+      negative_prompt: values.negative ?? '',
+      width: number(values.width, 'width'),
+      height: number(values.height, 'height'),
+      steps: number(values.steps, 'steps'),
+      strength: number(values.strength, 'strength'),
+      seed: number(values.seed, 'seed'),
+      guidance_scale: number(values.guidance, 'guidance'),
+      guidance: values.cfg,
+      similarity_threshold: number(values.similarity, 'similarity'),
+    },
+    defaultParams(engine.pack.defaults, fromImage ? 'img2img' : 'txt2img'),
+  );
   if (values['input-dir']) await renderDirectory(engine, params, values['input-dir'], values.out, format);
   else if (values.video) await renderVideoFile(engine, params, values.video, values.out);
   else await renderImages(engine, params, values.out, values.image, count);

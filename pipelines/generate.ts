@@ -18,6 +18,8 @@ export interface GeneratedImage {
   readonly seed: number;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
+  /** What the caller should know (a prompt cut at CLIP's 77 tokens, adapter keys skipped). */
+  readonly warnings: readonly string[];
 }
 
 export interface GenerateOptions {
@@ -48,6 +50,7 @@ async function run(
   const c = engine.coefficients(params, mode);
   const g = makeGuidance(params.guidance, params.guidance_scale, params.delta);
   const { prompt, variant } = await engine.prepare(params);
+  const warnings = [...prompt.warnings, ...variant.warnings];
   const runUnet = options.runUnet ?? (options.runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
   const lanes = Math.max(1, options.lanesPerCall ?? 4);
   const out: GeneratedImage[] = [];
@@ -59,7 +62,7 @@ async function run(
     const latents = await Promise.all(Array.from({ length: n }, (_, j) => latentsFor(size, start + j)));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runUnet);
     const images = await engine.decodeLatents(denoised, size);
-    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + start + j) % 2 ** 32, variant }));
+    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + start + j) % 2 ** 32, variant, warnings }));
     options.onProgress?.(out.length, count);
   }
   return out;

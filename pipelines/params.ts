@@ -74,9 +74,19 @@ function toServiceError(error: z.ZodError): ServiceError {
   return new ServiceError('bad_request', `${field}: ${message}`, { field: issue.code === 'unrecognized_keys' ? issue.keys[0]! : field });
 }
 
-/** Full parameters with defaults filled in. */
-export function parseParams(input: unknown): GenerationParams {
-  const result = paramsSchema.safeParse(input ?? {});
+/** What a model pack sets for parameters a request leaves out (models/pack-kinds.ts: Turbo 1 step, no guidance). */
+export type ParamDefaults = Partial<Pick<GenerationParamsInput, 'steps' | 'guidance' | 'guidance_scale'>>;
+
+/** Fills the pack's defaults into a request body's absent (or undefined) fields; anything but an object is left to fail parsing. */
+export function withDefaults(input: unknown, defaults: ParamDefaults): unknown {
+  if (input === undefined || input === null) return { ...defaults };
+  if (!isRecord(input)) return input;
+  return { ...defaults, ...Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)) };
+}
+
+/** Full parameters with defaults filled in: the pack's first, then the schema's. */
+export function parseParams(input: unknown, defaults: ParamDefaults = {}): GenerationParams {
+  const result = paramsSchema.safeParse(withDefaults(input, defaults));
   if (!result.success) throw toServiceError(result.error);
   return result.data;
 }

@@ -41,6 +41,8 @@ export class StreamPipeline {
   private prompt!: EncodedPrompt;
   private lastOutput: FrameResult | undefined;
   private variantInUse!: UnetVariant;
+  /** Warnings of the variant's build (adapter keys that matched nothing ...). */
+  private variantNotes: readonly string[] = [];
   /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
   private updates: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
@@ -61,7 +63,8 @@ export class StreamPipeline {
 
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners ?? ((size, variant) => engine.unetRunner(size, variant)));
-    ({ prompt: stream.prompt, variant: stream.variantInUse } = await engine.prepare(params));
+    const { prompt, variant } = await engine.prepare(params);
+    [stream.prompt, stream.variantInUse, stream.variantNotes] = [prompt, variant, variant.warnings];
     stream.rebuild();
     return stream;
   }
@@ -77,6 +80,11 @@ export class StreamPipeline {
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
   get variant(): UnetVariant {
     return this.variantInUse;
+  }
+
+  /** What the caller should know about the current parameters (a prompt cut at 77 tokens, adapter keys skipped). */
+  get warnings(): readonly string[] {
+    return [...this.prompt.warnings, ...this.variantNotes];
   }
 
   /**
@@ -95,13 +103,10 @@ export class StreamPipeline {
     const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
     // Prepare everything first: if any part fails, the stream keeps its old prompt, UNet and parameters.
     // prompt and variant go together: adapters' concept tokens change how the prompt is encoded (both cached)
-    const { prompt, variant } = changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters')
-      ? await this.engine.prepare(next)
-      : { prompt: this.prompt, variant: this.variantInUse };
+    const prepared = changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters') ? await this.engine.prepare(next) : undefined;
     const previous = this.current;
     this.current = next;
-    this.prompt = prompt;
-    this.variantInUse = variant;
+    if (prepared) [this.prompt, this.variantInUse, this.variantNotes] = [prepared.prompt, prepared.variant, prepared.variant.warnings];
     this.filter.config = { threshold: next.similarity_threshold, maxSkipFrames: next.max_skip_frames };
     if (changed('width', 'height', 'frame_buffer_size', 'steps', 'strength', 't_index_list')) {
       this.rebuild();

@@ -4,7 +4,7 @@
  * rewritten. Every other byte of the model is copied as is (see onnx-graph.ts for the index these edits use).
  * Field numbers from onnx/onnx.proto: ModelProto.graph = 7; GraphProto.node = 1, initializer = 5;
  * TensorProto.dims = 1, float_data = 4, raw_data = 9, external_data = 13, data_location = 14;
- * NodeProto.attribute = 5; AttributeProto.name = 1, f = 2, type = 20 (FLOAT = 1).
+ * NodeProto.input = 1, output = 2, name = 3, op_type = 4.
  */
 import protobuf from 'protobufjs/minimal.js';
 import type { FieldRange, OnnxGraphIndex, OnnxInitializer } from './onnx-graph.ts';
@@ -18,11 +18,12 @@ const TENSOR_FLOAT_DATA = 4;
 const TENSOR_RAW_DATA = 9;
 const TENSOR_EXTERNAL_DATA = 13;
 const TENSOR_DATA_LOCATION = 14;
-const NODE_ATTRIBUTE = 5;
+const NODE_INPUT = 1;
+const NODE_OUTPUT = 2;
+const NODE_NAME = 3;
+const NODE_OP_TYPE = 4;
 const WIRE_VARINT = 0;
-const WIRE_FIXED32 = 5;
 const WIRE_LEN = 2;
-const ATTRIBUTE_FLOAT = 1;
 
 export function lengthDelimited(field: number, body: Uint8Array): Uint8Array {
   return Writer.create().uint32((field << 3) | WIRE_LEN).bytes(body).finish();
@@ -84,32 +85,11 @@ export function initializerWithData(bytes: Uint8Array, init: OnnxInitializer, ra
   return lengthDelimited(GRAPH_INITIALIZER, concat([head.finish(), ...kept, lengthDelimited(TENSOR_RAW_DATA, raw)]));
 }
 
-/** A node field with float attributes set (replacing attributes of those names); everything else is kept. */
-export function nodeWithFloatAttributes(bytes: Uint8Array, node: FieldRange, values: Readonly<Record<string, number>>): Uint8Array {
-  const kept: Uint8Array[] = [];
-  const r = Reader.create(bytes.subarray(0, node.end));
-  r.pos = node.start;
-  while (r.pos < node.end) {
-    const at = r.pos;
-    const tag = r.uint32();
-    if (tag >>> 3 === NODE_ATTRIBUTE && (tag & 7) === WIRE_LEN) {
-      const length = r.uint32();
-      const attr = Reader.create(bytes.subarray(0, r.pos + length));
-      attr.pos = r.pos;
-      let name = '';
-      while (attr.pos < r.pos + length) {
-        const t = attr.uint32();
-        if (t >>> 3 === 1 && (t & 7) === WIRE_LEN) name = attr.string();
-        else attr.skipType(t & 7);
-      }
-      r.pos += length;
-      if (name in values) continue;
-    } else r.skipType(tag & 7);
-    kept.push(bytes.subarray(at, r.pos));
-  }
-  for (const [name, value] of Object.entries(values)) {
-    const attr = Writer.create().uint32((1 << 3) | WIRE_LEN).string(name).uint32((2 << 3) | WIRE_FIXED32).float(value).uint32((20 << 3) | WIRE_VARINT).int32(ATTRIBUTE_FLOAT).finish();
-    kept.push(lengthDelimited(NODE_ATTRIBUTE, attr));
-  }
-  return lengthDelimited(GRAPH_NODE, concat(kept));
+/** A NodeProto field (name, op type, inputs, outputs; no attributes, default domain). */
+export function nodeField(node: { readonly name: string; readonly opType: string; readonly inputs: readonly string[]; readonly outputs: readonly string[] }): Uint8Array {
+  const w = Writer.create();
+  for (const input of node.inputs) w.uint32((NODE_INPUT << 3) | WIRE_LEN).string(input);
+  for (const output of node.outputs) w.uint32((NODE_OUTPUT << 3) | WIRE_LEN).string(output);
+  w.uint32((NODE_NAME << 3) | WIRE_LEN).string(node.name).uint32((NODE_OP_TYPE << 3) | WIRE_LEN).string(node.opType);
+  return lengthDelimited(GRAPH_NODE, w.finish());
 }

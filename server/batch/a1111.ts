@@ -8,6 +8,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
+import { defaultParams, type PackDefaults } from '../../models/pack-kinds.ts';
 import { encodeImage } from '../../pipelines/image.ts';
 import { MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
@@ -18,7 +19,6 @@ import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSe
 /** The only sampler: LCM on the pack's 50-step grid. */
 export const SAMPLER = 'LCM';
 /** Steps when a request gives none: 4 for txt2img, 2 for img2img (as the render CLI). */
-const DEFAULT_STEPS = { txt2img: 4, img2img: 2 } as const;
 /** A1111's own default denoising strength for img2img. */
 const DEFAULT_DENOISING_STRENGTH = 0.75;
 /** Most images per request (batch_size x n_iter): bounds one request's hold on the UNet. */
@@ -102,6 +102,7 @@ export function loraTags(prompt: string): { prompt: string; adapters: { name: st
 }
 
 function mapRequest(
+  defaults: PackDefaults,
   raw: Record<string, unknown>,
   request: Txt2ImgRequest,
   strength: number | undefined,
@@ -113,7 +114,7 @@ function mapRequest(
   if (count > MAX_IMAGES_PER_REQUEST) {
     throw new ServiceError('bad_request', `n_iter: batch_size x n_iter must be at most ${MAX_IMAGES_PER_REQUEST}, got ${count}`, { field: 'n_iter' });
   }
-  let steps = request.steps ?? DEFAULT_STEPS[mode];
+  let steps = request.steps ?? defaults.steps[mode];
   if (steps > MAX_STEPS) {
     notes.push(`steps ${steps} clamped to ${MAX_STEPS}: LCM needs only a few`);
     steps = MAX_STEPS;
@@ -134,6 +135,7 @@ function mapRequest(
       strength,
     },
     RENAMES,
+    defaultParams(defaults, mode),
   );
   const unsupported = Object.keys(raw).filter((k) => ignored.includes(k));
   return { params, seed, count, notes, unsupported };
@@ -157,7 +159,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const img: Img2ImgRequest | undefined = mode === 'img2img' ? parseBody(img2imgSchema, raw) : undefined;
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
-      const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
+      const { params, seed, count, notes, unsupported } = mapRequest(ctx.engine.pack.defaults, raw, request, img?.denoising_strength, mode, ignored);
       const size = ctx.engine.size(params);
       // 2. decode init images at the output size
       const inits = img
@@ -208,7 +210,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
         job_timestamp: timestamp(started),
         infotexts: texts,
         unsupported_fields: unsupported,
-        notes,
+        notes: [...notes, ...(images[0]?.warnings ?? [])],
       };
       const encoded = request.send_images ? await Promise.all(images.map(async (img) => (await encodeImage(img.data, img.width, img.height, 'png')).toString('base64'))) : [];
       // A1111 echoes the request with defaults filled in, init images left out (null) to keep it small

@@ -16,11 +16,11 @@ import { clientGone, renderImages, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
 import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
+import { defaultParams } from '../../models/pack-kinds.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
 /** Steps when none are given (as the render CLI's txt2img / img2img). */
-const DEFAULT_STEPS = { generations: 4, edits: 2 } as const;
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
@@ -79,10 +79,10 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
       prompt: request.prompt,
       negative_prompt: request.negative_prompt,
       seed: request.seed,
-      steps: request.steps ?? DEFAULT_STEPS[mode],
+      steps: request.steps,
       strength: request.strength,
       ...size,
-    });
+    }, {}, defaultParams(ctx.engine.pack.defaults, mode === 'generations' ? 'txt2img' : 'img2img'));
   } catch (error) {
     // width/height errors are about the size field
     if (error instanceof ServiceError && (error.field === 'width' || error.field === 'height')) {

@@ -7,7 +7,7 @@ import { randomInt } from 'node:crypto';
 import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
-import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import { parseParams, type GenerationParams, type ParamDefaults } from '../../pipelines/params.ts';
 import { decodeImage, type DecodedImage } from '../../pipelines/image.ts';
 
 /** Largest seed (seeds are 32-bit). */
@@ -40,9 +40,9 @@ export function dropNulls(body: unknown): unknown {
  * parseParams for a request whose fields have other names: an error about a params field is reported
  * under the request's name for it (`renames`: params field -> request field).
  */
-export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}): GenerationParams {
+export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}, defaults: ParamDefaults = {}): GenerationParams {
   try {
-    return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
+    return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)), defaults);
   } catch (error) {
     if (!(error instanceof ServiceError) || !error.field || !renames[error.field]) throw error;
     const field = renames[error.field]!;

@@ -9,6 +9,7 @@ import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeImage, encodeImage } from '../../pipelines/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import { defaultParams } from '../../models/pack-kinds.ts';
 import type { AppContext } from '../context.ts';
 import type { FrameMeta, StartMessage } from './protocol.ts';
 
@@ -79,7 +80,7 @@ export class StreamSession extends EventEmitter {
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
-    const params = parseParams({ ...start.params });
+    const params = parseParams({ ...start.params }, defaultParams(ctx.engine.pack.defaults, 'stream'));
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
     const session = new StreamSession(ctx, pipeline, sink, start);
@@ -89,6 +90,11 @@ export class StreamSession extends EventEmitter {
 
   get params(): GenerationParams {
     return this.pipeline.params;
+  }
+
+  /** Warnings about the current parameters (e.g. a prompt cut at CLIP's 77 tokens). */
+  get warnings(): readonly string[] {
+    return this.pipeline.warnings;
   }
 
   get size(): { width: number; height: number } {

@@ -17,6 +17,11 @@ export const STREAM_PATH = '/v1/stream';
 /** A client must send `start` this soon after connecting. */
 const START_TIMEOUT_MS = 10_000;
 
+/** `warnings` for started/updated messages, present only when there are some. */
+function warningsOf(session: StreamSession): { warnings?: readonly string[] } {
+  return session.warnings.length > 0 ? { warnings: session.warnings } : {};
+}
+
 function rawToBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -112,6 +117,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             height,
             window: message.window,
             mjpeg_url: `/v1/streams/${session.id}/mjpeg`,
+            ...warningsOf(session),
           });
         } catch (error) {
           release();
@@ -126,7 +132,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          sendJson(ws, { type: 'updated', params: await session.update(message.params) });
+          sendJson(ws, { type: 'updated', params: await session.update(message.params), ...warningsOf(session) });
         } catch (error) {
           report(error);
         }

@@ -6,7 +6,9 @@
  * form fields (numbers and booleans are read as JSON).
  */
 import { z } from 'zod';
-import { paramsSchema, type GenerationParams } from '../../../pipelines/params.ts';
+import { isRecord } from '../../../models/files.ts';
+import { defaultParams, type PackDefaults } from '../../../models/pack-kinds.ts';
+import { paramsSchema, withDefaults, type GenerationParams } from '../../../pipelines/params.ts';
 import { parseBody, resolveSeed } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
@@ -78,9 +80,11 @@ function withSeed(params: Record<string, unknown>, seed: unknown): GenerationPar
   return paramsSchema.parse({ ...params, ...(seed === undefined ? {} : { seed: seed === -1 ? resolveSeed(-1) : seed }) });
 }
 
-/** Validates a job body (JSON, or multipart fields already coerced). */
-export function parseJob(body: unknown): ParsedJob {
-  const kind = typeof body === 'object' && body !== null ? (body as { kind?: unknown }).kind : undefined;
+/** Validates a job body (JSON, or multipart fields already coerced); absent steps and guidance come from the pack. */
+export function parseJob(input: unknown, defaults: PackDefaults): ParsedJob {
+  const kind = typeof input === 'object' && input !== null ? (input as { kind?: unknown }).kind : undefined;
+  const mode = kind === 'video' || (isRecord(input) && input['init_image'] !== undefined) ? 'img2img' : 'txt2img';
+  const body = isRecord(input) ? withDefaults(input, defaultParams(defaults, mode)) : input;
   if (kind === 'video') {
     const { kind: _kind, path, webhook: hook, seed: s, ...params } = parseBody(videoSchema, body);
     return { kind: 'video', params: withSeed(params, s), path, webhook: hook };
