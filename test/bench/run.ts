@@ -30,7 +30,10 @@ const SECTIONS: [string, string, string][] = [
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
   ['soak', 'soak.ts', 'benchSoak'],
+  // full-size model families: builds multi-GB packs and takes an hour; only with --only families
+  ['families', 'families.ts', 'benchFamilies'],
 ];
+const ON_REQUEST = new Set(['families']);
 
 const engine = await Engine.load(values.model);
 const started = new Date();
@@ -41,7 +44,7 @@ log(`Each comparison runs its cases interleaved (rotating order) for ${rounds} r
 const report: Record<string, unknown> = { started: started.toISOString(), quick: values.quick, model: engine.pack.name, machine: { cpus: cpus().length, model: cpus()[0]?.model, memory_gib: totalmem() / 2 ** 30, node: process.version } };
 
 for (const [name, file, fn] of SECTIONS) {
-  if (only && !only.includes(name)) continue;
+  if (only ? !only.includes(name) : ON_REQUEST.has(name)) continue;
   const path = join(HERE, file);
   if (!(await access(path).then(() => true, () => false))) {
     log(`\n## ${name}\n\nNot measured: ${file} is not in this build.`);

@@ -13,6 +13,7 @@ Writes model_index.json, scheduler/, tokenizer[_2]/, text_encoder[_2]/, unet/, v
 SDXL-Turbo taesd_encoder/ + taesd_decoder/, each model with a config.json as diffusers/transformers write them.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -95,10 +96,10 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
     full_spec = FAMILIES[family]("full")
     os.makedirs(out, exist_ok=True)
     models = {}
-    scope = uninitialised() if width == "full" else _nothing()
+    scope = uninitialised if width == "full" else contextlib.nullcontext  # full width: weights generated while writing
     # 1. text encoders and tokenizers
     for k, (folder, tok_folder, config, pad, hidden_states) in enumerate(spec["text_encoders"]):
-        with scope:
+        with scope():
             te = CLIPTextModelWithProjection(config) if folder == "text_encoder_2" else CLIPTextModel(config)
         if width == "reduced":
             init_module(te, seed + k)
@@ -114,7 +115,7 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
         write_tokenizer(out, tok_folder, pad)
         models[folder] = te
     # 2. UNet
-    with scope:
+    with scope():
         unet = _unet(spec)
     if width == "reduced":
         init_module(unet, seed + 10)
@@ -125,7 +126,7 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
     write_json(os.path.join(out, "unet", "config.json"), dict(spec["unet"], onnx_io=describe_io(path)))
     models["unet"] = unet
     # 3. VAE (and TAESD)
-    with scope:
+    with scope():
         vae = AutoencoderKL(spec["vae"])
     if width == "reduced":
         init_module(vae, seed + 20)
@@ -134,7 +135,7 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
         component(vae, vae_io(vae, vintage, part), path, width, fp16, "model.onnx_data", seed + 20, 0)
         write_json(os.path.join(out, folder, "config.json"), dict(spec["vae"], onnx_io=describe_io(path)))
     if spec["taesd"]:
-        with scope:
+        with scope():
             tiny = AutoencoderTiny(spec["taesd"])
         if width == "reduced":
             init_module(tiny, seed + 30)
@@ -157,14 +158,6 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
     write_json(os.path.join(out, "model_index.json"), index)
     if lora_name:
         write_lora(family, spec, models, out, lora_name, seed, fp16, vintage, reference)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _unet(spec):
