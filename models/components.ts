@@ -102,6 +102,7 @@ export function guidanceEmbedding(w: number, dim: number): Float32Array {
   return out;
 }
 
+/** perRow: one timestep per batch row ([batch]); otherwise one for the call, a scalar [] or a fixed [1]. */
 export type TimestepContract = { readonly dtype: 'int64' | 'float32' | 'float16'; readonly perRow: boolean };
 
 export class Unet {
@@ -112,6 +113,8 @@ export class Unet {
   readonly pooledSize: number;
   /** Width of an LCM-distilled UNet's timestep_cond input (0: none). */
   readonly guidanceEmbeddingSize: number;
+  /** Dims of a timestep shared by the call: [] (scalar) or [1]. */
+  private readonly singleTimestepDims: readonly number[];
 
   constructor(readonly model: OnnxModel) {
     requireInput(model, ['sample']);
@@ -119,7 +122,9 @@ export class Unet {
     const t = requireInput(model, ['timestep']);
     if (t.dtype === 'int32') throw new ServiceError('unsupported', `${model.label}: int32 timestep is not a known export contract`);
     if (t.dims.length > 1) throw new ServiceError('unsupported', `${model.label}: timestep of rank ${t.dims.length} is not a known export contract`);
-    this.timestep = { dtype: t.dtype, perRow: t.dims.length === 1 };
+    const single = t.dims.length === 0 || t.dims[0] === 1; // a scalar, or a [1] some exporters fix
+    this.timestep = { dtype: t.dtype, perRow: !single };
+    this.singleTimestepDims = t.dims.length === 0 ? [] : [1];
     const channels = model.input('sample')!.dims[1];
     this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
     this.outputName = requireOutput(model, ['out_sample']).name;
@@ -164,12 +169,9 @@ export class Unet {
     });
     const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
     const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / 77;
-    const steps = rows.map((r) => r.timestep);
-    const timestep = this.timestep.perRow
-      ? this.timestep.dtype === 'int64'
-        ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims: [b] }
-        : { data: Float32Array.from(steps), dims: [b] }
-      : { data: Float32Array.of(steps[0]!), dims: [] };
+    const steps = this.timestep.perRow ? rows.map((r) => r.timestep) : [rows[0]!.timestep];
+    const dims = this.timestep.perRow ? [b] : this.singleTimestepDims;
+    const timestep = this.timestep.dtype === 'int64' ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims } : { data: Float32Array.from(steps), dims };
     const feeds: Record<string, Feed> = {
       sample: { data: sample, dims: [b, this.latentChannels, h, w] },
       timestep,

@@ -32,6 +32,8 @@ export interface PromptContext {
   /** Pooled embeddings of both (SDXL's text_embeds; other UNets ignore them). */
   readonly pooled?: Float32Array | undefined;
   readonly uncondPooled?: Float32Array | undefined;
+  /** The guidance scale an LCM-distilled UNet embeds (timestep_cond); other UNets ignore it. */
+  readonly guidanceScale?: number | undefined;
 }
 
 /** The initial noise drawn once per stream: one row per (step, lane), reused every frame. */
@@ -59,8 +61,8 @@ export function enterRow(c: StepCoefficients, g: Guidance, noise: NoiseTable, z:
 export function planStep(states: readonly RowState[], c: StepCoefficients, g: Guidance, prompt: PromptContext): UnetRow[] {
   const uncond = states
     .filter((s) => needsUncondRow(g, s.step))
-    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond, pooled: prompt.uncondPooled }));
-  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond, pooled: prompt.pooled }));
+    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond, pooled: prompt.uncondPooled, guidanceScale: prompt.guidanceScale }));
+  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond, pooled: prompt.pooled, guidanceScale: prompt.guidanceScale }));
   return [...uncond, ...cond];
 }
 

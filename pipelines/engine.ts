@@ -129,7 +129,7 @@ export class Engine {
   }
 
   /** Conditional (possibly blended) and unconditional embeddings for the parameters. */
-  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'>, concept?: ConceptText): Promise<EncodedPrompt> {
+  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'> & Partial<Pick<GenerationParams, 'guidance_scale'>>, concept?: ConceptText): Promise<EncodedPrompt> {
     const parts = typeof params.prompt === 'string' ? [{ text: params.prompt, weight: 1 }] : params.prompt;
     if (parts.every((p) => p.weight === 0)) throw new ServiceError('bad_request', 'prompt weights must not all be 0', { field: 'prompt' });
     const embed = (text: string) => this.encodeText(text, concept);
@@ -147,6 +147,7 @@ export class Engine {
       pooled: blend(weighted((e) => e.embedding.pooled), 'linear'),
       uncond: uncond.hidden,
       uncondPooled: uncond.pooled,
+      ...(this.pack.unet.guidanceEmbeddingSize > 0 ? { guidanceScale: params.guidance_scale } : {}),
       warnings,
     };
   }

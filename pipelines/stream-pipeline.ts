@@ -103,7 +103,9 @@ export class StreamPipeline {
     const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
     // Prepare everything first: if any part fails, the stream keeps its old prompt, UNet and parameters.
     // prompt and variant go together: adapters' concept tokens change how the prompt is encoded (both cached)
-    const prepared = changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters') ? await this.engine.prepare(next) : undefined;
+    // an LCM-distilled UNet embeds the guidance scale with the prompt (timestep_cond)
+    const embedsGuidance = this.engine.pack.unet.guidanceEmbeddingSize > 0 && changed('guidance_scale');
+    const prepared = embedsGuidance || changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters') ? await this.engine.prepare(next) : undefined;
     const previous = this.current;
     this.current = next;
     if (prepared) [this.prompt, this.variantInUse, this.variantNotes] = [prepared.prompt, prepared.variant, prepared.variant.warnings];

@@ -2,7 +2,7 @@
  * `npm run bench [-- --quick] [-- --only pipeline,server]`: every speed claim, measured side by side in one
  * run on the embedded pack, written to test/bench/REPORT.md and test/bench/report.json with machine info.
  */
-import { writeFile, access } from 'node:fs/promises';
+import { writeFile, access, readFile } from 'node:fs/promises';
 import { cpus, totalmem, platform, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -34,6 +34,22 @@ const SECTIONS: [string, string, string][] = [
   ['families', 'families.ts', 'benchFamilies'],
 ];
 const ON_REQUEST = new Set(['families']);
+
+/** `old` report with the `## name` sections of `run` (for the names run) in place of its own; missing ones appended. */
+function mergeSections(old: string, run: string, names: readonly string[]): string {
+  const sections = (text: string) => {
+    const parts = text.split(/^(?=## )/m);
+    return { head: parts[0]!, body: new Map(parts.slice(1).map((p) => [/^## (\S+)/.exec(p)![1]!, p] as const)) };
+  };
+  const previous = sections(old);
+  const fresh = sections(run).body;
+  const body = new Map(previous.body);
+  for (const name of names) {
+    const section = fresh.get(name);
+    if (section) body.set(name, section.replace(/\n*$/, '\n\n').replace(/^## \S+\n/, (h) => `${h}\n_Updated ${new Date().toISOString().slice(0, 10)} by \`npm run bench -- --only ${name}\`._\n`));
+  }
+  return `${(previous.head || sections(run).head).trimEnd()}\n\n${[...body.values()].join('').trimEnd()}\n`;
+}
 
 const engine = await Engine.load(values.model);
 const started = new Date();
@@ -71,7 +87,14 @@ for (const [name, file, fn] of SECTIONS) {
   log(`\n_(${name}: ${((performance.now() - t0) / 1000).toFixed(0)} s)_`);
 }
 
-await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
-await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+if (only) {
+  // a partial run replaces its own sections of the last full report and keeps the others
+  await writeFile(join(HERE, 'REPORT.md'), mergeSections(await readFile(join(HERE, 'REPORT.md'), 'utf8').catch(() => ''), lines.join('\n'), only));
+  const previous = JSON.parse(await readFile(join(HERE, 'report.json'), 'utf8').catch(() => '{}')) as Record<string, unknown>;
+  await writeFile(join(HERE, 'report.json'), `${JSON.stringify({ ...previous, ...Object.fromEntries(only.map((name) => [name, { ...(report[name] as object), run: report['started'] }])) }, null, 2)}\n`);
+} else {
+  await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
+  await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+}
 console.log(`\nwrote ${join(HERE, 'REPORT.md')} and report.json`);
 process.exit(0);

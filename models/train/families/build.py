@@ -6,6 +6,7 @@ python3 build.py --family sd15|sd-turbo|sdxl-turbo --out DIR [--width reduced|fu
   --width reduced  the test packs (seconds; shipped in test/fixtures/families/)
   --width full     the published sizes, for the benchmark only (minutes and GBs; never commit them)
   --vintage        diffusers-script | optimum-1.14 | optimum-1.23 | optimum-1.24 (onnx_export.py)
+  --lcm-distilled  an LCM-distilled UNet (SimianLuo/LCM_Dreamshaper_v7 style: time_cond_proj_dim 256, input timestep_cond)
   --lora NAME      also writes adapters/NAME.safetensors, a kohya LoRA for the UNet and text encoder(s)
   --reference F    torch outputs of the pack's models with and without that LoRA on fixed inputs (safetensors)
 
@@ -89,8 +90,10 @@ def _rename_external(path, name):
     onnx.save_model(m, path)
 
 
-def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=None):
+def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=None, lcm_distilled=False):
     spec = FAMILIES[family](width)
+    if lcm_distilled:
+        spec["unet"]["time_cond_proj_dim"] = 256
     v = VINTAGES[vintage]
     external_name = "weights.pb" if vintage == "diffusers-script" else "model.onnx_data"
     full_spec = FAMILIES[family]("full")
@@ -153,7 +156,7 @@ def build(family, out, width, vintage, fp16, seed, lora_name=None, reference=Non
     for folder in ("unet", "vae_encoder", "vae_decoder") + (("taesd_encoder", "taesd_decoder") if spec["taesd"] else ()):
         index[folder] = ["diffusers", "OnnxRuntimeModel"]
     index.update(spec["index_extra"])
-    index["family_pack"] = {"family": family, "width": width, "vintage": vintage, "fp16": fp16, "seed": seed,
+    index["family_pack"] = {"family": family, "width": width, "vintage": vintage, "fp16": fp16, "seed": seed, "lcm_distilled": lcm_distilled,
                             "random_weights": True, "built_by": "models/train/families/build.py"}
     write_json(os.path.join(out, "model_index.json"), index)
     if lora_name:
@@ -229,6 +232,7 @@ def main():
     ap.add_argument("--fp16", action="store_true", default=None)
     ap.add_argument("--fp32", dest="fp16", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lcm-distilled", action="store_true")
     ap.add_argument("--lora")
     ap.add_argument("--reference")
     args = ap.parse_args()
@@ -239,7 +243,7 @@ def main():
     t0 = time.time()
     if os.path.exists(args.out):
         shutil.rmtree(args.out)
-    build(args.family, args.out, args.width, vintage, fp16, args.seed, args.lora, args.reference)
+    build(args.family, args.out, args.width, vintage, fp16, args.seed, args.lora, args.reference, args.lcm_distilled)
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(args.out) for f in fs)
     print(f"{args.family} ({args.width}, {vintage}, {'fp16' if fp16 else 'fp32'}) -> {args.out}: {size / 2**20:.1f} MiB in {time.time() - t0:.0f} s")
 

@@ -110,5 +110,5 @@ FAMILIES = {"sd15": sd15, "sd-turbo": sd_turbo, "sdxl-turbo": sdxl_turbo}
 SHIPPED = {
     "sd15": dict(vintage="diffusers-script", fp16=False),
     "sd-turbo": dict(vintage="optimum-1.14", fp16=True),
-    "sdxl-turbo": dict(vintage="optimum-1.24", fp16=False),
+    "sdxl-turbo": dict(vintage="optimum-1.24", fp16=True),
 }
