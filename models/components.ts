@@ -5,7 +5,11 @@
  * time_ids) and an LCM-distilled UNet's guidance embedding (timestep_cond) when the UNet has those inputs.
  */
 import { ServiceError } from './errors.ts';
-import { OnnxModel, type DType, type Feed, type IoSpec } from './runtime.ts';
+import { OnnxModel, type DType, type Feed, type IoSpec } from './runtime/onnx.ts';
+import { CLIP_CONTEXT_LENGTH } from './tokenizer.ts';
+
+/** SD's latent channels, for an export whose channel dimension is symbolic in its metadata. */
+const SD_LATENT_CHANNELS = 4;
 
 function requireInput(model: OnnxModel, names: readonly string[]): IoSpec {
   const spec = names.map((n) => model.input(n)).find((s) => s !== undefined);
@@ -126,7 +130,7 @@ export class Unet {
     this.timestep = { dtype: t.dtype, perRow: !single };
     this.singleTimestepDims = t.dims.length === 0 ? [] : [1];
     const channels = model.input('sample')!.dims[1];
-    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : SD_LATENT_CHANNELS;
     this.outputName = requireOutput(model, ['out_sample']).name;
     const width = (name: string) => {
       const spec = model.input(name);
@@ -168,7 +172,7 @@ export class Unet {
       context.set(r.context, i * contextSize);
     });
     const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
-    const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / 77;
+    const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / CLIP_CONTEXT_LENGTH;
     const steps = this.timestep.perRow ? rows.map((r) => r.timestep) : [rows[0]!.timestep];
     const dims = this.timestep.perRow ? [b] : this.singleTimestepDims;
     const timestep = this.timestep.dtype === 'int64' ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims } : { data: Float32Array.from(steps), dims };
@@ -253,7 +257,7 @@ export class VaeDecoder {
     requireInput(model, ['latent_sample', 'latent', 'latents']);
     this.outputName = requireOutput(model, ['sample', 'image']).name;
     const channels = model.inputs[0]!.dims[1];
-    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : 4;
+    this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : SD_LATENT_CHANNELS;
   }
 
   async decode(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Promise<{ images: Float32Array[]; height: number; width: number }> {

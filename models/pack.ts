@@ -13,9 +13,9 @@ import { nodeField, replaceGraphFields } from './adapters/onnx-rewrite.ts';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
+import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime/onnx.ts';
 import { packDefaults, packKind, type PackDefaults, type PackKind } from './pack-kinds.ts';
 import { PromptEncoder } from './prompt-encoder.ts';
-import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
 /** The pack the service runs when no model folder is given. */
@@ -23,6 +23,8 @@ export const EMBEDDED_PACK_DIR = resolve(dirname(fileURLToPath(import.meta.url))
 
 /** SD 1.x/2.x VAE scaling factor, used when a pack's VAE config does not say. */
 const SD_SCALING_FACTOR = 0.18215;
+/** SD's UNet sample_size (64 latents = 512 pixels), used when the UNet config does not say. */
+const SD_SAMPLE_SIZE = 64;
 
 export interface PackOptions {
   readonly provider: Provider;
@@ -62,6 +64,14 @@ async function readOptionalJson(path: string, what: string): Promise<Record<stri
   return (await exists(path)) ? readJsonObject(path, what) : {};
 }
 
+/** Latent down-sampling factor of a VAE: 2 per block but the last (diffusers' vae_scale_factor), 8 for SD. */
+function vaeScaleOf(config: Record<string, unknown>): number {
+  const factor = config['downsample_factor'];
+  if (typeof factor === 'number' && factor > 0) return factor;
+  const blocks = config['block_out_channels'];
+  return Array.isArray(blocks) && blocks.length > 0 ? 2 ** (blocks.length - 1) : 8;
+}
+
 export async function loadSession(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
   const path = join(dir, component, 'model.onnx');
   if (!(await exists(path))) throw new ServiceError('model_invalid', `model pack ${dir} is missing ${component}/model.onnx`);
@@ -96,14 +106,17 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   if (!(await exists(root))) throw new ServiceError('model_invalid', `model folder ${root} does not exist`);
   // 1. the pack describes itself
   const modelIndex = await readJsonObject(join(root, 'model_index.json'), 'model_index.json');
-  const schedulerConfig = await readJsonObject(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
   const kind = packKind(modelIndex, await exists(join(root, 'text_encoder_2', 'model.onnx')));
+  const schedulerConfig = await readJsonObject(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
+  const missing = [];
+  for (const folder of kind.required) if (!(await exists(join(root, folder, 'model.onnx')))) missing.push(`${folder}/model.onnx`);
+  if (missing.length > 0) throw new ServiceError('model_invalid', `model pack ${root} is missing ${missing.join(', ')}`);
   const tokenizers = await Promise.all(kind.towers.map((t) => loadClipTokenizer(join(root, t.tokenizer))));
   // 2. sessions, opened together
   const useTiny = options.tinyVae && (await exists(join(root, 'taesd_decoder', 'model.onnx')));
   const encoderDir = useTiny ? 'taesd_encoder' : 'vae_encoder';
   const decoderDir = useTiny ? 'taesd_decoder' : 'vae_decoder';
-  const hasEncoder = await exists(join(root, encoderDir, 'model.onnx'));
+  const hasEncoder = kind.optional.includes(encoderDir) && (await exists(join(root, encoderDir, 'model.onnx')));
   const [unetModel, encoderModel, decoderModel, ...textModels] = await Promise.all([
     loadSession(root, 'unet', options),
     hasEncoder ? loadVaeEncoder(root, encoderDir, options) : Promise.resolve(undefined),
@@ -111,12 +124,12 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     ...kind.towers.map((t) => loadSession(root, t.encoder, options)),
   ]);
   const towers = kind.towers.map((t, i) => ({ tokenizer: tokenizers[i]!, encoder: new ClipTextEncoder(textModels[i]!, t.layer) }));
-  // 3. configs: the VAE's scaling factor (TAESD works on unscaled latents)
-  const decoderConfig = await readOptionalJson(join(root, decoderDir, 'config.json'), `${decoderDir}/config.json`);
+  // 3. configs: the VAE's scaling factor (a tiny VAE works on scaled latents: factor 1) and down-sampling factor
+  const vaeConfig = await readOptionalJson(join(root, 'vae_decoder', 'config.json'), 'vae_decoder/config.json');
   const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'), 'unet/config.json');
-  const factor = useTiny ? 1 : scalingFactor(decoderConfig, SD_SCALING_FACTOR);
-  const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : 64;
-  const vaeScale = 8;
+  const factor = useTiny ? 1 : scalingFactor(vaeConfig, SD_SCALING_FACTOR);
+  const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : SD_SAMPLE_SIZE;
+  const vaeScale = vaeScaleOf(vaeConfig);
   // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
   const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
   const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);

@@ -6,7 +6,7 @@ import type { PromptEmbedding } from '../models/components.ts';
 import type { EncodedText, PromptEncoder } from '../models/prompt-encoder.ts';
 import { ServiceError } from '../models/errors.ts';
 import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
-import { loadExperts } from '../models/experts.ts';
+import { loadExperts } from '../models/aptp/experts.ts';
 import { AdapterStore, type ConceptText } from '../models/adapters/store.ts';
 import { exists } from '../models/files.ts';
 import { join } from 'node:path';
@@ -45,7 +45,7 @@ export class Engine {
   readonly scheduler: LcmScheduler;
   /** Picks the UNet (pack, expert, merged adapters) for each request. */
   variants: VariantResolver;
-  private readonly embeddings = new Map<string, Promise<EncodedText>>();
+  private readonly embeddings = new Map<string, { encoded: Promise<EncodedText>; embedding: Promise<PromptEmbedding> }>();
 
   constructor(readonly pack: ModelPack) {
     this.scheduler = new LcmScheduler(parseSchedulerConfig(pack.schedulerConfig));
@@ -103,12 +103,16 @@ export class Engine {
    * Text embedding of one prompt, cached (a stream that switches back and forth costs nothing). With `concept`
    * (adapters that bring concept tokens) their words map to the added tokens of that text encoder.
    */
-  async embed(text: string, concept?: ConceptText): Promise<PromptEmbedding> {
-    return (await this.encodeText(text, concept)).embedding;
+  embed(text: string, concept?: ConceptText): Promise<PromptEmbedding> {
+    return this.cached(text, concept).embedding;
   }
 
-  /** embed() with the token count (the cache behind both). */
+  /** embed() with the token count. */
   private encodeText(text: string, concept?: ConceptText): Promise<EncodedText> {
+    return this.cached(text, concept).encoded;
+  }
+
+  private cached(text: string, concept?: ConceptText): { encoded: Promise<EncodedText>; embedding: Promise<PromptEmbedding> } {
     const key = concept ? `${concept.key}\u0000${text}` : text;
     const hit = this.embeddings.get(key);
     if (hit) {
@@ -116,11 +120,12 @@ export class Engine {
       this.embeddings.set(key, hit);
       return hit;
     }
-    const pending = this.promptsFor(concept).encode(text, concept?.tokens);
-    pending.catch(() => this.embeddings.delete(key));
-    this.embeddings.set(key, pending);
+    const encoded = this.promptsFor(concept).encode(text, concept?.tokens);
+    const entry = { encoded, embedding: encoded.then((e) => e.embedding) };
+    entry.embedding.catch(() => this.embeddings.delete(key));
+    this.embeddings.set(key, entry);
     if (this.embeddings.size > EMBEDDING_CACHE_SIZE) this.embeddings.delete(this.embeddings.keys().next().value!);
-    return pending;
+    return entry;
   }
 
   /** The pack's prompt encoder, with the merged text encoders of an adapter combination in place of its own. */

@@ -6,7 +6,7 @@
  * so a static scene is mostly skipped yet still refreshed now and then, and never more than
  * maxSkipFrames frames in a row. The draw comes from the seeded generator passed in (deterministic).
  */
-import { cosineSimilarity } from '../models/tensor.ts';
+import { cosineSimilarity } from '../models/vector.ts';
 import type { Generator } from './random.ts';
 
 export interface SimilarityFilterConfig {

@@ -4,12 +4,11 @@
  * every parameter can change between frames without reloading sessions or emitting a broken frame:
  * prompt and guidance apply to the frames in flight, a new schedule or size re-primes the buffer.
  */
-import type { Engine, EncodedPrompt, Size } from './engine.ts';
-import type { UnetRunner } from './denoise-step.ts';
+import type { Engine, Size } from './engine.ts';
+import type { NoiseTable } from './denoise-step.ts';
 import { mergeParams, type GenerationParams } from './params.ts';
-import { makeGuidance } from './rcfg.ts';
+import { planRequest, type Mode, type Plan, type RunnerFactory } from './plan.ts';
 import { Generator } from './random.ts';
-import type { StepCoefficients } from './schedulers/lcm.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
 import type { UnetVariant } from './variants.ts';
@@ -28,21 +27,13 @@ export interface FrameResult<Tag = unknown> {
   readonly variant: UnetVariant;
 }
 
-/** Makes the UNet runner for a frame size and UNet variant (the server's batcher, or the engine directly). */
-export type RunnerFactory = (size: Size, variant: UnetVariant) => UnetRunner;
-
 /** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
 const FILTER_SEED_SALT = 0x5f3759df;
 
 export class StreamPipeline {
-  private size!: Size;
-  private coefficients!: StepCoefficients;
+  private plan!: Plan;
   private batch!: StreamBatch;
-  private prompt!: EncodedPrompt;
   private lastOutput: FrameResult | undefined;
-  private variantInUse!: UnetVariant;
-  /** Warnings of the variant's build (adapter keys that matched nothing ...). */
-  private variantNotes: readonly string[] = [];
   /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
   private updates: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
@@ -51,40 +42,48 @@ export class StreamPipeline {
 
   private constructor(
     private readonly engine: Engine,
-    private current: GenerationParams,
-    private readonly runners: RunnerFactory,
+    params: GenerationParams,
+    private readonly runners: RunnerFactory | undefined,
   ) {
-    const seed = typeof current.seed === 'number' ? current.seed : current.seed[0]!.seed;
+    const seed = typeof params.seed === 'number' ? params.seed : params.seed[0]!.seed;
     this.filter = new SimilarityFilter(
-      { threshold: current.similarity_threshold, maxSkipFrames: current.max_skip_frames },
+      { threshold: params.similarity_threshold, maxSkipFrames: params.max_skip_frames },
       new Generator((seed ^ FILTER_SEED_SALT) >>> 0),
     );
   }
 
-  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory): Promise<StreamPipeline> {
-    const stream = new StreamPipeline(engine, params, runners ?? ((size, variant) => engine.unetRunner(size, variant)));
-    const { prompt, variant } = await engine.prepare(params);
-    [stream.prompt, stream.variantInUse, stream.variantNotes] = [prompt, variant, variant.warnings];
+  /**
+   * A stream of frames (img2img: each frame is encoded and noised to the strength) or a txt2img stream
+   * (every call denoises fresh noise, see generate()).
+   */
+  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img'): Promise<StreamPipeline> {
+    const stream = new StreamPipeline(engine, params, runners);
+    stream.plan = await planRequest(engine, params, mode, runners);
     stream.rebuild();
     return stream;
   }
 
   get params(): GenerationParams {
-    return this.current;
+    return this.plan.params;
   }
 
   get frameSize(): Size {
-    return this.size;
+    return this.plan.size;
+  }
+
+  /** Frames an output lags its input (steps - 1). */
+  get lag(): number {
+    return this.plan.coefficients.timesteps.length - 1;
   }
 
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
   get variant(): UnetVariant {
-    return this.variantInUse;
+    return this.plan.variant;
   }
 
   /** What the caller should know about the current parameters (a prompt cut at 77 tokens, adapter keys skipped). */
   get warnings(): readonly string[] {
-    return [...this.prompt.warnings, ...this.variantNotes];
+    return this.plan.warnings;
   }
 
   /**
@@ -99,25 +98,23 @@ export class StreamPipeline {
   }
 
   private async applyUpdate(update: unknown): Promise<GenerationParams> {
-    const next = mergeParams(this.current, update);
-    const changed = (...keys: (keyof GenerationParams)[]) => keys.some((k) => JSON.stringify(next[k]) !== JSON.stringify(this.current[k]));
-    // Prepare everything first: if any part fails, the stream keeps its old prompt, UNet and parameters.
-    // prompt and variant go together: adapters' concept tokens change how the prompt is encoded (both cached)
-    // an LCM-distilled UNet embeds the guidance scale with the prompt (timestep_cond)
-    const embedsGuidance = this.engine.pack.unet.guidanceEmbeddingSize > 0 && changed('guidance_scale');
-    const prepared = embedsGuidance || changed('prompt', 'prompt_blend', 'negative_prompt', 'budget', 'expert', 'adapters') ? await this.engine.prepare(next) : undefined;
-    const previous = this.current;
-    this.current = next;
-    if (prepared) [this.prompt, this.variantInUse, this.variantNotes] = [prepared.prompt, prepared.variant, prepared.variant.warnings];
-    this.filter.config = { threshold: next.similarity_threshold, maxSkipFrames: next.max_skip_frames };
-    if (changed('width', 'height', 'frame_buffer_size', 'steps', 'strength', 't_index_list')) {
+    // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners);
+    const before = this.plan;
+    this.plan = next;
+    const p = next.params;
+    this.filter.config = { threshold: p.similarity_threshold, maxSkipFrames: p.max_skip_frames };
+    // 2. a new size or schedule re-primes the buffer; prompt, variant and guidance apply to the frames in flight
+    const sizeChanged = before.size.width !== next.size.width || before.size.height !== next.size.height;
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    if (sizeChanged || !same(before.coefficients.timesteps, next.coefficients.timesteps) || before.params.frame_buffer_size !== p.frame_buffer_size) {
       this.rebuild();
-      if (previous.width !== next.width || previous.height !== next.height) this.filter.reset();
-      return next;
+      if (sizeChanged) this.filter.reset();
+      return p;
     }
-    if (changed('guidance', 'guidance_scale', 'delta')) this.batch.setGuidance(makeGuidance(next.guidance, next.guidance_scale, next.delta));
-    if (changed('seed')) this.batch.setNoise(this.engine.noise(next, this.coefficients.timesteps.length, next.frame_buffer_size, this.size, false));
-    return next;
+    if (!same(before.guidance, next.guidance)) this.batch.setGuidance(next.guidance);
+    if (!same(before.params.seed, p.seed)) this.batch.setNoise(this.noise());
+    return p;
   }
 
   /**
@@ -126,45 +123,46 @@ export class StreamPipeline {
    * `tag` (e.g. the input frame id) comes back on the output that shows this frame.
    */
   async process<Tag>(frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
-    const { width, height } = this.size;
+    const { size, prompt, variant, runner } = this.plan;
+    const { width, height } = size;
     // 1. filter: a near-identical frame repeats the previous output and runs no model
     if (frames.length === 1) {
       const decision = this.filter.check(frames[0]!);
       if (decision.skip && this.lastOutput) return [{ ...(this.lastOutput as FrameResult<Tag>), skipped: true, similarity: decision.similarity }];
     }
     // 2. encode, 3. denoise in the stream batch, 4. decode
-    const latents = await this.engine.encodeImages(frames, this.size);
+    const latents = await this.engine.encodeImages(frames, size);
     const source = this.trackSource(tag);
-    const variant = this.variantInUse;
-    const denoised = await this.batch.process(latents, this.prompt, this.runners(this.size, variant));
-    const images = await this.engine.decodeLatents(denoised, this.size);
+    const denoised = await this.batch.process(latents, prompt, runner);
+    const images = await this.engine.decodeLatents(denoised, size);
     const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined, variant }));
     this.lastOutput = results[results.length - 1];
     return results;
   }
 
   private trackSource<Tag>(tag: Tag | undefined): Tag | undefined {
-    const lag = this.coefficients.timesteps.length - 1;
-    if (this.batch.inFlight === 0) this.inFlightTags = new Array<unknown>(lag).fill(tag); // priming repeats the first frame
+    if (this.batch.inFlight === 0) this.inFlightTags = new Array<unknown>(this.lag).fill(tag); // priming repeats the first frame
     this.inFlightTags.push(tag);
     return this.inFlightTags.shift() as Tag | undefined;
   }
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
-    const zeros = Array.from({ length: this.current.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(this.size)));
-    const variant = this.variantInUse;
-    const denoised = await this.batch.process(zeros, this.prompt, this.runners(this.size, variant));
-    const images = await this.engine.decodeLatents(denoised, this.size);
-    return images.map((image) => ({ source: undefined, image, width: this.size.width, height: this.size.height, skipped: false, similarity: undefined, variant }));
+    const { size, prompt, variant, runner } = this.plan;
+    const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
+    const denoised = await this.batch.process(zeros, prompt, runner);
+    const images = await this.engine.decodeLatents(denoised, size);
+    return images.map((image) => ({ source: undefined, image, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
+  }
+
+  /** The stream's initial noise: drawn once from the seed, reused every frame. */
+  private noise(): NoiseTable {
+    const { params, coefficients, size } = this.plan;
+    return this.engine.noise(params, coefficients.timesteps.length, params.frame_buffer_size, size, false);
   }
 
   private rebuild(): void {
-    const p = this.current;
-    this.size = this.engine.size(p);
-    this.coefficients = this.engine.coefficients(p, 'img2img');
-    const noise = this.engine.noise(p, this.coefficients.timesteps.length, p.frame_buffer_size, this.size, false);
-    this.batch = new StreamBatch(this.coefficients, makeGuidance(p.guidance, p.guidance_scale, p.delta), noise);
+    this.batch = new StreamBatch(this.plan.coefficients, this.plan.guidance, this.noise());
     this.lastOutput = undefined;
   }
 }

@@ -9,10 +9,11 @@ import { rename, rm } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import type { Engine } from './engine.ts';
-import { rgb8ToTensor, tensorToRgb8 } from './image.ts';
+import { rgb8ToTensor, tensorToRgb8 } from './codecs/image.ts';
 import type { GenerationParams } from './params.ts';
-import { StreamPipeline, type RunnerFactory } from './stream-pipeline.ts';
-import { decodeFrames, defaultFfmpeg, probeVideo, startEncoder, type FfmpegPaths, type VideoInfo } from './ffmpeg.ts';
+import type { RunnerFactory } from './plan.ts';
+import { StreamPipeline } from './stream-pipeline.ts';
+import { decodeFrames, defaultFfmpeg, probeVideo, startEncoder, type FfmpegPaths, type VideoInfo } from './codecs/ffmpeg.ts';
 
 export interface VideoRenderOptions {
   readonly input: string;
@@ -51,9 +52,9 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   // 1. ffmpeg and the source's properties
   const paths = options.ffmpeg ?? (await defaultFfmpeg());
   const info = await probeVideo(paths, options.input, signal);
-  const size = engine.size(params);
   const stream = await StreamPipeline.create(engine, params, options.runners);
-  const lag = engine.coefficients(params, 'img2img').timesteps.length - 1;
+  const size = stream.frameSize;
+  const lag = stream.lag;
   // 2. the encoder, fed as frames finish
   const partial = `${options.output}.partial`;
   const encoder = startEncoder(paths, {

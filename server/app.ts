@@ -19,7 +19,6 @@ import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer } from './streams/ws.ts';
 import { modelRoutes } from './model-routes.ts';
-import { AdapterStore } from '../models/adapters/store.ts';
 import { CLOSE } from './streams/protocol.ts';
 
 const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'web');
@@ -69,7 +68,7 @@ export async function startServer(
   app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
   app.use(express.json({ limit: '50mb' }));
   app.use(streamRoutes(registry, log));
-  app.use(modelRoutes(ctx, engine.variants.adapters instanceof AdapterStore ? engine.variants.adapters : undefined));
+  app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
   app.use(notFound);

@@ -5,19 +5,15 @@
  * maxRows. No timers: an idle UNet runs a request at once (lowest latency), and under load batches form by
  * themselves. Groups take turns by the age of their oldest request, so no stream starves.
  */
-import type { UnetRow } from '../models/components.ts';
-import type { UnetRunner } from '../pipelines/denoise-step.ts';
+import type { UnetRow, UnetRunner } from '../pipelines/denoise-step.ts';
 import type { Size } from '../pipelines/engine.ts';
 import type { Metrics } from './metrics.ts';
 
-/** Runs rows of one group on the right UNet (the pack's, an expert's, a merged-adapter session's). */
-export type UnetExecutor = (rows: readonly UnetRow[], size: Size) => Promise<Float32Array[]>;
-
 interface Request {
   readonly group: string;
-  readonly size: Size;
   readonly rows: readonly UnetRow[];
-  readonly execute: UnetExecutor;
+  /** Runs rows of the group on its UNet (the pack's, an expert's, a merged-adapter session's). */
+  readonly execute: UnetRunner;
   readonly resolve: (eps: Float32Array[]) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -33,11 +29,11 @@ export class UnetBatcher {
   ) {}
 
   /** A runner for latents of `size` executed by `execute`; `variant` names the model variant (expert, adapters). */
-  runner(size: Size, variant: string, execute: UnetExecutor): UnetRunner {
+  runner(size: Size, variant: string, execute: UnetRunner): UnetRunner {
     const group = `${size.latentHeight}x${size.latentWidth}|${variant}`;
     return (rows) =>
       new Promise<Float32Array[]>((resolve, reject) => {
-        this.queue.push({ group, size, rows, execute, resolve, reject });
+        this.queue.push({ group, rows, execute, resolve, reject });
         this.metrics?.unetQueueDepth.set(this.queue.length);
         this.pump();
       });
@@ -67,7 +63,7 @@ export class UnetBatcher {
     this.metrics?.unetBatchRows.observe(rows);
     const allRows = batch.flatMap((r) => r.rows);
     first
-      .execute(allRows, first.size)
+      .execute(allRows)
       .then((eps) => {
         let offset = 0;
         for (const r of batch) {
@@ -78,7 +74,7 @@ export class UnetBatcher {
       .catch(async (error: unknown) => {
         if (batch.length === 1) return batch[0]!.reject(error);
         // Find the request that broke the call: re-run each alone, so only its own stream or job fails.
-        for (const r of batch) await r.execute(r.rows, r.size).then(r.resolve, r.reject);
+        for (const r of batch) await r.execute(r.rows).then(r.resolve, r.reject);
       })
       .finally(() => {
         this.running = false;

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
-import { parseProvider, type Provider } from '../models/runtime.ts';
+import { parseProvider, type Provider } from '../models/runtime/onnx.ts';
 
 export interface ServerConfig {
   readonly host: string;

@@ -10,7 +10,7 @@
  * requests with adapters never route (they run on the full UNet), so it is left as is.
  */
 import { ServiceError } from '../errors.ts';
-import { float32ToFloat16 } from '../runtime.ts';
+import { float32ToFloat16 } from '../runtime/float16.ts';
 import type { BundledEmbedding } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer } from './onnx-graph.ts';
 import { concat, initializerWithData, replaceGraphFields } from './onnx-rewrite.ts';

@@ -11,7 +11,7 @@
 import { open } from 'node:fs/promises';
 import { resolve, sep } from 'node:path';
 import { ServiceError } from '../errors.ts';
-import { float16ToFloat32, float32ToFloat16 } from '../runtime.ts';
+import { float16ToFloat32, float32ToFloat16 } from '../runtime/float16.ts';
 import { moduleNodeTable, type KohyaAdapter, type LoraLayer, type LoraTarget } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer, type OnnxNode } from './onnx-graph.ts';
 import { initializerWithData, replaceGraphFields, type GraphEdit } from './onnx-rewrite.ts';

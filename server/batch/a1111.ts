@@ -8,9 +8,9 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { defaultParams, type PackDefaults } from '../../models/pack-kinds.ts';
-import { encodeImage } from '../../pipelines/image.ts';
-import { MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
+import type { PackDefaults } from '../../models/pack-kinds.ts';
+import { encodeImage } from '../../pipelines/codecs/image.ts';
+import { MAX_PROMPT_CHARS, MAX_SIDE, packParams, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
 import { clientGone, renderImages, timestamp, type RenderTracker } from './render.ts';
@@ -18,7 +18,6 @@ import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSe
 
 /** The only sampler: LCM on the pack's 50-step grid. */
 export const SAMPLER = 'LCM';
-/** Steps when a request gives none: 4 for txt2img, 2 for img2img (as the render CLI). */
 /** A1111's own default denoising strength for img2img. */
 const DEFAULT_DENOISING_STRENGTH = 0.75;
 /** Most images per request (batch_size x n_iter): bounds one request's hold on the UNet. */
@@ -114,7 +113,7 @@ function mapRequest(
   if (count > MAX_IMAGES_PER_REQUEST) {
     throw new ServiceError('bad_request', `n_iter: batch_size x n_iter must be at most ${MAX_IMAGES_PER_REQUEST}, got ${count}`, { field: 'n_iter' });
   }
-  let steps = request.steps ?? defaults.steps[mode];
+  let steps = request.steps ?? packParams(defaults, mode).steps;
   if (steps > MAX_STEPS) {
     notes.push(`steps ${steps} clamped to ${MAX_STEPS}: LCM needs only a few`);
     steps = MAX_STEPS;
@@ -135,7 +134,7 @@ function mapRequest(
       strength,
     },
     RENAMES,
-    defaultParams(defaults, mode),
+    packParams(defaults, mode),
   );
   const unsupported = Object.keys(raw).filter((k) => ignored.includes(k));
   return { params, seed, count, notes, unsupported };
@@ -160,7 +159,8 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
       const { params, seed, count, notes, unsupported } = mapRequest(ctx.engine.pack.defaults, raw, request, img?.denoising_strength, mode, ignored);
-      const size = ctx.engine.size(params);
+      const plan = await ctx.plan(params, mode);
+      const size = plan.size;
       // 2. decode init images at the output size
       const inits = img
         ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
@@ -171,7 +171,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       let images;
       try {
         images = await renderImages(ctx, {
-          params,
+          plan,
           count,
           endpoint: `/sdapi/v1/${mode}`,
           lanes: request.batch_size,

@@ -6,12 +6,11 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
-import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { defaultParams } from '../../models/pack-kinds.ts';
+import { packParams, parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import type { FrameMeta, StartMessage } from './protocol.ts';
+import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -80,9 +79,9 @@ export class StreamSession extends EventEmitter {
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
-    const params = parseParams({ ...start.params }, defaultParams(ctx.engine.pack.defaults, 'stream'));
+    const params = parseParams({ ...start.params }, packParams(ctx.engine.pack.defaults, 'stream'));
     checkLive(params.frame_buffer_size);
-    const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
+    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode);
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -262,6 +261,6 @@ export class StreamSession extends EventEmitter {
     this.stats.errors++;
     this.ctx.metrics.frameErrors.inc({ code: error.code });
     if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
-    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, input_id: inputId });
+    this.sink.sendJson(errorMessage(error, inputId));
   }
 }

@@ -6,7 +6,7 @@ import { startServer, type RunningServer } from '../../server/app.ts';
 import type { Engine } from '../../pipelines/engine.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams } from '../../pipelines/params.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
 import { summarize, fmt } from './stats.ts';
 

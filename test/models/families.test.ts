@@ -7,8 +7,7 @@ import { parseSafetensors } from '../../models/adapters/safetensors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../models/pack.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { img2img, txt2img } from '../../pipelines/generate.ts';
-import { parseParams } from '../../pipelines/params.ts';
-import { defaultParams } from '../../models/pack-kinds.ts';
+import { packParams, parseParams } from '../../pipelines/params.ts';
 import { FAMILIES, FAMILY_LORA, type FamilyFixture } from '../helpers/families.ts';
 
 const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
@@ -27,9 +26,9 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 /** What each pack's files say it is (as the builder wrote it for its export vintage). */
 const EXPECTED = {
-  sd15: { kind: 'sd', ids: 'int32', timestep: { dtype: 'float32', perRow: true }, vae: 'latent_sample', context: 12, pooled: 0, defaults: { steps: 4, guidance: 'self' } },
-  'sd-turbo': { kind: 'sd', ids: 'int64', timestep: { dtype: 'int64', perRow: true }, vae: 'latent_sample', context: 16, pooled: 0, defaults: { steps: 1, guidance: 'none' } },
-  'sdxl-turbo': { kind: 'sdxl', ids: 'int64', timestep: { dtype: 'float32', perRow: false }, vae: 'latent_parameters', context: 12 + 20, pooled: 20, defaults: { steps: 1, guidance: 'none' } },
+  sd15: { kind: 'stable-diffusion', ids: 'int32', timestep: { dtype: 'float32', perRow: true }, vae: 'latent_sample', context: 12, pooled: 0, defaults: { steps: 4, guidance: 'self' } },
+  'sd-turbo': { kind: 'stable-diffusion', ids: 'int64', timestep: { dtype: 'int64', perRow: true }, vae: 'latent_sample', context: 16, pooled: 0, defaults: { steps: 1, guidance: 'none' } },
+  'sdxl-turbo': { kind: 'stable-diffusion-xl', ids: 'int64', timestep: { dtype: 'float32', perRow: false }, vae: 'latent_parameters', context: 12 + 20, pooled: 20, defaults: { steps: 1, guidance: 'none' } },
 } as const;
 
 for (const family of FAMILIES) {
@@ -39,7 +38,7 @@ for (const family of FAMILIES) {
     const engine = await engineOf(family);
     const { pack } = engine;
     assert.equal(pack.kind.name, expected.kind);
-    assert.equal(pack.prompts.towers.length, expected.kind === 'sdxl' ? 2 : 1);
+    assert.equal(pack.prompts.towers.length, expected.kind === 'stable-diffusion-xl' ? 2 : 1);
     assert.equal(pack.textEncoder.idsType, expected.ids);
     assert.deepEqual(pack.unet.timestep, family.fp16 && expected.timestep.dtype === 'float32' ? { ...expected.timestep, dtype: 'float16' } : expected.timestep);
     assert.equal(pack.unet.model.input('sample')!.dtype, family.fp16 ? 'float16' : 'float32');
@@ -47,8 +46,8 @@ for (const family of FAMILIES) {
     assert.equal(pack.vaeEncoder!.outputName, expected.vae);
     assert.equal(pack.sizeMultiple, family.multiple);
     assert.equal(pack.defaultImageSize, 512);
-    assert.equal(pack.defaults.steps.txt2img, expected.defaults.steps);
-    assert.equal(pack.defaults.guidance, expected.defaults.guidance);
+    assert.equal(packParams(pack.defaults, 'txt2img').steps, expected.defaults.steps);
+    assert.equal(packParams(pack.defaults, 'txt2img').guidance, expected.defaults.guidance);
     const encoded = await engine.encodePrompt(parseParams({ prompt: 'a photo of a cat' }));
     assert.equal(encoded.cond.length, 77 * expected.context, 'the UNet context is the towers side by side');
     assert.throws(() => engine.size({ width: family.multiple + 8, height: family.multiple }), /multiple of/);
@@ -58,7 +57,7 @@ for (const family of FAMILIES) {
     const engine = await engineOf(family);
     const height = Math.max(64, family.multiple);
     const width = height + family.multiple; // not square, and the smallest step the UNet allows
-    const params = parseParams({ prompt: 'a red fox in the snow', width, height, seed: 3 }, defaultParams(engine.pack.defaults, 'txt2img'));
+    const params = parseParams({ prompt: 'a red fox in the snow', width, height, seed: 3 }, packParams(engine.pack.defaults, 'txt2img'));
     assert.equal(params.steps, expected.defaults.steps);
     const [image] = await txt2img(engine, params, 1);
     assert.equal(image!.width, width);
@@ -67,7 +66,7 @@ for (const family of FAMILIES) {
     assert.ok(image!.data.every(Number.isFinite));
     const [again] = await txt2img(engine, params, 1);
     assert.deepEqual(again!.data, image!.data);
-    const edit = parseParams({ ...params, strength: 0.6 }, defaultParams(engine.pack.defaults, 'img2img'));
+    const edit = parseParams({ ...params, strength: 0.6 }, packParams(engine.pack.defaults, 'img2img'));
     const [edited] = await img2img(engine, edit, [image!.data]);
     const [editedAgain] = await img2img(engine, edit, [image!.data]);
     assert.ok(edited!.data.every(Number.isFinite));

@@ -90,3 +90,17 @@ test('a tiny VAE (taesd_encoder/taesd_decoder) is used when asked for, with scal
   assert.equal(tiny.vaeEncoder!.scalingFactor, 1);
   assert.equal(tiny.vaeDecoder.model.label, 'taesd_decoder');
 });
+
+test('the pack kind comes from model_index.json; an SDXL pack without its second text encoder names what is missing', async () => {
+  assert.equal((await loadPack(BASE_PACK)).kind.name, 'stable-diffusion');
+  const dir = await copyPack();
+  await writeFile(join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'ORTStableDiffusionXLPipeline' }));
+  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'model_invalid' && /missing text_encoder_2\/model\.onnx/.test(e.message));
+});
+
+test('every missing required component is named at once', async () => {
+  const dir = await copyPack();
+  await rm(join(dir, 'unet', 'model.onnx'));
+  await rm(join(dir, 'text_encoder', 'model.onnx'));
+  await assert.rejects(loadPack(dir), /missing text_encoder\/model\.onnx, unet\/model\.onnx/);
+});

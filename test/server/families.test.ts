@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { DEFAULT_PACK_OPTIONS } from '../../models/pack.ts';
+import { packParams } from '../../pipelines/params.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { startServer } from '../../server/app.ts';
 import { createBatchApi } from '../../server/batch/index.ts';
@@ -37,10 +38,10 @@ for (const family of FAMILIES) {
       // 1. a stream: img2img at the pack's steps (not given: the pack's default), the similarity filter off
       const client = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', width: side, height: side, seed: 1, similarity_threshold: 1 } });
       const started = client.started!;
-      assert.equal((started['params'] as { steps: number }).steps, engine.pack.defaults.steps.img2img);
+      assert.equal((started['params'] as { steps: number }).steps, packParams(engine.pack.defaults, 'stream').steps);
       assert.equal(started['warnings'], undefined);
       const frame = await shapeFrame({ size: side, x: side / 2 });
-      const lag = engine.pack.defaults.steps.img2img; // enough frames for the buffer to hold only this input
+      const lag = packParams(engine.pack.defaults, 'stream').steps; // enough frames for the buffer to hold only this input
       let before;
       for (let i = 0; i < lag + 1; i++) before = await client.roundTrip(frame);
       assert.equal((await sharp(before!.bytes).metadata()).width, side);
@@ -65,7 +66,7 @@ for (const family of FAMILIES) {
       // 4. A1111 txt2img without steps: the pack's default steps
       const a1111 = await postJson(`${server.url}/sdapi/v1/txt2img`, { prompt: 'a lighthouse', width: side, height: side, seed: 4 });
       assert.equal(a1111.status, 200, JSON.stringify(a1111.body));
-      assert.equal(JSON.parse(a1111.body.info).steps, engine.pack.defaults.steps.txt2img);
+      assert.equal(JSON.parse(a1111.body.info).steps, packParams(engine.pack.defaults, 'txt2img').steps);
       // 5. a video job on a server-side file
       if (HAVE_FFMPEG) {
         const clip = join(videos, 'clip.mp4');

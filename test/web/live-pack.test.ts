@@ -13,7 +13,7 @@ import { startServer, type RunningServer } from '../../server/app.ts';
 import { createLogger } from '../../server/log.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
+import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
 import { API_KEY, launchChromium, openPage, until } from './browser.ts';
 import { outputAfter, recordWire, type Wire } from './wire.ts';
 

@@ -11,7 +11,7 @@ import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 import { outputAfter, recordWire, streamIdOf, type Wire } from './wire.ts';
 

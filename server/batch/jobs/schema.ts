@@ -7,8 +7,9 @@
  */
 import { z } from 'zod';
 import { isRecord } from '../../../models/files.ts';
-import { defaultParams, type PackDefaults } from '../../../models/pack-kinds.ts';
-import { paramsSchema, withDefaults, type GenerationParams } from '../../../pipelines/params.ts';
+import type { PackDefaults } from '../../../models/pack-kinds.ts';
+import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
+import { packParams, paramsSchema, withDefaults, type GenerationParams } from '../../../pipelines/params.ts';
 import { parseBody, resolveSeed } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
@@ -35,7 +36,7 @@ const imagesSchema = paramsSchema
     kind: z.literal('images'),
     count: z.number().int().min(1).max(MAX_JOB_IMAGES).default(1),
     /** Images per UNet call. */
-    lanes: z.number().int().min(1).max(16).default(4),
+    lanes: z.number().int().min(1).max(16).default(DEFAULT_LANES),
     output_format: z.enum(['png', 'jpeg', 'webp']).default('png'),
     /** img2img: a base64 image (data: URL allowed); every image starts from it. */
     init_image: z.string().min(1).optional(),
@@ -80,11 +81,13 @@ function withSeed(params: Record<string, unknown>, seed: unknown): GenerationPar
   return paramsSchema.parse({ ...params, ...(seed === undefined ? {} : { seed: seed === -1 ? resolveSeed(-1) : seed }) });
 }
 
-/** Validates a job body (JSON, or multipart fields already coerced); absent steps and guidance come from the pack. */
+/**
+ * Validates a job body (JSON, or multipart fields already coerced). Absent steps and guidance are the pack's for
+ * streamed work (jobs take the stream's default steps, as the WebSocket does).
+ */
 export function parseJob(input: unknown, defaults: PackDefaults): ParsedJob {
   const kind = typeof input === 'object' && input !== null ? (input as { kind?: unknown }).kind : undefined;
-  const mode = kind === 'video' || (isRecord(input) && input['init_image'] !== undefined) ? 'img2img' : 'txt2img';
-  const body = isRecord(input) ? withDefaults(input, defaultParams(defaults, mode)) : input;
+  const body = isRecord(input) ? withDefaults(input, packParams(defaults, 'stream')) : input;
   if (kind === 'video') {
     const { kind: _kind, path, webhook: hook, seed: s, ...params } = parseBody(videoSchema, body);
     return { kind: 'video', params: withSeed(params, s), path, webhook: hook };

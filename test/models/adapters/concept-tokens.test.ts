@@ -11,7 +11,7 @@ import { AdapterStore } from '../../../models/adapters/store.ts';
 import { ClipTextEncoder } from '../../../models/components.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../../models/pack.ts';
-import { OnnxModel } from '../../../models/runtime.ts';
+import { OnnxModel } from '../../../models/runtime/onnx.ts';
 import { loadClipTokenizer } from '../../../models/tokenizer.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { parseParams } from '../../../pipelines/params.ts';

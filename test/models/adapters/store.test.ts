@@ -3,10 +3,11 @@ import assert from 'node:assert/strict';
 import { copyFile, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AdapterStore, adapterKey } from '../../../models/adapters/store.ts';
-import type { WorkerUnet } from '../../../models/adapters/worker-unet.ts';
+import { AdapterStore } from '../../../models/adapters/store.ts';
+import { adapterKey } from '../../../models/adapters/choices.ts';
+import type { ThreadedUnet } from '../../../models/adapters/threaded-unet.ts';
 import { Unet } from '../../../models/components.ts';
-import { OnnxModel } from '../../../models/runtime.ts';
+import { OnnxModel } from '../../../models/runtime/onnx.ts';
 import { Generator } from '../../../pipelines/random.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../../models/pack.ts';
@@ -94,7 +95,7 @@ test('a merged UNet from the store (built and run on a worker thread) predicts l
   const error = got.reduce((m, eps, i) => eps.reduce((s, v, j) => Math.max(s, Math.abs(v - want[i]![j]!)), m), 0);
   assert.ok(error < 1e-4, `max error ${error}`);
   await assert.rejects(unet.model.run({}), /runs on a worker thread/);
-  (unet as WorkerUnet).releaseWhenIdle(50); // what cache eviction does
+  (unet as ThreadedUnet).releaseWhenIdle(50); // what cache eviction does
   assert.equal((await unet.predict(rows, 8, 8)).length, 3, 'still usable right after');
   await new Promise((resolve) => setTimeout(resolve, 300));
   await assert.rejects(unet.predict(rows, 8, 8), code('unavailable'));
