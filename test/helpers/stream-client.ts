@@ -34,7 +34,7 @@ export class StreamClient {
     });
   }
 
-  static async connect(url: string, start: Record<string, unknown>): Promise<StreamClient> {
+  static async connect(url: string, start: Record<string, unknown>, timeoutMs = 20_000): Promise<StreamClient> {
     const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream');
     await new Promise<void>((ok, fail) => {
       ws.once('open', () => ok());
@@ -42,7 +42,7 @@ export class StreamClient {
     });
     const client = new StreamClient(ws);
     client.send({ type: 'start', ...start });
-    await client.until(() => client.started !== undefined || client.errors.length > 0, 20_000);
+    await client.until(() => client.started !== undefined || client.errors.length > 0, timeoutMs);
     if (!client.started) throw new Error(`stream did not start: ${JSON.stringify(client.errors)}`);
     return client;
   }
@@ -88,11 +88,11 @@ export class StreamClient {
   }
 
   /** Sends a frame and waits for the output that answers it (output count grows). */
-  async roundTrip(bytes: Buffer): Promise<ReceivedFrame> {
+  async roundTrip(bytes: Buffer, timeoutMs?: number): Promise<ReceivedFrame> {
     const before = this.frames.length;
     const errorsBefore = this.errors.length;
     this.sendFrame(bytes);
-    await this.until(() => this.frames.length > before || this.errors.length > errorsBefore);
+    await this.until(() => this.frames.length > before || this.errors.length > errorsBefore, timeoutMs);
     if (this.errors.length > errorsBefore) throw new Error(JSON.stringify(this.errors[this.errors.length - 1]));
     return this.frames[this.frames.length - 1]!;
   }
