@@ -91,7 +91,7 @@ export class OnnxModel {
           ? await ort.InferenceSession.create(source, sessionOptions)
           : await ort.InferenceSession.create(source, sessionOptions);
     } catch (cause) {
-      throw describeLoadError(cause, label);
+      throw describeLoadError(cause, label, provider);
     }
     return new OnnxModel(session, specs(session.inputMetadata, label), specs(session.outputMetadata, label), label);
   }
@@ -169,8 +169,15 @@ export class OnnxModel {
   }
 }
 
-function describeLoadError(cause: unknown, label: string): ServiceError {
+/** How to get the GPU providers: onnxruntime-node's install script fetches them from nuget.org (npm ci skips it here). */
+export const CUDA_INSTALL_HINT = 'reinstall onnxruntime-node with its CUDA 12 binaries (ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node; needs CUDA 12 and cuDNN 9)';
+
+function describeLoadError(cause: unknown, label: string, provider: Provider): ServiceError {
   const message = (cause as Error)?.message ?? String(cause);
+  // the CPU-only install lists cuda and tensorrt but lacks their libraries (libonnxruntime_providers_*.so)
+  if ((provider === 'cuda' || provider === 'tensorrt') && /libonnxruntime_providers_|Failed to load (shared )?librar/i.test(message)) {
+    return new ServiceError('unsupported', `${label}: execution provider "${provider}" is not installed: ${CUDA_INSTALL_HINT}. onnxruntime: ${message.split('\n')[0]!.slice(0, 300)}`, { cause });
+  }
   // e.g. "Could not find an implementation for NhwcConv(1) node with name ..." from GPU-only exports
   const op = /implementation for (\w+)\(/.exec(message)?.[1];
   if (op) return new ServiceError('unsupported', `${label}: operator ${op} has no kernel in this execution provider (${message})`, { cause });

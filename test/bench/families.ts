@@ -7,10 +7,11 @@
  * demand, one family at a time: models/train/families/build.py --width full writes the fp32 pack (Debian's
  * python3-torch; minutes to an hour and GBs each), fp16.py converts it tensor by tensor. A pack made here is
  * deleted after it is measured unless FAMILIES_KEEP=1 (the disk is shared).
- * FAMILIES=sd15,sd-turbo limits the families; FAMILIES_PRECISIONS=fp32 the precisions.
+ * FAMILIES=sd15,sd-turbo limits the families; FAMILIES_PRECISIONS=fp32 the precisions; packs not measured keep
+ * their last figures from report.json (with the date they were measured).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { access, rm } from 'node:fs/promises';
+import { access, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fmt } from './stats.ts';
@@ -75,19 +76,21 @@ export async function benchFamilies({ quick, log }: FamiliesBenchOptions): Promi
         if (!make(family, precision, dir, fp32, log)) break;
         built.push(dir);
       }
-      if (PRECISIONS.includes(precision)) results[`${family}-${precision}`] = await measure(dir, frames);
+      if (PRECISIONS.includes(precision)) results[`${family}-${precision}`] = { ...(await measure(dir, frames)), measured: new Date().toISOString().slice(0, 10) };
     }
     if (!keep) for (const dir of built.splice(0)) await rm(dir, { recursive: true, force: true });
   }
-  log('\n| pack | load s | peak RSS MiB | RSS 1 / 2 streams MiB | first frame s | s/frame | batch txt2img s | /health p50 / max ms |');
-  log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  const previous = (JSON.parse(await readFile(join(HERE, 'report.json'), 'utf8').catch(() => '{}')) as Record<string, Record<string, unknown>>)['families'] ?? {};
+  for (const [name, r] of Object.entries(previous)) if (!(name in results) && typeof r === 'object' && r !== null && !('error' in r) && name !== 'run') results[name] = r;
+  log('\n| pack | measured | load s | peak RSS MiB | RSS 1 / 2 streams MiB | first frame s | s/frame | batch txt2img s | /health p50 / max ms |');
+  log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const [name, r] of Object.entries(results) as [string, Record<string, number | string>][]) {
     if (r['error']) {
-      log(`| ${name} | failed: ${String(r['error'])} |||||||`);
+      log(`| ${name} | ${String(r['measured'] ?? '')} | failed: ${String(r['error'])} |||||||`);
       continue;
     }
     const n = (k: string, d = 1) => fmt(Number(r[k]), d);
-    log(`| ${name} | ${n('load_seconds')} | ${n('peak_rss_mib', 0)} | ${n('rss_one_stream_mib', 0)} / ${n('rss_two_streams_mib', 0)} | ${n('first_frame_seconds')} | ${n('frame_seconds')} | ${n('batch_txt2img_seconds')} | ${n('health_ms_p50', 0)} / ${n('health_ms_max', 0)} |`);
+    log(`| ${name} | ${String(r['measured'] ?? '')} | ${n('load_seconds')} | ${n('peak_rss_mib', 0)} | ${n('rss_one_stream_mib', 0)} / ${n('rss_two_streams_mib', 0)} | ${n('first_frame_seconds')} | ${n('frame_seconds')} | ${n('batch_txt2img_seconds')} | ${n('health_ms_p50', 0)} / ${n('health_ms_max', 0)} |`);
   }
   return results;
 }
