@@ -82,7 +82,7 @@ export async function benchFamilies({ quick, log }: FamiliesBenchOptions): Promi
   }
   const previous = (JSON.parse(await readFile(join(HERE, 'report.json'), 'utf8').catch(() => '{}')) as Record<string, Record<string, unknown>>)['families'] ?? {};
   for (const [name, r] of Object.entries(previous)) if (!(name in results) && typeof r === 'object' && r !== null && !('error' in r) && name !== 'run') results[name] = r;
-  log('\n| pack | measured | load s | peak RSS MiB | RSS 1 / 2 streams MiB | first frame s | s/frame | batch txt2img s | /health p50 / max ms |');
+  log('\n| pack | measured | load s (CPU s) | peak RSS MiB | RSS 1 / 2 streams MiB | first frame s | s/frame (CPU s) | batch txt2img s | /health p50 / max ms |');
   log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const [name, r] of Object.entries(results) as [string, Record<string, number | string>][]) {
     if (r['error']) {
@@ -90,7 +90,7 @@ export async function benchFamilies({ quick, log }: FamiliesBenchOptions): Promi
       continue;
     }
     const n = (k: string, d = 1) => fmt(Number(r[k]), d);
-    log(`| ${name} | ${String(r['measured'] ?? '')} | ${n('load_seconds')} | ${n('peak_rss_mib', 0)} | ${n('rss_one_stream_mib', 0)} / ${n('rss_two_streams_mib', 0)} | ${n('first_frame_seconds')} | ${n('frame_seconds')} | ${n('batch_txt2img_seconds')} | ${n('health_ms_p50', 0)} / ${n('health_ms_max', 0)} |`);
+    log(`| ${name} | ${String(r['measured'] ?? '')} | ${n('load_seconds')} (${n('load_cpu_seconds')}) | ${n('peak_rss_mib', 0)} | ${n('rss_one_stream_mib', 0)} / ${n('rss_two_streams_mib', 0)} | ${n('first_frame_seconds')} | ${n('frame_seconds')} (${n('frame_cpu_seconds')}) | ${n('batch_txt2img_seconds')} | ${n('health_ms_p50', 0)} / ${n('health_ms_max', 0)} |`);
   }
   return results;
 }
