@@ -26,14 +26,18 @@ const cpuSeconds = () => {
 };
 const peakMib = () => process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
 
-/** Polls /health every 20 ms until stopped; returns each request's latency (ms). */
+/**
+ * Polls /health every 20 ms until stopped; returns each request's latency (ms). Each request opens its own
+ * connection: while a model blocks the event loop, a kept-alive socket can be closed by the server's idle timer
+ * just as the next request is written (ECONNRESET), which would measure the race, not the service.
+ */
 function pollHealth(url: string): { stop: () => Promise<number[]> } {
   const latencies: number[] = [];
   let running = true;
   const loop = (async () => {
     while (running) {
       const t0 = performance.now();
-      await fetch(`${url}/health`).then((r) => r.arrayBuffer());
+      await fetch(`${url}/health`, { headers: { connection: 'close' } }).then((r) => r.arrayBuffer());
       latencies.push(performance.now() - t0);
       await new Promise((r) => setTimeout(r, 20));
     }
@@ -81,7 +85,7 @@ await Promise.all([client.close(), second.close()]);
 const tb = performance.now();
 const res = await fetch(`${server.url}/sdapi/v1/txt2img`, {
   method: 'POST',
-  headers: { 'content-type': 'application/json' },
+  headers: { 'content-type': 'application/json', connection: 'close' },
   body: JSON.stringify({ prompt: 'a red bicycle', width: SIDE, height: SIDE, steps: 1, seed: 3 }),
 });
 if (res.status !== 200) throw new Error(`txt2img: ${res.status} ${await res.text()}`);
