@@ -1,14 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdapterStore } from '../../models/adapters/store.ts';
 import { parseSafetensors } from '../../models/adapters/safetensors.ts';
+import { guidanceEmbedding } from '../../models/components.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../models/pack.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { img2img, txt2img } from '../../pipelines/generate.ts';
 import { packParams, parseParams } from '../../pipelines/params.ts';
-import { FAMILIES, FAMILY_LORA, type FamilyFixture } from '../helpers/families.ts';
+import { FAMILIES, FAMILIES_DIR, FAMILY_LORA, type FamilyFixture } from '../helpers/families.ts';
 
 const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
 const engines = new Map<string, Promise<Engine>>();
@@ -150,4 +153,30 @@ test('a prompt longer than the 77-token window is cut and the cut is reported', 
   assert.match(prepared.prompt.warnings[0]!, /^prompt is \d+ tokens long; the text encoder reads the first 75 .* the last \d+ are ignored$/);
   const short = await engine.prepare(parseParams({ prompt: 'word1 word2' }));
   assert.deepEqual(short.prompt.warnings, []);
+});
+
+test("an LCM-distilled UNet's guidance embedding is diffusers' get_guidance_scale_embedding of w = guidance_scale", () => {
+  assert.deepEqual([...guidanceEmbedding(1, 4)], [0, 0, 1, 1]);
+  const e = guidanceEmbedding(2, 4); // w - 1 = 1 -> 1000 * [1, 1e-4]
+  const want = [Math.sin(1000), Math.sin(0.1), Math.cos(1000), Math.cos(0.1)];
+  e.forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-6, `${i}: ${v} vs ${want[i]}`));
+});
+
+test('an LCM-distilled UNet (optimum 1.23, fp16, timestep_cond): defaults none / 8, and guidance_scale is its guidance embedding', async () => {
+  // the SD 1.5 pack with its UNet replaced by an LCM-distilled one of the same width (models/train/families/build.py
+  // --lcm-distilled --vintage optimum-1.23 --fp16), as LCM_Dreamshaper_v7 exports are laid out
+  const dir = await mkdtemp(join(tmpdir(), 'lcm-'));
+  await cp(FAMILIES[0]!.dir, dir, { recursive: true });
+  await rm(join(dir, 'unet'), { recursive: true });
+  await cp(join(FAMILIES_DIR, 'sd15-lcm-unet'), join(dir, 'unet'), { recursive: true });
+  const engine = await Engine.load(dir, OPTIONS);
+  assert.equal(engine.pack.unet.guidanceEmbeddingSize, 256);
+  assert.deepEqual(engine.pack.unet.timestep, { dtype: 'int64', perRow: true });
+  const params = parseParams({ prompt: 'a lighthouse', width: 64, height: 64, seed: 1 }, packParams(engine.pack.defaults, 'txt2img'));
+  assert.equal(params.guidance, 'none');
+  assert.equal(params.guidance_scale, 8);
+  const [w8] = await txt2img(engine, params, 1);
+  const [w3] = await txt2img(engine, { ...params, guidance_scale: 3 }, 1);
+  assert.ok(w8!.data.every(Number.isFinite));
+  assert.ok(maxAbsDiff(w8!.data, w3!.data) > 1e-3, 'the guidance scale reaches the UNet');
 });
