@@ -2,8 +2,9 @@
  * Loads a model pack: a folder in the diffusers/optimum ONNX layout (REFERENCE §5), described by its own files.
  *   model_index.json, scheduler/scheduler_config.json, tokenizer/ + text_encoder/ (SDXL also tokenizer_2/ +
  *   text_encoder_2/, see pack-kinds.ts), unet/, vae_encoder/, vae_decoder/ (each <component>/model.onnx, weights
- *   may sit beside it as external data: model.onnx_data, weights.pb), and optionally taesd_encoder/ +
- *   taesd_decoder/ (a tiny VAE, scale factor 1) used instead of the full VAE when asked.
+ *   may sit beside it as external data: model.onnx_data, weights.pb), and optionally
+ *   taesd_encoder/ + taesd_decoder/ (a tiny VAE on scaled latents, scale factor 1), loaded beside the full VAE:
+ *   each request chooses one (pipelines/plan.ts). Sessions live where models/sessions.ts places them.
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -13,9 +14,10 @@ import { nodeField, replaceGraphFields } from './adapters/onnx-rewrite.ts';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
-import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime/onnx.ts';
-import { packDefaults, packKind, type PackDefaults, type PackKind } from './pack-kinds.ts';
+import type { Model, Provider } from './runtime/contract.ts';
+import { packDefaults, packKind, type ComponentFolder, type PackDefaults, type PackKind } from './pack-kinds.ts';
 import { PromptEncoder } from './prompt-encoder.ts';
+import { ModelSessions, type Role } from './sessions.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
 /** The pack the service runs when no model folder is given. */
@@ -28,13 +30,19 @@ const SD_SAMPLE_SIZE = 64;
 
 export interface PackOptions {
   readonly provider: Provider;
-  /** Intra-op threads per session; 0 = onnxruntime's default. */
+  /** Intra-op threads per session; 0 = chosen per stage from the cores (models/sessions.ts). */
   readonly threads: number;
-  /** Use taesd_encoder / taesd_decoder instead of the full VAE when the pack has them. */
-  readonly tinyVae: boolean;
+  /** Worker threads holding the sessions: undefined = the process's shared pool, 0 = none (the calling thread). */
+  readonly workers?: number | undefined;
 }
 
-export const DEFAULT_PACK_OPTIONS: PackOptions = Object.freeze({ provider: 'cpu', threads: 0, tinyVae: false });
+export const DEFAULT_PACK_OPTIONS: PackOptions = Object.freeze({ provider: 'cpu', threads: 0 });
+
+/** A VAE: its encoder (absent in txt2img-only packs) and decoder, on the same latent scale. */
+export interface Vae {
+  readonly encoder: VaeEncoder | undefined;
+  readonly decoder: VaeDecoder;
+}
 
 export interface ModelPack {
   readonly dir: string;
@@ -50,8 +58,13 @@ export interface ModelPack {
   /** Steps and guidance for requests that leave them out (pack-kinds.ts). */
   readonly defaults: PackDefaults;
   readonly unet: Unet;
+  /** The full VAE. */
   readonly vaeEncoder: VaeEncoder | undefined;
   readonly vaeDecoder: VaeDecoder;
+  /** The tiny VAE (taesd_*) when the pack has one: a few times cheaper, slightly softer. */
+  readonly tinyVae: Vae | undefined;
+  /** Where the sessions live; opens the pack's experts and merged UNets too. close() releases them all. */
+  readonly sessions: ModelSessions;
   /** The image size the model was trained at (width = height), from the pack's configs. */
   readonly defaultImageSize: number;
   /** Latent down-sampling factor of the VAE (8 for SD). */
@@ -72,10 +85,21 @@ function vaeScaleOf(config: Record<string, unknown>): number {
   return Array.isArray(blocks) && blocks.length > 0 ? 2 ** (blocks.length - 1) : 8;
 }
 
-export async function loadSession(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
+/** The stage each component folder is placed by. */
+const ROLE: Record<ComponentFolder, Role> = {
+  text_encoder: 'text_encoder',
+  text_encoder_2: 'text_encoder',
+  unet: 'unet',
+  vae_encoder: 'vae_encoder',
+  taesd_encoder: 'vae_encoder',
+  vae_decoder: 'vae_decoder',
+  taesd_decoder: 'vae_decoder',
+};
+
+async function loadSession(sessions: ModelSessions, dir: string, component: ComponentFolder): Promise<Model> {
   const path = join(dir, component, 'model.onnx');
   if (!(await exists(path))) throw new ServiceError('model_invalid', `model pack ${dir} is missing ${component}/model.onnx`);
-  return OnnxModel.load(path, { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component });
+  return sessions.open(path, ROLE[component], component);
 }
 
 /**
@@ -84,15 +108,14 @@ export async function loadSession(dir: string, component: string, options: PackO
  * replaced by Sub(x, x) (zeros of the same shape; onnxruntime refuses a RandomNormalLike of scale 0): the latent is
  * the posterior mean, as with latent_parameters, and runs are repeatable.
  */
-async function loadVaeEncoder(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
+async function loadVaeEncoder(sessions: ModelSessions, dir: string, component: 'vae_encoder' | 'taesd_encoder'): Promise<Model> {
   const path = join(dir, component, 'model.onnx');
   const bytes = new Uint8Array(await readFile(path));
   const index = indexOnnxModel(bytes, component);
   const draws = index.nodes.filter((n) => n.opType === 'RandomNormalLike' && n.inputs.length === 1);
-  if (draws.length === 0) return loadSession(dir, component, options);
+  if (draws.length === 0) return loadSession(sessions, dir, component);
   const edits = draws.map((n) => ({ range: n.field, replacement: nodeField({ name: n.name, opType: 'Sub', inputs: [n.inputs[0]!, n.inputs[0]!], outputs: n.outputs }) }));
-  const base = { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component };
-  return OnnxModel.load(replaceGraphFields(bytes, index, edits), { ...base, externalDataDir: join(dir, component) });
+  return sessions.open(replaceGraphFields(bytes, index, edits), ROLE[component], component, join(dir, component));
 }
 
 function scalingFactor(config: Record<string, unknown>, fallback: number): number {
@@ -112,29 +135,66 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   for (const folder of kind.required) if (!(await exists(join(root, folder, 'model.onnx')))) missing.push(`${folder}/model.onnx`);
   if (missing.length > 0) throw new ServiceError('model_invalid', `model pack ${root} is missing ${missing.join(', ')}`);
   const tokenizers = await Promise.all(kind.towers.map((t) => loadClipTokenizer(join(root, t.tokenizer))));
-  // 2. sessions, opened together
-  const useTiny = options.tinyVae && (await exists(join(root, 'taesd_decoder', 'model.onnx')));
-  const encoderDir = useTiny ? 'taesd_encoder' : 'vae_encoder';
-  const decoderDir = useTiny ? 'taesd_decoder' : 'vae_decoder';
-  const hasEncoder = kind.optional.includes(encoderDir) && (await exists(join(root, encoderDir, 'model.onnx')));
-  const [unetModel, encoderModel, decoderModel, ...textModels] = await Promise.all([
-    loadSession(root, 'unet', options),
-    hasEncoder ? loadVaeEncoder(root, encoderDir, options) : Promise.resolve(undefined),
-    loadSession(root, decoderDir, options),
-    ...kind.towers.map((t) => loadSession(root, t.encoder, options)),
-  ]);
-  const towers = kind.towers.map((t, i) => ({ tokenizer: tokenizers[i]!, encoder: new ClipTextEncoder(textModels[i]!, t.layer) }));
+  // 2. sessions, opened together: the full VAE, and the tiny one beside it when the pack has both of its parts
+  const sessions = new ModelSessions(options);
+  const has = async (folder: ComponentFolder) => kind.optional.includes(folder) && (await exists(join(root, folder, 'model.onnx')));
+  const [hasEncoder, hasTiny, hasTinyEncoder] = await Promise.all([has('vae_encoder'), has('taesd_decoder'), has('taesd_encoder')]);
+  const optional = (present: boolean, folder: ComponentFolder) => (present ? loadSession(sessions, root, folder) : Promise.resolve(undefined));
+  try {
+    const loads = await Promise.allSettled([
+      loadSession(sessions, root, 'unet'),
+      hasEncoder ? loadVaeEncoder(sessions, root, 'vae_encoder') : Promise.resolve(undefined),
+      loadSession(sessions, root, 'vae_decoder'),
+      hasTiny && hasTinyEncoder ? loadVaeEncoder(sessions, root, 'taesd_encoder') : Promise.resolve(undefined),
+      optional(hasTiny, 'taesd_decoder'),
+      ...kind.towers.map((t) => loadSession(sessions, root, t.encoder)),
+    ]);
+    const failed = loads.find((l) => l.status === 'rejected');
+    if (failed) throw failed.reason;
+    const [unetModel, encoderModel, decoderModel, tinyEncoderModel, tinyDecoderModel, ...textModels] = loads.map((l) => (l as PromiseFulfilledResult<Model | undefined>).value);
+    const towers = kind.towers.map((t, i) => ({ tokenizer: tokenizers[i]!, encoder: new ClipTextEncoder(textModels[i]!, t.layer) }));
+    return await describePack(root, kind, modelIndex, schedulerConfig, towers, sessions, {
+      unet: unetModel!,
+      encoder: encoderModel,
+      decoder: decoderModel!,
+      tinyEncoder: tinyEncoderModel,
+      tinyDecoder: tinyDecoderModel,
+    });
+  } catch (error) {
+    await sessions.close(); // nothing half-loaded stays behind on the workers
+    throw error;
+  }
+}
+
+interface PackModels {
+  readonly unet: Model;
+  readonly encoder: Model | undefined;
+  readonly decoder: Model;
+  readonly tinyEncoder: Model | undefined;
+  readonly tinyDecoder: Model | undefined;
+}
+
+async function describePack(
+  root: string,
+  kind: PackKind,
+  modelIndex: Record<string, unknown>,
+  schedulerConfig: Record<string, unknown>,
+  towers: readonly { readonly tokenizer: ClipTokenizer; readonly encoder: ClipTextEncoder }[],
+  sessions: ModelSessions,
+  models: PackModels,
+): Promise<ModelPack> {
   // 3. configs: the VAE's scaling factor (a tiny VAE works on scaled latents: factor 1) and down-sampling factor
   const vaeConfig = await readOptionalJson(join(root, 'vae_decoder', 'config.json'), 'vae_decoder/config.json');
   const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'), 'unet/config.json');
-  const factor = useTiny ? 1 : scalingFactor(vaeConfig, SD_SCALING_FACTOR);
+  const factor = scalingFactor(vaeConfig, SD_SCALING_FACTOR);
   const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : SD_SAMPLE_SIZE;
   const vaeScale = vaeScaleOf(vaeConfig);
   // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
   const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
   const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);
-  const unet = new Unet(unetModel);
+  const unet = new Unet(models.unet);
   const schedulerClass = typeof schedulerConfig['_class_name'] === 'string' ? schedulerConfig['_class_name'] : '';
+  const tinyVae = models.tinyDecoder && { encoder: models.tinyEncoder && new VaeEncoder(models.tinyEncoder, 1), decoder: new VaeDecoder(models.tinyDecoder, 1) };
   return {
     dir: root,
     name: typeof modelIndex['name'] === 'string' ? modelIndex['name'] : (root.split(/[\\/]/).pop() ?? 'model'),
@@ -146,8 +206,10 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     textEncoder: towers[0]!.encoder,
     defaults: packDefaults(modelIndex, schedulerClass, unet),
     unet,
-    vaeEncoder: encoderModel ? new VaeEncoder(encoderModel, factor) : undefined,
-    vaeDecoder: new VaeDecoder(decoderModel, factor),
+    vaeEncoder: models.encoder && new VaeEncoder(models.encoder, factor),
+    vaeDecoder: new VaeDecoder(models.decoder, factor),
+    tinyVae,
+    sessions,
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,

@@ -1,20 +1,22 @@
 /**
- * Merged UNets, built in the background on worker threads (threaded-unet.ts) and kept in an LRU cache keyed by
- * the adapter combination, bounded by the bytes of weights the merged sessions hold (and a count). Concurrent
- * requests for one combination share one build; an evicted UNet is released once no stream has used it for
- * EVICTED_IDLE_MS. Merging never writes to disk. A text encoder gets its own merged copy, built on the same worker
- * as the UNet, when the adapters have LoRA layers for it (lora_te_, lora_te1_, lora_te2_) or bundle concept tokens
- * (learned embeddings for their trigger words).
+ * Merged UNets, built in the background, each on a worker thread of its own (models/sessions.ts openOwn:
+ * building a session blocks its thread for hundreds of ms, so streams keep running on their current UNet until
+ * the new one is ready), and kept in an LRU cache keyed by the adapter combination, bounded by the bytes of
+ * weights the merged sessions hold (and a count). Concurrent requests for one combination share one build; an
+ * evicted UNet is released once no stream has used it for a while (EVICTED_IDLE_MS). Merging never writes to
+ * disk. A text encoder gets its own merged copy, on the same worker as the UNet, when the adapters have LoRA
+ * layers for it (lora_te_, lora_te1_, lora_te2_) or bundle concept tokens (learned embeddings for their trigger
+ * words).
  */
 import { dirname } from 'node:path';
-import type { ClipTextEncoder, HiddenLayer, Unet } from '../components.ts';
+import { ClipTextEncoder, Unet, type HiddenLayer } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import { DEFAULT_SESSION_OPTIONS, type SessionOptions } from '../runtime/onnx.ts';
+import type { Feed, IoSpec, Model, Outputs, Rgb8Tensor } from '../runtime/contract.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { addConceptTokens, type ConceptTokenIds } from './concept-tokens.ts';
 import type { LoraTarget } from './kohya.ts';
 import { mergeAdapters, type WeightedAdapter } from './merge.ts';
 import { indexOnnxModel, type OnnxGraphIndex } from './onnx-graph.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 
 /** A merged UNet evicted from the cache is released after this long without a prediction (streams may still hold it). */
 export const EVICTED_IDLE_MS = 60_000;
@@ -71,8 +73,10 @@ export class MergedUnets {
     private readonly unet: () => Promise<BaseModel>,
     /** The pack's text encoders in tower order; empty when not at hand (their LoRA layers and concept tokens are then ignored). */
     private readonly textEncoders: readonly TextEncoderSource[],
-    private readonly options: Pick<SessionOptions, 'provider' | 'threads'>,
+    private readonly sessions: ModelSessions,
     private readonly cacheSize: number,
+    /** How long an evicted UNet must go unused before it is released, ms. */
+    private readonly evictedIdleMs = EVICTED_IDLE_MS,
     private readonly maxBytes = DEFAULT_MERGED_BYTES,
   ) {
     if (!Number.isInteger(cacheSize) || cacheSize < 1) throw new ServiceError('bad_request', `adapter cache size must be a positive integer, got ${cacheSize}`);
@@ -119,26 +123,25 @@ export class MergedUnets {
     while (this.cache.size > 1 && (this.cache.size > this.cacheSize || this.bytes > this.maxBytes)) {
       const [oldest, evicted] = this.cache.entries().next().value!;
       this.cache.delete(oldest);
-      evicted.merged.then((m) => (m.unet as ThreadedUnet).releaseWhenIdle(EVICTED_IDLE_MS), () => undefined);
+      evicted.merged.then((m) => this.releaseWhenIdle(m), () => undefined);
     }
   }
 
   private async build(weighted: readonly WeightedAdapter[], key: string): Promise<MergedUnet> {
-    const options = { ...DEFAULT_SESSION_OPTIONS, ...this.options };
     const unetBase = await this.unet();
-    const unetOptions = { ...options, externalDataDir: dirname(unetBase.path) };
+    const unetDir = dirname(unetBase.path);
     const t0 = performance.now();
     if (weighted.length === 0) {
-      const unet = await ThreadedUnet.load(unetBase.bytes.slice(), { ...unetOptions, label: 'unet' });
-      return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0, weightBytes: unetBase.weightBytes };
+      const model = await this.sessions.openOwn(unetBase.bytes, 'unet', undefined, unetDir);
+      return { unet: new Unet(new UsedModel(model)), warnings: [], mergeMs: 0, buildMs: performance.now() - t0, weightBytes: unetBase.weightBytes };
     }
     // 1. UNet weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes
-    const merged = await mergeAdapters(unetBase.bytes, unetBase.index, weighted, 'unet', { externalDir: dirname(unetBase.path) });
+    const merged = await mergeAdapters(unetBase.bytes, unetBase.index, weighted, 'unet', { externalDir: unetDir });
     const warnings = [...merged.warnings];
     let weightBytes = unetBase.weightBytes;
     // 2. text encoders with LoRA layers; the first also with concept tokens (learned embeddings appended)
     const embeddings = weighted.flatMap((w) => w.adapter.embeddings.map((embedding) => ({ adapter: w.name, embedding })));
-    const texts: { tower: number; bytes: Uint8Array; options: SessionOptions & { layer: HiddenLayer } }[] = [];
+    const texts: { tower: number; bytes: Uint8Array; dir: string; layer: HiddenLayer; target: LoraTarget }[] = [];
     let tokens: ConceptTokenIds = new Map();
     for (const [tower, target] of TOWER_TARGETS.entries()) {
       const hasLayers = weighted.some((w) => w.adapter.layers.some((l) => l.target === target));
@@ -163,14 +166,102 @@ export class MergedUnets {
         tokens = added.ids;
       }
       weightBytes += base.weightBytes;
-      texts.push({ tower, bytes, options: { ...options, label: `${target}+${key}`, externalDataDir: dirname(base.path), layer: source.layer } });
+      texts.push({ tower, bytes, dir: dirname(base.path), layer: source.layer, target });
     }
-    // 3. sessions on a worker thread
+    // 3. sessions on a worker thread of their own (the text encoders beside the UNet)
     const t1 = performance.now();
-    const unet = await ThreadedUnet.load(merged.bytes, { ...unetOptions, label: `unet+${key}` }, texts.map((t) => ({ bytes: t.bytes, options: t.options })));
+    const model = await this.sessions.openOwn(merged.bytes, `unet+${key}`, undefined, unetDir);
+    const opened = await Promise.allSettled(texts.map((t) => this.sessions.openOwn(t.bytes, `${t.target}+${key}`, model, t.dir)));
+    const textModels = opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value] : []));
+    const failed = opened.find((o) => o.status === 'rejected');
+    if (failed) {
+      await Promise.all([model, ...textModels].map((m) => this.sessions.release(m)));
+      throw failed.reason;
+    }
+    const used = new UsedModel(model, textModels);
     const encoders: (ClipTextEncoder | undefined)[] = [];
-    texts.forEach((t, i) => (encoders[t.tower] = unet.textEncoders[i]));
+    texts.forEach((t, i) => (encoders[t.tower] = new ClipTextEncoder(new UsedModel(textModels[i]!, [], used), t.layer)));
     const text = texts.length > 0 ? { key, encoders, tokens } : undefined;
-    return { unet, text, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1, weightBytes };
+    return { unet: new Unet(used), text, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1, weightBytes };
+  }
+
+  /** Releases an evicted UNet (and its text encoder) once nothing has run on it for evictedIdleMs. */
+  private releaseWhenIdle(merged: MergedUnet): void {
+    const model = merged.unet.model as UsedModel;
+    const check = () => {
+      const idle = performance.now() - model.lastUsed;
+      if (model.running === 0 && idle >= this.evictedIdleMs) void model.releaseAll(this.sessions);
+      else setTimeout(check, Math.max(10, this.evictedIdleMs - idle)).unref();
+    };
+    setTimeout(check, this.evictedIdleMs).unref();
+  }
+}
+
+/**
+ * A model that remembers when it last ran and how many runs are on their way (a merged UNet and its text
+ * encoder share one record: `of`), so an evicted one is released only once streams have stopped using it.
+ */
+class UsedModel implements Model {
+  running = 0;
+  lastUsed = performance.now();
+
+  constructor(
+    private readonly model: Model,
+    /** Models released together with this one (the merged UNet's text encoders). */
+    private readonly companions: readonly Model[] = [],
+    /** The record to count runs in, when it is another model's (the text encoder counts in its UNet's). */
+    private readonly of?: UsedModel,
+  ) {}
+
+  get inputs(): readonly IoSpec[] {
+    return this.model.inputs;
+  }
+
+  get outputs(): readonly IoSpec[] {
+    return this.model.outputs;
+  }
+
+  get label(): string {
+    return this.model.label;
+  }
+
+  input(name: string): IoSpec | undefined {
+    return this.model.input(name);
+  }
+
+  output(name: string): IoSpec | undefined {
+    return this.model.output(name);
+  }
+
+  describeContract(): string {
+    return this.model.describeContract();
+  }
+
+  run(feeds: Record<string, Feed>): Promise<Outputs> {
+    return this.use(() => this.model.run(feeds));
+  }
+
+  runRgb8(feeds: Record<string, Feed>, output: string): Promise<Rgb8Tensor> {
+    return this.use(() => this.model.runRgb8(feeds, output));
+  }
+
+  release(): Promise<void> {
+    return this.model.release();
+  }
+
+  async releaseAll(sessions: ModelSessions): Promise<void> {
+    await Promise.all([this.model, ...this.companions].map((m) => sessions.release(m)));
+  }
+
+  private async use<T>(run: () => Promise<T>): Promise<T> {
+    const record = this.of ?? this;
+    record.running++;
+    record.lastUsed = performance.now();
+    try {
+      return await run();
+    } finally {
+      record.running--;
+      record.lastUsed = performance.now();
+    }
   }
 }

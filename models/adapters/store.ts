@@ -6,7 +6,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { HiddenLayer } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import type { PackOptions } from '../pack.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { AdapterFiles, type AdapterInfo } from './adapter-files.ts';
 import { adapterKey, checkAdapterChoices, DEFAULT_ADAPTER_LIMITS, type AdapterChoice, type AdapterLimits } from './choices.ts';
 import { tokenTable } from './concept-tokens.ts';
@@ -14,7 +14,6 @@ import type { KohyaAdapter } from './kohya.ts';
 import { matchAdapter } from './merge.ts';
 import { MergedUnets, TOWER_TARGETS, type BaseModel, type MergedUnet } from './merged-unets.ts';
 import { indexOnnxModel } from './onnx-graph.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 
 export type { AdapterInfo } from './adapter-files.ts';
 export type { ConceptText, MergedUnet } from './merged-unets.ts';
@@ -45,9 +44,12 @@ export class AdapterStore {
   constructor(
     adapterDir: string,
     private readonly baseModels: BaseModelPaths,
-    options: PackOptions,
+    /** Where merged UNets are opened (the pack's sessions: each merged UNet gets a worker of its own). */
+    sessions: ModelSessions,
     cacheSize = 4,
     limits: Partial<AdapterLimits> = {},
+    /** How long an evicted merged UNet must go unused before it is released, ms. */
+    evictedIdleMs?: number,
     /** Weights the cached merged sessions may hold together (merged-unets.ts, DEFAULT_MERGED_BYTES). */
     maxMergedBytes?: number,
   ) {
@@ -55,9 +57,9 @@ export class AdapterStore {
     this.files = new AdapterFiles(adapterDir, this.limits);
     this.textEncoders = baseModels.textEncoders ?? (baseModels.textEncoder ? [{ path: baseModels.textEncoder, layer: 'last' }] : []);
     const towers = this.textEncoders.map((t) => ({ model: () => this.baseModel(t.path), layer: t.layer }));
-    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), towers, options, cacheSize, maxMergedBytes);
-    // merged UNets run on worker threads: start one now so the first adapter swap does not wait for it
-    ThreadedUnet.prewarm();
+    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), towers, sessions, cacheSize, evictedIdleMs, maxMergedBytes);
+    // merged UNets run on worker threads of their own: start one now so the first adapter swap does not wait for it
+    sessions.prewarm();
   }
 
   /** The adapters in the folder (valid files only, sorted by name). */

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { ServiceError } from '../../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { parseProvider } from '../../models/runtime/onnx.ts';
+import { parseProvider } from '../../models/runtime/contract.ts';
 import { renderVideo } from '../video.ts';
 import { Engine } from '../engine.ts';
 import { img2img, txt2img, type GeneratedImage } from '../generate.ts';
@@ -162,11 +162,7 @@ async function main(): Promise<void> {
   const count = number(values.count, 'count') ?? 1;
   if (!Number.isInteger(count) || count < 1) throw new ServiceError('bad_request', '--count must be a positive integer', { field: 'count' });
   const format = values.format === undefined ? undefined : formatOf(`x.${values.format}`, 'format');
-  const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, {
-    provider: parseProvider(values.provider ?? 'cpu'),
-    threads: 0,
-    tinyVae: values['tiny-vae'] ?? false,
-  });
+  const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, { provider: parseProvider(values.provider ?? 'cpu'), threads: 0 });
   // steps and guidance a flag leaves out come from the pack (Turbo: 1 step, no guidance)
   const params = parseParams(
     {
@@ -180,6 +176,7 @@ async function main(): Promise<void> {
       guidance_scale: number(values.guidance, 'guidance'),
       guidance: values.cfg,
       similarity_threshold: number(values.similarity, 'similarity'),
+      ...(values['tiny-vae'] ? { vae: 'tiny' } : {}),
     },
     packParams(engine.pack.defaults, fromImage ? 'img2img' : 'txt2img'),
   );

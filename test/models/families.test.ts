@@ -91,7 +91,7 @@ for (const family of FAMILIES) {
     const store = new AdapterStore(
       join(family.dir, 'adapters'),
       { unet: join(family.dir, 'unet', 'model.onnx'), textEncoders: engine.pack.kind.towers.map((tw) => ({ path: join(family.dir, tw.encoder, 'model.onnx'), layer: tw.layer })) },
-      OPTIONS,
+      engine.pack.sessions,
     );
     const merged = await store.merged([{ name: FAMILY_LORA, weight }]);
     assert.deepEqual(merged.warnings, []);

@@ -80,6 +80,7 @@ export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths
       output: join(job.dir, VIDEO_RESULT),
       params: request.params,
       runners: ctx.runners,
+      defaults: ctx.defaults.batch,
       signal: job.signal,
       onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
     });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { OnnxModel, parseProvider } from '../../../models/runtime/onnx.ts';
+import { OnnxModel, ortSessionOptions, parseProvider } from '../../../models/runtime/onnx.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 
@@ -43,4 +43,16 @@ test('--provider cuda without onnxruntime-node\'s CUDA binaries says how to inst
     // with the binaries but no usable GPU, onnxruntime's own error is passed on; with a GPU the model loads
     assert.ok(model instanceof OnnxModel || (model instanceof ServiceError && !/is not installed/.test(model.message)));
   }
+});
+
+test('sessions are opened with spinning off (idle intra-op threads sleep) and the threads asked for', () => {
+  const options = ortSessionOptions({ provider: 'cpu', threads: 3, label: 'unet' });
+  assert.deepEqual(options.extra, { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
+  assert.equal(options.intraOpNumThreads, 3);
+  assert.equal(ortSessionOptions({ provider: 'cpu', threads: 0, label: 'unet' }).intraOpNumThreads, undefined, '0: onnxruntime decides');
+  assert.deepEqual(
+    ortSessionOptions({ provider: 'cpu', threads: 1, label: 'unet', externalDataDir: '/packs/x/unet' }).extra,
+    { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' }, model_external_initializers_file_folder_path: '/packs/x/unet' } },
+    'a model given as bytes finds its external data in its folder',
+  );
 });
