@@ -124,7 +124,7 @@ for (const family of FAMILIES) {
       check(`${tower.encoder} ${hidden}`, b!.hidden, l!.hidden, `${tower.encoder}.${hidden}`);
       check(`${tower.encoder} pooled`, b!.pooled, l!.pooled, `${tower.encoder}.pooled`);
     }
-    await (merged.unet as unknown as { release(): Promise<void> }).release();
+    await Promise.all([merged.unet.model, ...(merged.text?.encoders ?? []).map((e) => e?.model)].map((m) => m?.release()));
   });
 }
 
