@@ -71,7 +71,8 @@ export async function benchFamilies({ quick, log }: FamiliesBenchOptions): Promi
     const needFp32 = PRECISIONS.includes('fp32') || !(await exists(join(ROOT, `${family}-fp16`, 'model_index.json')));
     for (const precision of ['fp32', 'fp16']) {
       const dir = join(ROOT, `${family}-${precision}`);
-      if (precision === 'fp32' && !needFp32) continue;
+      // fp32 is made when asked for or as the source of a missing fp16 pack; fp16 only when asked for
+      if (precision === 'fp32' ? !needFp32 : !PRECISIONS.includes('fp16')) continue;
       if (!(await exists(join(dir, 'model_index.json')))) {
         if (!make(family, precision, dir, fp32, log)) break;
         built.push(dir);
