@@ -25,6 +25,9 @@ const cpuSeconds = () => {
   return (u.user + u.system) / 1e6;
 };
 const peakMib = () => process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
+const started = performance.now();
+/** Progress on stderr (the parent shows the last lines when the child fails or is stopped). */
+const progress = (what: string) => console.error(`[${((performance.now() - started) / 1000).toFixed(0)} s, ${cpuSeconds().toFixed(0)} CPU s] ${what}`);
 
 /**
  * Polls /health every 20 ms until stopped; returns each request's latency (ms). Each request opens its own
@@ -58,11 +61,13 @@ const engine = await Engine.load(dir!, { ...DEFAULT_PACK_OPTIONS, threads: 2 });
 const loadSeconds = (performance.now() - t0) / 1000;
 const loadCpuSeconds = cpuSeconds() - c0;
 const rssAfterLoad = mib(process.memoryUsage().rss);
+progress(`loaded ${engine.pack.name}`);
 const server = await startServer({ port: 0, dataDir: `/tmp/family-bench-${process.pid}` }, { engine, log: createLogger({}, 'error'), extensions: [(ctx) => createBatchApi(ctx)] });
 
 // 2. a stream: 1-step img2img frames at 512x512 (the family's usual size), /health polled meanwhile
 const params = { prompt: 'a watercolour painting of a harbour at sunset', width: SIDE, height: SIDE, steps: 1, strength: 0.5, guidance: 'none', similarity_threshold: 1, seed: 1 };
 const client = await StreamClient.connect(server.url, { params }, PATIENCE_MS);
+progress('stream started');
 const frame = await shapeFrame({ size: SIDE, x: SIDE / 2 });
 const health = pollHealth(server.url);
 const frameSeconds: number[] = [];
@@ -73,6 +78,7 @@ for (let i = 0; i < frames; i++) {
   await client.roundTrip(frame, PATIENCE_MS);
   frameSeconds.push((performance.now() - t) / 1000);
   frameCpu.push(cpuSeconds() - c);
+  progress(`frame ${i + 1} of ${frames}`);
 }
 const healthMs = await health.stop();
 const rssOneStream = mib(process.memoryUsage().rss);
@@ -80,6 +86,7 @@ const rssOneStream = mib(process.memoryUsage().rss);
 const second = await StreamClient.connect(server.url, { params: { ...params, prompt: 'a pencil sketch of a cat', seed: 2 } }, PATIENCE_MS);
 await second.roundTrip(frame, PATIENCE_MS);
 const rssTwoStreams = mib(process.memoryUsage().rss);
+progress('second stream');
 await Promise.all([client.close(), second.close()]);
 // 4. a batch render (A1111 txt2img, 1 step)
 const tb = performance.now();
