@@ -66,7 +66,7 @@ const server = await startServer({ port: 0, dataDir: `/tmp/family-bench-${proces
 
 // 2. a stream: 1-step img2img frames at 512x512 (the family's usual size), /health polled meanwhile
 const params = { prompt: 'a watercolour painting of a harbour at sunset', width: SIDE, height: SIDE, steps: 1, strength: 0.5, guidance: 'none', similarity_threshold: 1, seed: 1 };
-const client = await StreamClient.connect(server.url, { params }, PATIENCE_MS);
+const client = await StreamClient.connect(server.url, { params }, { timeoutMs: PATIENCE_MS });
 progress('stream started');
 const frame = await shapeFrame({ size: SIDE, x: SIDE / 2 });
 const health = pollHealth(server.url);
@@ -83,7 +83,7 @@ for (let i = 0; i < frames; i++) {
 const healthMs = await health.stop();
 const rssOneStream = mib(process.memoryUsage().rss);
 // 3. a second stream on the same server: it shares the sessions (no second copy of the weights)
-const second = await StreamClient.connect(server.url, { params: { ...params, prompt: 'a pencil sketch of a cat', seed: 2 } }, PATIENCE_MS);
+const second = await StreamClient.connect(server.url, { params: { ...params, prompt: 'a pencil sketch of a cat', seed: 2 } }, { timeoutMs: PATIENCE_MS });
 await second.roundTrip(frame, PATIENCE_MS);
 const rssTwoStreams = mib(process.memoryUsage().rss);
 progress('second stream');

@@ -34,15 +34,16 @@ export class StreamClient {
     });
   }
 
-  static async connect(url: string, start: Record<string, unknown>, timeoutMs = 20_000): Promise<StreamClient> {
-    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream');
+  /** Opens a stream on the server at `url` (http://host:port); `token` when the server has an API key; `timeoutMs` for `started`. */
+  static async connect(url: string, start: Record<string, unknown>, options: { token?: string; timeoutMs?: number } = {}): Promise<StreamClient> {
+    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream' + (options.token ? `?token=${encodeURIComponent(options.token)}` : ''));
     await new Promise<void>((ok, fail) => {
       ws.once('open', () => ok());
       ws.once('error', fail);
     });
     const client = new StreamClient(ws);
     client.send({ type: 'start', ...start });
-    await client.until(() => client.started !== undefined || client.errors.length > 0, timeoutMs);
+    await client.until(() => client.started !== undefined || client.errors.length > 0, options.timeoutMs);
     if (!client.started) throw new Error(`stream did not start: ${JSON.stringify(client.errors)}`);
     return client;
   }
