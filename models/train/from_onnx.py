@@ -1,7 +1,7 @@
 """Recover torch weights from the exported pack (the pack is committed; checkpoints/ is not).
 
 python3 from_onnx.py [--pack models/packs/tiny-shapes]
-  -> checkpoints/vae.pt, checkpoints/unet.pt (text encoder + UNet, "EMA" = the exported weights, scaling factor)
+  -> checkpoints/vae.pt, checkpoints/unet.pt (text encoder + UNet = the exported weights, scaling factor, tokenizer)
 
 torch.onnx.export keeps Conv/Gemm/LayerNorm weights under their parameter names but stores MatMul weights
 transposed under generated names (onnx::MatMul_281) and GroupNorm affines reshaped ([C,1,1]). The mapping is
@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from clip_tokenizer import ClipTokenizer  # noqa: E402
 from export_pack import PACK_DIR, export_pack  # noqa: E402
 from models import MAIN_CONFIG, VAE, TextEncoder, UNet  # noqa: E402
 
@@ -120,7 +121,8 @@ def main():
     torch.save({"model": mods["vae"].state_dict(), "cfg": mods["vae"].cfg}, os.path.join(args.out, "vae.pt"))
     keep = {k: info[k] for k in ("train", "vae", "params") if k in info}
     torch.save({"unet": mods["unet"].state_dict(), "text_encoder": mods["te"].state_dict(), "scaling_factor": sf,
-                "step": int(info.get("train", {}).get("unet_steps", 0)), "info": keep}, os.path.join(args.out, "unet.pt"))
+                "step": int(info.get("train", {}).get("unet_steps", 0)), "info": keep,
+                "tokenizer": ClipTokenizer(os.path.join(args.pack, "tokenizer")).state()}, os.path.join(args.out, "unet.pt"))
     if "vae" in info:
         json.dump(info["vae"], open(os.path.join(args.out, "vae_metrics.json"), "w"), indent=1)
     print("recovered", args.pack, "-> checkpoints/vae.pt, checkpoints/unet.pt; re-export matches bit for bit")
