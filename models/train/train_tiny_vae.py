@@ -48,8 +48,10 @@ def psnr(a, b):
 @torch.no_grad()
 def generated_latents(n, sf, seed):
     """Scaled latents the base UNet generates (LCM 1, 2 and 4 steps, CFG 2) for training captions."""
-    tok = ClipTokenizer(os.path.join(PACK_DIR, "tokenizer"))
     ck = torch.load(os.path.join(CKPT, "unet.pt"), map_location="cpu")
+    # the checkpoint's own vocabulary (the pack's tokenizer may already be a newer one)
+    tok = ClipTokenizer(None, (ck["tokenizer"]["vocab"], [tuple(m) for m in ck["tokenizer"]["merges"]])) if "tokenizer" in ck \
+        else ClipTokenizer(os.path.join(PACK_DIR, "tokenizer"))
     te = TextEncoder(len(tok.encoder), **MAIN_CONFIG["text"])
     unet = UNet(**MAIN_CONFIG["unet"])
     te.load_state_dict(ck["text_encoder"])

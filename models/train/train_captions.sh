@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 17's continuation on CPU: the shipped base, taught prompts as people write them (captions.py), with the
+# users' words in the vocabulary; then the tiny VAE. Fixed seeds; 2 cores; the wall-clock budget sets the steps.
+#   bash models/train/train_captions.sh                 # UNET_MINUTES=300 TINY_VAE_MINUTES=50
+# Starts from checkpoints/unet.pt; without one, recovers it from the pack (from_onnx.py). The shipped run started
+# from the pack of commit 47af853 (the GPU-continued base, 669-token vocabulary): `git checkout 47af853 --
+# models/packs/tiny-shapes` first to repeat it exactly. Then: experts/build_experts.sh, adapters/run_all.sh.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PY:-/usr/bin/python3}
+UNET_MINUTES=${UNET_MINUTES:-300}
+TINY_VAE_MINUTES=${TINY_VAE_MINUTES:-50}
+export OMP_WAIT_POLICY=PASSIVE
+mkdir -p logs checkpoints
+[ -f checkpoints/unet.pt ] || { echo "[0] recover checkpoints from the pack"; $PY from_onnx.py; }
+echo "[1/5] vocabulary (old ids kept) and held-out loose phrasings"
+$PY clip_tokenizer.py && $PY heldout_phrasings.py >/dev/null
+echo "[2/5] tiny VAE (${TINY_VAE_MINUTES} min, 1 thread; distilled from the full VAE)"
+OMP_NUM_THREADS=1 $PY train_tiny_vae.py --max-minutes "$TINY_VAE_MINUTES" --threads 1
+echo "[3/5] text encoder + UNet on varied captions (${UNET_MINUTES} min)"
+OMP_NUM_THREADS=2 $PY train_unet.py --init checkpoints/unet.pt --captions varied --n-scenes 50000 --steps 100000 --batch 32 \
+  --lr 1.5e-4 --lr-text 1e-3 --warmup 200 --ema 0.999 --max-minutes "$UNET_MINUTES" --seed 17 \
+  --out checkpoints/unet_captions.pt --log logs/unet_captions.log --samples logs/samples_captions.png
+echo "[4/5] export"
+$PY export_pack.py --unet-ckpt checkpoints/unet_captions.pt && cp checkpoints/unet_captions.pt checkpoints/unet.pt
+$PY train_tiny_vae.py --export-only
+echo "[5/5] evaluation (exact grammar, loose phrasings, seed diversity)"
+(cd ../.. && npm run evaluate -- --steps 4)
