@@ -21,14 +21,14 @@ import time
 import numpy as np
 import torch
 
+import common  # noqa: I100  (puts models/train on sys.path)
 import captions
-import common
 import pruning
 import scenes
 from models import alphas_cumprod, warmup_cosine
 
 #: Batches used for the Taylor importance estimate (each ~0.5 s on 2 cores).
-IMPORTANCE_BATCHES = 24
+IMPORTANCE_BATCHES = int(os.environ.get("IMPORTANCE_BATCHES", "24"))
 #: Probability of an unconditional (empty prompt) row, as in the base training (CFG needs it).
 P_UNCOND = 0.1
 #: Probability of drawing t on the 50-step LCM grid (the timesteps the service runs) instead of 0..999.
