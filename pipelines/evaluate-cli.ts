@@ -12,6 +12,7 @@ import { loadSceneSpec, type RgbImage } from '../models/evaluator.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { Engine } from './engine.ts';
 import { evaluateExact, evaluateLoose, seedDiversity, type RenderSettings } from './evaluation/held-out.ts';
+import { loadLooseSet } from './evaluation/loose-score.ts';
 
 const SETS = ['exact', 'loose', 'diversity'] as const;
 
@@ -53,10 +54,10 @@ if (sets.includes('exact')) {
   bar?.stop();
 }
 if (sets.includes('loose')) {
-  progress('loose phrasings', 300);
+  progress('loose phrasings', (await loadLooseSet(values.model))?.items.length ?? 0);
   const loose = await evaluateLoose(engine, spec, settings, 1, onImage);
   bar?.stop();
-  if (loose) result['loose'] = values.misses ? loose : { loose: loose.loose, loose2: loose.loose2 };
+  if (loose) result['loose'] = values.misses ? loose : { loose: loose.loose, loose2: loose.loose2, bySet: loose.bySet };
 }
 if (sets.includes('diversity')) {
   progress('seed diversity', 60);

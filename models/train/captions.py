@@ -121,6 +121,8 @@ def object_phrase(rng, o, size, position, order):
         words += ([_pick(rng, SIZE_WORDS[o["size"]])] if size else []) + [color, shape]
     if order == "shape-in-colour":  # "a large circle in red"
         words = ([_pick(rng, SIZE_WORDS[o["size"]])] if size else []) + [shape, "in", color]
+    if order == "shape-that-is":  # "a large circle that is red", "a circle coloured red"
+        words = ([_pick(rng, SIZE_WORDS[o["size"]])] if size else []) + [shape, _pick(rng, ["that is", "which is", "coloured", "colored"]), color]
     text = " ".join(words)
     text = _article(rng, text) + text
     if position:
@@ -144,6 +146,15 @@ def background_noun(rng, bg, direction):
     where = ("at the top", "at the bottom") if bg["direction"] == "vertical" else ("on the left", "on the right")
     return _pick(rng, [f"a {d} gradient from {a} to {b} background", f"a {d} gradient from {a} to {b}",
                        f"a {d} {a} to {b} gradient background", f"a gradient from {a} {where[0]} to {b} {where[1]}"])
+
+
+def background_after(rng, bg, direction):
+    """The word background first, its colour after: 'background: blue', 'the background is blue'."""
+    if bg["kind"] == "plain":
+        c = _color_phrase(rng, bg["color"])
+        return _pick(rng, [f"background {c}", f"background: {c}", f"the background is {c}", f"with the background {c}",
+                           f"with a background of {c}", f"background color {c}", f"background colour: {c}"])
+    return _pick(rng, ["background: ", "the background is ", "background "]) + background_noun(rng, bg, direction)
 
 
 def background_bare(rng, bg, direction):
@@ -173,23 +184,27 @@ def caption(attrs, rng):
     drop_all_positions = rng.random() < P_DROP_POSITION
     keep_bg = rng.random() >= P_DROP_BACKGROUND
     direction = attrs["background"]["kind"] == "gradient" and rng.random() >= P_DROP_DIRECTION
-    order = _pick(rng, ["size-colour"] * 12 + ["colour-size", "coloured", "shape-in-colour"])
+    order = _pick(rng, ["size-colour"] * 12 + ["colour-size", "coloured", "shape-in-colour", "shape-that-is"])
     parts = [object_phrase(rng, o, rng.random() >= P_DROP_SIZE, not drop_all_positions, order) for o in objs]
     join = _pick(rng, OBJECT_JOINS)
     obj_text = join.join(parts)
     bg = attrs["background"]
-    form = int(rng.integers(5)) if keep_bg else 5
+    form = int(rng.integers(6)) if keep_bg else 6
+    sep = _pick(rng, [", ", ", ", ". ", "; ", " - ", ": "])
     if form == 0:    # a red circle on a blue background
-        text = f"{obj_text} {_pick(rng, ['on', 'on', 'with', 'against', 'over', 'in front of'])} {background_noun(rng, bg, direction)}"
+        text = f"{obj_text} {_pick(rng, ['on', 'on', 'with', 'against', 'over', 'in front of', 'in'])} {background_noun(rng, bg, direction)}"
     elif form == 1:  # a blue background with a red circle
         text = f"{background_noun(rng, bg, direction)} with {obj_text}" + (" on it" if rng.random() < 0.2 else "")
     elif form == 2:  # red circle, blue background
-        text = f"{obj_text}, {background_bare(rng, bg, direction)}"
+        text = f"{obj_text}{sep}{background_bare(rng, bg, direction)}"
     elif form == 3:  # on a blue background, a red circle
         text = f"on {background_noun(rng, bg, direction)}, {obj_text}"
     elif form == 4:  # a red circle on blue
         c = bg["color"] if bg["kind"] == "plain" else None
-        text = f"{obj_text} on {c}" if c else f"{obj_text} on {background_noun(rng, bg, direction)}"
+        prep = _pick(rng, ["on", "on", "over", "against", "with", "in front of"])
+        text = f"{obj_text} {prep} {c}" if c else f"{obj_text} {prep} {background_noun(rng, bg, direction)}"
+    elif form == 5:  # a red circle. background: blue
+        text = f"{obj_text}{sep}{background_after(rng, bg, direction)}"
     else:            # no background named
         text = obj_text
     if rng.random() < P_PREFIX and form != 3:

@@ -8,7 +8,10 @@ per object its colour and shape, and size/position only where the prompt names t
 (pipelines/evaluation/loose-score.ts) checks the background and that each object is present in its colour.
   loose:     one object (200 prompts)      loose2: two objects (100)
   unplaced:  prompts naming no position, each rendered with 6 seeds (seed diversity: distinct positions)
-Seeds 60,000,000+ (no training or other held-out seed).
+Two template sets: "a" (ONE, TWO; seeds 60,000,000+) was scored during development, and its failures led to one
+round of additions to captions.py (colour after the word background, more separators and prepositions); "b"
+(ONE_B, TWO_B; 100 + 50 prompts, seeds 61,000,000+) was written after those additions, before any training on
+them, and first scored on the final model: it is the untouched figure.
 """
 import json
 import os
@@ -22,6 +25,7 @@ sys.path.insert(0, HERE)
 import scenes  # noqa: E402
 
 SEED_BASE = 60_000_000
+SEED_BASE_B = 61_000_000
 SIZE_HELDOUT = {"large": ["large", "big"], "small": ["small", "tiny"]}
 POSITION_HELDOUT = {"left": "placed on the left", "right": "over on the right", "top": "up at the top",
                     "bottom": "down at the bottom", "centre": "right in the middle"}
@@ -57,6 +61,25 @@ TWO = [
     "one {o1}, one {o2}, {bc} bg",
     "there are a {o1} and a {o2} on a {bc} background",
     "A {O1} AND A {O2} ON {BC}",
+]
+ONE_B = [
+    "can you make a {o} on a {bc} background?",
+    "the image shows a {o} on a {bc} background",
+    "show me a {o} on a {bc} background please",
+    "a {o} with {bc} all around it",
+    "{o} (background {bc})",
+    "paint a {o} onto a {bc} background",
+    "{bc} background + {o}",
+    "{O}, {BC} BACKGROUND, NOTHING ELSE",
+    "a nice {o} on a {bc} background, trending",
+    "a {o} floating on {bc}",
+]
+TWO_B = [
+    "a {o1} next to a {o2}, on a {bc} background",
+    "{bc} background with two objects: a {o1} and a {o2}",
+    "show a {o1} and also a {o2} over a {bc} background",
+    "a {o1}, then a {o2}, all on {bc}",
+    "Picture of a {o1} and a {o2}. {BC} background.",
 ]
 UNPLACED = [
     "a red circle",
@@ -103,8 +126,8 @@ def _colors_apart(rng, bg, n):
     return [allowed[i] for i in rng.choice(len(allowed), n, replace=False)]
 
 
-def one_object(rng, i):
-    gradient = rng.random() < 0.15
+def one_object(rng, i, templates=ONE):
+    gradient = templates is ONE and rng.random() < 0.15
     bg = _background(rng, gradient)
     [color] = _colors_apart(rng, bg, 1)
     shape = _pick(rng, scenes.SHAPES)
@@ -116,19 +139,19 @@ def one_object(rng, i):
             bg["direction"] = _pick(rng, scenes.DIRECTIONS)
         caption = t.format(o=text, a=bg["from"], b=bg["to"], d=bg["direction"])
     else:
-        t = ONE[i % len(ONE)]
+        t = templates[i % len(templates)]
         caption = t.format(o=text, bc=bg["color"], O=text.upper(), BC=bg["color"].upper())
     return caption, {"background": bg, "objects": [o]}
 
 
-def two_objects(rng, i):
+def two_objects(rng, i, templates=TWO):
     bg = _background(rng, False)
     c1, c2 = _colors_apart(rng, bg, 2)
     p1, p2 = [list(scenes.POSITIONS)[k] for k in rng.choice(5, 2, replace=False)]
     placed = rng.random() < 0.25
     o1, t1 = _object(rng, c1, _pick(rng, scenes.SHAPES), False, placed, p1)
     o2, t2 = _object(rng, c2, _pick(rng, scenes.SHAPES), False, placed, p2)
-    t = TWO[i % len(TWO)]
+    t = templates[i % len(templates)]
     caption = t.format(o1=t1, o2=t2, bc=bg["color"], O1=t1.upper(), O2=t2.upper(), BC=bg["color"].upper())
     return caption, {"background": bg, "objects": [o1, o2]}
 
@@ -153,12 +176,18 @@ def build():
     items = []
     for i in range(200):
         caption, expect = one_object(rng, i)
-        items.append({"caption": _articles(caption), "seed": SEED_BASE + len(items), "kind": "loose", "expect": expect})
+        items.append({"caption": _articles(caption), "seed": SEED_BASE + len(items), "kind": "loose", "set": "a", "expect": expect})
     for i in range(100):
         caption, expect = two_objects(rng, i)
-        items.append({"caption": _articles(caption), "seed": SEED_BASE + len(items), "kind": "loose2", "expect": expect})
+        items.append({"caption": _articles(caption), "seed": SEED_BASE + len(items), "kind": "loose2", "set": "a", "expect": expect})
+    rng_b = np.random.default_rng(SEED_BASE_B)
+    for i in range(150):
+        caption, expect = one_object(rng_b, i, ONE_B) if i < 100 else two_objects(rng_b, i, TWO_B)
+        items.append({"caption": _articles(caption), "seed": SEED_BASE_B + i, "kind": "loose" if i < 100 else "loose2",
+                      "set": "b", "expect": expect})
     unplaced = [{"caption": c, "seeds": [1, 2, 3, 4, 5, 6], "expect": unplaced_expect(c)} for c in UNPLACED]
-    return {"version": 1, "template_set": "heldout_phrasings.py (training uses captions.py)", "items": items, "unplaced": unplaced}
+    return {"version": 2, "template_sets": {"a": "ONE, TWO (scored during development)", "b": "ONE_B, TWO_B (first scored on the final model)"},
+            "generator": "heldout_phrasings.py (training uses captions.py)", "items": items, "unplaced": unplaced}
 
 
 if __name__ == "__main__":

@@ -167,8 +167,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--max-minutes", type=float, default=55.0)
+    ap.add_argument("--stop-step", type=int, help="stop after this step, leaving the learning-rate schedule as it is")
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--p-grid", type=float, default=0.6)
+    ap.add_argument("--p-two", type=float, help="share of batch rows drawn from two-object scenes (default: as cached, 0.35)")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -244,6 +246,8 @@ def main():
         sample_caps = sample_caps[:4] + ["a red circle", "a big green square in the center, highly detailed",
                                          "a blue background with a yellow triangle", "red circle and white square, black background"]
         attrs = [scenes.scene_attributes(i) for i in range(lat.shape[0])]
+        two = torch.tensor([len(a["objects"]) == 2 for a in attrs], device=dev)
+        two_idx, one_idx = torch.nonzero(two)[:, 0], torch.nonzero(~two)[:, 0]
         cap_rng = np.random.default_rng(args.seed)
         P(f"varied captions, e.g. {[captions.caption(attrs[i], cap_rng) for i in range(3)]}")
     n = lat.shape[0]
@@ -266,14 +270,18 @@ def main():
     for step in range(1, args.steps + 1):
         el = time.time() - t0
         prog = max(step / args.steps, el / max_s)
-        if prog >= 1.0:
-            P(f"stopping at step {step} (time budget)")
+        if prog >= 1.0 or (args.stop_step and step > args.stop_step):
+            P(f"stopping at step {step} ({'time budget' if prog >= 1.0 else '--stop-step'})")
             break
         factor = warmup_cosine(step, prog, args.warmup, 0.05)
         lr = args.lr * factor
         for gp in opt.param_groups:
             gp["lr"] = gp["base"] * factor
         idx = torch.randint(0, n, (args.batch,), generator=gen, device=dev)
+        if args.p_two is not None:  # rows re-drawn from the one- or the two-object scenes
+            two_row = rand(args.batch) < args.p_two
+            pick = torch.randint(0, n, (args.batch,), generator=gen, device=dev)
+            idx = torch.where(two_row, two_idx[pick % len(two_idx)], one_idx[pick % len(one_idx)])
         x0 = lat[idx]
         if args.captions == "varied":
             cap_ids = torch.tensor([tok(captions.caption(attrs[i], cap_rng)) for i in idx.tolist()], dtype=torch.long, device=dev)

@@ -8,7 +8,7 @@ import type { Engine } from '../engine.ts';
 import { txt2img } from '../generate.ts';
 import { tensorToRgb8 } from '../image.ts';
 import { parseParams } from '../params.ts';
-import { inferBackground, loadLooseSet, looseAccuracy, scoreLoose, type LooseAccuracy, type UnplacedPrompt } from './loose-score.ts';
+import { inferBackground, loadLooseSet, looseAccuracy, scoreLoose, type LooseAccuracy, type LooseItem, type LooseScore, type UnplacedPrompt } from './loose-score.ts';
 
 export interface RenderSettings {
   /** LCM steps (the evaluate CLI's default 4). */
@@ -41,10 +41,12 @@ export async function evaluateExact(engine: Engine, spec: SceneSpec, r: RenderSe
 }
 
 export interface LooseResult {
-  /** One-object phrasings. */
+  /** One-object phrasings (every template set). */
   readonly loose: LooseAccuracy;
-  /** Two-object phrasings. */
+  /** Two-object phrasings (every template set). */
   readonly loose2: LooseAccuracy;
+  /** The same per template set. */
+  readonly bySet: Readonly<Record<string, { loose: LooseAccuracy; loose2: LooseAccuracy }>>;
   /** Prompts whose image missed, with what was found (for reading failures). */
   readonly misses: readonly { caption: string; background: boolean; found: readonly (string | undefined)[] }[];
 }
@@ -54,16 +56,21 @@ export async function evaluateLoose(engine: Engine, spec: SceneSpec, r: RenderSe
   const set = await loadLooseSet(engine.pack.dir);
   if (!set) return undefined;
   const items = set.items.filter((_, i) => i % stride === 0);
-  const scores = { loose: [] as ReturnType<typeof scoreLoose>[], loose2: [] as ReturnType<typeof scoreLoose>[] };
+  const scored: { item: LooseItem; score: LooseScore }[] = [];
   const misses: { caption: string; background: boolean; found: (string | undefined)[] }[] = [];
   for (const item of items) {
     const img = await render(engine, item.caption, item.seed, r);
     const s = scoreLoose(spec, img, item.expect);
-    scores[item.kind].push(s);
+    scored.push({ item, score: s });
     if (!s.allRight) misses.push({ caption: item.caption, background: s.background, found: s.objects.map((o) => (o.found ? `${o.found.shape} at ${o.found.position}` : undefined)) });
     await onImage?.(img, item.caption);
   }
-  return { loose: looseAccuracy(scores.loose), loose2: looseAccuracy(scores.loose2), misses };
+  const of = (keep: (item: LooseItem) => boolean) => ({
+    loose: looseAccuracy(scored.filter((x) => x.item.kind === 'loose' && keep(x.item)).map((x) => x.score)),
+    loose2: looseAccuracy(scored.filter((x) => x.item.kind === 'loose2' && keep(x.item)).map((x) => x.score)),
+  });
+  const sets = [...new Set(items.map((i) => i.set ?? 'a'))].sort();
+  return { ...of(() => true), bySet: Object.fromEntries(sets.map((name) => [name, of((i) => (i.set ?? 'a') === name)])), misses };
 }
 
 export interface DiversityResult {

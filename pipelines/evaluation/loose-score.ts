@@ -43,6 +43,8 @@ export interface LooseItem {
   readonly seed: number;
   /** loose: one object; loose2: two objects. */
   readonly kind: 'loose' | 'loose2';
+  /** The template set it was written with (heldout_phrasings.py: "a" scored during development, "b" untouched). */
+  readonly set?: string;
   readonly expect: Expectation;
 }
 

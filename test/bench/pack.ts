@@ -71,10 +71,12 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
     log(`\n### Loose phrasings (held-out template set; 4 steps, CFG full 2.0)\n`);
     log('| set | prompts | all right (background + every object present in its colour) | background | object present | shape | named position |');
     log('| --- | --- | --- | --- | --- | --- | --- |');
-    for (const [name, a] of [['one object', loose.loose], ['two objects', loose.loose2]] as const) {
+    const rows = [['one object, all sets', loose.loose], ['two objects, all sets', loose.loose2]] as [string, typeof loose.loose][];
+    for (const [set, acc] of Object.entries(loose.bySet)) rows.push([`one object, set ${set}`, acc.loose], [`two objects, set ${set}`, acc.loose2]);
+    for (const [name, a] of rows) {
       log(`| ${name} | ${a.images} | ${fmt(100 * a.allRight, 1)}% | ${fmt(100 * a.background, 1)}% | ${fmt(100 * a.objectPresent, 1)}% | ${fmt(100 * a.shape, 1)}% | ${a.position === null ? '-' : `${fmt(100 * a.position, 1)}%`} |`);
     }
-    results['loose'] = { loose: loose.loose, loose2: loose.loose2 };
+    results['loose'] = { loose: loose.loose, loose2: loose.loose2, bySet: loose.bySet };
   }
   const diversity = await seedDiversity(engine, spec, DEFAULT_RENDER);
   if (diversity) {
