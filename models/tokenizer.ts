@@ -36,6 +36,9 @@ function bytesToUnicode(): string[] {
 }
 const BYTE_TO_UNICODE = bytesToUnicode();
 
+/** CLIP's context: BOS, 75 tokens, EOS (padded to this length). */
+export const CLIP_CONTEXT_LENGTH = 77;
+
 export class ClipTokenizer {
   readonly bosId: number;
   readonly eosId: number;
@@ -137,7 +140,7 @@ function tokenContent(v: unknown): string | undefined {
 }
 
 /** Loads a pack's tokenizer folder: tokenizer.json if present, else vocab.json + merges.txt. */
-export async function loadClipTokenizer(dir: string, maxLength = 77): Promise<ClipTokenizer> {
+export async function loadClipTokenizer(dir: string, maxLength = CLIP_CONTEXT_LENGTH): Promise<ClipTokenizer> {
   let vocab: Map<string, number>;
   let merges: string[];
   const tokenizerJson = join(dir, 'tokenizer.json');

@@ -2,6 +2,7 @@
  * Prompt blending and seed blending (the Daydream/Livepeer StreamDiffusion fork's features): a stream can
  * ask for "70% cyberpunk city, 30% watercolour", or sit between two seeds, and move smoothly between them.
  */
+import { cosineSimilarity } from '../models/vector.ts';
 import { Generator } from './random.ts';
 
 export interface Weighted<T> {
@@ -24,15 +25,7 @@ export function blendLinear(items: readonly Weighted<Float32Array>[]): Float32Ar
 
 /** Spherical interpolation of two vectors at t in [0, 1]; falls back to linear when they are parallel. */
 export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i]! * b[i]!;
-    na += a[i]! * a[i]!;
-    nb += b[i]! * b[i]!;
-  }
-  const cos = dot / Math.sqrt(na * nb || 1);
+  const cos = cosineSimilarity(a, b);
   const out = new Float32Array(a.length);
   if (Math.abs(cos) > 0.9995) {
     for (let i = 0; i < a.length; i++) out[i] = (1 - t) * a[i]! + t * b[i]!;

@@ -2,13 +2,14 @@
  * Batch flows: txt2img and img2img for whole images (not streams). Every image runs the sequential
  * denoise; images of one request share UNet calls as lanes of one batch. Image j uses seed + j.
  */
-import type { Engine, Size } from './engine.ts';
+import type { Engine } from './engine.ts';
 import { denoiseSequential } from './sequential.ts';
-import { makeGuidance } from './rcfg.ts';
 import type { GenerationParams } from './params.ts';
-import type { UnetRunner } from './denoise-step.ts';
-import type { RunnerFactory } from './stream-pipeline.ts';
+import { planRequest, type Plan, type RunnerFactory } from './plan.ts';
 import type { UnetVariant } from './variants.ts';
+
+/** Images per UNet call: 4 lanes keep a call small enough that streams sharing the UNet wait little. */
+export const DEFAULT_LANES = 4;
 
 export interface GeneratedImage {
   /** [3, H, W] in [-1, 1] */
@@ -21,14 +22,12 @@ export interface GeneratedImage {
 }
 
 export interface GenerateOptions {
-  /** Called after each finished image: done, total. */
+  /** Called after each finished group of lanes: images done, images in all. */
   readonly onProgress?: (done: number, total: number) => void;
-  /** Makes the UNet runner for the chosen variant (the server's batcher); default: the engine directly. */
-  readonly runners?: RunnerFactory;
-  /** A fixed runner (tests, benchmarks); wins over `runners`. */
-  readonly runUnet?: UnetRunner;
   /** Images run together as lanes of one UNet batch. */
   readonly lanesPerCall?: number;
+  /** The first image's index in its request (a job resuming at image 8 renders seeds seed + 8 ...). */
+  readonly firstIndex?: number;
   readonly signal?: AbortSignal;
 }
 
@@ -36,38 +35,34 @@ function firstSeed(params: GenerationParams): number {
   return typeof params.seed === 'number' ? params.seed : params.seed[0]!.seed;
 }
 
-async function run(
-  engine: Engine,
-  params: GenerationParams,
-  count: number,
-  mode: 'txt2img' | 'img2img',
-  latentsFor: (size: Size, index: number) => Promise<Float32Array>,
-  options: GenerateOptions,
-): Promise<GeneratedImage[]> {
-  const size = engine.size(params);
-  const c = engine.coefficients(params, mode);
-  const g = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  const { prompt, variant } = await engine.prepare(params);
-  const runUnet = options.runUnet ?? (options.runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
-  const lanes = Math.max(1, options.lanesPerCall ?? 4);
+/**
+ * Renders `count` images of a plan: from noise (txt2img), or from encoded images (img2img: image j starts from
+ * inits[j % inits.length], [3, H, W] at the plan's size).
+ */
+export async function render(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] } = {}): Promise<GeneratedImage[]> {
+  const { params, size, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
+  const inits = options.inits && (await engine.encodeImages(options.inits, size, vae));
+  const lanes = Math.max(1, options.lanesPerCall ?? DEFAULT_LANES);
+  const first = options.firstIndex ?? 0;
   const out: GeneratedImage[] = [];
   for (let start = 0; start < count; start += lanes) {
     options.signal?.throwIfAborted();
     const n = Math.min(lanes, count - start);
-    const shifted = typeof params.seed === 'number' ? params.seed + start : params.seed.map((s) => ({ ...s, seed: s.seed + start }));
+    const offset = first + start;
+    const shifted = typeof params.seed === 'number' ? params.seed + offset : params.seed.map((s) => ({ ...s, seed: s.seed + offset }));
     const noise = engine.noise({ seed: shifted }, c.timesteps.length, n, size, true);
-    const latents = await Promise.all(Array.from({ length: n }, (_, j) => latentsFor(size, start + j)));
-    const denoised = await denoiseSequential(latents, c, g, prompt, noise, runUnet);
-    const images = await engine.decodeLatents(denoised, size);
-    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + start + j) % 2 ** 32, variant }));
+    const latents = Array.from({ length: n }, (_, j) => (inits ? inits[(start + j) % inits.length]! : new Float32Array(engine.latentSize(size))));
+    const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
+    const images = await engine.decodeLatents(denoised, size, vae);
+    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, variant }));
     options.onProgress?.(out.length, count);
   }
   return out;
 }
 
 /** Text to image: `count` images from pure noise at strength 1. */
-export function txt2img(engine: Engine, params: GenerationParams, count = 1, options: GenerateOptions = {}): Promise<GeneratedImage[]> {
-  return run(engine, params, count, 'txt2img', async (size) => new Float32Array(engine.latentSize(size)), options);
+export async function txt2img(engine: Engine, params: GenerationParams, count = 1, options: GenerateOptions & { runners?: RunnerFactory } = {}): Promise<GeneratedImage[]> {
+  return render(engine, await planRequest(engine, params, 'txt2img', options.runners), count, options);
 }
 
 /** Image to image: each image [3, H, W] at the params' size is encoded, noised to the strength and denoised. */
@@ -75,9 +70,7 @@ export async function img2img(
   engine: Engine,
   params: GenerationParams,
   images: readonly Float32Array[],
-  options: GenerateOptions = {},
+  options: GenerateOptions & { runners?: RunnerFactory } = {},
 ): Promise<GeneratedImage[]> {
-  const size = engine.size(params);
-  const latents = await engine.encodeImages(images, size);
-  return run(engine, params, images.length, 'img2img', async (_, i) => latents[i]!, options);
+  return render(engine, await planRequest(engine, params, 'img2img', options.runners), images.length, { ...options, inits: images });
 }

@@ -6,10 +6,16 @@
 import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
 import { isRecord } from '../models/files.ts';
-import { ADAPTER_NAME, DEFAULT_ADAPTER_LIMITS } from '../models/adapters/store.ts';
+import { checkAdapterChoices } from '../models/adapters/choices.ts';
+import { DEFAULT_GUIDANCE, GUIDANCE_KINDS } from './rcfg.ts';
+import { DEFAULT_SIMILARITY_FILTER } from './similarity-filter.ts';
 
-/** Largest |adapter weight| a request may ask for (the store's limit; the paper merges at 0.6-1). */
-const MAX_WEIGHT = DEFAULT_ADAPTER_LIMITS.maxWeight;
+/**
+ * Denoising steps when a request gives none, by the kind of work: a live stream favours latency (its output lags
+ * steps - 1 frames; jobs, video and the WebSocket take this default), a txt2img render favours sharp shapes, an
+ * img2img render starts from an image and needs fewer.
+ */
+export const DEFAULT_STEPS = Object.freeze({ stream: 2, txt2img: 4, img2img: 2 });
 
 /** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
 export const MAX_PROMPT_CHARS = 2000;
@@ -29,13 +35,13 @@ export const paramsSchema = z
     prompt_blend: z.enum(['linear', 'slerp']).default('linear'),
     negative_prompt: promptText.default(''),
     /** RCFG kind; self is StreamDiffusion's fast default (no extra UNet rows). */
-    guidance: z.enum(['none', 'full', 'self', 'initialize']).default('self'),
+    guidance: z.enum(GUIDANCE_KINDS).default(DEFAULT_GUIDANCE.kind),
     /** gamma; StreamDiffusion's default 1.2. <= 1 switches guidance off. */
-    guidance_scale: z.number().min(0).max(20).default(1.2),
+    guidance_scale: z.number().min(0).max(20).default(DEFAULT_GUIDANCE.scale),
     /** RCFG delta: how much of the residual noise estimate stands in for the uncond prediction (1.0). */
-    delta: z.number().min(0).max(2).default(1.0),
-    /** Denoising steps; with strength they give t_index_list. 2 is the stream default (lag 1 frame). */
-    steps: z.number().int().min(1).max(8).default(2),
+    delta: z.number().min(0).max(2).default(DEFAULT_GUIDANCE.delta),
+    /** Denoising steps; with strength they give t_index_list. */
+    steps: z.number().int().min(1).max(8).default(DEFAULT_STEPS.stream),
     /** 0..1: how far the output may move from the input (img2img); 1 = start from noise. */
     strength: z.number().gt(0).max(1).optional(),
     /** Raw indices on the 50-step LCM grid; overrides steps/strength. */
@@ -45,8 +51,13 @@ export const paramsSchema = z
     width: side.optional(),
     height: side.optional(),
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
-    similarity_threshold: z.number().min(0).max(1).default(0.98),
-    max_skip_frames: z.number().int().min(0).max(1000).default(10),
+    similarity_threshold: z.number().min(0).max(1).default(DEFAULT_SIMILARITY_FILTER.threshold),
+    max_skip_frames: z.number().int().min(0).max(1000).default(DEFAULT_SIMILARITY_FILTER.maxSkipFrames),
+    /**
+     * The VAE: the pack's tiny one (taesd_*: a few times cheaper, slightly softer) or the full one. Unset: the
+     * server's default (--tiny-vae: live streams use the tiny VAE when the pack has one, batch renders the full one).
+     */
+    vae: z.enum(['full', 'tiny']).optional(),
     /** Frames stacked per UNet call (StreamDiffusion's frame_buffer_size). */
     frame_buffer_size: z.number().int().min(1).max(4).default(1),
     /**
@@ -58,8 +69,16 @@ export const paramsSchema = z
     expert: z.string().regex(NAME, 'must be a name of letters, digits, _ and -').optional(),
     /** Adapters merged into the UNet, each with its weight (lambda). */
     adapters: z
-      .array(z.object({ name: z.string().regex(ADAPTER_NAME, 'must be a name of lower-case letters, digits, _ and -'), weight: z.number().min(-MAX_WEIGHT).max(MAX_WEIGHT).default(1) }).strict())
-      .max(DEFAULT_ADAPTER_LIMITS.maxAdapters)
+      .array(z.object({ name: z.string(), weight: z.number().default(1) }).strict())
+      .superRefine((list, ctx) => {
+        try {
+          checkAdapterChoices(list);
+        } catch (error) {
+          // the rule names the element (adapters.1.weight): keep that path below the field
+          const path = ((error as ServiceError).field ?? '').split('.').slice(1).map((p) => (/^\d+$/.test(p) ? Number(p) : p));
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: (error as Error).message, path });
+        }
+      })
       .default([]),
   })
   .strict();
@@ -82,7 +101,7 @@ export function parseParams(input: unknown): GenerationParams {
 }
 
 /** Optional fields a live update may clear by sending null. */
-const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert']);
+const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert', 'vae']);
 
 /** A live update: only the given fields, each validated; returns the merged parameters. */
 export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {

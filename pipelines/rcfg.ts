@@ -17,10 +17,13 @@ export type Guidance =
   | { readonly kind: 'initialize'; readonly scale: number; readonly delta: number };
 
 export type GuidanceKind = Guidance['kind'];
-export const GUIDANCE_KINDS: readonly GuidanceKind[] = ['none', 'full', 'self', 'initialize'];
+export const GUIDANCE_KINDS = ['none', 'full', 'self', 'initialize'] as const satisfies readonly GuidanceKind[];
 
-/** Builds a guidance value from user-facing fields; StreamDiffusion's defaults: gamma 1.2, delta 1.0. */
-export function makeGuidance(kind: GuidanceKind, scale = 1.2, delta = 1.0): Guidance {
+/** StreamDiffusion's defaults: RCFG self (no extra UNet rows), gamma 1.2, delta 1.0. */
+export const DEFAULT_GUIDANCE = Object.freeze({ kind: 'self', scale: 1.2, delta: 1.0 } as const);
+
+/** Builds a guidance value from user-facing fields. */
+export function makeGuidance(kind: GuidanceKind, scale: number = DEFAULT_GUIDANCE.scale, delta: number = DEFAULT_GUIDANCE.delta): Guidance {
   switch (kind) {
     case 'none':
       return { kind };

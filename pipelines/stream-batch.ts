@@ -6,7 +6,7 @@
  * Priming (unlike the original, which returns half-denoised brown frames while its buffer fills): when the
  * buffer is empty, the first frame is run sequentially through steps 0..n-2 and its intermediate states
  * fill the buffer. The first call thus returns a fully denoised first frame, which then repeats for n - 1
- * calls while real frames move up the buffer. Changing t_index_list empties the buffer and re-primes.
+ * calls while real frames move up the buffer. A new t_index_list needs a new StreamBatch, which primes again.
  *
  * With frameBufferSize f > 1 each step holds f frames ("lanes"); each lane keeps its own initial noise.
  */
@@ -29,7 +29,7 @@ export class StreamBatch {
   private busy = false;
 
   constructor(
-    private coefficients: StepCoefficients,
+    private readonly coefficients: StepCoefficients,
     private guidance: Guidance,
     private noise: NoiseTable,
   ) {}
@@ -38,16 +38,14 @@ export class StreamBatch {
     return this.noise.lanes;
   }
 
+  /** Frames an output lags its input (steps - 1). */
+  get lag(): number {
+    return this.coefficients.timesteps.length - 1;
+  }
+
   /** Frames in flight (0 until primed). */
   get inFlight(): number {
     return this.buffer.length;
-  }
-
-  /** New steps: the buffer is emptied and the next frame re-primes it (no half-denoised output). */
-  setCoefficients(c: StepCoefficients, noise: NoiseTable): void {
-    this.coefficients = c;
-    this.noise = noise;
-    this.buffer = [];
   }
 
   /** New guidance applies from the next call; rows in flight keep going. */
@@ -59,10 +57,6 @@ export class StreamBatch {
   setNoise(noise: NoiseTable): void {
     if (noise.rows.length !== this.noise.rows.length) throw new Error('noise table size must not change without new coefficients');
     this.noise = noise;
-  }
-
-  reset(): void {
-    this.buffer = [];
   }
 
   /**

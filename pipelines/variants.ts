@@ -7,10 +7,11 @@
  * adapters is therefore served by the full UNet whatever its budget.
  */
 import type { Unet } from '../models/components.ts';
-import { adapterKey, type ConceptText } from '../models/adapters/store.ts';
+import { adapterKey } from '../models/adapters/choices.ts';
+import type { AdapterInfo, ConceptText } from '../models/adapters/store.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { GenerationParams } from './params.ts';
-import { pickExpert, type ExpertCost, type RoutableExperts } from './router.ts';
+import { pickExpert, type ExpertCost, type RoutableExperts } from '../models/aptp/routing.ts';
 
 export interface AdapterWeight {
   readonly name: string;
@@ -28,12 +29,14 @@ export interface UnetVariant {
   readonly text?: ConceptText | undefined;
 }
 
-/** APTP experts (models/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
+/** APTP experts (models/aptp/experts.ts provides one); size and measured latency are shown by GET /v1/experts. */
 export type ExpertSource = RoutableExperts<ExpertCost & { readonly unet: Unet; readonly parameters?: number; readonly latencyMs?: number }>;
 
-/** Merged-adapter sessions (models/adapters provides one). */
+/** Merged-adapter sessions (models/adapters/store.ts provides one, with a folder to list and upload into). */
 export interface AdapterSource {
   merged(adapters: readonly AdapterWeight[]): Promise<{ unet: Unet; warnings: string[]; text?: ConceptText | undefined }>;
+  list?(): Promise<AdapterInfo[]>;
+  add?(name: string, bytes: Uint8Array): Promise<AdapterInfo>;
 }
 
 export const FULL_EXPERT = 'full';

@@ -18,8 +18,8 @@ import { Metrics } from './metrics.ts';
 import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer } from './streams/ws.ts';
+import { webrtcRoutes } from './webrtc/routes.ts';
 import { modelRoutes } from './model-routes.ts';
-import { AdapterStore } from '../models/adapters/store.ts';
 import { CLOSE } from './streams/protocol.ts';
 
 const WEB_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'web');
@@ -48,7 +48,8 @@ export async function startServer(
 ): Promise<RunningServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
   const log = options.log ?? createLogger({ service: 'streamdiffusion-node' });
-  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, tinyVae: config.tinyVae }));
+  const ownEngine = !options.engine;
+  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, workers: config.workers }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
@@ -69,7 +70,9 @@ export async function startServer(
   app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
   app.use(express.json({ limit: '50mb' }));
   app.use(streamRoutes(registry, log));
-  app.use(modelRoutes(ctx, engine.variants.adapters instanceof AdapterStore ? engine.variants.adapters : undefined));
+  const webrtc = webrtcRoutes(ctx, registry);
+  app.use(webrtc.router);
+  app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
   app.use(notFound);
@@ -90,12 +93,14 @@ export async function startServer(
     (closing ??= (async () => {
       (ctx as { draining: boolean }).draining = true;
       for (const client of wss.clients) client.close(CLOSE.goingAway, 'server shutting down');
+      await webrtc.close();
       for (const ext of extensions) await ext.drain?.();
       await new Promise<void>((ok) => {
         http.close(() => ok());
         http.closeAllConnections();
       });
       wss.close();
+      if (ownEngine) await engine.close();
     })());
 
   return { url: `http://${host}:${port}`, port, ctx, streams: registry, http, close };

@@ -6,7 +6,8 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
-import { parseProvider, type Provider } from '../models/runtime.ts';
+import { parseProvider, type Provider } from '../models/runtime/contract.ts';
+import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
   readonly host: string;
@@ -14,10 +15,15 @@ export interface ServerConfig {
   readonly port: number;
   readonly modelDir: string;
   readonly provider: Provider;
-  /** Intra-op threads per ONNX session; 0 = onnxruntime's default. */
+  /** Intra-op threads per ONNX session; 0 = chosen per stage from the cores and workers (1 each on 2 cores). */
   readonly threads: number;
-  /** Use the pack's tiny VAE (TAESD) instead of the full one when it has one: faster, slightly softer. */
-  readonly tinyVae: boolean;
+  /** Worker threads that run the models; undefined = one per core (at most 8). */
+  readonly workers: number | undefined;
+  /**
+   * Which requests use the pack's tiny VAE (taesd_*: a few times cheaper, slightly softer) when they do not choose
+   * with `vae`: `live` streams (default), `all` requests, or `off`. Packs without one always use the full VAE.
+   */
+  readonly tinyVae: TinyVaeUse;
   /** Required on HTTP (Bearer) and on WebSocket/MJPEG URLs (?token=) when set; mandatory off loopback. */
   readonly apiKey: string | undefined;
   /** Origins allowed by CORS; empty = same-origin only. */
@@ -35,9 +41,14 @@ export interface ServerConfig {
   readonly maxUploadBytes: number;
   /** HTTP requests per client per minute (0 = unlimited). */
   readonly rateLimitPerMinute: number;
-  /** Rows per UNet call across streams; 1 disables cross-stream batching. */
+  /** Most rows per UNet call across streams (calls grow only while the measured cost per row falls); 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
+  readonly iceServers: readonly IceServer[];
 }
+
+export const TINY_VAE_USES = ['live', 'all', 'off'] as const;
+export type TinyVaeUse = (typeof TINY_VAE_USES)[number];
 
 export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   host: '127.0.0.1',
@@ -45,7 +56,8 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   modelDir: EMBEDDED_PACK_DIR,
   provider: 'cpu',
   threads: 0,
-  tinyVae: false,
+  workers: undefined,
+  tinyVae: 'live',
   apiKey: undefined,
   corsOrigins: [],
   dataDir: resolve('data'),
@@ -56,6 +68,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxUploadBytes: 200 * 1024 * 1024, // a few minutes of 720p H.264
   rateLimitPerMinute: 600,
   maxBatchRows: 16,
+  iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
@@ -80,19 +93,28 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       model: { type: 'string' },
       provider: { type: 'string' },
       threads: { type: 'string' },
-      'tiny-vae': { type: 'boolean' },
+      workers: { type: 'string' },
+      'tiny-vae': { type: 'string' },
       'api-key': { type: 'string' },
       cors: { type: 'string' },
       'data-dir': { type: 'string' },
       'video-dir': { type: 'string', multiple: true },
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
+      'ice-servers': { type: 'string' },
+      'ice-username': { type: 'string' },
+      'ice-credential': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
   const d = DEFAULT_CONFIG;
   const port = pick(values.port, 'PORT');
   const threads = pick(values.threads, 'THREADS');
+  const workers = pick(values.workers, 'WORKERS');
+  const tinyVae = pick(values['tiny-vae'], 'TINY_VAE') ?? d.tinyVae;
+  if (!(TINY_VAE_USES as readonly string[]).includes(tinyVae)) {
+    throw new ServiceError('bad_request', `--tiny-vae must be one of ${TINY_VAE_USES.join(', ')}, got "${tinyVae}"`, { field: 'tiny-vae' });
+  }
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
   const cors = pick(values.cors, 'CORS_ORIGINS');
@@ -104,13 +126,15 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     modelDir: resolve(pick(values.model, 'MODEL_DIR') ?? d.modelDir),
     provider: parseProvider(pick(values.provider, 'PROVIDER') ?? d.provider),
     threads: threads === undefined ? d.threads : int(threads, 'threads', 0, 256),
-    tinyVae: values['tiny-vae'] ?? env['TINY_VAE'] === '1',
+    workers: workers === undefined ? d.workers : int(workers, 'workers', 0, 64),
+    tinyVae: tinyVae as TinyVaeUse,
     apiKey: pick(values['api-key'], 'API_KEY') || undefined,
     corsOrigins: cors ? cors.split(',').map((s) => s.trim()).filter(Boolean) : d.corsOrigins,
     dataDir: resolve(pick(values['data-dir'], 'DATA_DIR') ?? d.dataDir),
     videoDirs: videoDirs.map((p) => resolve(p)),
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
+    iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   if (!isLoopback(config.host) && !config.apiKey) {
     throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`);

@@ -1,7 +1,7 @@
 /** What every part of the server shares: configuration, the engine, logs, metrics and the UNet batcher. */
-import type { Engine, Size } from '../pipelines/engine.ts';
-import type { UnetRunner } from '../pipelines/denoise-step.ts';
-import type { UnetVariant } from '../pipelines/variants.ts';
+import type { Engine } from '../pipelines/engine.ts';
+import type { GenerationParams } from '../pipelines/params.ts';
+import { planRequest, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from '../pipelines/plan.ts';
 import type { ServerConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
@@ -13,8 +13,12 @@ export interface AppContext {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly batcher: UnetBatcher;
-  /** UNet runner through the cross-stream batcher for latents of `size` on a variant (default: the pack's UNet). */
-  runner(size: Size, variant?: UnetVariant): UnetRunner;
+  /** UNet runners through the cross-stream batcher: rows of one latent size and UNet variant run together. */
+  readonly runners: RunnerFactory;
+  /** What unset parameters become: for live streams, and for batch renders (--tiny-vae). */
+  readonly defaults: { readonly live: PlanDefaults; readonly batch: PlanDefaults };
+  /** A batch request's plan, its UNet calls going through `runners`. */
+  plan(params: GenerationParams, mode: Mode): Promise<Plan>;
   /** Set once SIGTERM (or close()) starts draining: no new streams or jobs. */
   readonly draining: boolean;
 }
@@ -28,9 +32,14 @@ export function createContext(config: ServerConfig, engine: Engine, log: Logger,
     metrics,
     batcher,
     draining: false,
-    runner: (size, variant) => {
-      const unet = variant?.unet ?? engine.pack.unet;
-      return batcher.runner(size, variant?.key ?? 'full', (rows, s) => unet.predict(rows, s.latentHeight, s.latentWidth));
+    runners: (size, variant) => batcher.runner(size, variant.key, engine.unetRunner(size, variant)),
+    defaults: {
+      live: Object.freeze({ vae: config.tinyVae === 'off' ? 'full' : 'tiny' }),
+      batch: Object.freeze({ vae: config.tinyVae === 'all' ? 'tiny' : 'full' }),
+    },
+    // `this`, so that a context copied with other runners (tests wrap them) plans with those
+    plan(params, mode) {
+      return planRequest(this.engine, params, mode, this.runners, this.defaults.batch);
     },
   };
 }

@@ -4,7 +4,7 @@ import { startServer, type ExtensionFactory } from './app.ts';
 import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { createBatchApi } from './batch/index.ts';
-import { WorkerUnet } from '../models/adapters/worker-unet.ts';
+import { closeSharedPool } from '../models/runtime/worker-pool.ts';
 
 const log = createLogger({ service: 'streamdiffusion-node' });
 
@@ -12,13 +12,12 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const extensions: ExtensionFactory[] = [(ctx) => createBatchApi(ctx)];
   const server = await startServer(config, { log, extensions });
-  // A merged-adapter UNet runs on a worker thread; start one now so the first adapter swap does not wait for it.
-  if (server.ctx.engine.variants.adapters) WorkerUnet.prewarm();
   log.info('listening', { url: server.url, model: server.ctx.engine.pack.name, provider: config.provider });
   console.log(`\n  streamdiffusion-node on ${server.url}  (model: ${server.ctx.engine.pack.name})\n  UI: ${server.url}/   stream: ws${server.url.slice(4)}/v1/stream\n`);
   const shutdown = (signal: string) => {
     log.info('draining', { signal });
-    server.close().then(
+    // the model workers end before the process: onnxruntime aborts it when a live session is torn down
+    server.close().then(closeSharedPool).then(
       () => process.exit(0),
       (error: unknown) => {
         log.error('shutdown failed', { error: String(error) });

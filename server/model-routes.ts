@@ -4,14 +4,15 @@
  */
 import { Router, raw } from 'express';
 import { ServiceError } from '../models/errors.ts';
-import type { AdapterStore } from '../models/adapters/store.ts';
 import type { AppContext } from './context.ts';
 
-export function modelRoutes(ctx: AppContext, adapters: AdapterStore | undefined): Router {
+export function modelRoutes(ctx: AppContext): Router {
   const router = Router();
-  const experts = ctx.engine.variants.experts;
+  // read per request: a pack's sources can be attached after the routes are made
+  const sources = () => ctx.engine.variants;
 
   router.get('/v1/experts', (_req, res) => {
+    const { experts } = sources();
     const list = experts?.experts ?? [{ name: 'full', relativeMacs: 1, parameters: undefined, latencyMs: undefined }];
     res.json({
       experts: list.map((e) => ({ name: e.name, relative_macs: e.relativeMacs, parameters: e.parameters ?? null, latency_ms: e.latencyMs ?? null })),
@@ -20,12 +21,13 @@ export function modelRoutes(ctx: AppContext, adapters: AdapterStore | undefined)
   });
 
   router.get('/v1/adapters', async (_req, res) => {
-    res.json({ adapters: (await adapters?.list()) ?? [] });
+    res.json({ adapters: (await sources().adapters?.list?.()) ?? [] });
   });
 
   // Upload: the safetensors bytes as the body (application/octet-stream), the name in the query.
   router.post('/v1/adapters', raw({ type: 'application/octet-stream', limit: ctx.config.maxUploadBytes }), async (req, res) => {
-    if (!adapters) throw new ServiceError('unsupported', 'this model takes no adapters');
+    const { adapters } = sources();
+    if (!adapters?.add) throw new ServiceError('unsupported', 'this model takes no adapter uploads');
     const name = req.query['name'];
     if (typeof name !== 'string') throw new ServiceError('bad_request', 'name: give the adapter name as ?name=', { field: 'name' });
     if (!Buffer.isBuffer(req.body) || req.body.length === 0) throw new ServiceError('bad_request', 'send the adapter file as the body with Content-Type: application/octet-stream', { field: 'body' });

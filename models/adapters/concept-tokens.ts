@@ -11,7 +11,7 @@
  */
 import protobuf from 'protobufjs/minimal.js';
 import { ServiceError } from '../errors.ts';
-import { float32ToFloat16 } from '../runtime.ts';
+import { float32ToFloat16 } from '../runtime/float16.ts';
 import type { BundledEmbedding } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer } from './onnx-graph.ts';
 

@@ -6,7 +6,7 @@
  * written to disk); the base bytes are never modified.
  */
 import { ServiceError } from '../errors.ts';
-import { float16ToFloat32, float32ToFloat16 } from '../runtime.ts';
+import { float16ToFloat32, float32ToFloat16 } from '../runtime/float16.ts';
 import { kohyaNodeTable, type KohyaAdapter, type LoraLayer } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer, type OnnxNode } from './onnx-graph.ts';
 

@@ -8,7 +8,7 @@
  */
 import { ServiceError } from '../errors.ts';
 import { isRecord } from '../files.ts';
-import { float16ToFloat32 } from '../runtime.ts';
+import { float16ToFloat32 } from '../runtime/float16.ts';
 
 export type SafetensorsDType = 'F32' | 'F16';
 

@@ -21,5 +21,5 @@ echo "[4/6] text encoder + UNet (${UNET_MINUTES} min)"; $PY train_unet.py --n-sc
 echo "[5/6] export + evaluation";               $PY export_pack.py && $PY evaluate.py
 # optional, on a CUDA machine: bash train_unet_gpu.sh, then export_pack.py --unet-ckpt <variant> (README.md)
 echo "[6/6] contract fixtures";                 $PY export_fixtures.py
-node verify_onnx.cjs ../packs/tiny-shapes ../../test/fixtures/contracts/*
+npx tsx verify-onnx.ts --parity logs/parity.json ../packs/tiny-shapes ../../test/fixtures/contracts/*
 du -sh ../packs/tiny-shapes ../../test/fixtures/contracts

@@ -6,7 +6,7 @@ Attribute proxy per object (from the decoded image): colour (nearest palette col
 centre), position (centroid of the object-colour mask), size (mask half-extent), shape (mask fill ratio:
 square 1.0, circle 0.785, triangle 0.5); background colour(s) from the corner farthest from objects.
 Writes checkpoints/eval.json, logs/eval_steps{1,2,4}.png and logs/parity.json (torch reference outputs
-for the onnxruntime parity check in verify_onnx.cjs --parity).
+for the onnxruntime parity check in verify-onnx.ts --parity).
 """
 import argparse
 import json

@@ -1,12 +1,12 @@
 /**
  * Renders a tiny-shapes pack's held-out prompts and scores them (the evaluate CLI and the benchmark share it):
- * the exact-grammar captions (heldout.json, models/evaluator.ts), the loose phrasings (heldout_loose.json,
+ * the exact-grammar captions (heldout.json, pipelines/evaluation/evaluator.ts), the loose phrasings (heldout_loose.json,
  * loose-score.ts) and seed diversity (prompts naming no position, several seeds each).
  */
-import { accuracy, dominantColor, loadHeldOut, nearestPosition, objectComponents, scoreImage, type Accuracy, type RgbImage, type SceneSpec } from '../../models/evaluator.ts';
+import { accuracy, dominantColor, loadHeldOut, nearestPosition, objectComponents, scoreImage, type Accuracy, type RgbImage, type SceneSpec } from './evaluator.ts';
 import type { Engine } from '../engine.ts';
 import { txt2img } from '../generate.ts';
-import { tensorToRgb8 } from '../image.ts';
+import { tensorToRgb8 } from '../codecs/image.ts';
 import { parseParams } from '../params.ts';
 import { inferBackground, loadLooseSet, looseAccuracy, scoreLoose, type LooseAccuracy, type LooseItem, type LooseScore, type UnplacedPrompt } from './loose-score.ts';
 

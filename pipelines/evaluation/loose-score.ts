@@ -1,7 +1,7 @@
 /**
  * Scores images made from loose phrasings (issue 17): prompts that name only some attributes, in any words.
  * What the prompt names must be seen (its background; each object present in its colour; shape, and position
- * where named); what it leaves open is the seed's to choose. Pixel statistics only, like models/evaluator.ts.
+ * where named); what it leaves open is the seed's to choose. Pixel statistics only, like pipelines/evaluation/evaluator.ts.
  * The held-out loose set is the pack's heldout_loose.json (written by models/train/heldout_phrasings.py, a
  * template set that training does not use).
  */
@@ -17,7 +17,7 @@ import {
   type Background,
   type RgbImage,
   type SceneSpec,
-} from '../../models/evaluator.ts';
+} from './evaluator.ts';
 
 /** A background as a prompt names it: a gradient's direction may be left open; null when no background is named. */
 export type ExpectedBackground =

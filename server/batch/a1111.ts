@@ -8,8 +8,8 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { encodeImage } from '../../pipelines/image.ts';
-import { MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
+import { encodeImage } from '../../pipelines/codecs/image.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
 import { clientGone, renderImages, timestamp, type RenderTracker } from './render.ts';
@@ -17,8 +17,6 @@ import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSe
 
 /** The only sampler: LCM on the pack's 50-step grid. */
 export const SAMPLER = 'LCM';
-/** Steps when a request gives none: 4 for txt2img, 2 for img2img (as the render CLI). */
-const DEFAULT_STEPS = { txt2img: 4, img2img: 2 } as const;
 /** A1111's own default denoising strength for img2img. */
 const DEFAULT_DENOISING_STRENGTH = 0.75;
 /** Most images per request (batch_size x n_iter): bounds one request's hold on the UNet. */
@@ -158,7 +156,8 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
       const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
-      const size = ctx.engine.size(params);
+      const plan = await ctx.plan(params, mode);
+      const size = plan.size;
       // 2. decode init images at the output size
       const inits = img
         ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
@@ -169,7 +168,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       let images;
       try {
         images = await renderImages(ctx, {
-          params,
+          plan,
           count,
           endpoint: `/sdapi/v1/${mode}`,
           lanes: request.batch_size,

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import express from 'express';
 import type { AppContext } from '../context.ts';
-import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/ffmpeg.ts';
+import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import { a1111Router } from './a1111.ts';
 import { imagesExecutor, videoExecutor } from './jobs/executors.ts';
 import { DEFAULT_JOB_OPTIONS, JobManager, type JobManagerOptions } from './jobs/manager.ts';

@@ -8,8 +8,9 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { encodeImage } from '../../pipelines/image.ts';
-import { MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
+import { encodeImage } from '../../pipelines/codecs/image.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
+import type { Plan } from '../../pipelines/plan.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
 import { clientGone, renderImages, type RenderTracker } from './render.ts';
@@ -19,8 +20,6 @@ import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
-/** Steps when none are given (as the render CLI's txt2img / img2img). */
-const DEFAULT_STEPS = { generations: 4, edits: 2 } as const;
 
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
@@ -79,7 +78,7 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
       prompt: request.prompt,
       negative_prompt: request.negative_prompt,
       seed: request.seed,
-      steps: request.steps ?? DEFAULT_STEPS[mode],
+      steps: request.steps ?? DEFAULT_STEPS[mode === 'generations' ? 'txt2img' : 'img2img'],
       strength: request.strength,
       ...size,
     });
@@ -95,11 +94,11 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
 export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore): express.Router {
   const router = express.Router();
 
-  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, params: GenerationParams, inits: Float32Array[] | undefined, endpoint: string) => {
+  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, plan: Plan, inits: Float32Array[] | undefined, endpoint: string) => {
     const progress = tracker.begin();
     let images;
     try {
-      images = await renderImages(ctx, { params, count: request.n, endpoint, signal: clientGone(res), onStep: progress.step, ...(inits ? { inits } : {}) });
+      images = await renderImages(ctx, { plan, count: request.n, endpoint, signal: clientGone(res), onStep: progress.step, ...(inits ? { inits } : {}) });
     } finally {
       progress.end();
     }
@@ -122,7 +121,7 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
     asyncHandler(async (req, res) => {
       if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
       const request = parseBody(generationsSchema, req.body);
-      await respond(req, res, request, toParams(request, ctx, 'generations'), undefined, '/v1/images/generations');
+      await respond(req, res, request, await ctx.plan(toParams(request, ctx, 'generations'), 'txt2img'), undefined, '/v1/images/generations');
     }),
   );
 
@@ -136,10 +135,10 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       const files = req.files as Record<string, Express.Multer.File[]> | undefined;
       const uploads = [...(files?.['image'] ?? []), ...(files?.['image[]'] ?? [])];
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
-      const params = toParams(request, ctx, 'edits');
-      const size = ctx.engine.size(params);
-      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, size.width, size.height, uploads.length > 1 ? `image.${i}` : 'image')).data));
-      await respond(req, res, request, params, inits, '/v1/images/edits');
+      const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
+      const { width, height } = plan.size;
+      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
+      await respond(req, res, request, plan, inits, '/v1/images/edits');
     }),
   );
 

@@ -1,25 +1,24 @@
 /**
  * Whole-image renders for the batch endpoints: txt2img / img2img through the server's cross-stream UNet
- * batcher (ctx.runner), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
+ * batcher (ctx.runners), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
  */
-import type { GenerationParams } from '../../pipelines/params.ts';
-import { img2img, txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
+import { render, DEFAULT_LANES, type GeneratedImage } from '../../pipelines/generate.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
-import type { RunnerFactory } from '../../pipelines/stream-pipeline.ts';
+import type { Plan } from '../../pipelines/plan.ts';
 import { ServiceError } from '../../models/errors.ts';
 import type { AppContext } from '../context.ts';
 
-/** Images per UNet call: 4 lanes keep a call small enough that streams sharing the batcher wait little. */
-export const DEFAULT_LANES = 4;
-
 export interface RenderRequest {
-  readonly params: GenerationParams;
+  /** Built once per request by ctx.plan (the server's batcher runs its UNet calls). */
+  readonly plan: Plan;
   readonly count: number;
   /** Endpoint label for the images metric. */
   readonly endpoint: string;
-  /** img2img inputs [3, H, W] at the params' size; image j starts from inits[j % inits.length]. */
+  /** img2img inputs [3, H, W] at the plan's size; image j starts from inits[j % inits.length]. */
   readonly inits?: readonly Float32Array[];
   readonly lanes?: number;
+  /** Index of the first image in its request (seeds continue from seed + firstIndex). */
+  readonly firstIndex?: number;
   readonly signal?: AbortSignal;
   /** After each UNet call: steps done, steps in all. */
   readonly onStep?: (done: number, total: number) => void;
@@ -34,26 +33,20 @@ export function countingRunner(runner: UnetRunner, onCall: () => void): UnetRunn
   };
 }
 
-/** Renders `count` images (image j with seed + j) and counts them in the images metric. */
+/** Renders `count` images (image j with seed + firstIndex + j) and counts them in the images metric. */
 export async function renderImages(ctx: AppContext, request: RenderRequest): Promise<GeneratedImage[]> {
-  const { params, count, inits } = request;
-  const engine = ctx.engine;
-  const size = engine.size(params);
+  const { plan, count, inits } = request;
+  if (inits && inits.length === 0) throw new ServiceError('bad_request', 'no input image', { field: 'image' });
   const lanes = Math.max(1, Math.min(request.lanes ?? DEFAULT_LANES, count));
-  const mode = inits ? 'img2img' : 'txt2img';
-  const steps = engine.coefficients(params, mode).timesteps.length;
-  const total = Math.ceil(count / lanes) * steps;
+  const total = Math.ceil(count / lanes) * plan.coefficients.timesteps.length;
   let done = 0;
-  // the request's own UNet variant (expert, merged adapters), through the cross-stream batcher
-  const runners: RunnerFactory = (s, variant) => countingRunner(ctx.runner(s, variant), () => request.onStep?.(++done, total));
-  const options = { runners, lanesPerCall: lanes, ...(request.signal ? { signal: request.signal } : {}) };
-  let images: GeneratedImage[];
-  if (inits) {
-    if (inits.length === 0) throw new ServiceError('bad_request', 'no input image', { field: 'image' });
-    images = await img2img(engine, params, Array.from({ length: count }, (_, j) => inits[j % inits.length]!), options);
-  } else {
-    images = await txt2img(engine, params, count, options);
-  }
+  const counted = { ...plan, runner: countingRunner(plan.runner, () => request.onStep?.(++done, total)) };
+  const images = await render(ctx.engine, counted, count, {
+    lanesPerCall: lanes,
+    ...(inits ? { inits } : {}),
+    ...(request.firstIndex !== undefined ? { firstIndex: request.firstIndex } : {}),
+    ...(request.signal ? { signal: request.signal } : {}),
+  });
   ctx.metrics.images.inc({ endpoint: request.endpoint }, images.length);
   return images;
 }

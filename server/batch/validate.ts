@@ -8,7 +8,7 @@ import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, type DecodedImage } from '../../pipelines/image.ts';
+import { decodeImage, type DecodedImage } from '../../pipelines/codecs/image.ts';
 
 /** Largest seed (seeds are 32-bit). */
 export const MAX_SEED = 2 ** 32 - 1;

@@ -3,7 +3,7 @@
  * JSON validated here; binary messages are frames.
  */
 import { z } from 'zod';
-import { ServiceError } from '../../models/errors.ts';
+import { ServiceError, toServiceError, type ErrorCode } from '../../models/errors.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -17,6 +17,35 @@ export const CLOSE = {
   tryAgainLater: 1013, // too many streams
   badStart: 4400, // the first message was not a valid start
 } as const;
+
+/** The close code for a stream that cannot start: too many streams is worth retrying later, the rest is not. */
+export function closeCodeFor(error: ServiceError): number {
+  switch (error.code) {
+    case 'rate_limited':
+    case 'unavailable':
+      return CLOSE.tryAgainLater;
+    case 'unauthorized':
+    case 'forbidden':
+      return CLOSE.policy;
+    default:
+      return CLOSE.badStart;
+  }
+}
+
+/** An `error` message: the stable code, a message, the field it is about (if any), the input frame it failed. */
+export interface ErrorMessage {
+  readonly type: 'error';
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly field?: string;
+  readonly input_id: number | null;
+}
+
+/** The one place errors become `error` messages on a stream's socket. */
+export function errorMessage(error: unknown, inputId: number | null = null): ErrorMessage {
+  const e = toServiceError(error);
+  return { type: 'error', code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}), input_id: inputId };
+}
 
 const outputSchema = z
   .object({
@@ -53,6 +82,11 @@ export function parseClientMessage(text: string): ClientMessage {
   } catch {
     throw new ServiceError('bad_request', 'message is not valid JSON');
   }
+  return parseClientObject(json);
+}
+
+/** Validates a message already parsed from JSON (a WebRTC stream's start comes from HTTP, not the socket). */
+export function parseClientObject(json: unknown): ClientMessage {
   const result = clientMessageSchema.safeParse(json);
   if (!result.success) {
     const issue = result.error.issues[0]!;
@@ -79,4 +113,6 @@ export interface FrameMeta {
   readonly format: 'jpeg' | 'webp';
   readonly expert: string;
   readonly adapters: readonly { name: string; weight: number }[];
+  /** The VAE that encoded and decoded the frame: the pack's tiny one or the full one. */
+  readonly vae: 'full' | 'tiny';
 }

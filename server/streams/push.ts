@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ServiceError } from '../../models/errors.ts';
-import { defaultFfmpeg } from '../../pipelines/ffmpeg.ts';
+import { defaultFfmpeg } from '../../pipelines/codecs/ffmpeg.ts';
 import type { Logger } from '../log.ts';
 import type { StreamSession } from './session.ts';
 

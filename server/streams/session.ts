@@ -6,11 +6,11 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeRgb8, encodeRgb8 } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import type { FrameMeta, StartMessage } from './protocol.ts';
+import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -23,6 +23,22 @@ export interface StreamSink {
   sendFrame(frame: SentFrame): void;
   /** Bytes queued in the socket and not yet written: output is held back above a limit. */
   readonly bufferedAmount: number;
+  /**
+   * False when the sink takes no encoded bytes (a WebRTC stream sends the `output` event's raw image):
+   * `sendFrame` then gets the metadata with empty bytes, and no image is encoded for it. Default true.
+   */
+  readonly encoded?: boolean;
+}
+
+/** The `output` event: each output frame as raw pixels, for transports that encode it themselves (WebRTC). */
+export interface RawOutput {
+  /** RGB bytes [H, W, 3]; the same array again when the similarity filter repeats a frame. */
+  readonly rgb: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+  /** performance.now() when the shown input frame arrived (ms): output timing follows the input's. */
+  readonly arrivedAt: number;
+  readonly meta: FrameMeta;
 }
 
 export interface StreamStats {
@@ -49,7 +65,9 @@ const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 interface PendingInput {
   readonly id: number;
-  readonly bytes: Buffer;
+  /** An encoded image (JPEG/PNG/WebP), or interleaved RGB already at the stream's size (onRawFrame). */
+  readonly bytes: Buffer | undefined;
+  readonly rgb: Uint8Array | undefined;
   readonly receivedAt: number;
 }
 
@@ -81,7 +99,7 @@ export class StreamSession extends EventEmitter {
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
     checkLive(params.frame_buffer_size);
-    const pipeline = await StreamPipeline.create(ctx.engine, params, (size, variant) => ctx.runner(size, variant));
+    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -103,18 +121,41 @@ export class StreamSession extends EventEmitter {
   /** A binary frame arrived: it replaces any frame still waiting (latest-frame-wins). */
   onFrame(bytes: Buffer): void {
     if (this.closed || this.start.mode === 'txt2img') return;
-    const id = ++this.inputCounter;
-    this.stats.framesIn++;
-    this.ctx.metrics.framesIn.inc();
+    const id = this.countInput();
     if (bytes.length > this.ctx.config.maxFrameBytes) {
       this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
       return;
     }
+    this.queueInput({ id, bytes, rgb: undefined, receivedAt: performance.now() });
+  }
+
+  /**
+   * A decoded frame arrived as interleaved RGB at the stream's size (WebRTC decodes video itself): no image
+   * decode, otherwise as onFrame (latest-frame-wins).
+   */
+  onRawFrame(rgb: Uint8Array, width: number, height: number): void {
+    if (this.closed || this.start.mode === 'txt2img') return;
+    const id = this.countInput();
+    const size = this.pipeline.frameSize;
+    if (width !== size.width || height !== size.height || rgb.length !== width * height * 3) {
+      this.fail(new ServiceError('bad_image', `raw frame ${id} is ${width}x${height} (${rgb.length} bytes); the stream takes ${size.width}x${size.height} RGB`), id);
+      return;
+    }
+    this.queueInput({ id, bytes: undefined, rgb, receivedAt: performance.now() });
+  }
+
+  private countInput(): number {
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    return ++this.inputCounter;
+  }
+
+  private queueInput(input: PendingInput): void {
     if (this.pending) {
       this.stats.droppedInput++;
       this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
     }
-    this.pending = { id, bytes, receivedAt: performance.now() };
+    this.pending = input;
     void this.pump();
   }
 
@@ -153,36 +194,49 @@ export class StreamSession extends EventEmitter {
           await this.generateOne();
           continue;
         }
+        // frames are pipelined: the next one is taken (the newest waiting) once the pipeline has room
+        await this.pipeline.room();
         const input = this.pending;
-        if (!input) break;
+        if (!input || this.closed) break;
         this.pending = undefined;
-        await this.processOne(input);
+        await this.startOne(input);
       }
     } finally {
       this.busy = false;
     }
   }
 
-  private async processOne(input: PendingInput): Promise<void> {
+  /**
+   * decode -> filter -> encode -> denoise -> decode -> frame out. Resolves once the frame is in the pipeline (so
+   * frames enter it in arrival order); the rest runs beside the next frames.
+   */
+  private async startOne(input: PendingInput): Promise<void> {
     const started = performance.now();
+    let rgb: Uint8Array;
     try {
-      // decode -> filter -> encode -> denoise -> decode -> frame out
       const { width, height } = this.pipeline.frameSize;
-      const image = await decodeImage(input.bytes, width, height);
-      this.arrivals.set(input.id, input.receivedAt);
-      const [result] = await this.pipeline.process([image.data], input.id);
-      if (this.closed || !result) return;
-      const sourceId = result.source ?? input.id;
-      const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
-      for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
-      if (result.skipped) {
-        this.stats.skipped++;
-        this.ctx.metrics.ssfSkips.inc();
-      }
-      this.queueOutput(result, sourceId, sourceArrival, started);
+      rgb = input.rgb ?? (await decodeRgb8(input.bytes ?? Buffer.alloc(0), width, height)).rgb;
     } catch (error) {
-      this.fail(toServiceError(error, 'inference_failed'), input.id);
+      this.fail(toServiceError(error, 'bad_image'), input.id);
+      return;
     }
+    if (this.closed) return;
+    this.arrivals.set(input.id, input.receivedAt);
+    // a decoded frame is ours to hand over; a raw frame's buffer belongs to its transport
+    this.pipeline.process([rgb], input.id, input.rgb === undefined).then(
+      ([result]) => {
+        if (this.closed || !result) return;
+        const sourceId = result.source ?? input.id;
+        const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
+        for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
+        if (result.skipped) {
+          this.stats.skipped++;
+          this.ctx.metrics.ssfSkips.inc();
+        }
+        this.queueOutput(result, sourceId, sourceArrival, started);
+      },
+      (error: unknown) => this.fail(toServiceError(error, 'inference_failed'), input.id),
+    );
   }
 
   private async generateOne(): Promise<void> {
@@ -198,7 +252,7 @@ export class StreamSession extends EventEmitter {
     }
   }
 
-  private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
+  private lastEncoded: { rgb: Uint8Array; bytes: Buffer } | undefined;
 
   private queueOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): void {
     this.outputs = this.outputs
@@ -207,13 +261,14 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { image, width, height, skipped, variant } = result;
+    const { rgb, width, height, skipped, variant, vae } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
-    const bytes = this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
-    this.lastEncoded = { image, bytes };
-    if (this.listenerCount('jpeg') > 0 || format === 'jpeg') {
-      this.lastJpeg = format === 'jpeg' ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+    const encoded = this.sink.encoded !== false;
+    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.rgb === rgb ? this.lastEncoded.bytes : await encodeRgb8(rgb, width, height, format, quality);
+    if (encoded) this.lastEncoded = { rgb, bytes };
+    if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
+      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeRgb8(rgb, width, height, 'jpeg', quality);
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -229,9 +284,11 @@ export class StreamSession extends EventEmitter {
       format,
       expert: variant.expert,
       adapters: variant.adapters,
+      vae,
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
 
@@ -256,6 +313,6 @@ export class StreamSession extends EventEmitter {
     this.stats.errors++;
     this.ctx.metrics.frameErrors.inc({ code: error.code });
     if (error.status >= 500) this.ctx.log.warn('frame failed', { stream: this.id, code: error.code, error: error.message });
-    this.sink.sendJson({ type: 'error', code: error.code, message: error.message, input_id: inputId });
+    this.sink.sendJson(errorMessage(error, inputId));
   }
 }

@@ -9,7 +9,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { checkKey, originAllowed } from '../auth.ts';
 import type { AppContext } from '../context.ts';
-import { CLOSE, PROTOCOL_VERSION, parseClientMessage } from './protocol.ts';
+import { CLOSE, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage } from './protocol.ts';
 import type { StreamRegistry } from './registry.ts';
 import { StreamSession } from './session.ts';
 
@@ -58,10 +58,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
   let opening = false;
   const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
 
-  const report = (error: unknown, inputId: number | null = null) => {
-    const e = toServiceError(error);
-    sendJson(ws, { type: 'error', code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}), input_id: inputId });
-  };
+  const report = (error: unknown) => sendJson(ws, errorMessage(error));
 
   ws.on('message', (data: RawData, isBinary: boolean) => {
     if (isBinary) {
@@ -117,7 +114,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
           release();
           const e = toServiceError(error);
           report(e);
-          ws.close(e.code === 'rate_limited' ? CLOSE.tryAgainLater : CLOSE.badStart, e.message.slice(0, 120));
+          ws.close(closeCodeFor(e), e.message.slice(0, 120));
         } finally {
           opening = false;
         }

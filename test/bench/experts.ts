@@ -8,16 +8,17 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { loadExperts, type Expert, type ExpertSet } from '../../models/experts.ts';
-import { pickExpert } from '../../pipelines/router.ts';
-import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../models/evaluator.ts';
+import { loadExperts, type Expert, type ExpertSet } from '../../models/aptp/experts.ts';
+import { pickExpert } from '../../models/aptp/routing.ts';
+import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type Accuracy, type HeldOutItem, type Score } from '../../pipelines/evaluation/evaluator.ts';
 import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR, type PackOptions } from '../../models/pack.ts';
 import type { UnetRow } from '../../models/components.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { txt2img } from '../../pipelines/generate.ts';
-import { tensorToRgb8 } from '../../pipelines/image.ts';
+import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { interleave, type Summary } from './stats.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 export interface ExpertsBenchOptions {
   /** A loaded engine (npm run bench passes one); else --model / the embedded pack is loaded. */
@@ -78,7 +79,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
   const log = options.log ?? ((line: string) => console.log(line));
   const packOptions = options.packOptions ?? DEFAULT_PACK_OPTIONS;
   const engine = options.engine ?? (await Engine.load(options.model ?? EMBEDDED_PACK_DIR, packOptions));
-  const set = await loadExperts(engine.pack, packOptions);
+  const set = await loadExperts(engine.pack);
   if (!set) throw new Error(`model pack ${engine.pack.dir} has no experts/ folder`);
   const steps = options.steps ?? 4;
   const guidanceScale = options.guidanceScale ?? 2;
@@ -103,9 +104,8 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
     const key = `${item.seed}\u0000${expert.name}`; // every expert renders every prompt once
     const hit = scores.get(key);
     if (hit) return hit;
-    const params = parseParams({ prompt: item.caption, seed: item.seed % 2 ** 32, steps, guidance: 'full', guidance_scale: guidanceScale });
-    const runUnet = (rows: readonly UnetRow[]) => expert.unet.predict(rows, size.latentHeight, size.latentWidth);
-    const [img] = await txt2img(engine, params, 1, { runUnet });
+    const params = parseParams({ prompt: item.caption, seed: item.seed % 2 ** 32, steps, guidance: 'full', guidance_scale: guidanceScale, expert: expert.name });
+    const [img] = await txt2img(engine, params, 1);
     const score = scoreImage(spec, { data: tensorToRgb8(img!.data, img!.width, img!.height), width: img!.width, height: img!.height }, item.attributes);
     scores.set(key, score);
     return score;
@@ -204,5 +204,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     packOptions: { ...DEFAULT_PACK_OPTIONS, threads: Number(values.threads) },
   });
   if (values.json) await writeFile(values.json, `${JSON.stringify(result, null, 2)}\n`);
+  await closeSharedPool();
   process.exit(0);
 }

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import type { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { img2img, txt2img } from '../../pipelines/generate.ts';
-import { decodeImage, tensorToRgb8 } from '../../pipelines/image.ts';
-import { accuracy, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
+import { decodeImage, tensorToRgb8 } from '../../pipelines/codecs/image.ts';
+import { accuracy, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
 import { loadPack } from '../../models/pack.ts';
 import { exists } from '../../models/files.ts';
 import { DEFAULT_RENDER, evaluateLoose, seedDiversity } from '../../pipelines/evaluation/held-out.ts';
@@ -137,7 +137,9 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
   // 3b. the tiny VAE (taesd_encoder/ + taesd_decoder/), when the pack ships one: PSNR on the same scenes, and
   // time per call against the full VAE side by side, both on 1 intra-op thread
   if (await exists(join(dir, 'taesd_decoder', 'model.onnx'))) {
-    const [full1, tiny1] = await Promise.all([false, true].map((tinyVae) => loadPack(dir, { provider: 'cpu', threads: 1, tinyVae })));
+    const one = await loadPack(dir, { provider: 'cpu', threads: 1 });
+    const full1 = { vaeEncoder: one.vaeEncoder, vaeDecoder: one.vaeDecoder };
+    const tiny1 = { vaeEncoder: one.tinyVae!.encoder, vaeDecoder: one.tinyVae!.decoder };
     let tinyTotal = 0;
     for (const item of sample) {
       const img = await decodeImage(await drawScenePng(spec, item.attributes, size), size, size);

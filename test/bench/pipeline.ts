@@ -7,7 +7,7 @@ import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParamsInput } from '../../pipelines/params.ts';
 import { denoiseSequential } from '../../pipelines/sequential.ts';
 import { makeGuidance } from '../../pipelines/rcfg.ts';
-import { decodeImage } from '../../pipelines/image.ts';
+import { decodeImage } from '../../pipelines/codecs/image.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
 import { shapeFrame } from '../helpers/stream-client.ts';
 import { interleave, summarize, fmt, ms, type Summary } from './stats.ts';

@@ -2,7 +2,7 @@
  * What a tiny-shapes prompt names, read from its words (for checking documented examples): the background colour
  * ("... on a blue background"), and each object's colour and shape, with size and position when named.
  */
-import type { SceneSpec } from '../../models/evaluator.ts';
+import type { SceneSpec } from '../../pipelines/evaluation/evaluator.ts';
 import type { Expectation, ExpectedObject } from '../../pipelines/evaluation/loose-score.ts';
 
 const SHAPES = ['circle', 'square', 'triangle'];

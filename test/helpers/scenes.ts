@@ -3,7 +3,7 @@
  * evaluator tests and img2img inputs.
  */
 import sharp from 'sharp';
-import type { SceneAttributes, SceneSpec, RgbImage } from '../../models/evaluator.ts';
+import type { SceneAttributes, SceneSpec, RgbImage } from '../../pipelines/evaluation/evaluator.ts';
 
 const HALF_EXTENT: Record<string, number> = { small: 0.1, large: 0.18 };
 

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { img2img, txt2img } from '../../pipelines/generate.ts';
-import { decodeImage, tensorToRgb8 } from '../../pipelines/image.ts';
-import { accuracy, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
+import { decodeImage, tensorToRgb8 } from '../../pipelines/codecs/image.ts';
+import { accuracy, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { drawScenePng } from '../helpers/scenes.ts';
 

@@ -4,13 +4,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadHeldOut, loadSceneSpec } from '../../models/evaluator.ts';
-import { EMBEDDED_PACK_DIR, loadPack } from '../../models/pack.ts';
-import { rgb8ToTensor } from '../../pipelines/image.ts';
+import { loadHeldOut, loadSceneSpec } from '../../pipelines/evaluation/evaluator.ts';
+import { EMBEDDED_PACK_DIR, loadPack, type Vae } from '../../models/pack.ts';
+import { rgb8ToTensor } from '../../pipelines/codecs/image.ts';
 import { drawScene } from '../helpers/scenes.ts';
 
 const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);
-const [full, tiny] = await Promise.all([false, true].map((tinyVae) => loadPack(EMBEDDED_PACK_DIR, { provider: 'cpu', threads: 1, tinyVae })));
+const pack = await loadPack(EMBEDDED_PACK_DIR, { provider: 'cpu', threads: 1 });
+const full: Vae = { encoder: pack.vaeEncoder, decoder: pack.vaeDecoder };
+const tiny: Vae | undefined = pack.tinyVae;
 const scenes = await Promise.all((await loadHeldOut(EMBEDDED_PACK_DIR)).slice(0, 16).map(async (item) => {
   const img = await drawScene(spec, item.attributes);
   return rgb8ToTensor(img.data, img.width, img.height);
@@ -26,17 +28,18 @@ function psnr(a: Float32Array, b: Float32Array): number {
   return 10 * Math.log10((255 * 255) / (se / a.length));
 }
 
-async function roundTrip(encodeWith: typeof full, decodeWith: typeof full, img: Float32Array): Promise<Float32Array> {
-  const [z] = await encodeWith!.vaeEncoder!.encode([img], 128, 128);
-  return (await decodeWith!.vaeDecoder.decode([z!], 16, 16)).images[0]!;
+async function roundTrip(encodeWith: Vae | undefined, decodeWith: Vae | undefined, img: Float32Array): Promise<Float32Array> {
+  const [z] = await encodeWith!.encoder!.encode([img], 128, 128);
+  return (await decodeWith!.decoder.decode([z!], 16, 16)).images[0]!;
 }
 
-test('tinyVae loads taesd_encoder and taesd_decoder with scale factor 1; the default keeps the full VAE', () => {
-  assert.match(tiny!.vaeEncoder!.model.label, /taesd_encoder/);
-  assert.match(tiny!.vaeDecoder.model.label, /taesd_decoder/);
-  assert.deepEqual([tiny!.vaeEncoder!.scalingFactor, tiny!.vaeDecoder.scalingFactor], [1, 1]);
-  assert.match(full!.vaeDecoder.model.label, /^vae_decoder/);
-  assert.notEqual(full!.vaeDecoder.scalingFactor, 1);
+test('the pack loads taesd_encoder and taesd_decoder as its tiny VAE with scale factor 1, beside the full VAE', () => {
+  assert.ok(tiny, 'the embedded pack ships a tiny VAE');
+  assert.match(tiny.encoder!.model.label, /taesd_encoder/);
+  assert.match(tiny.decoder.model.label, /taesd_decoder/);
+  assert.deepEqual([tiny.encoder!.scalingFactor, tiny.decoder.scalingFactor], [1, 1]);
+  assert.match(full.decoder.model.label, /^vae_decoder/);
+  assert.notEqual(full.decoder.scalingFactor, 1);
 });
 
 test('the tiny VAE round-trips held-out scenes within 2 dB of the full VAE', async () => {

@@ -3,11 +3,10 @@ import assert from 'node:assert/strict';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { txt2img } from '../../pipelines/generate.ts';
-import { encodeImage, decodeImage } from '../../pipelines/image.ts';
+import { encodeImage } from '../../pipelines/codecs/image.ts';
 import { StreamBatch } from '../../pipelines/stream-batch.ts';
 import { denoiseSequential } from '../../pipelines/sequential.ts';
 import { makeGuidance } from '../../pipelines/rcfg.ts';
-import { ServiceError } from '../../models/errors.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 
 const engine = await Engine.load(BASE_PACK);
@@ -56,17 +55,3 @@ for (const [n, list] of [
     }
   });
 }
-
-test('an unreadable image is a bad_image error; an empty one too', async () => {
-  await assert.rejects(decodeImage(Buffer.from('not an image at all'), 128, 128), (e: ServiceError) => e.code === 'bad_image');
-  await assert.rejects(decodeImage(Buffer.alloc(0), 128, 128), /0 bytes/);
-});
-
-test('out-of-range and unknown parameters name the field', () => {
-  assert.throws(() => parseParams({ strength: 1.5 }), (e: ServiceError) => e.code === 'bad_request' && e.field === 'strength');
-  assert.throws(() => parseParams({ steps: 0 }), (e: ServiceError) => e.field === 'steps');
-  assert.throws(() => parseParams({ guidance: 'sometimes' }), (e: ServiceError) => e.field === 'guidance');
-  assert.throws(() => parseParams({ width: 100 }), (e: ServiceError) => e.field === 'width' && /multiple of 8/.test(e.message));
-  assert.throws(() => parseParams({ cfg_scal: 3 }), (e: ServiceError) => /unknown field\(s\): cfg_scal/.test(e.message));
-  assert.throws(() => parseParams({ prompt: 'x'.repeat(5000) }), (e: ServiceError) => e.field === 'prompt');
-});

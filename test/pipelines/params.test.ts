@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mergeParams, parseParams } from '../../pipelines/params.ts';
+import type { ServiceError } from '../../models/errors.ts';
 
 test('defaults are filled in and documented values hold', () => {
   const p = parseParams({});
@@ -24,4 +25,13 @@ test('a live update changes only the given fields; null clears an optional one',
   assert.equal(mergeParams(q, { strength: 0.5 }).t_index_list, undefined);
   assert.throws(() => mergeParams(p, { prompt: null }), /prompt/);
   assert.throws(() => mergeParams(p, [] as unknown), /must be a JSON object/);
+});
+
+test('out-of-range and unknown parameters name the field', () => {
+  assert.throws(() => parseParams({ strength: 1.5 }), (e: ServiceError) => e.code === 'bad_request' && e.field === 'strength');
+  assert.throws(() => parseParams({ steps: 0 }), (e: ServiceError) => e.field === 'steps');
+  assert.throws(() => parseParams({ guidance: 'sometimes' }), (e: ServiceError) => e.field === 'guidance');
+  assert.throws(() => parseParams({ width: 100 }), (e: ServiceError) => e.field === 'width' && /multiple of 8/.test(e.message));
+  assert.throws(() => parseParams({ cfg_scal: 3 }), (e: ServiceError) => /unknown field\(s\): cfg_scal/.test(e.message));
+  assert.throws(() => parseParams({ prompt: 'x'.repeat(5000) }), (e: ServiceError) => e.field === 'prompt');
 });

@@ -114,19 +114,3 @@ test('frame_buffer_size 2: each lane equals its own sequential denoise', async (
     assertClose(out[1]!, expected[1]!);
   }
 });
-
-test('a new schedule re-primes: the next output is a fully denoised frame', async () => {
-  const g = makeGuidance('self', 1.2, 1);
-  const c2 = new LcmScheduler().coefficients(schedules[2]!);
-  const c4 = new LcmScheduler().coefficients(schedules[4]!);
-  const stream = new StreamBatch(c2, g, noiseTable(2));
-  const runner = fakeRunner();
-  await stream.process([frames[0]!], prompt, runner);
-  await stream.process([frames[1]!], prompt, runner);
-  const noise4 = noiseTable(4);
-  stream.setCoefficients(c4, noise4);
-  assert.equal(stream.inFlight, 0);
-  const [out] = await stream.process([frames[2]!], prompt, runner);
-  const [expected] = await denoiseSequential([frames[2]!], c4, g, prompt, noise4, runner);
-  assertClose(out!, expected!);
-});

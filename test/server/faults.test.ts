@@ -3,9 +3,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import WebSocket from 'ws';
 import { startServer } from '../../server/app.ts';
-import { UnetBatcher } from '../../server/batcher.ts';
 import { Engine } from '../../pipelines/engine.ts';
-import type { Unet, UnetRow } from '../../models/components.ts';
+import type { Unet } from '../../models/components.ts';
 import { ServiceError } from '../../models/errors.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
@@ -37,25 +36,6 @@ test('an inference error in one stream fails only that stream\'s frames', async 
   assert.equal(bad.errors[0]!['code'], 'inference_failed');
   assert.equal(bad.frames.length, 0);
   await Promise.all([good.close(), bad.close()]);
-});
-
-test('a failed batched UNet call is retried request by request, so one poisoned request fails alone', async () => {
-  const batcher = new UnetBatcher(16);
-  const size = engine.size({});
-  let calls = 0;
-  const execute = async (rows: readonly UnetRow[]) => {
-    calls++;
-    if (rows.some((r) => Number.isNaN(r.sample[0]))) throw new Error('poisoned row');
-    return rows.map((r) => r.sample);
-  };
-  const runner = batcher.runner(size, 'k', execute);
-  const row = (v: number): UnetRow => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) });
-  const first = runner([row(1)]); // runs alone at once
-  const results = await Promise.allSettled([runner([row(2)]), runner([row(Number.NaN)]), runner([row(3)])]);
-  await first;
-  assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
-  assert.equal((results[2] as PromiseFulfilledResult<Float32Array[]>).value[0]![0], 3);
-  assert.equal(calls, 1 + 1 + 3); // alone, the failed batch of three, then each of the three again
 });
 
 test('a client that disconnects mid-frame frees its stream and nothing else changes', async () => {

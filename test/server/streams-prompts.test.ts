@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import { startServer } from '../../server/app.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
+import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
 import { StreamClient } from '../helpers/stream-client.ts';
 import { drawScenePng } from '../helpers/scenes.ts';
 

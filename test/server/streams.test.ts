@@ -5,7 +5,7 @@ import { startServer } from '../../server/app.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams } from '../../pipelines/params.ts';
-import { decodeImage, encodeImage } from '../../pipelines/image.ts';
+import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
 

@@ -13,7 +13,7 @@ import { startServer, type RunningServer } from '../../server/app.ts';
 import { createLogger } from '../../server/log.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../models/evaluator.ts';
+import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
 import { API_KEY, launchChromium, openPage, until } from './browser.ts';
 import { outputAfter, recordWire, type Wire } from './wire.ts';
 
@@ -44,7 +44,7 @@ before(async () => {
   const dataDir = await mkdtemp(join(tmpdir(), 'web-pack-'));
   server = await startServer({ port: 0, apiKey: API_KEY, dataDir }, { engine: await Engine.load(EMBEDDED_PACK_DIR), log: createLogger({}, 'error') });
   browser = await launchChromium();
-  ({ page } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
+  ({ page } = await openPage(browser, `${server.url}/?transport=ws&token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
   page.on('websocket', (ws) => wires.push(recordWire(ws)));
 });
 

@@ -39,6 +39,6 @@ done
 for j in "${jobs_[@]}"; do wait "$j"; done
 if [ -z "${SKIP_EVAL:-}" ]; then
   cd ../../..
-  npx tsx models/train/adapters/evaluate.ts --out models/train/adapters/results.json > models/train/adapters/logs/evaluate.log 2>&1
+  npx tsx pipelines/evaluation/adapters.ts --out models/train/adapters/results.json > models/train/adapters/logs/evaluate.log 2>&1
   npx tsx test/bench/adapters.ts > models/train/adapters/bench.json 2> models/train/adapters/logs/bench.log
 fi

@@ -6,7 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { Unet } from '../../components.ts';
-import { DEFAULT_SESSION_OPTIONS, OnnxModel } from '../../runtime.ts';
+import { DEFAULT_SESSION_OPTIONS, OnnxModel } from '../../runtime/onnx.ts';
 
 const LATENT = 16;
 const WARMUP = 20;

@@ -5,10 +5,10 @@
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encodeImage } from '../../../pipelines/image.ts';
+import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { AppContext } from '../../context.ts';
-import type { FfmpegPaths } from '../../../pipelines/ffmpeg.ts';
+import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
@@ -23,12 +23,6 @@ export function imageName(index: number, format: ImagesJobRequest['output_format
 
 export const VIDEO_RESULT = 'output.mp4';
 
-/** Params for images start..: image j of the job uses seed + j (blended seeds shift together). */
-export function shiftSeed(params: GenerationParams, offset: number): GenerationParams {
-  const shift = (s: number) => (s + offset) % 2 ** 32;
-  return { ...params, seed: typeof params.seed === 'number' ? shift(params.seed) : params.seed.map((s) => ({ ...s, seed: shift(s.seed) })) };
-}
-
 async function isFile(path: string): Promise<boolean> {
   return stat(path).then(
     (s) => s.isFile(),
@@ -40,8 +34,9 @@ export function imagesExecutor(ctx: AppContext): Executor {
   return async (job) => {
     const request = job.record.request as ImagesJobRequest;
     const { params, count, lanes, output_format: format } = request;
-    const size = ctx.engine.size(params);
-    const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), size.width, size.height, 'init_image')).data : undefined;
+    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    const { width, height } = plan.size;
+    const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image')).data : undefined;
     // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
     let done = 0;
     while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;
@@ -51,7 +46,8 @@ export function imagesExecutor(ctx: AppContext): Executor {
       job.signal.throwIfAborted();
       const n = Math.min(lanes, count - start);
       const images = await renderImages(ctx, {
-        params: shiftSeed(params, start),
+        plan,
+        firstIndex: start,
         count: n,
         lanes: n,
         endpoint: 'jobs',
@@ -83,7 +79,8 @@ export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths
       input,
       output: join(job.dir, VIDEO_RESULT),
       params: request.params,
-      runners: ctx.runner,
+      runners: ctx.runners,
+      defaults: ctx.defaults.batch,
       signal: job.signal,
       onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
     });

@@ -12,7 +12,7 @@ import express from 'express';
 import { ServiceError } from '../../../models/errors.ts';
 import type { AppContext } from '../../context.ts';
 import { asyncHandler } from '../../http-errors.ts';
-import type { FfmpegPaths } from '../../../pipelines/ffmpeg.ts';
+import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { videoExtension, videoUpload } from '../uploads.ts';
 import { decodeBase64Image } from '../validate.ts';

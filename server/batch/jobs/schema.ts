@@ -6,6 +6,7 @@
  * form fields (numbers and booleans are read as JSON).
  */
 import { z } from 'zod';
+import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
 import { paramsSchema, type GenerationParams } from '../../../pipelines/params.ts';
 import { parseBody, resolveSeed } from '../validate.ts';
 
@@ -33,7 +34,7 @@ const imagesSchema = paramsSchema
     kind: z.literal('images'),
     count: z.number().int().min(1).max(MAX_JOB_IMAGES).default(1),
     /** Images per UNet call. */
-    lanes: z.number().int().min(1).max(16).default(4),
+    lanes: z.number().int().min(1).max(16).default(DEFAULT_LANES),
     output_format: z.enum(['png', 'jpeg', 'webp']).default('png'),
     /** img2img: a base64 image (data: URL allowed); every image starts from it. */
     init_image: z.string().min(1).optional(),

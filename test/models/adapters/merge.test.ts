@@ -8,7 +8,7 @@ import { indexOnnxModel, type OnnxGraphIndex } from '../../../models/adapters/on
 import { encodeSafetensors, parseSafetensors } from '../../../models/adapters/safetensors.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../../../models/pack.ts';
-import { OnnxModel } from '../../../models/runtime.ts';
+import { OnnxModel } from '../../../models/runtime/onnx.ts';
 import { Generator } from '../../../pipelines/random.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 

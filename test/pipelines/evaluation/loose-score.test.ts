@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadSceneSpec, type SceneAttributes, type SceneObject } from '../../../models/evaluator.ts';
+import { loadSceneSpec, type SceneAttributes, type SceneObject } from '../../../pipelines/evaluation/evaluator.ts';
 import { EMBEDDED_PACK_DIR } from '../../../models/pack.ts';
 import { inferBackground, loadLooseSet, looseAccuracy, scoreLoose, type Expectation } from '../../../pipelines/evaluation/loose-score.ts';
 import { drawScene } from '../../helpers/scenes.ts';

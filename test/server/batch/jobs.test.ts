@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import sharp from 'sharp';
 import { txt2img } from '../../../pipelines/generate.ts';
-import { encodeImage } from '../../../pipelines/image.ts';
+import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import { parseParams } from '../../../pipelines/params.ts';
 import type { UnetRunner } from '../../../pipelines/denoise-step.ts';
 import { fixtureEngine, getJson, postJson, startServer, tempDir, waitForJob, type Json, type TestServer } from './helpers.ts';
@@ -101,8 +101,8 @@ test('cancel: a queued job and a running job end canceled; a finished one is a 4
   const held = await startServer({
     wrap: (ctx) => ({
       ...ctx,
-      runner: (size) => {
-        const run = ctx.runner(size);
+      runners: (size, variant) => {
+        const run = ctx.runners(size, variant);
         const gated: UnetRunner = async (rows) => {
           if (++calls === 2) await gate;
           return run(rows);
@@ -202,8 +202,8 @@ test('drain mid-run, then a new API on the same data dir resumes the job and com
     dataDir,
     wrap: (ctx) => ({
       ...ctx,
-      runner: (size) => {
-        const run = ctx.runner(size);
+      runners: (size, variant) => {
+        const run = ctx.runners(size, variant);
         return async (rows) => {
           if (++calls === 3) await gate; // the third image's UNet call waits
           return run(rows);

@@ -10,8 +10,8 @@ const server = await startServer({
   dataDir: process.env['DATA_DIR']!,
   wrap: (ctx) => ({
     ...ctx,
-    runner: (size) => {
-      const run = ctx.runner(size);
+    runners: (size, variant) => {
+      const run = ctx.runners(size, variant);
       return async (rows) => {
         await new Promise((r) => setTimeout(r, delay));
         return run(rows);

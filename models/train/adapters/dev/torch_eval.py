@@ -1,9 +1,9 @@
 """Development-only evaluation in torch (the "development runs with a learned concept token" table): adapters
 merged into the weights exactly, their learned tokens appended to the text encoder's table; samples the held-out
-concept prompts (4 LCM steps, guidance 2, as evaluate.ts) and base prompts; writes gzip'd RGB + captions per set
-for score-torch-eval.ts. Faster to run side by side than evaluate.ts, and needs no node (e.g. on a lent machine).
+concept prompts (4 LCM steps, guidance 2, as pipelines/evaluation/adapters.ts) and base prompts; writes gzip'd RGB + captions per set
+for score-torch-eval.ts. Faster to run side by side than pipelines/evaluation/adapters.ts, and needs no node (e.g. on a lent machine).
   T=1 N=32 NB=64 python3 torch_eval.py ADAPTER_DIR OUT_DIR '{"merged": ["diamond", "heart", "ring"], "none": []}'
-  npx tsx models/train/adapters/dev/score-torch-eval.ts OUT_DIR merged none
+  npx tsx pipelines/evaluation/score-torch-eval.ts OUT_DIR merged none
 """
 import gzip
 import json

@@ -1,0 +1,92 @@
+/**
+ * Image bytes <-> model tensors, through sharp. Frames in: JPEG, PNG or WebP, checked before decoding
+ * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop), as RGB
+ * bytes [H, W, 3] or [3, H, W] floats in [-1, 1]. Frames out: RGB bytes or [3, H, W] in [-1, 1] -> JPEG, PNG or
+ * WebP. The lean path: a frame that already has the target size, no EXIF rotation and plain RGB is decoded in one
+ * step with nothing else done to it (a live client sends frames at the stream's size).
+ */
+import sharp from 'sharp';
+import { ServiceError } from '../../models/errors.ts';
+import { planarToRgb8, rgb8ToPlanar } from '../../models/runtime/image-layout.ts';
+
+export const INPUT_FORMATS = ['jpeg', 'png', 'webp'] as const;
+export type OutputFormat = 'jpeg' | 'png' | 'webp';
+
+/** Largest input image in pixels (about 40 megapixels: a 8K frame fits, a 50000 x 50000 header does not). */
+export const MAX_INPUT_PIXELS = 40_000_000;
+
+export interface DecodedImage {
+  /** [3, H, W] in [-1, 1] */
+  readonly data: Float32Array;
+  readonly width: number;
+  readonly height: number;
+}
+
+export interface DecodedRgb8 {
+  /** RGB bytes [H, W, 3] */
+  readonly rgb: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
+/** Decodes an image to RGB bytes at width x height. A bad image throws `bad_image` or `too_large`. */
+export async function decodeRgb8(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedRgb8> {
+  if (bytes.length === 0) throw new ServiceError('bad_image', 'image is empty (0 bytes)');
+  let meta: sharp.Metadata;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch (cause) {
+    throw new ServiceError('bad_image', `cannot read image: ${(cause as Error).message}`, { cause });
+  }
+  if (!meta.format || !(INPUT_FORMATS as readonly string[]).includes(meta.format)) {
+    throw new ServiceError('bad_image', `unsupported image format ${meta.format ?? 'unknown'} (accepted: ${INPUT_FORMATS.join(', ')})`);
+  }
+  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
+  if (pixels > maxPixels) {
+    throw new ServiceError('too_large', `image is ${meta.width}x${meta.height} pixels, more than the limit of ${maxPixels}`);
+  }
+  const asIs = meta.width === width && meta.height === height && (meta.orientation ?? 1) === 1 && meta.channels === 3 && !meta.hasAlpha && meta.space === 'srgb';
+  let raw: Buffer;
+  try {
+    const img = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' });
+    raw = await (asIs ? img : img.rotate().removeAlpha().resize(width, height, { fit: 'cover' }).toColourspace('srgb')).raw().toBuffer();
+  } catch (cause) {
+    throw new ServiceError('bad_image', `cannot decode image: ${(cause as Error).message}`, { cause });
+  }
+  return { rgb: raw, width, height };
+}
+
+/** Decodes an image to [3, H, W] floats in [-1, 1] at width x height (see decodeRgb8). */
+export async function decodeImage(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedImage> {
+  const { rgb } = await decodeRgb8(bytes, width, height, maxPixels);
+  return { data: rgb8ToTensor(rgb, width, height), width, height };
+}
+
+/** Interleaved RGB bytes [H, W, 3] -> [3, H, W] in [-1, 1]. */
+export function rgb8ToTensor(rgb: Uint8Array, width: number, height: number): Float32Array {
+  return rgb8ToPlanar(rgb, 1, height, width);
+}
+
+/** [3, H, W] in [-1, 1] -> interleaved RGB bytes [H, W, 3], clamped and rounded. */
+export function tensorToRgb8(data: Float32Array, width: number, height: number): Buffer {
+  const rgb = planarToRgb8(data, 1, height, width);
+  return Buffer.from(rgb.buffer, rgb.byteOffset, rgb.byteLength);
+}
+
+/** [3, H, W] in [-1, 1] -> an encoded image. */
+export async function encodeImage(data: Float32Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
+  return encodeRgb8(tensorToRgb8(data, width, height), width, height, format, quality);
+}
+
+/** RGB bytes [H, W, 3] -> an encoded image. */
+export async function encodeRgb8(rgb: Uint8Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
+  const img = sharp(rgb, { raw: { width, height, channels: 3 } });
+  switch (format) {
+    case 'png':
+      return img.png().toBuffer();
+    case 'jpeg':
+      return img.jpeg({ quality }).toBuffer();
+    case 'webp':
+      return img.webp({ quality }).toBuffer();
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * A request's plan: everything a render or a stream needs to know before its first UNet call, worked out once
+ * from the parameters and passed down (size, step coefficients, guidance, prompt embeddings, the UNet variant and
+ * its runner). A stream makes a new plan on each live update and compares it with the old one to decide what
+ * to rebuild.
+ */
+import type { Vae } from '../models/pack.ts';
+import type { UnetRunner } from './denoise-step.ts';
+import type { EncodedPrompt, Engine, Size, VaeChoice } from './engine.ts';
+import type { GenerationParams } from './params.ts';
+import { makeGuidance, type Guidance } from './rcfg.ts';
+import type { StepCoefficients } from './schedulers/lcm.ts';
+import type { UnetVariant } from './variants.ts';
+
+/** txt2img starts from pure noise (strength 1); img2img (and a stream of frames) from encoded images. */
+export type Mode = 'txt2img' | 'img2img';
+
+/** Makes the UNet runner for a frame size and UNet variant (the server's batcher, or the engine directly). */
+export type RunnerFactory = (size: Size, variant: UnetVariant) => UnetRunner;
+
+export interface Plan {
+  readonly params: GenerationParams;
+  readonly mode: Mode;
+  readonly size: Size;
+  readonly coefficients: StepCoefficients;
+  readonly guidance: Guidance;
+  readonly prompt: EncodedPrompt;
+  /** The UNet that serves the request (pack, expert, merged adapters). */
+  readonly variant: UnetVariant;
+  /** Notes for the caller (e.g. an adapter's layers that match nothing). */
+  readonly warnings: readonly string[];
+  readonly runner: UnetRunner;
+  /** The VAE that encodes and decodes the request's images, and which one it is. */
+  readonly vae: Vae;
+  readonly vaeName: VaeChoice;
+}
+
+/** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
+export interface PlanDefaults {
+  /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
+  readonly vae: VaeChoice;
+}
+
+/** Batch renders, the CLI and video: the full VAE unless asked. */
+export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
+
+/**
+ * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
+ * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
+ */
+export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, defaults: PlanDefaults = BATCH_DEFAULTS): Promise<Plan> {
+  const size = engine.size(params);
+  const coefficients = engine.coefficients(params, mode);
+  const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
+  const { prompt, variant } = await engine.prepare(params);
+  const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
+  const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
+  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, vae: vae.vae, vaeName: vae.name };
+}
