@@ -1,5 +1,5 @@
 /**
- * Every prompt example in the README, the batch API doc and the render CLI's help draws what it says on the
+ * Every prompt example in the README, the batch API doc and the render CLI's help (pipelines/cli/render.ts) draws what it says on the
  * embedded pack: the render commands run through the CLI exactly as written (output path aside; img2img, folder
  * and video examples get a drawn scene of another colour and shape as their input image), and the API doc's JSON
  * bodies go through the same parameter schema the HTTP API uses. Each image must show the named background and
@@ -24,7 +24,7 @@ import { expectationOf } from '../helpers/prompts.ts';
 import { tempDir } from '../server/batch/helpers.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CLI = join(ROOT, 'pipelines', 'cli.ts');
+const CLI = join(ROOT, 'pipelines', 'cli', 'render.ts');
 const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);
 
 /** `npm run render -- ...` lines of a document, split into arguments (double quotes group words). */
@@ -51,7 +51,7 @@ function check(prompt: string, img: RgbImage, where: string): void {
   assert.ok(s.allRight, `${where}: "${prompt}" drew background ${s.background ? 'right' : 'wrong'}, objects ${JSON.stringify(s.objects.map((o) => o.found ?? 'missing'))}`);
 }
 
-for (const file of ['README.md', 'server/batch/API.md', 'pipelines/cli.ts']) {
+for (const file of ['README.md', 'server/batch/API.md', 'pipelines/cli/render.ts']) {
   test(`${file}: every render example draws what its prompt says`, async () => {
     const commands = (await renderCommands(file)).filter((a) => !a.includes('--model')); // --model: someone else's pack
     assert.ok(commands.length > 0, 'no examples found');
