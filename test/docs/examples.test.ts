@@ -30,8 +30,8 @@ const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);
 /** `npm run render -- ...` lines of a document, split into arguments (double quotes group words). */
 async function renderCommands(file: string): Promise<string[][]> {
   const text = await readFile(join(ROOT, file), 'utf8');
-  // "[--format png]" marks optional flags: the example as run leaves them out
-  return [...text.matchAll(/npm run render -- ([^\n`]+)/g)].map((m) => [...m[1]!.replace(/\[[^\]]*\]/g, '').matchAll(/"([^"]*)"|(\S+)/g)].map((a) => a[1] ?? a[2]!));
+  // "[--format png]" marks optional flags: the example as run leaves them out; a usage line ("--prompt TEXT") is no example
+  return [...text.matchAll(/npm run render -- ([^\n`]+)/g)].filter((m) => m[1]!.includes('--prompt "')).map((m) => [...m[1]!.replace(/\[[^\]]*\]/g, '').matchAll(/"([^"]*)"|(\S+)/g)].map((a) => a[1] ?? a[2]!));
 }
 
 function flag(args: readonly string[], name: string): string | undefined {
