@@ -143,17 +143,17 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
     let tinyTotal = 0;
     for (const item of sample) {
       const img = await decodeImage(await drawScenePng(spec, item.attributes, size), size, size);
-      const [z] = await tiny1!.vaeEncoder!.encode([img.data], size, size);
-      tinyTotal += psnr(img.data, (await tiny1!.vaeDecoder.decode([z!], s.latentHeight, s.latentWidth)).images[0]!);
+      const [z] = await tiny1.vaeEncoder!.encode([img.data], size, size);
+      tinyTotal += psnr(img.data, (await tiny1.vaeDecoder.decode([z!], s.latentHeight, s.latentWidth)).images[0]!);
     }
     const image = (await decodeImage(await drawScenePng(spec, sample[0]!.attributes, size), size, size)).data;
     const z = new Float32Array(4 * s.latentHeight * s.latentWidth);
     const vaeCalls = await interleave(
       {
-        vae_encoder: async () => void (await full1!.vaeEncoder!.encode([image], size, size)),
-        tiny_vae_encoder: async () => void (await tiny1!.vaeEncoder!.encode([image], size, size)),
-        vae_decoder: async () => void (await full1!.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
-        tiny_vae_decoder: async () => void (await tiny1!.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
+        vae_encoder: async () => void (await full1.vaeEncoder!.encode([image], size, size)),
+        tiny_vae_encoder: async () => void (await tiny1.vaeEncoder!.encode([image], size, size)),
+        vae_decoder: async () => void (await full1.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
+        tiny_vae_decoder: async () => void (await tiny1.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
       },
       rounds * 3,
       3,
@@ -167,6 +167,7 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
       log(`| ${part} | ${ms(full)} | ${ms(small)} | ${fmt(full.median / small.median, 2)}x |`);
     }
     results['tiny_vae'] = { scenes_psnr_db: tinyTotal / sample.length, calls_ms_1_thread: vaeCalls };
+    await one.sessions.close();
   }
 
   // 4. onnxruntime CPU time per call
