@@ -4,7 +4,9 @@
 #   bash models/train/train_captions.sh                 # UNET_MINUTES=180 PHASE2_STEPS=1000 (phase 2) TINY_VAE_MINUTES=50
 # Starts from checkpoints/unet.pt; without one, recovers it from the pack (from_onnx.py). The shipped run started
 # from the pack of commit 47af853 (the GPU-continued base, 669-token vocabulary): `git checkout 47af853 --
-# models/packs/tiny-shapes` first to repeat it exactly. Then: experts/build_experts.sh, adapters/run_all.sh.
+# models/packs/tiny-shapes` first to repeat it exactly. Step 4 replaces the pack's text encoder, UNet and vocabulary:
+# the experts and adapters must then be re-derived (experts/build_experts.sh, adapters/run_all.sh); on this base the
+# adapters failed, so it is not the shipped pack (candidates/caption-base/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-/usr/bin/python3}
