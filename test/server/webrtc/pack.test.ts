@@ -64,7 +64,8 @@ test('video published by WHIP comes back by WHEP re-drawn as the prompt says, an
     await new Promise((r) => setTimeout(r, 50));
   }
   // frames decoded after the confirmation: the first may have left the server before it, and the next may have been
-  // mostly denoised under the old prompt (how it finishes depends on the weights: the caption-trained candidate base draws it as the old scene), so take the fourth
+  // mostly denoised under the old prompt (how it finishes depends on the weights: the caption-trained candidate base
+  // draws it as the old scene), so take the fourth
   const afterUpdate = viewer.events.length;
   await frameAfter(afterUpdate);
   for (let i = 0; i < 2; i++) await frameAfter(viewer.events.length);
