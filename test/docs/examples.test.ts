@@ -1,9 +1,10 @@
 /**
- * Every prompt example in the README, the batch API doc and the render CLI's help (pipelines/cli/render.ts) draws what it says on the
- * embedded pack: the render commands run through the CLI exactly as written (output path aside; img2img, folder
- * and video examples get a drawn scene of another colour and shape as their input image), and the API doc's JSON
- * bodies go through the same parameter schema the HTTP API uses. Each image must show the named background and
- * every named object in its colour (pipelines/evaluation/loose-score.ts).
+ * Every prompt example in the README, the batch API doc and the render CLI's help (pipelines/cli/render.ts) draws
+ * what it says on the embedded pack: the render commands run through the CLI exactly as written (output path aside,
+ * and a fixed seed where the example names none; img2img, folder and video examples get a drawn scene of another
+ * colour and shape as their input image), and the API doc's JSON bodies go through the same parameter schema the
+ * HTTP API uses. Each image must show the named background and every named object in its colour
+ * (pipelines/evaluation/loose-score.ts).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
