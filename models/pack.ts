@@ -55,8 +55,6 @@ export interface ModelPack {
   /** The first tower's tokenizer and text encoder (the only ones of SD 1.x/2.x packs). */
   readonly tokenizer: ClipTokenizer;
   readonly textEncoder: ClipTextEncoder;
-  /** Steps and guidance for requests that leave them out (pack-kinds.ts). */
-  readonly defaults: PackDefaults;
   readonly unet: Unet;
   /** The full VAE. */
   readonly vaeEncoder: VaeEncoder | undefined;
@@ -71,6 +69,11 @@ export interface ModelPack {
   readonly vaeScale: number;
   /** Width and height must be multiples of this (VAE factor x the UNet's own down-sampling). */
   readonly sizeMultiple: number;
+  /**
+   * The ranges of guidance scale and image size the model renders well in, and steps and guidance for requests
+   * that leave them out (pack-kinds.ts).
+   */
+  readonly defaults: PackDefaults;
 }
 
 async function readOptionalJson(path: string, what: string): Promise<Record<string, unknown>> {
@@ -204,7 +207,6 @@ async function describePack(
     prompts: new PromptEncoder(towers, modelIndex['force_zeros_for_empty_prompt'] === true),
     tokenizer: towers[0]!.tokenizer,
     textEncoder: towers[0]!.encoder,
-    defaults: packDefaults(modelIndex, schedulerClass, unet),
     unet,
     vaeEncoder: models.encoder && new VaeEncoder(models.encoder, factor),
     vaeDecoder: new VaeDecoder(models.decoder, factor),
@@ -213,5 +215,6 @@ async function describePack(
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,
+    defaults: packDefaults(modelIndex, sampleSize * vaeScale, { schedulerClass, guidanceEmbedding: unet.guidanceEmbeddingSize > 0 }),
   };
 }

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeRgb8, encodeRgb8, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelines/stream-pipeline.ts';
-import { packParams, parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import { packParams, parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 
@@ -119,7 +119,7 @@ export class StreamSession extends EventEmitter {
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
-    const params = parseParams({ ...start.params }, packParams(ctx.engine.pack.defaults, 'stream'));
+    const params = parseRequestParams({ ...start.params }, packParams(ctx.engine.pack.defaults, 'stream'));
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);
@@ -131,9 +131,9 @@ export class StreamSession extends EventEmitter {
     return this.pipeline.params;
   }
 
-  /** Warnings about the current parameters (e.g. a prompt cut at CLIP's 77 tokens). */
-  get warnings(): readonly string[] {
-    return this.pipeline.warnings;
+  /** Where the stream differs from its parameters, in words (guidance brought into the model's range ...). */
+  get notes(): readonly string[] {
+    return this.pipeline.notes;
   }
 
   get size(): { width: number; height: number } {

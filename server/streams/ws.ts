@@ -17,11 +17,6 @@ export const STREAM_PATH = '/v1/stream';
 /** A client must send `start` this soon after connecting. */
 const START_TIMEOUT_MS = 10_000;
 
-/** `warnings` for started/updated messages, present only when there are some. */
-function warningsOf(session: StreamSession): { warnings?: readonly string[] } {
-  return session.warnings.length > 0 ? { warnings: session.warnings } : {};
-}
-
 function rawToBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -158,11 +153,11 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             stream_id: opened.id,
             name: opened.name ?? null,
             params: opened.params,
+            notes: opened.notes,
             width,
             height,
             window: message.window,
             ...opened.outputPaths,
-            ...warningsOf(opened),
           });
           opening = false;
           replay(opened);
@@ -180,7 +175,8 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          sendJson(ws, { type: 'updated', params: await session.update(message.params), ...warningsOf(session) });
+          const params = await session.update(message.params);
+          sendJson(ws, { type: 'updated', params, notes: session.notes });
         } catch (error) {
           report(error);
         }
