@@ -37,7 +37,7 @@ export interface Plan {
   readonly prompt: EncodedPrompt;
   /** The UNet that serves the request (pack, expert, merged adapters). */
   readonly variant: UnetVariant;
-  /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, adapters). */
+  /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, a prompt cut at the text encoder's 77 tokens, adapters). */
   readonly notes: readonly string[];
   readonly runner: UnetRunner;
   /** Lets go of what the plan holds (a merged adapter variant's lease); call once the plan is no longer used. */
@@ -122,7 +122,7 @@ export async function planRequest(
     released = true;
     variant.release?.();
   };
-  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, release };
+  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...prompt.warnings, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, release };
 }
 
 /** The same plan at another frame size (a stream following its input's shape): only the size and runner change. */

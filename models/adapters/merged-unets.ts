@@ -10,54 +10,76 @@
  * - Cache: released variants stay cached (LRU) for the next request. A new combination that finds every slot
  *   taken evicts the least recently used idle one, whose session and thread end at once; when all are in use,
  *   it is refused (rate_limited, Retry-After) instead of growing memory and threads.
+ * - Bytes: each merged variant is a full copy of the UNet (SD 1.5 fp32 3.4 GB, SDXL 10 GB), so a count alone
+ *   would not bound memory. Past `maxBytes` of weights held by live variants, idle cached ones are evicted (least
+ *   recently used first) once a build is done; variants in use are never taken, and the newest always stays.
  * - Shared work: an adapter's update at weight 1 (the up @ down products) is kept in a byte-bounded LRU, so
  *   the same adapters at other weights only scale and add it.
- * Adapters that bundle concept tokens also get a text encoder with those tokens added, on the same worker as
- * their UNet (released with it).
- * Merging never writes to disk.
+ * A text encoder gets its own merged copy, on the same worker as the UNet (released with it), when the adapters
+ * have LoRA layers for it (lora_te_, lora_te1_, lora_te2_) or bundle concept tokens (learned embeddings for their
+ * trigger words). Weights stored as external data are read from the model's folder, which merged sessions also
+ * get. Merging never writes to disk.
  */
-import { ClipTextEncoder, Unet } from '../components.ts';
+import { dirname } from 'node:path';
+import { ClipTextEncoder, Unet, type HiddenLayer } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import type { Model } from '../runtime/contract.ts';
 import type { ModelSessions } from '../sessions.ts';
 import { addConceptTokens, type ConceptTokenIds } from './concept-tokens.ts';
-import type { KohyaAdapter } from './kohya.ts';
+import type { KohyaAdapter, LoraTarget } from './kohya.ts';
 import { adapterDeltas, mergeAdapters, type AdapterDeltas, type WeightedAdapter } from './merge.ts';
-import type { OnnxGraphIndex } from './onnx-graph.ts';
+import { indexOnnxModel, type OnnxGraphIndex } from './onnx-graph.ts';
 import { checkProbe, probeInput, probePrediction, type ProbeInput } from './probe.ts';
 import { checkUpdateBounds } from './update-bounds.ts';
 
 /** Merged variants alive at once by default (a merged SD 1.5 UNet holds 3.4 GB of fp32 weights). */
 export const DEFAULT_MAX_VARIANTS = 4;
+/** Weights live merged variants may hold together before idle ones are evicted (the newest always stays). */
+export const DEFAULT_MERGED_BYTES = 4 * 2 ** 30;
 /** Bytes of per-adapter updates kept for merges at other weights (tiny-shapes' adapters: ~1 MB each). */
 export const DELTA_CACHE_BYTES = 256 * 2 ** 20;
 /** What a client refused for lack of a free variant should wait, s (a stream's swap or a render's time). */
 const VARIANT_RETRY_S = 5;
 
-/** A base model's bytes and graph index, read once. */
+/** A base model's file, bytes and graph index, read once, and the bytes of weights a session of it holds. */
 export interface BaseModel {
+  readonly path: string;
   readonly bytes: Uint8Array;
   readonly index: OnnxGraphIndex;
+  /** model.onnx and its external data files. */
+  readonly weightBytes: number;
 }
 
-/** How prompts are encoded for a merged UNet whose adapters bring concept tokens. */
+/** A text tower's encoder as the store gets it: its model and the hidden state the pack reads from it. */
+export interface TextEncoderSource {
+  readonly model: () => Promise<BaseModel>;
+  readonly layer: HiddenLayer;
+}
+
+/** The LoRA target of each text tower (SDXL: text_encoder, text_encoder_2). */
+export const TOWER_TARGETS: readonly LoraTarget[] = ['text_encoder', 'text_encoder_2'];
+
+/** How prompts are encoded for a merged UNet whose adapters change a text encoder (LoRA layers or concept tokens). */
 export interface ConceptText {
   /** Cache key of the adapter combination (prompt embeddings depend on it). */
   readonly key: string;
-  readonly encoder: ClipTextEncoder;
+  /** Per text tower of the pack: its merged encoder, or undefined where the tower is unchanged. */
+  readonly encoders: readonly (ClipTextEncoder | undefined)[];
   readonly tokens: ConceptTokenIds;
 }
 
 export interface MergedUnet {
   readonly unet: Unet;
-  /** The sessions behind it (the UNet, and the text encoder beside it when there are concept tokens), released together. */
+  /** The sessions behind it (the UNet, and the text encoders beside it when the adapters change them), released together. */
   readonly models: readonly Model[];
-  /** Present when the adapters bring concept tokens. */
+  /** Present when the adapters change a text encoder. */
   readonly text?: ConceptText | undefined;
   readonly warnings: string[];
   /** Wall time of merging the weights and of building the session, ms (0 for the base UNet). */
   readonly mergeMs: number;
   readonly buildMs: number;
+  /** Weights the merged sessions hold (the byte bound counts these). */
+  readonly weightBytes: number;
 }
 
 /** A merged UNet held by one user; release() (idempotent) gives it back. */
@@ -74,6 +96,8 @@ export interface ProbeBase {
 
 export interface MergedUnetsSettings {
   readonly maxVariants: number;
+  /** Weights live variants may hold together (DEFAULT_MERGED_BYTES). */
+  readonly maxBytes?: number | undefined;
   readonly probe?: ProbeBase | undefined;
   readonly deltaCacheBytes?: number;
 }
@@ -94,7 +118,8 @@ export class MergedUnets {
   private readonly cache = new Map<string, Entry>();
   /** Every entry alive: cached, or evicted and still in use, or built for one use. */
   private readonly alive = new Set<Entry>();
-  private readonly deltas = new Map<KohyaAdapter, AdapterDeltas>();
+  /** Per model the updates are for (the UNet, each text tower), per adapter. */
+  private readonly deltas = new Map<LoraTarget, Map<KohyaAdapter, AdapterDeltas>>();
   private deltaBytes = 0;
   /** Adapter updates computed (a merge of cached adapters at new weights computes none). */
   deltasComputed = 0;
@@ -104,11 +129,12 @@ export class MergedUnets {
   private probeRows: ProbeInput | undefined;
   private closed = false;
   readonly maxVariants: number;
+  readonly maxBytes: number;
 
   constructor(
     private readonly unet: () => Promise<BaseModel>,
-    /** Undefined when the pack's text encoder is not at hand: concept tokens are then read as plain text. */
-    private readonly textEncoder: (() => Promise<BaseModel>) | undefined,
+    /** The pack's text encoders in tower order; empty when not at hand (their LoRA layers and concept tokens are then ignored). */
+    private readonly textEncoders: readonly TextEncoderSource[],
     /** Where merged UNets are opened (each on a worker of its own, when the sessions have workers). */
     private readonly sessions: ModelSessions,
     private readonly settings: MergedUnetsSettings,
@@ -116,11 +142,19 @@ export class MergedUnets {
     const max = settings.maxVariants;
     if (!Number.isInteger(max) || max < 1) throw new ServiceError('bad_request', `the number of merged variants must be a positive integer, got ${max}`, { field: 'max-variants' });
     this.maxVariants = max;
+    this.maxBytes = settings.maxBytes ?? DEFAULT_MERGED_BYTES;
   }
 
   /** Merged UNets alive (each a session on its own worker thread), being built included. */
   get live(): number {
     return this.alive.size;
+  }
+
+  /** Bytes of weights the live merged sessions hold (builds still running count once done). */
+  get bytes(): number {
+    let n = 0;
+    for (const e of this.alive) n += e.merged?.weightBytes ?? 0;
+    return n;
   }
 
   /** The merged UNet for `key` if it is cached (built or being built). */
@@ -195,6 +229,7 @@ export class MergedUnets {
     entry.built.then(
       (merged) => {
         entry.merged = merged; // an entry ended while building is released by end(), which awaits the build
+        if (!entry.released) this.evictBytes(entry);
       },
       () => {
         this.alive.delete(entry);
@@ -222,6 +257,17 @@ export class MergedUnets {
     }
   }
 
+  /** Past the byte bound, ends idle cached variants, least recently used first (never `newest`, never one in use). */
+  private evictBytes(newest: Entry): void {
+    for (const e of [...this.cache.values()]) {
+      if (this.bytes <= this.maxBytes) return;
+      if (e === newest || e.users > 0 || e.merged === undefined) continue;
+      this.cache.delete(e.key);
+      e.cached = false;
+      void this.end(e);
+    }
+  }
+
   /** An entry out of the cache ends when its last user lets go. */
   private settle(entry: Entry): void {
     if (!entry.cached && entry.users === 0) void this.end(entry);
@@ -240,65 +286,93 @@ export class MergedUnets {
     await Promise.all(models.map((m) => this.sessions.release(m)));
   }
 
-  /** An adapter's update at weight 1, shared by merges at other weights (LRU, at most deltaCacheBytes). */
-  private async deltasOf(index: OnnxGraphIndex, weighted: WeightedAdapter): Promise<AdapterDeltas> {
-    const hit = this.deltas.get(weighted.adapter);
+  /** An adapter's update at weight 1 to one model, shared by merges at other weights (LRU over all models, at most deltaCacheBytes). */
+  private async deltasOf(index: OnnxGraphIndex, target: LoraTarget, weighted: WeightedAdapter): Promise<AdapterDeltas> {
+    const table = this.deltas.get(target) ?? new Map<KohyaAdapter, AdapterDeltas>();
+    this.deltas.set(target, table);
+    const hit = table.get(weighted.adapter);
     if (hit) {
-      this.deltas.delete(weighted.adapter);
-      this.deltas.set(weighted.adapter, hit);
+      table.delete(weighted.adapter); // refresh its place in the LRU order
+      table.set(weighted.adapter, hit);
       return hit;
     }
-    const computed = await adapterDeltas(index, weighted.adapter, `adapter ${weighted.name}`);
+    const computed = await adapterDeltas(index, weighted.adapter, `adapter ${weighted.name}`, target);
     this.deltasComputed++;
     const limit = this.settings.deltaCacheBytes ?? DELTA_CACHE_BYTES;
-    if (computed.bytes <= limit && !this.deltas.has(weighted.adapter)) {
-      this.deltas.set(weighted.adapter, computed);
+    if (computed.bytes <= limit && !table.has(weighted.adapter)) {
+      table.set(weighted.adapter, computed);
       this.deltaBytes += computed.bytes;
-      for (const [adapter, d] of this.deltas) {
-        if (this.deltaBytes <= limit) break;
-        this.deltas.delete(adapter);
-        this.deltaBytes -= d.bytes;
+      for (const t of this.deltas.values()) {
+        for (const [adapter, d] of t) {
+          if (this.deltaBytes <= limit) return computed;
+          t.delete(adapter);
+          this.deltaBytes -= d.bytes;
+        }
       }
     }
     return computed;
   }
 
   private async build(weighted: readonly WeightedAdapter[], key: string): Promise<MergedUnet> {
-    const { bytes, index } = await this.unet();
+    const unetBase = await this.unet();
+    const unetDir = dirname(unetBase.path);
     const t0 = performance.now();
     if (weighted.length === 0) {
-      const model = await this.sessions.openOwn(bytes, 'unet');
-      return { unet: new Unet(model), models: [model], warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
+      const model = await this.sessions.openOwn(unetBase.bytes, 'unet', undefined, unetDir);
+      return { unet: new Unet(model), models: [model], warnings: [], mergeMs: 0, buildMs: performance.now() - t0, weightBytes: unetBase.weightBytes };
     }
-    // 1. weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes; files put in a folder by hand
+    // 1. UNet weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes; files put in a folder by hand
     //    have not been through the upload checks, so the update bound is checked here too
     for (const w of weighted) {
       if (this.bounded.has(w.adapter)) continue;
-      checkUpdateBounds(bytes, index, w.adapter, `adapter ${w.name}`);
+      checkUpdateBounds(unetBase.bytes, unetBase.index, w.adapter, `adapter ${w.name}`);
       this.bounded.add(w.adapter);
     }
-    const merged = await mergeAdapters(bytes, index, weighted, 'unet', (w) => this.deltasOf(index, w));
+    const merged = await mergeAdapters(unetBase.bytes, unetBase.index, weighted, 'unet', { externalDir: unetDir, deltasOf: (w) => this.deltasOf(unetBase.index, 'unet', w) });
     const warnings = [...merged.warnings];
-    // 2. concept tokens: a text encoder with the adapters' learned embeddings appended
+    let weightBytes = unetBase.weightBytes;
+    // 2. text encoders with LoRA layers; the first also with concept tokens (learned embeddings appended)
     const embeddings = weighted.flatMap((w) => w.adapter.embeddings.map((embedding) => ({ adapter: w.name, embedding })));
-    let text: { bytes: Uint8Array; ids: ConceptTokenIds } | undefined;
-    if (embeddings.length > 0 && this.textEncoder) {
-      const base = await this.textEncoder();
-      text = addConceptTokens(base.bytes, base.index, embeddings);
-    } else if (embeddings.length > 0) {
-      warnings.push(`no text encoder to add the concept tokens ${embeddings.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
+    const texts: { tower: number; bytes: Uint8Array; dir: string; layer: HiddenLayer; target: LoraTarget }[] = [];
+    let tokens: ConceptTokenIds = new Map();
+    for (const [tower, target] of TOWER_TARGETS.entries()) {
+      const hasLayers = weighted.some((w) => w.adapter.layers.some((l) => l.target === target));
+      const concepts = tower === 0 ? embeddings : [];
+      if (!hasLayers && concepts.length === 0) continue;
+      const source = this.textEncoders[tower];
+      if (!source) {
+        if (hasLayers) warnings.push(`no ${target} to merge the adapters' ${target} layers into: they were ignored`);
+        if (concepts.length > 0) warnings.push(`no text encoder to add the concept tokens ${concepts.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
+        continue;
+      }
+      const base = await source.model();
+      let bytes = base.bytes;
+      if (hasLayers) {
+        const m = await mergeAdapters(base.bytes, base.index, weighted, target, { target, externalDir: dirname(base.path), deltasOf: (w) => this.deltasOf(base.index, target, w) });
+        warnings.push(...m.warnings);
+        bytes = m.bytes;
+      }
+      if (concepts.length > 0) {
+        const added = addConceptTokens(bytes, bytes === base.bytes ? base.index : indexOnnxModel(bytes, target), concepts);
+        bytes = added.bytes;
+        tokens = added.ids;
+      }
+      weightBytes += base.weightBytes;
+      texts.push({ tower, bytes, dir: dirname(base.path), layer: source.layer, target });
     }
-    // 3. sessions on a worker thread of their own
+    // 3. sessions on a worker thread of their own (the text encoders beside the UNet)
     const t1 = performance.now();
-    const models: Model[] = [await this.sessions.openOwn(merged.bytes, `unet+${key}`)];
+    const models: Model[] = [await this.sessions.openOwn(merged.bytes, `unet+${key}`, undefined, unetDir)];
     try {
-      if (text) models.push(await this.sessions.openOwn(text.bytes, `text_encoder+${key}`, models[0]));
+      for (const t of texts) models.push(await this.sessions.openOwn(t.bytes, `${t.target}+${key}`, models[0], t.dir));
       const unet = new Unet(models[0]!);
       const buildMs = performance.now() - t1;
       // 4. the probe: a variant that breaks the model is never used
       await this.probe(unet, weighted.map((w) => `${w.name}:${w.weight}`).join(', '));
-      const concept = text && { key, encoder: new ClipTextEncoder(models[1]!), tokens: text.ids };
-      return { unet, models, text: concept, warnings, mergeMs: t1 - t0, buildMs };
+      const encoders: (ClipTextEncoder | undefined)[] = [];
+      texts.forEach((t, i) => (encoders[t.tower] = new ClipTextEncoder(models[i + 1]!, t.layer)));
+      const text = texts.length > 0 ? { key, encoders, tokens } : undefined;
+      return { unet, models, text, warnings, mergeMs: t1 - t0, buildMs, weightBytes };
     } catch (error) {
       await this.releaseModels(models);
       throw error;

@@ -15,7 +15,7 @@
  */
 import { ServiceError } from '../errors.ts';
 import { float16ToFloat32 } from '../runtime/float16.ts';
-import { kohyaNodeTable, type KohyaAdapter, type LoraLayer } from './kohya.ts';
+import { moduleNodeTable, type KohyaAdapter, type LoraLayer, type LoraTarget } from './kohya.ts';
 import { resolveTarget } from './merge.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer } from './onnx-graph.ts';
 
@@ -57,16 +57,16 @@ function rmsOf(bytes: Uint8Array, init: OnnxInitializer): number | undefined {
 }
 
 /**
- * Refuses (model_invalid, naming the layer) an adapter with a layer whose update exceeds the bound against the
- * base model's weights (`bytes`, `index`). Layers that match no node, or whose weights are external, are left
+ * Refuses (model_invalid, naming the layer) an adapter with a layer for `target` (default the UNet) whose update
+ * exceeds the bound against that model's weights (`bytes`, `index`). Layers that match no node, or whose weights are external, are left
  * to the merge's own checks and the probe.
  */
-export function checkUpdateBounds(bytes: Uint8Array, index: OnnxGraphIndex, adapter: KohyaAdapter, label: string): void {
-  const table = kohyaNodeTable(index);
-  for (const layer of adapter.layers) {
-    const target = resolveTarget(index, table, layer, label);
-    if (!target) continue;
-    const rms = rmsOf(bytes, target.initializer);
+export function checkUpdateBounds(bytes: Uint8Array, index: OnnxGraphIndex, adapter: KohyaAdapter, label: string, target: LoraTarget = 'unet'): void {
+  const table = moduleNodeTable(index);
+  for (const layer of adapter.layers.filter((l) => l.target === target)) {
+    const resolved = resolveTarget(index, table, layer, label);
+    if (!resolved) continue;
+    const rms = rmsOf(bytes, resolved.initializer);
     if (rms === undefined) continue;
     const norm = updateNorm(layer);
     const limit = MAX_UPDATE_RATIO * Math.sqrt(layer.rank) * rms * (Math.sqrt(layer.outFeatures) + Math.sqrt(layer.inFeatures));

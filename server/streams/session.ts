@@ -10,7 +10,7 @@ import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeRgb8, encodeRgb8, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import type { Engine } from '../../pipelines/engine.ts';
-import { mergeParams, parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
+import { mergeParams, packParams, parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 import type { Reservation } from './registry.ts';
@@ -137,7 +137,7 @@ export class StreamSession extends EventEmitter {
 
   /** Opens a stream; `reservation` (the registry's) is resized before a size change and must fit. */
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink, reservation?: Reservation): Promise<StreamSession> {
-    const params = parseRequestParams({ ...start.params });
+    const params = parseRequestParams({ ...start.params }, packParams(ctx.engine.pack.defaults, 'stream'));
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start, reservation);
