@@ -12,7 +12,8 @@
  *   it is refused (rate_limited, Retry-After) instead of growing memory and threads.
  * - Bytes: each merged variant is a full copy of the UNet (SD 1.5 fp32 3.4 GB, SDXL 10 GB), so a count alone
  *   would not bound memory. Past `maxBytes` of weights held by live variants, idle cached ones are evicted (least
- *   recently used first) once a build is done; variants in use are never taken, and the newest always stays.
+ *   recently used first) once a build is done or a lease is given back; variants in use are never taken, and the
+ *   most recently used always stays.
  * - Shared work: an adapter's update at weight 1 (the up @ down products) is kept in a byte-bounded LRU, so
  *   the same adapters at other weights only scale and add it.
  * A text encoder gets its own merged copy, on the same worker as the UNet (released with it), when the adapters
@@ -258,7 +259,7 @@ export class MergedUnets {
   }
 
   /** Past the byte bound, ends idle cached variants, least recently used first (never `newest`, never one in use). */
-  private evictBytes(newest: Entry): void {
+  private evictBytes(newest: Entry | undefined): void {
     for (const e of [...this.cache.values()]) {
       if (this.bytes <= this.maxBytes) return;
       if (e === newest || e.users > 0 || e.merged === undefined) continue;
@@ -271,6 +272,7 @@ export class MergedUnets {
   /** An entry out of the cache ends when its last user lets go. */
   private settle(entry: Entry): void {
     if (!entry.cached && entry.users === 0) void this.end(entry);
+    else if (entry.users === 0) this.evictBytes([...this.cache.values()].at(-1)); // an idle one may now go for bytes
   }
 
   private async end(entry: Entry): Promise<void> {
