@@ -125,8 +125,8 @@ export class MergedUnets {
   /** Adapter updates computed (a merge of cached adapters at new weights computes none). */
   deltasComputed = 0;
   private basePrediction: Promise<Float32Array> | undefined;
-  /** Adapters whose update sizes passed the bound (checked once per parsed file). */
-  private readonly bounded = new WeakSet<KohyaAdapter>();
+  /** Per model (the UNet, each text tower), adapters whose update sizes passed the bound (checked once per parsed file). */
+  private readonly bounded = new Map<LoraTarget, WeakSet<KohyaAdapter>>();
   private probeRows: ProbeInput | undefined;
   private closed = false;
   readonly maxVariants: number;
@@ -325,11 +325,7 @@ export class MergedUnets {
     }
     // 1. UNet weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes; files put in a folder by hand
     //    have not been through the upload checks, so the update bound is checked here too
-    for (const w of weighted) {
-      if (this.bounded.has(w.adapter)) continue;
-      checkUpdateBounds(unetBase.bytes, unetBase.index, w.adapter, `adapter ${w.name}`);
-      this.bounded.add(w.adapter);
-    }
+    this.checkBounds(unetBase, 'unet', weighted);
     const merged = await mergeAdapters(unetBase.bytes, unetBase.index, weighted, 'unet', { externalDir: unetDir, deltasOf: (w) => this.deltasOf(unetBase.index, 'unet', w) });
     const warnings = [...merged.warnings];
     let weightBytes = unetBase.weightBytes;
@@ -350,6 +346,7 @@ export class MergedUnets {
       const base = await source.model();
       let bytes = base.bytes;
       if (hasLayers) {
+        this.checkBounds(base, target, weighted);
         const m = await mergeAdapters(base.bytes, base.index, weighted, target, { target, externalDir: dirname(base.path), deltasOf: (w) => this.deltasOf(base.index, target, w) });
         warnings.push(...m.warnings);
         bytes = m.bytes;
@@ -378,6 +375,17 @@ export class MergedUnets {
     } catch (error) {
       await this.releaseModels(models);
       throw error;
+    }
+  }
+
+  /** The update bound (update-bounds.ts) for each adapter's layers of one model, once per parsed file. */
+  private checkBounds(base: BaseModel, target: LoraTarget, weighted: readonly WeightedAdapter[]): void {
+    const done = this.bounded.get(target) ?? new WeakSet<KohyaAdapter>();
+    this.bounded.set(target, done);
+    for (const w of weighted) {
+      if (done.has(w.adapter)) continue;
+      checkUpdateBounds(base.bytes, base.index, w.adapter, `adapter ${w.name}`, target);
+      done.add(w.adapter);
     }
   }
 
