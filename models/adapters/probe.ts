@@ -42,14 +42,16 @@ function seeded(seed: number): () => number {
   };
 }
 
-/** The probe row for a UNet's contract at a latent size (a multiple the UNet accepts). */
+/** The probe row for a UNet's contract (SDXL's added conditions included) at a latent size (a multiple the UNet accepts). */
 export function probeInput(unet: Unet, latentHeight: number, latentWidth: number): ProbeInput {
   const hidden = unet.model.input('encoder_hidden_states')?.dims[2];
   const width = typeof hidden === 'number' && hidden > 0 ? hidden : 768;
   const next = seeded(20241130);
   const sample = Float32Array.from({ length: unet.latentChannels * latentHeight * latentWidth }, next);
   const context = Float32Array.from({ length: CONTEXT_TOKENS * width }, next);
-  return { rows: [{ sample, timestep: PROBE_TIMESTEP, context }], latentHeight, latentWidth };
+  // SDXL's UNet also takes a pooled prompt embedding (text_embeds); its time_ids default to the latent size
+  const pooled = unet.pooledSize > 0 ? Float32Array.from({ length: unet.pooledSize }, next) : undefined;
+  return { rows: [{ sample, timestep: PROBE_TIMESTEP, context, ...(pooled ? { pooled } : {}) }], latentHeight, latentWidth };
 }
 
 /** Standard deviation of the values. */
