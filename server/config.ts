@@ -37,7 +37,20 @@ export interface ServerConfig {
   readonly rateLimitPerMinute: number;
   /** Rows per UNet call across streams; 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /** Cluster mode (server/cluster/): the Redis every node shares. Unset: one process, no Redis. */
+  readonly redisUrl: string | undefined;
+  /** What a cluster node does: `api` (gateway: HTTP, relays streams, queues renders), `worker`, or `all`. */
+  readonly role: NodeRole;
+  /** The address other nodes reach this one at (gateways relay streams to it); default http://host:port. */
+  readonly advertiseUrl: string | undefined;
+  /** A worker that has not renewed its job lock for this long is taken for dead: its job runs elsewhere, ms. */
+  readonly jobLockMs: number;
+  /** A worker takes no new jobs while the machine has less free memory than this, MiB. */
+  readonly minFreeMemoryMb: number;
 }
+
+export const NODE_ROLES = ['all', 'api', 'worker'] as const;
+export type NodeRole = (typeof NODE_ROLES)[number];
 
 export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   host: '127.0.0.1',
@@ -56,6 +69,12 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxUploadBytes: 200 * 1024 * 1024, // a few minutes of 720p H.264
   rateLimitPerMinute: 600,
   maxBatchRows: 16,
+  redisUrl: undefined,
+  role: 'all',
+  advertiseUrl: undefined,
+  // longer than the longest model call: a call blocks the event loop, and with it the lock's renewal
+  jobLockMs: 30_000,
+  minFreeMemoryMb: 256,
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
@@ -68,6 +87,35 @@ function int(value: string, name: string, min: number, max: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be an integer in ${min}..${max}, got "${value}"`, { field: name });
   return n;
+}
+
+type ClusterFields = Pick<ServerConfig, 'redisUrl' | 'role' | 'advertiseUrl' | 'jobLockMs' | 'minFreeMemoryMb'>;
+
+/** The cluster's flags: a role or an advertised address without --redis is a mistake, not a silent no-op. */
+function clusterConfig(values: Record<string, string | boolean | string[] | undefined>, env: NodeJS.ProcessEnv): ClusterFields {
+  const flag = (name: string, variable: string): string | undefined => {
+    const v = values[name];
+    return typeof v === 'string' ? v : env[variable] || undefined;
+  };
+  const d = DEFAULT_CONFIG;
+  const redisUrl = flag('redis', 'REDIS_URL');
+  const role = flag('role', 'ROLE');
+  const advertiseUrl = flag('advertise-url', 'ADVERTISE_URL');
+  const lock = flag('job-lock-ms', 'JOB_LOCK_MS');
+  const free = flag('min-free-mb', 'MIN_FREE_MB');
+  if (role !== undefined && !(NODE_ROLES as readonly string[]).includes(role)) throw new ServiceError('bad_request', `--role must be one of ${NODE_ROLES.join(', ')}, got "${role}"`, { field: 'role' });
+  if (redisUrl === undefined && (role !== undefined || advertiseUrl !== undefined)) {
+    throw new ServiceError('bad_request', `--${role !== undefined ? 'role' : 'advertise-url'} needs --redis URL (or REDIS_URL): roles exist only in a cluster`, { field: 'redis' });
+  }
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ServiceError('bad_request', `--redis must be a redis:// or rediss:// URL, got "${redisUrl}"`, { field: 'redis' });
+  if (advertiseUrl !== undefined && !/^https?:\/\/[^/]+$/.test(advertiseUrl)) throw new ServiceError('bad_request', `--advertise-url must be http(s)://host:port, got "${advertiseUrl}"`, { field: 'advertise-url' });
+  return {
+    redisUrl,
+    role: (role as NodeRole | undefined) ?? d.role,
+    advertiseUrl,
+    jobLockMs: lock === undefined ? d.jobLockMs : int(lock, 'job-lock-ms', 1000, 3_600_000),
+    minFreeMemoryMb: free === undefined ? d.minFreeMemoryMb : int(free, 'min-free-mb', 0, 1 << 20),
+  };
 }
 
 /** Reads flags (argv) over environment (env) over defaults, and checks that the result is safe. */
@@ -87,6 +135,11 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'video-dir': { type: 'string', multiple: true },
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
+      redis: { type: 'string' },
+      role: { type: 'string' },
+      'advertise-url': { type: 'string' },
+      'job-lock-ms': { type: 'string' },
+      'min-free-mb': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -111,6 +164,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     videoDirs: videoDirs.map((p) => resolve(p)),
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
+    ...clusterConfig(values, env),
   };
   if (!isLoopback(config.host) && !config.apiKey) {
     throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`);

@@ -9,9 +9,9 @@ import type { AppContext } from '../context.ts';
 import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import { a1111Router } from './a1111.ts';
 import { imagesExecutor, videoExecutor } from './jobs/executors.ts';
-import { DEFAULT_JOB_OPTIONS, JobManager, type JobManagerOptions } from './jobs/manager.ts';
+import { DEFAULT_JOB_OPTIONS, JobManager, type JobManagerOptions, type Jobs } from './jobs/manager.ts';
 import { jobsRouter } from './jobs/router.ts';
-import { JobStore } from './jobs/store.ts';
+import { FileJobStore } from './jobs/store.ts';
 import { openaiRouter } from './openai.ts';
 import { RenderTracker } from './render.ts';
 import { ResultStore } from './results.ts';
@@ -26,7 +26,7 @@ export interface BatchApi {
     drain(): Promise<void>;
   };
   /** The job queue itself (tests, the bench). */
-  readonly manager: JobManager;
+  readonly manager: Jobs;
   /** jobs.start / jobs.drain again, so the API is also a ServerExtension of server/app.ts as it is. */
   readonly start: () => Promise<void>;
   readonly drain: () => Promise<void>;
@@ -42,7 +42,7 @@ export function createBatchApi(ctx: AppContext, options: BatchOptions = {}): Bat
   const jobOptions: JobManagerOptions = { ...DEFAULT_JOB_OPTIONS, ...rest };
   const tracker = new RenderTracker();
   const results = new ResultStore(join(ctx.config.dataDir, 'results'), jobOptions.retentionMs);
-  const store = new JobStore(join(ctx.config.dataDir, 'jobs'));
+  const store = new FileJobStore(join(ctx.config.dataDir, 'jobs'));
   const manager = new JobManager(store, { images: imagesExecutor(ctx), video: videoExecutor(ctx, ffmpeg) }, ctx.log.child({ component: 'jobs' }), jobOptions);
   const router = express.Router();
   router.use(a1111Router(ctx, tracker));

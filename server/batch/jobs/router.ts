@@ -6,8 +6,7 @@
  *   DELETE /v1/jobs/:id                  cancel (409 when already finished)
  *   GET    /v1/jobs/:id/results/:file    a result file
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import express from 'express';
 import { ServiceError } from '../../../models/errors.ts';
 import type { AppContext } from '../../context.ts';
@@ -16,7 +15,8 @@ import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { videoExtension, videoUpload } from '../uploads.ts';
 import { decodeBase64Image } from '../validate.ts';
-import type { JobManager } from './manager.ts';
+import type { Jobs } from './manager.ts';
+import { jobView } from './run.ts';
 import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
 import { JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
 
@@ -32,7 +32,7 @@ function baseUrl(req: express.Request): string {
   return `${req.protocol}://${req.get('host')}`;
 }
 
-export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Promise<FfmpegPaths>): express.Router {
+export function jobsRouter(ctx: AppContext, jobs: Jobs, ffmpeg: () => Promise<FfmpegPaths>): express.Router {
   const router = express.Router();
   const store = jobs.store;
 
@@ -48,7 +48,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
         const parsed = parseJob(body);
         const id = newJobId();
-        const dir = store.dir(id);
+        const files = store.files(id);
         const common = {
           version: 1 as const,
           id,
@@ -70,10 +70,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
           const init = parsed.initImage;
           if (init) await decodeBase64Image(init, size.width, size.height, 'init_image');
           const request: ImagesJobRequest = { ...parsed.request, init_file: init ? INIT_IMAGE_FILE : null };
-          if (init) {
-            await mkdir(dir, { recursive: true });
-            await writeFile(join(dir, INIT_IMAGE_FILE), Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
-          }
+          if (init) await files.write(INIT_IMAGE_FILE, Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
           record = { ...common, kind: 'images', request, webhook: webhookState(parsed.webhook) };
         } else {
           // 2b. a video: an upload or an allowed server-side path, and an ffmpeg to read it
@@ -87,49 +84,47 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
             source = { path: await resolveVideoPath(ctx.config.videoDirs, parsed.path) };
           } else {
             const name = `input.${videoExtension(upload!.originalname)}`;
-            await mkdir(dir, { recursive: true });
-            await rename(upload!.path, join(dir, name));
+            await files.move(name, upload!.path);
             source = { upload: name };
           }
           record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook) };
         }
         // 3. persisted before it is acknowledged
-        await jobs.submit(record).catch(async (error: unknown) => {
-          await rm(dir, { recursive: true, force: true });
+        await jobs.submit(record, req.socket.remoteAddress ?? 'unknown').catch(async (error: unknown) => {
+          await store.remove(id);
           throw error;
         });
-        res.status(201).location(`/v1/jobs/${id}`).json(jobs.view(record, baseUrl(req)));
+        res.status(201).location(`/v1/jobs/${id}`).json(jobView(record, baseUrl(req)));
       } finally {
         if (upload) await rm(upload.path, { force: true });
       }
     }),
   );
 
-  router.get('/v1/jobs', (req, res) => {
+  router.get('/v1/jobs', async (req, res) => {
     const status = req.query['status'];
     if (status !== undefined && !JOB_STATUSES.includes(status as JobStatus)) {
       throw new ServiceError('bad_request', `status: must be one of ${JOB_STATUSES.join(', ')}`, { field: 'status' });
     }
-    const list = jobs.list().filter((r) => status === undefined || r.status === status);
-    res.json({ jobs: list.map((r) => jobs.view(r, baseUrl(req))) });
+    const list = (await jobs.list()).filter((r) => status === undefined || r.status === status);
+    res.json({ jobs: list.map((r) => jobView(r, baseUrl(req))) });
   });
 
-  router.get('/v1/jobs/:id', (req, res) => {
-    res.json(jobs.view(jobs.get(jobId(req.params['id'])), baseUrl(req)));
+  router.get('/v1/jobs/:id', async (req, res) => {
+    res.json(jobView(await jobs.get(jobId(req.params['id'])), baseUrl(req)));
   });
 
-  router.delete(
-    '/v1/jobs/:id',
-    asyncHandler(async (req, res) => {
-      res.json(jobs.view(await jobs.cancel(jobId(req.params['id'])), baseUrl(req)));
-    }),
-  );
+  router.delete('/v1/jobs/:id', async (req, res) => {
+    res.json(jobView(await jobs.cancel(jobId(req.params['id'])), baseUrl(req)));
+  });
 
-  router.get('/v1/jobs/:id/results/:file', (req, res, next) => {
-    const record = jobs.get(jobId(req.params['id']));
+  router.get('/v1/jobs/:id/results/:file', async (req, res, next) => {
+    const record = await jobs.get(jobId(req.params['id']));
     const file = String(req.params['file']);
     if (!record.results.includes(file)) throw new ServiceError('not_found', `job ${record.id} has no result ${file}`, { field: 'file' });
-    res.sendFile(file, { root: store.dir(record.id) }, (error) => error && next(error));
+    const found = await store.files(record.id).locate(file);
+    if ('path' in found) res.sendFile(found.path, (error) => error && next(error));
+    else res.type(file.slice(file.lastIndexOf('.'))).send(found.bytes);
   });
 
   return router;

@@ -1,10 +1,11 @@
 /**
- * Job persistence: one folder per job under <dataDir>/jobs/<id>/ holding job.json (the record, replaced
- * atomically: written to a temporary file, then renamed over) and the job's input and results beside it.
- * A crash leaves either the old or the new record, never half of one.
+ * Job persistence. The store interface (JobStore, JobFiles) and the single-node default: one folder per job
+ * under <dataDir>/jobs/<id>/ holding job.json (the record, replaced atomically: written to a temporary file,
+ * then renamed over) and the job's input and results beside it. A crash leaves either the old or the new
+ * record, never half of one. A cluster keeps records and files in Redis instead (redis-store.ts).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ServiceError } from '../../../models/errors.ts';
 
@@ -52,10 +53,111 @@ export interface JobRecord<Request = unknown> {
   /** Origin (scheme://host) of the request that created the job, for absolute URLs in webhooks. */
   readonly base_url: string;
   stats: Record<string, number | boolean>;
+  /** The current (or last) run's start, for the ETA: wall time (ms since the epoch) and progress then. */
+  run?: RunStart;
 }
 
-export class JobStore {
+export interface RunStart {
+  readonly since: number;
+  readonly fromProgress: number;
+}
+
+/** A local file holding one of a job's files while a tool (ffmpeg) reads it. */
+export interface LocalInput {
+  readonly path: string;
+  /** Done reading (a temporary copy is deleted). */
+  release(): Promise<void>;
+}
+
+/** A local file a tool (ffmpeg) writes one of a job's files to. */
+export interface LocalOutput {
+  readonly path: string;
+  /** Stores what was written under the file's name. */
+  commit(): Promise<void>;
+  /** Drops it (the tool failed). */
+  discard(): Promise<void>;
+}
+
+/** A job's input and result files, by name: a folder on one machine, blobs every node reaches in a cluster. */
+export interface JobFiles {
+  has(name: string): Promise<boolean>;
+  /** Stores bytes under `name`, atomically: a reader sees all of them or no file. */
+  write(name: string, bytes: Uint8Array): Promise<void>;
+  /** Moves a local file (an upload) in under `name`. */
+  move(name: string, path: string): Promise<void>;
+  read(name: string): Promise<Buffer>;
+  /** A local path to read `name` from (ffmpeg reads inputs by path). */
+  input(name: string): Promise<LocalInput>;
+  /** A local path to write `name` to. */
+  output(name: string): Promise<LocalOutput>;
+  /** Where a response reads `name` from: a file to send, or the bytes. */
+  locate(name: string): Promise<{ readonly path: string } | { readonly bytes: Buffer }>;
+}
+
+/** Where job records and files are kept (FileJobStore here; RedisJobStore for a cluster). */
+export interface JobStore {
+  init(): Promise<void>;
+  save(record: JobRecord): Promise<void>;
+  /** The record, or undefined when there is no such job (deleted, or past retention). */
+  load(id: string): Promise<JobRecord | undefined>;
+  /** Every readable record; unreadable ones are reported and skipped. */
+  scan(onBroken: (name: string, error: unknown) => void): Promise<JobRecord[]>;
+  remove(id: string): Promise<void>;
+  files(id: string): JobFiles;
+}
+
+/** The files of one job folder. */
+class FolderFiles implements JobFiles {
+  constructor(private readonly dir: string) {}
+
+  has(name: string): Promise<boolean> {
+    return stat(join(this.dir, name)).then(
+      (s) => s.isFile(),
+      () => false,
+    );
+  }
+
+  async write(name: string, bytes: Uint8Array): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const tmp = join(this.dir, `${name}.partial`);
+    await writeFile(tmp, bytes);
+    await rename(tmp, join(this.dir, name));
+  }
+
+  async move(name: string, path: string): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    await rename(path, join(this.dir, name)).catch(async (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EXDEV') throw error;
+      await copyFile(path, join(this.dir, name)); // uploads on another file system
+    });
+  }
+
+  read(name: string): Promise<Buffer> {
+    return readFile(join(this.dir, name));
+  }
+
+  async input(name: string): Promise<LocalInput> {
+    return { path: join(this.dir, name), release: async () => undefined };
+  }
+
+  /** Written in place: the video renderer itself writes a .partial file and renames it when complete. */
+  async output(name: string): Promise<LocalOutput> {
+    await mkdir(this.dir, { recursive: true });
+    const path = join(this.dir, name);
+    return { path, commit: async () => undefined, discard: () => rm(path, { force: true }) };
+  }
+
+  async locate(name: string): Promise<{ path: string }> {
+    return { path: join(this.dir, name) };
+  }
+}
+
+export class FileJobStore implements JobStore {
   constructor(readonly root: string) {}
+
+  files(id: string): JobFiles {
+    return new FolderFiles(this.dir(id));
+  }
 
   dir(id: string): string {
     if (!isJobId(id)) throw new ServiceError('bad_request', `id: "${id}" is not a job id`, { field: 'id' });
@@ -81,7 +183,14 @@ export class JobStore {
     await rename(tmp, join(dir, 'job.json'));
   }
 
-  async load(id: string): Promise<JobRecord> {
+  async load(id: string): Promise<JobRecord | undefined> {
+    return this.read(id).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+  }
+
+  private async read(id: string): Promise<JobRecord> {
     return JSON.parse(await readFile(join(this.dir(id), 'job.json'), 'utf8')) as JobRecord;
   }
 
@@ -91,7 +200,7 @@ export class JobStore {
     for (const entry of await readdir(this.root, { withFileTypes: true })) {
       if (!entry.isDirectory() || !isJobId(entry.name)) continue;
       try {
-        const record = await this.load(entry.name);
+        const record = await this.read(entry.name);
         if (record.id !== entry.name || !JOB_STATUSES.includes(record.status)) throw new Error('record does not match its folder');
         await this.removeTemporaries(entry.name);
         records.push(record);
