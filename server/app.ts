@@ -17,7 +17,7 @@ import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
-import { attachStreamServer } from './streams/ws.ts';
+import { attachStreamServer, type StreamSocketHandler } from './streams/ws.ts';
 import { modelRoutes } from './model-routes.ts';
 import { CLOSE } from './streams/protocol.ts';
 
@@ -33,13 +33,22 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Hooks other parts of the server plug in (the batch API mounts its router and job runner here). */
+/** Hooks other parts of the server plug in (the batch API mounts its router and job runner here, a cluster its node). */
 export interface ServerExtension {
   readonly router: express.Router;
-  start?(): Promise<void>;
+  /** Stream routes in place of the built-in ones (a cluster gateway serves the streams it relays, and others'). */
+  readonly streamRouter?: express.Router;
+  /** WebSocket paths in place of the built-in /v1/stream (a cluster gateway relays it to workers). */
+  readonly sockets?: Readonly<Record<string, StreamSocketHandler>>;
+  /** Once listening. */
+  start?(server: { readonly url: string; readonly port: number }): Promise<void>;
+  /** First on close, before any socket closes: tell others this node is going (a cluster places nothing more on it). */
+  leave?(): Promise<void>;
   drain?(): Promise<void>;
+  /** Last on close, once HTTP has stopped: connections to shared services. */
+  stop?(): Promise<void>;
 }
-export type ExtensionFactory = (ctx: AppContext) => ServerExtension;
+export type ExtensionFactory = (ctx: AppContext, streams: StreamRegistry) => ServerExtension;
 
 export async function startServer(
   overrides: Partial<ServerConfig> = {},
@@ -51,7 +60,7 @@ export async function startServer(
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
-  const extensions = (options.extensions ?? []).map((make) => make(ctx));
+  const extensions = (options.extensions ?? []).map((make) => make(ctx, registry));
 
   const app = express();
   app.disable('x-powered-by');
@@ -67,7 +76,7 @@ export async function startServer(
   });
   app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
   app.use(express.json({ limit: '50mb' }));
-  app.use(streamRoutes(registry, log));
+  app.use(extensions.find((e) => e.streamRouter)?.streamRouter ?? streamRoutes(registry, log));
   app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
@@ -75,19 +84,22 @@ export async function startServer(
   app.use(errorHandler(log));
 
   const http = createServer(app);
-  const wss = attachStreamServer(http, ctx, registry);
+  const sockets = extensions.find((e) => e.sockets)?.sockets;
+  const wss = sockets ? attachStreamServer(http, ctx, registry, sockets) : attachStreamServer(http, ctx, registry);
   await new Promise<void>((ok, fail) => {
     http.once('error', fail);
     http.listen(config.port, config.host, () => ok());
   });
   const port = (http.address() as AddressInfo).port;
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
-  for (const ext of extensions) await ext.start?.();
+  const url = `http://${host}:${port}`;
+  for (const ext of extensions) await ext.start?.({ url, port });
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
       (ctx as { draining: boolean }).draining = true;
+      for (const ext of extensions) await ext.leave?.();
       for (const client of wss.clients) client.close(CLOSE.goingAway, 'server shutting down');
       for (const ext of extensions) await ext.drain?.();
       await new Promise<void>((ok) => {
@@ -95,8 +107,9 @@ export async function startServer(
         http.closeAllConnections();
       });
       wss.close();
+      for (const ext of extensions) await ext.stop?.();
     })());
 
-  return { url: `http://${host}:${port}`, port, ctx, streams: registry, http, close };
+  return { url, port, ctx, streams: registry, http, close };
 }
 

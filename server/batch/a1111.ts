@@ -12,7 +12,7 @@ import { encodeImage } from '../../pipelines/codecs/image.ts';
 import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SIDE, paramsSchema, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { clientGone, renderImages, timestamp, type RenderTracker } from './render.ts';
+import { clientGone, timestamp, type Renderer, type RenderTracker } from './render.ts';
 import { decodeBase64Image, dropNulls, mapParams, MAX_SEED, parseBody, resolveSeed } from './validate.ts';
 
 /** The only sampler: LCM on the pack's 50-step grid. */
@@ -144,7 +144,7 @@ function infotext(params: GenerationParams, seed: number, size: { width: number;
   return `${String(params.prompt)}${neg}\nSteps: ${params.steps}, Sampler: ${SAMPLER}, ${cfgText}Seed: ${seed}, Size: ${size.width}x${size.height}, Model: ${model}`;
 }
 
-export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Router {
+export function a1111Router(ctx: AppContext, tracker: RenderTracker, renderer: Renderer): express.Router {
   const router = express.Router();
 
   const render = (mode: 'txt2img' | 'img2img') =>
@@ -156,8 +156,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
       const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
-      const plan = await ctx.plan(params, mode);
-      const size = plan.size;
+      const size = ctx.engine.size(params);
       // 2. decode init images at the output size
       const inits = img
         ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`)))).map((d) => d.data)
@@ -167,8 +166,9 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const started = new Date();
       let images;
       try {
-        images = await renderImages(ctx, {
-          plan,
+        images = await renderer.render({
+          params,
+          mode,
           count,
           endpoint: `/sdapi/v1/${mode}`,
           lanes: request.batch_size,

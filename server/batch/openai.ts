@@ -10,10 +10,9 @@ import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { encodeImage } from '../../pipelines/codecs/image.ts';
 import { DEFAULT_STEPS, MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
-import type { Plan } from '../../pipelines/plan.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { clientGone, renderImages, type RenderTracker } from './render.ts';
+import { clientGone, type Renderer, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
 import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
@@ -91,14 +90,15 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
   }
 }
 
-export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore): express.Router {
+export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore, renderer: Renderer): express.Router {
   const router = express.Router();
 
-  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, plan: Plan, inits: Float32Array[] | undefined, endpoint: string) => {
+  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, params: GenerationParams, inits: Float32Array[] | undefined, endpoint: string) => {
     const progress = tracker.begin();
+    const mode = inits ? 'img2img' : 'txt2img';
     let images;
     try {
-      images = await renderImages(ctx, { plan, count: request.n, endpoint, signal: clientGone(res), onStep: progress.step, ...(inits ? { inits } : {}) });
+      images = await renderer.render({ params, mode, count: request.n, endpoint, signal: clientGone(res), onStep: progress.step, ...(inits ? { inits } : {}) });
     } finally {
       progress.end();
     }
@@ -121,7 +121,7 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
     asyncHandler(async (req, res) => {
       if (ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
       const request = parseBody(generationsSchema, req.body);
-      await respond(req, res, request, await ctx.plan(toParams(request, ctx, 'generations'), 'txt2img'), undefined, '/v1/images/generations');
+      await respond(req, res, request, toParams(request, ctx, 'generations'), undefined, '/v1/images/generations');
     }),
   );
 
@@ -135,19 +135,19 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       const files = req.files as Record<string, Express.Multer.File[]> | undefined;
       const uploads = [...(files?.['image'] ?? []), ...(files?.['image[]'] ?? [])];
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
-      const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
-      const { width, height } = plan.size;
+      const params = toParams(request, ctx, 'edits');
+      const { width, height } = ctx.engine.size(params);
       const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
-      await respond(req, res, request, plan, inits, '/v1/images/edits');
+      await respond(req, res, request, params, inits, '/v1/images/edits');
     }),
   );
 
-  router.get(
-    '/v1/images/results/:name',
-    asyncHandler(async (req, res) => {
-      res.sendFile(String(req.params['name']), { root: await results.checked(String(req.params['name'])) });
-    }),
-  );
+  router.get('/v1/images/results/:name', async (req, res) => {
+    const name = String(req.params['name']);
+    const found = await results.locate(name);
+    if ('path' in found) res.sendFile(found.path);
+    else res.type(name.slice(name.lastIndexOf('.'))).send(found.bytes);
+  });
 
   return router;
 }

@@ -1,10 +1,12 @@
 /**
  * Whole-image renders for the batch endpoints: txt2img / img2img through the server's cross-stream UNet
  * batcher (ctx.runners), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
+ * The endpoints ask a Renderer: this node's engine (localRenderer), or a cluster's workers (cluster-renders.ts).
  */
 import { render, DEFAULT_LANES, type GeneratedImage } from '../../pipelines/generate.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
-import type { Plan } from '../../pipelines/plan.ts';
+import type { GenerationParams } from '../../pipelines/params.ts';
+import type { Mode, Plan } from '../../pipelines/plan.ts';
 import { ServiceError } from '../../models/errors.ts';
 import type { AppContext } from '../context.ts';
 
@@ -49,6 +51,38 @@ export async function renderImages(ctx: AppContext, request: RenderRequest): Pro
   });
   ctx.metrics.images.inc({ endpoint: request.endpoint }, images.length);
   return images;
+}
+
+/** An interactive render as an endpoint asks for it: parameters, not a plan (a cluster plans on its worker). */
+export interface ImagesRequest {
+  readonly params: GenerationParams;
+  readonly mode: Mode;
+  readonly count: number;
+  /** Endpoint label for the images metric. */
+  readonly endpoint: string;
+  readonly lanes?: number;
+  /** img2img inputs [3, H, W] at ctx.engine.size(params); image j starts from inits[j % inits.length]. */
+  readonly inits?: readonly Float32Array[];
+  readonly signal?: AbortSignal;
+  /** After each UNet call: steps done, steps in all. */
+  readonly onStep?: (done: number, total: number) => void;
+}
+
+/** A rendered image: [3, H, W] in [-1, 1] and the seed it was drawn with. */
+export type RenderedImage = Pick<GeneratedImage, 'data' | 'width' | 'height' | 'seed'>;
+
+export interface Renderer {
+  render(request: ImagesRequest): Promise<RenderedImage[]>;
+}
+
+/** Renders on this node: plans the request, then renderImages. */
+export function localRenderer(ctx: AppContext): Renderer {
+  return {
+    async render(request) {
+      const { params, mode, ...rest } = request;
+      return renderImages(ctx, { ...rest, plan: await ctx.plan(params, mode) });
+    },
+  };
 }
 
 interface Active {

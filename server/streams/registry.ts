@@ -1,9 +1,29 @@
 /** The open streams, with the limits on how many there may be in all and per client address. */
 import { ServiceError } from '../../models/errors.ts';
-import type { StreamSession } from './session.ts';
+import type { GenerationParams } from '../../pipelines/params.ts';
+import type { StartMessage } from './protocol.ts';
+import type { StreamStats } from './session.ts';
+
+/**
+ * What the stream routes (MJPEG, snapshot, push) need of a stream: a session running here (session.ts), or a
+ * stream a cluster gateway relays to a worker (server/cluster/relay.ts).
+ */
+export interface LiveStream {
+  readonly id: string;
+  readonly start: StartMessage;
+  readonly size: { readonly width: number; readonly height: number };
+  readonly params: GenerationParams;
+  readonly stats: StreamStats;
+  /** The latest output as JPEG, if any. */
+  readonly latestJpeg: Buffer | undefined;
+  /** 'jpeg' (each output as JPEG) and 'close' events. */
+  on(event: 'jpeg' | 'close', listener: (jpeg: Buffer) => void): unknown;
+  off(event: 'jpeg' | 'close', listener: (jpeg: Buffer) => void): unknown;
+  once(event: 'close', listener: () => void): unknown;
+}
 
 export class StreamRegistry {
-  private readonly sessions = new Map<string, { session: StreamSession; client: string }>();
+  private readonly sessions = new Map<string, { session: LiveStream; client: string }>();
   private readonly reserved = new Map<string, number>();
 
   constructor(
@@ -27,12 +47,12 @@ export class StreamRegistry {
     };
   }
 
-  add(session: StreamSession, client: string): void {
+  add(session: LiveStream, client: string): void {
     this.sessions.set(session.id, { session, client });
     session.once('close', () => this.sessions.delete(session.id));
   }
 
-  get(id: string): StreamSession {
+  get(id: string): LiveStream {
     const entry = this.sessions.get(id);
     if (!entry) throw new ServiceError('not_found', `no stream ${id}`);
     return entry.session;
@@ -42,7 +62,7 @@ export class StreamRegistry {
     return this.sessions.size;
   }
 
-  all(): StreamSession[] {
+  all(): LiveStream[] {
     return [...this.sessions.values()].map((e) => e.session);
   }
 

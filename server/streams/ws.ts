@@ -32,14 +32,27 @@ function reject(socket: Duplex, status: number, message: string): void {
   socket.destroy();
 }
 
-export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry): WebSocketServer {
+/** Takes an accepted stream socket (a session here, or a cluster gateway's relay). */
+export type StreamSocketHandler = (ws: WebSocket, req: IncomingMessage) => void;
+
+/** The stream endpoint on this node: sessions run here. */
+export function localStreams(ctx: AppContext, registry: StreamRegistry): StreamSocketHandler {
+  return (ws, req) => handleConnection(ws, req, ctx, registry);
+}
+
+/**
+ * Serves stream WebSockets: by default /v1/stream runs sessions here; a cluster node passes its own table
+ * (a gateway relays /v1/stream to workers, which take them on an internal path).
+ */
+export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry, paths: Readonly<Record<string, StreamSocketHandler>> = { [STREAM_PATH]: localStreams(ctx, registry) }): WebSocketServer {
   // Frames up to 4x the limit are read and answered with a too_large error (the stream survives);
   // anything larger is cut off by ws itself with close code 1009.
   const wss = new WebSocketServer({ noServer: true, maxPayload: ctx.config.maxFrameBytes * 4 });
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-    if (path !== STREAM_PATH) return reject(socket, 404, 'Not Found');
+    const handler = paths[path];
+    if (!handler) return reject(socket, 404, 'Not Found');
     try {
       checkKey(ctx.config, req);
     } catch {
@@ -47,7 +60,7 @@ export function attachStreamServer(server: Server, ctx: AppContext, registry: St
     }
     if (!originAllowed(ctx.config, req)) return reject(socket, 403, 'Forbidden origin');
     if (ctx.draining) return reject(socket, 503, 'Shutting down');
-    wss.handleUpgrade(req, socket, head, (ws) => handleConnection(ws, req, ctx, registry));
+    wss.handleUpgrade(req, socket, head, (ws) => handler(ws, req));
   });
   return wss;
 }

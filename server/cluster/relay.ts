@@ -1,0 +1,460 @@
+/**
+ * A gateway's live streams: the client's WebSocket stays on the gateway, and the gateway relays the stream,
+ * frames and messages both ways, to a worker chosen by placement.ts. Relaying (rather than handing the client
+ * the worker's address) keeps one public address with its key and origin rules, keeps workers on a private
+ * network, and lets a stream move to another worker without the client noticing: when its worker dies (its
+ * socket closes, or its heartbeat stops) or drains, the gateway starts the stream again on another worker with
+ * the stream's current parameters and its newest input frame. The new worker re-primes its buffer; frames that
+ * were in the dead worker's buffer are dropped and counted (stats.droppedInFlight).
+ *
+ * The gateway is also where flow control meets the client: it sends an output only against the client's
+ * credit and keeps only the newest one otherwise, as a local session does; its MJPEG, snapshot and push URLs
+ * are served from the outputs that pass through.
+ */
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import sharp from 'sharp';
+import type { RawData, WebSocket } from 'ws';
+import { adapterKey } from '../../models/adapters/choices.ts';
+import { ServiceError, toServiceError } from '../../models/errors.ts';
+import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import type { AppContext } from '../context.ts';
+import { CLOSE, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage, type StartMessage } from '../streams/protocol.ts';
+import type { StreamRegistry } from '../streams/registry.ts';
+import type { StreamStats } from '../streams/session.ts';
+import type { ClusterMetrics } from './metrics.ts';
+import type { NodeInfo } from './nodes.ts';
+import type { StreamNeeds } from './placement.ts';
+import type { StreamEntry } from './stream-directory.ts';
+import { Upstream, type Message } from './upstream.ts';
+
+/** A client must send `start` this soon after connecting, ms (as on a single node). */
+const START_TIMEOUT_MS = 10_000;
+/** A stream waits this long for a worker with room (none alive, all full) before it gives up, ms. */
+const PLACEMENT_TIMEOUT_MS = 10_000;
+const PLACEMENT_RETRY_MS = 100;
+/** A worker that refused or lost a stream is not asked again for this long, ms. */
+const EXCLUDE_MS = 5000;
+/** Bytes the client's socket may hold unsent before outputs wait (as for a local session). */
+const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
+/** Close codes of a start the worker refused for the request's sake: moving elsewhere would not help. */
+const FINAL_START_CODES: ReadonlySet<number> = new Set([CLOSE.badStart, CLOSE.policy, CLOSE.tooBig]);
+
+/** A relayed stream's counters: a local session's, and how often it moved and what that cost. */
+export interface RelayStats extends StreamStats {
+  failovers: number;
+  /** Input frames that were in a worker's buffer when it died or drained. */
+  droppedInFlight: number;
+}
+
+/** What a relayed stream needs from its gateway. */
+export interface RelayDeps {
+  readonly ctx: AppContext;
+  readonly metrics: ClusterMetrics;
+  /** A worker for these needs, skipping `exclude`; undefined when none has room. */
+  place(needs: StreamNeeds, exclude: ReadonlySet<string>): Promise<NodeInfo | undefined>;
+  /** The stream's place changed (started, moved, ended: undefined). */
+  publish(stream: RelayedStream, entry: StreamEntry | undefined): void;
+  readonly self: { readonly id: string; readonly url: string };
+}
+
+export class RelayedStream extends EventEmitter {
+  readonly id = randomUUID();
+  readonly stats: RelayStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0, failovers: 0, droppedInFlight: 0 };
+  params: GenerationParams;
+  size = { width: 0, height: 0 };
+  private lastJpeg: Buffer | undefined;
+  private readonly needs: StreamNeeds;
+  private readonly startedAt = new Date().toISOString();
+  private upstream: Upstream | undefined;
+  /** The upstream answered `started`: frames and messages go to it. */
+  private live = false;
+  /** The client got its `started`. */
+  private announced = false;
+  private stopping = false;
+  private closed = false;
+  private readonly excluded = new Map<string, number>();
+  /** Client input ids in the order they went to the current upstream (its input i is sentIds[i - 1]). */
+  private sentIds: number[] = [];
+  private shownIndex = 0;
+  private lastShown = 0;
+  private inputCounter = 0;
+  private outputCounter = 0;
+  private readonly arrivals = new Map<number, number>();
+  private newest: { id: number; bytes: Buffer } | undefined;
+  /** Client messages waiting for an upstream (while it moves), in order. */
+  private held: string[] = [];
+  /** Updates sent upstream and not yet answered (sent again if the worker dies first). */
+  private unanswered: string[] = [];
+  private credits: number;
+  private heldOutput: { meta: Message; bytes: Buffer } | undefined;
+  /** performance.now() when the current move began (until the first output after it). */
+  private movingSince: number | undefined;
+  /** An error a worker sent while refusing the start: the client's if the refusal is final. */
+  private refusal: Message | undefined;
+
+  constructor(
+    private readonly ws: WebSocket,
+    readonly start: StartMessage,
+    private readonly deps: RelayDeps,
+  ) {
+    super();
+    this.params = parseParams({ ...start.params });
+    this.needs = { pack: deps.ctx.engine.pack.name, adapters: adapterKey(this.params.adapters) };
+    this.credits = start.window;
+  }
+
+  get latestJpeg(): Buffer | undefined {
+    return this.lastJpeg;
+  }
+
+  /** The worker running it now. */
+  get worker(): NodeInfo | undefined {
+    return this.live ? this.upstream?.worker : undefined;
+  }
+
+  /** Places the stream; the client gets `started` (or an error and a close) when a worker took it. */
+  open(): Promise<void> {
+    return this.connect();
+  }
+
+  onClientFrame(bytes: Buffer): void {
+    if (this.closed || this.start.mode === 'txt2img') return;
+    const id = ++this.inputCounter;
+    this.stats.framesIn++;
+    this.deps.ctx.metrics.framesIn.inc();
+    this.arrivals.set(id, performance.now());
+    if (!this.live && this.newest && this.newest.id > this.lastShown && !this.sentIds.includes(this.newest.id)) {
+      this.stats.droppedInput++; // replaced while the stream was between workers (latest-frame-wins)
+      this.arrivals.delete(this.newest.id);
+    }
+    this.newest = { id, bytes };
+    if (this.live) this.send(this.newest);
+  }
+
+  onClientText(text: string): void {
+    let message;
+    try {
+      message = parseClientMessage(text);
+    } catch (error) {
+      return this.toClient(errorMessage(error));
+    }
+    switch (message.type) {
+      case 'start':
+        return this.toClient(errorMessage(new ServiceError('conflict', 'the stream has already started')));
+      case 'ping':
+        return this.toClient({ type: 'pong' });
+      case 'ack':
+        this.credits = Math.min(this.credits + message.frames, this.start.window);
+        this.flushOutput();
+        if (this.live) this.upstream!.sendText(text);
+        return;
+      case 'update':
+        if (!this.live) this.held.push(text);
+        else {
+          this.unanswered.push(text);
+          this.upstream!.sendText(text);
+        }
+        return;
+      case 'stop':
+        this.stopping = true;
+        if (this.live) this.upstream!.sendText(text);
+        else this.finish();
+        return;
+    }
+  }
+
+  /** The client left (or the gateway shuts down): the worker's session ends too. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.upstream?.close();
+    this.upstream = undefined;
+    this.deps.publish(this, undefined);
+    this.emit('close');
+    this.removeAllListeners();
+  }
+
+  /** The worker is gone or going (socket closed, heartbeat lost, draining): run the stream on another. */
+  move(reason: string): void {
+    const old = this.upstream;
+    if (this.closed || !old || !this.live) return;
+    this.live = false;
+    this.upstream = undefined;
+    old.drop();
+    this.excluded.set(old.worker.id, Date.now() + EXCLUDE_MS);
+    const inFlight = this.sentIds.length - this.shownIndex;
+    this.stats.failovers++;
+    this.stats.droppedInFlight += inFlight;
+    this.deps.metrics.failovers.inc();
+    if (inFlight > 0) this.deps.ctx.metrics.framesDropped.inc({ reason: 'failover' }, inFlight);
+    this.movingSince ??= performance.now();
+    // updates the dead worker never answered go to the next one, before any held since
+    this.held = [...this.unanswered, ...this.held];
+    this.unanswered = [];
+    this.deps.ctx.log.warn('stream moving to another worker', { stream: this.id, from: old.worker.id, reason, dropped_in_flight: inFlight });
+    this.deps.publish(this, this.entry(null));
+    void this.connect();
+  }
+
+  entry(worker: string | null = this.worker?.id ?? null): StreamEntry {
+    return {
+      id: this.id,
+      name: null,
+      gateway: this.deps.self.id,
+      gateway_url: this.deps.self.url,
+      worker,
+      mode: this.start.mode,
+      width: this.size.width,
+      height: this.size.height,
+      started_at: this.startedAt,
+      failovers: this.stats.failovers,
+    };
+  }
+
+  /** Finds a worker and opens the stream there, retrying until one takes it or PLACEMENT_TIMEOUT_MS pass. */
+  private async connect(): Promise<void> {
+    const deadline = Date.now() + PLACEMENT_TIMEOUT_MS;
+    while (!this.closed) {
+      const now = Date.now();
+      for (const [id, until] of this.excluded) if (until < now) this.excluded.delete(id);
+      let worker: NodeInfo | undefined;
+      try {
+        worker = await this.deps.place(this.needs, new Set(this.excluded.keys()));
+      } catch (error) {
+        this.deps.ctx.log.warn('placement failed', { stream: this.id, error: String(error) });
+      }
+      if (worker) {
+        this.openOn(worker);
+        return;
+      }
+      if (Date.now() > deadline) {
+        const e = new ServiceError('unavailable', 'no worker of the cluster can take this stream now; try again later');
+        this.toClient(errorMessage(e));
+        this.ws.close(CLOSE.tryAgainLater, e.message);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, PLACEMENT_RETRY_MS));
+    }
+  }
+
+  private openOn(worker: NodeInfo): void {
+    // the stream's current parameters (defaults filled in, seed drawn) once a worker has started it
+    const start = { ...this.start, params: this.announced ? this.params : this.start.params };
+    this.refusal = undefined;
+    this.upstream = new Upstream(worker, start, this.deps.ctx.config.apiKey, {
+      onMessage: (m) => this.fromWorker(m),
+      onFrame: (meta, bytes) => this.fromWorkerFrame(meta, bytes),
+      onClose: (code, reason) => this.workerClosed(worker, code, reason),
+    });
+  }
+
+  private fromWorker(message: Message): void {
+    switch (message.type) {
+      case 'started':
+        return this.started(message);
+      case 'updated':
+        this.unanswered.shift();
+        this.params = message['params'] as GenerationParams;
+        return this.toClient(message);
+      case 'error': {
+        if (!this.live) {
+          this.refusal = message; // the start failed: the close that follows says whether for good
+          return;
+        }
+        const input = message['input_id'];
+        if (typeof input !== 'number') this.unanswered.shift(); // an update's answer (frames carry their id)
+        this.stats.errors++;
+        return this.toClient({ ...message, input_id: typeof input === 'number' ? (this.sentIds[input - 1] ?? null) : null });
+      }
+      case 'stopped':
+        return this.finish();
+      default:
+        return; // pong: the gateway answers pings itself
+    }
+  }
+
+  private started(message: Message): void {
+    this.live = true;
+    this.sentIds = [];
+    this.shownIndex = 0;
+    this.params = message['params'] as GenerationParams;
+    this.size = { width: Number(message['width']), height: Number(message['height']) };
+    if (!this.announced) {
+      this.announced = true;
+      this.toClient({
+        type: 'started',
+        protocol: PROTOCOL_VERSION,
+        stream_id: this.id,
+        params: this.params,
+        width: this.size.width,
+        height: this.size.height,
+        window: this.start.window,
+        mjpeg_url: `/v1/streams/${this.id}/mjpeg`,
+      });
+    }
+    this.deps.publish(this, this.entry());
+    // what waited while there was no worker: the newest frame not yet shown, then the messages in order
+    if (this.newest && this.newest.id > this.lastShown) this.send(this.newest);
+    const held = this.held;
+    this.held = [];
+    for (const text of held) this.onClientText(text);
+  }
+
+  private send(frame: { id: number; bytes: Buffer }): void {
+    this.sentIds.push(frame.id);
+    this.upstream!.sendFrame(frame.bytes);
+  }
+
+  private fromWorkerFrame(meta: Message, bytes: Buffer): void {
+    if (!this.live || this.closed) return;
+    // 1. which client frame it shows; frames sent before it and never shown were dropped by the worker
+    const upstreamInput = meta['input_id'];
+    const source = typeof upstreamInput === 'number' ? (this.sentIds[upstreamInput - 1] ?? null) : null;
+    if (source !== null) {
+      while (this.shownIndex < this.sentIds.length && this.sentIds[this.shownIndex]! <= source) {
+        if (this.sentIds[this.shownIndex]! < source && this.sentIds[this.shownIndex]! > this.lastShown) this.stats.droppedInput++;
+        this.shownIndex++;
+      }
+      this.lastShown = Math.max(this.lastShown, source);
+    }
+    // 2. latency as the client sees it: from the frame's arrival here
+    const now = performance.now();
+    const arrived = source !== null ? this.arrivals.get(source) : undefined;
+    if (source !== null) for (const id of this.arrivals.keys()) if (id < source) this.arrivals.delete(id);
+    if (this.movingSince !== undefined) {
+      this.deps.metrics.failoverSeconds.observe((now - this.movingSince) / 1000);
+      this.deps.ctx.log.info('stream moved', { stream: this.id, to: this.upstream?.worker.id, ms: Math.round(now - this.movingSince) });
+      this.movingSince = undefined;
+    }
+    if (meta['skipped'] === true) this.stats.skipped++;
+    const rewritten: Message = { ...meta, output_id: ++this.outputCounter, input_id: source, ...(arrived !== undefined ? { latency_ms: Math.round((now - arrived) * 10) / 10 } : {}) };
+    this.emitJpeg(bytes, meta['format']);
+    this.deliver({ meta: rewritten, bytes });
+  }
+
+  /** As a local session: send against credit, else keep only the newest output. */
+  private deliver(frame: { meta: Message; bytes: Buffer }): void {
+    if (this.credits > 0 && this.ws.bufferedAmount < MAX_SOCKET_BUFFER && this.ws.readyState === this.ws.OPEN) {
+      this.credits--;
+      this.stats.framesOut++;
+      this.deps.ctx.metrics.frameSent();
+      this.ws.send(JSON.stringify(frame.meta));
+      this.ws.send(frame.bytes, { binary: true });
+      return;
+    }
+    if (this.heldOutput) {
+      this.stats.droppedOutput++;
+      this.deps.ctx.metrics.framesDropped.inc({ reason: 'no_credit' });
+    }
+    this.heldOutput = frame;
+  }
+
+  private flushOutput(): void {
+    const frame = this.heldOutput;
+    if (!frame) return;
+    this.heldOutput = undefined;
+    this.deliver(frame);
+  }
+
+  /** MJPEG viewers and pushes read JPEG: a JPEG stream's outputs as they are, others re-encoded if watched. */
+  private emitJpeg(bytes: Buffer, format: unknown): void {
+    if (format === 'jpeg') {
+      this.lastJpeg = bytes;
+      this.emit('jpeg', bytes);
+    } else if (this.listenerCount('jpeg') > 0) {
+      void sharp(bytes)
+        .jpeg({ quality: this.start.output.quality })
+        .toBuffer()
+        .then((jpeg) => {
+          this.lastJpeg = jpeg;
+          this.emit('jpeg', jpeg);
+        }, () => undefined);
+    }
+  }
+
+  private workerClosed(worker: NodeInfo, code: number, reason: string): void {
+    if (this.closed) return;
+    if (this.stopping) return this.finish();
+    if (this.live) return this.move(`worker closed the stream (${code}${reason ? ` ${reason}` : ''})`);
+    // the start did not get through
+    this.upstream = undefined;
+    const refusal = this.refusal;
+    if (refusal && FINAL_START_CODES.has(code)) {
+      this.toClient(refusal);
+      this.ws.close(code, reason.slice(0, 120));
+      return;
+    }
+    this.excluded.set(worker.id, Date.now() + EXCLUDE_MS);
+    void this.connect();
+  }
+
+  /** `stopped` with the stream's counters, then a normal close. */
+  private finish(): void {
+    if (this.closed) return;
+    this.toClient({ type: 'stopped', stats: this.stats });
+    this.ws.close(CLOSE.normal, 'stopped');
+    this.close();
+  }
+
+  private toClient(message: object): void {
+    if (this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(message));
+  }
+}
+
+/**
+ * The public /v1/stream of a gateway: waits for `start` (holding what comes before `started`, the newest frame
+ * only), places the stream and relays it.
+ */
+export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: RelayDeps, registry: StreamRegistry): void {
+  const client = req.socket.remoteAddress ?? 'unknown';
+  let stream: RelayedStream | undefined;
+  const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
+  const report = (error: unknown) => {
+    if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(errorMessage(error)));
+  };
+
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    const bytes = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+    if (stream) {
+      if (isBinary) stream.onClientFrame(bytes);
+      else stream.onClientText(bytes.toString('utf8'));
+      return;
+    }
+    if (isBinary) return report(new ServiceError('bad_request', 'send a start message before frames'));
+    let message;
+    try {
+      message = parseClientMessage(bytes.toString('utf8'));
+    } catch (error) {
+      return report(error);
+    }
+    if (message.type === 'ping') return ws.send(JSON.stringify({ type: 'pong' }));
+    if (message.type !== 'start') return report(new ServiceError('bad_request', 'send a start message first'));
+    let release: () => void = () => {};
+    try {
+      release = registry.reserve(client);
+      const opened = new RelayedStream(ws, message, deps); // checks the parameters
+      release();
+      clearTimeout(startTimer);
+      stream = opened;
+      registry.add(opened, client);
+      deps.ctx.log.info('stream relayed', { stream: opened.id, client, mode: message.mode });
+      void opened.open();
+    } catch (error) {
+      release();
+      const e = toServiceError(error);
+      report(e);
+      ws.close(closeCodeFor(e), e.message.slice(0, 120));
+    }
+  });
+
+  ws.on('close', () => {
+    clearTimeout(startTimer);
+    if (stream) {
+      deps.ctx.log.info('stream closed', { stream: stream.id, ...stream.stats });
+      stream.close();
+    }
+  });
+  ws.on('error', (error) => deps.ctx.log.warn('socket error', { error: error.message }));
+}

@@ -1,0 +1,125 @@
+/**
+ * A real cluster on loopback for tests and benchmarks: Debian's redis-server on a free port (no persistence),
+ * and nodes started as `npm start` starts them (server/main.ts with --redis and --role), each its own process.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((ok) => server.close(() => ok()));
+  return port;
+}
+
+export interface RedisServer {
+  readonly url: string;
+  readonly process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** redis-server on a free loopback port, without snapshots or an append-only file; stopped by stop(). */
+export async function startRedis(): Promise<RedisServer> {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await new Promise<void>((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error('redis-server did not start within 10 s')), 10_000);
+    const lines = createInterface({ input: child.stdout! });
+    const onLine = (line: string) => {
+      if (!line.includes('Ready to accept connections')) return;
+      clearTimeout(timer);
+      lines.off('line', onLine);
+      ok();
+    };
+    lines.on('line', onLine);
+    child.once('exit', (code) => fail(new Error(`redis-server exited with ${code} (is it installed? apt-get install redis-server)`)));
+    child.once('error', fail);
+  });
+  child.stdout!.resume();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    process: child,
+    stop: () => stopProcess(child),
+  };
+}
+
+export interface ClusterNodeProcess {
+  readonly url: string;
+  /** The node id it registered under. */
+  readonly id: string;
+  readonly process: ChildProcess;
+  /** JSON log lines it wrote so far. */
+  readonly logs: Record<string, unknown>[];
+  /** SIGKILL, and wait until it is gone. */
+  kill(): Promise<void>;
+  /** SIGTERM (a drain), and wait for the exit. */
+  terminate(): Promise<void>;
+}
+
+export interface NodeOptions {
+  readonly role: 'api' | 'worker' | 'all';
+  readonly redis: string;
+  readonly args?: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+/** Starts a node process (`npm start -- --redis URL --role R --port 0`) and waits until it listens. */
+export async function startNode(options: NodeOptions): Promise<ClusterNodeProcess> {
+  const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), '--redis', options.redis, '--role', options.role, '--port', '0', '--threads', '1', ...(options.args ?? [])];
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  const listening = await new Promise<Record<string, unknown>>((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`node (${options.role}) did not start within 120 s: ${stderr}`)), 120_000);
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (!line.startsWith('{')) return;
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      logs.push(entry);
+      if (entry['msg'] === 'listening') {
+        clearTimeout(timer);
+        ok(entry);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      fail(new Error(`node (${options.role}) exited with ${code}: ${stderr}`));
+    });
+  });
+  return {
+    url: String(listening['url']),
+    id: String(listening['node']),
+    process: child,
+    logs,
+    kill: () => stopProcess(child, 'SIGKILL'),
+    terminate: () => stopProcess(child, 'SIGTERM'),
+  };
+}
+
+/** Sends a signal and waits for the exit (SIGKILL after 15 s). */
+export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((ok) => child.once('exit', () => ok()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Polls `check` until it returns a value (not undefined) or `timeoutMs` passes. */
+export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
