@@ -323,13 +323,14 @@ export class RelayedStream extends EventEmitter {
     const now = performance.now();
     const arrived = source !== null ? this.arrivals.get(source) : undefined;
     if (source !== null) for (const id of this.arrivals.keys()) if (id < source) this.arrivals.delete(id);
+    const outputId = ++this.outputCounter;
     if (this.movingSince !== undefined) {
       this.deps.metrics.failoverSeconds.observe((now - this.movingSince) / 1000);
-      this.deps.ctx.log.info('stream moved', { stream: this.id, to: this.upstream?.worker.id, ms: Math.round(now - this.movingSince) });
+      this.deps.ctx.log.info('stream moved', { stream: this.id, to: this.upstream?.worker.id, ms: Math.round(now - this.movingSince), output_id: outputId });
       this.movingSince = undefined;
     }
     if (meta['skipped'] === true) this.stats.skipped++;
-    const rewritten: Message = { ...meta, output_id: ++this.outputCounter, input_id: source, ...(arrived !== undefined ? { latency_ms: Math.round((now - arrived) * 10) / 10 } : {}) };
+    const rewritten: Message = { ...meta, output_id: outputId, input_id: source, ...(arrived !== undefined ? { latency_ms: Math.round((now - arrived) * 10) / 10 } : {}) };
     this.emitJpeg(bytes, meta['format']);
     this.deliver({ meta: rewritten, bytes });
   }

@@ -30,6 +30,7 @@ const SECTIONS: [string, string, string][] = [
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
   ['soak', 'soak.ts', 'benchSoak'],
+  ['cluster', 'cluster.ts', 'benchCluster'],
 ];
 
 const engine = await Engine.load(values.model);

@@ -2,6 +2,7 @@
  * A real cluster on loopback for tests and benchmarks: Debian's redis-server on a free port (no persistence),
  * and nodes started as `npm start` starts them (server/main.ts with --redis and --role), each its own process.
  */
+import { AssertionError } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -64,21 +65,23 @@ export interface ClusterNodeProcess {
 }
 
 export interface NodeOptions {
-  readonly role: 'api' | 'worker' | 'all';
-  readonly redis: string;
+  /** Without a Redis URL the node is a single node (plain `npm start`): no role. */
+  readonly role?: 'api' | 'worker' | 'all';
+  readonly redis?: string;
   readonly args?: readonly string[];
   readonly env?: Readonly<Record<string, string>>;
 }
 
 /** Starts a node process (`npm start -- --redis URL --role R --port 0`) and waits until it listens. */
 export async function startNode(options: NodeOptions): Promise<ClusterNodeProcess> {
-  const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), '--redis', options.redis, '--role', options.role, '--port', '0', '--threads', '1', ...(options.args ?? [])];
+  const cluster = options.redis ? ['--redis', options.redis, '--role', options.role ?? 'all'] : [];
+  const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), ...cluster, '--port', '0', '--threads', '1', ...(options.args ?? [])];
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const listening = await new Promise<Record<string, unknown>>((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`node (${options.role}) did not start within 120 s: ${stderr}`)), 120_000);
+    const timer = setTimeout(() => fail(new Error(`node (${options.role ?? 'single'}) did not start within 300 s: ${stderr}`)), 300_000);
     createInterface({ input: child.stdout! }).on('line', (line) => {
       if (!line.startsWith('{')) return;
       const entry = JSON.parse(line) as Record<string, unknown>;
@@ -90,7 +93,7 @@ export async function startNode(options: NodeOptions): Promise<ClusterNodeProces
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      fail(new Error(`node (${options.role}) exited with ${code}: ${stderr}`));
+      fail(new Error(`node (${options.role ?? 'single'}) exited with ${code}: ${stderr}`));
     });
   });
   return {
@@ -113,13 +116,40 @@ export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 
   clearTimeout(timer);
 }
 
-/** Polls `check` until it returns a value (not undefined) or `timeoutMs` passes. */
+/**
+ * Polls `check` until it returns a value (not undefined) or `timeoutMs` passes. A failed request counts as
+ * not yet (a node may be starting); a failed assertion ends the wait at once.
+ */
 export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = await check().catch(() => undefined);
+    const value = await check().catch((error: unknown) => {
+      if (error instanceof AssertionError) throw error;
+      return undefined;
+    });
     if (value !== undefined) return value;
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** Records the wall time each output of a stream client arrives, by output id. */
+export function outputArrivals(ws: { on(event: 'message', fn: (data: unknown, isBinary: boolean) => void): unknown }): Map<number, number> {
+  const times = new Map<number, number>();
+  ws.on('message', (data, isBinary) => {
+    if (isBinary) return;
+    const m = JSON.parse(String(data)) as { type?: string; output_id?: number };
+    if (m.type === 'frame' && typeof m.output_id === 'number') times.set(m.output_id, Date.now());
+  });
+  return times;
+}
+
+/**
+ * How long after `since` (wall time, ms) a moved stream's client got its first output from the next worker: the
+ * gateway logs that output's id ('stream moved'); undefined until both have happened.
+ */
+export function resumedAfter(gateway: ClusterNodeProcess, stream: string, arrivals: ReadonlyMap<number, number>, since: number): { ms: number; to: string } | undefined {
+  const entry = gateway.logs.find((l) => l['msg'] === 'stream moved' && l['stream'] === stream && Date.parse(String(l['time'])) >= since - 5);
+  const at = entry && arrivals.get(entry['output_id'] as number);
+  return entry && at !== undefined ? { ms: at - since, to: String(entry['to']) } : undefined;
 }
