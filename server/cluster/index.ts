@@ -66,7 +66,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
 
   const backend: BatchBackendFactory = (ctx, executors, options) => {
     const pack = ctx.engine.pack.name;
-    jobs = new ClusterJobs({ ...settings, redis, store: new RedisJobStore(redis, options.retentionMs), cancels, pack, executors: worker ? executors : undefined, minFreeMemoryMb: config.minFreeMemoryMb, jobs: options, log: ctx.log.child({ component: 'jobs' }) });
+    jobs = new ClusterJobs({ ...settings, redis, store: new RedisJobStore(redis, options.retentionMs), cancels, pack, provider: config.provider, executors: worker ? executors : undefined, minFreeMemoryMb: config.minFreeMemoryMb, jobs: options, log: ctx.log.child({ component: 'jobs' }) });
     renders = new ClusterRenders({
       ...settings,
       redis,
@@ -121,8 +121,8 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
     const directory = new StreamDirectory(redis);
     const relayed = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
     const queues = async () => ({
-      ...(jobs ? { [`jobs-${ctx.engine.pack.name}`]: await jobs.counts() } : {}),
-      ...(renders ? { [`renders-${ctx.engine.pack.name}`]: await renders.counts() } : {}),
+      ...(jobs ? await jobs.counts() : {}),
+      ...(renders ? await renders.counts() : {}),
     });
     const metrics = new ClusterMetrics(ctx.metrics.registry, {
       nodes: async () => {

@@ -1,7 +1,8 @@
 /**
  * The job queue of a cluster, on BullMQ: any API node accepts, lists, shows and cancels jobs (records in
- * Redis, redis-store.ts); workers take them from the queue of their model pack, one at a time each, and run
- * them as a single node does (run.ts). A worker that dies mid-job stops renewing its lock: BullMQ hands the job
+ * Redis, redis-store.ts); workers take them by capability - from the queue of their model pack, and from its
+ * queue for their execution provider (jobs that ask for one) - and run them as a single node does (run.ts); a
+ * worker takes no job while its machine is short of free memory. A worker that dies mid-job stops renewing its lock: BullMQ hands the job
  * to another worker, which resumes it from the files already stored (image jobs per image).
  *
  * Fairness: a job's BullMQ priority is the number of unfinished jobs its client has, so a client with 100 jobs
@@ -12,6 +13,7 @@ import { freemem } from 'node:os';
 import { Queue, WaitingError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { ServiceError } from '../../../models/errors.ts';
+import type { Provider } from '../../../models/runtime/onnx.ts';
 import { KEYS } from '../../cluster/redis.ts';
 import type { Logger } from '../../log.ts';
 import { deliverWebhook } from '../webhook.ts';
@@ -19,6 +21,7 @@ import { queueName, workerOptions, type BullSettings, type CancelChannel } from 
 import type { JobManagerOptions, Jobs } from './manager.ts';
 import type { RedisJobStore } from './redis-store.ts';
 import { CANCEL, DRAIN, finishJob, jobView, runJob, type Executor } from './run.ts';
+import type { ImagesJobRequest, VideoJobRequest } from './schema.ts';
 import { FINISHED, type JobRecord } from './store.ts';
 
 /** BullMQ's lowest priority (priorities are 1 .. 2^21). */
@@ -40,6 +43,8 @@ export interface ClusterJobsOptions extends BullSettings {
   readonly cancels: CancelChannel;
   /** The pack this node's engine serves: its queue. */
   readonly pack: string;
+  /** The execution provider this node runs: the queue of jobs that ask for it. */
+  readonly provider: Provider;
   /** Executors when this node is a worker; undefined on an API-only node. */
   readonly executors: Record<JobRecord['kind'], Executor> | undefined;
   /** A worker takes no jobs while free memory is below this, MiB. */
@@ -48,11 +53,17 @@ export interface ClusterJobsOptions extends BullSettings {
   readonly log: Logger;
 }
 
+/** The queue of a job: its pack's, or its pack's for the provider it asks for. */
+function jobQueueName(pack: string, provider: Provider | undefined): string {
+  return queueName('jobs', provider === undefined ? pack : `${pack}.${provider}`);
+}
+
 export class ClusterJobs implements Jobs {
   readonly store: RedisJobStore;
-  private readonly queue: Queue<JobData>;
+  private readonly queues = new Map<string, Queue<JobData>>();
   private readonly webhooks: Queue<{ id: string }>;
-  private worker: Worker<JobData> | undefined;
+  /** A worker for the pack's queue and one for its provider's (a node may run one job from each at once). */
+  private workers: Worker<JobData>[] = [];
   private webhookWorker: Worker<{ id: string }> | undefined;
   private memoryTimer: NodeJS.Timeout | undefined;
   private stopListening: (() => void) | undefined;
@@ -64,8 +75,17 @@ export class ClusterJobs implements Jobs {
 
   constructor(private readonly options: ClusterJobsOptions) {
     this.store = options.store;
-    this.queue = new Queue(queueName('jobs', options.pack), { connection: options.connection });
     this.webhooks = new Queue(queueName('webhooks'), { connection: options.connection });
+  }
+
+  private queue(provider: Provider | undefined): Queue<JobData> {
+    const name = jobQueueName(this.options.pack, provider);
+    let queue = this.queues.get(name);
+    if (!queue) {
+      queue = new Queue(name, { connection: this.options.connection });
+      this.queues.set(name, queue);
+    }
+    return queue;
   }
 
   async start(): Promise<void> {
@@ -73,10 +93,15 @@ export class ClusterJobs implements Jobs {
     // every node delivers webhooks (they wait in their own queue, so a delivery outlives the node that queued it)
     this.webhookWorker = new Worker(queueName('webhooks'), (job) => this.deliver(job.data.id), workerOptions(options, 4));
     if (!options.executors) return;
-    this.worker = new Worker<JobData>(queueName('jobs', options.pack), (job, token, signal) => this.process(job, token, signal), workerOptions(options, 1));
-    // a job failed by BullMQ itself (it stalled too often): its record must say so
-    this.worker.on('failed', (job, error) => void (job && this.failedInQueue(job.data, error)));
-    this.stopListening = options.cancels.listen((id) => this.worker?.cancelJob(id, CANCEL));
+    this.queue(undefined);
+    this.queue(options.provider);
+    for (const provider of [undefined, options.provider]) {
+      const worker = new Worker<JobData>(jobQueueName(options.pack, provider), (job, token, signal) => this.process(job, token, signal), workerOptions(options, 1));
+      // a job failed by BullMQ itself (it stalled too often): its record must say so
+      worker.on('failed', (job, error) => void (job && this.failedInQueue(job.data, error)));
+      this.workers.push(worker);
+    }
+    this.stopListening = options.cancels.listen((id) => this.workers.forEach((w) => w.cancelJob(id, CANCEL)));
     this.memoryTimer = setInterval(() => void this.checkMemory(), MEMORY_CHECK_MS);
     this.memoryTimer.unref();
     await this.checkMemory();
@@ -87,7 +112,7 @@ export class ClusterJobs implements Jobs {
     await this.store.save(record);
     const load = await this.options.redis.hincrby(KEYS.clientLoad, client, 1);
     try {
-      await this.queue.add(record.kind, { id: record.id, client }, { jobId: record.id, priority: Math.min(Math.max(load, 1), MAX_PRIORITY), removeOnComplete: true, removeOnFail: true });
+      await this.queue(providerOf(record)).add(record.kind, { id: record.id, client }, { jobId: record.id, priority: Math.min(Math.max(load, 1), MAX_PRIORITY), removeOnComplete: true, removeOnFail: true });
     } catch (error) {
       await this.options.redis.hincrby(KEYS.clientLoad, client, -1);
       throw error;
@@ -110,7 +135,7 @@ export class ClusterJobs implements Jobs {
   async cancel(id: string): Promise<JobRecord> {
     const record = await this.get(id);
     if (FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} already ${record.status}`, { field: 'id' });
-    const job = await this.queue.getJob(id);
+    const job = await this.queue(providerOf(record)).getJob(id);
     // remove() refuses a job a worker holds the lock of
     if (job && (await job.remove().then(() => true, () => false))) {
       await finishJob(record, 'canceled', null, (r) => this.store.save(r));
@@ -132,17 +157,17 @@ export class ClusterJobs implements Jobs {
     clearInterval(this.memoryTimer);
     this.stopListening?.();
     const timeout = () => new Promise((r) => setTimeout(r, this.options.jobs.drainTimeoutMs).unref());
-    if (this.worker) {
-      this.worker.cancelAllJobs(DRAIN);
-      await Promise.race([this.worker.close(), timeout()]);
-    }
+    for (const worker of this.workers) worker.cancelAllJobs(DRAIN);
+    await Promise.race([Promise.all(this.workers.map((w) => w.close())), timeout()]);
     await Promise.race([this.webhookWorker?.close(), timeout()]);
-    await Promise.all([this.queue.close(), this.webhooks.close()]);
+    await Promise.all([...[...this.queues.values()].map((q) => q.close()), this.webhooks.close()]);
   }
 
-  /** Waiting and running jobs of this node's queue (GET /v1/cluster, metrics). */
-  async counts(): Promise<Record<string, number>> {
-    return this.queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed');
+  /** Waiting and running jobs of the queues this node knows, by queue (GET /v1/cluster, metrics). */
+  async counts(): Promise<Record<string, Record<string, number>>> {
+    this.queue(undefined);
+    const entries = await Promise.all([...this.queues].map(async ([name, q]) => [name, await q.getJobCounts('waiting', 'prioritized', 'active', 'delayed')] as const));
+    return Object.fromEntries(entries);
   }
 
   private async process(job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined): Promise<void> {
@@ -198,16 +223,20 @@ export class ClusterJobs implements Jobs {
 
   /** Pauses taking jobs while the machine is short of memory (a job already running goes on). */
   private async checkMemory(): Promise<void> {
-    const worker = this.worker;
-    if (!worker || this.draining) return;
+    if (this.workers.length === 0 || this.draining) return;
     const short = freemem() / 2 ** 20 < this.options.minFreeMemoryMb;
     if (short === this.paused) return;
     this.paused = short;
     if (short) {
       this.options.log.warn('free memory under --min-free-mb: taking no jobs', { free_mb: Math.round(freemem() / 2 ** 20) });
-      await worker.pause(true);
+      await Promise.all(this.workers.map((w) => w.pause(true)));
     } else {
-      worker.resume();
+      for (const w of this.workers) w.resume();
     }
   }
+}
+
+/** The provider a job asks for, if any. */
+function providerOf(record: JobRecord): Provider | undefined {
+  return (record.request as ImagesJobRequest | VideoJobRequest).provider;
 }

@@ -130,9 +130,9 @@ export class ClusterRenders implements Renderer {
     this.stopListening = this.options.cancels.listen((id) => this.worker?.cancelJob(id, 'cancel'));
   }
 
-  /** Renders waiting and running (GET /v1/cluster, metrics). */
-  async counts(): Promise<Record<string, number>> {
-    return this.queue.getJobCounts('waiting', 'prioritized', 'active');
+  /** Renders waiting and running, by queue (GET /v1/cluster, metrics). */
+  async counts(): Promise<Record<string, Record<string, number>>> {
+    return { [this.queue.name]: await this.queue.getJobCounts('waiting', 'prioritized', 'active') };
   }
 
   async close(): Promise<void> {

@@ -47,6 +47,11 @@ export function jobsRouter(ctx: AppContext, jobs: Jobs, ffmpeg: () => Promise<Ff
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
         const parsed = parseJob(body);
+        const provider = parsed.kind === 'images' ? parsed.request.provider : parsed.provider;
+        // one node runs on its own provider; a cluster queues the job for workers of the one asked for
+        if (provider !== undefined && ctx.config.redisUrl === undefined && provider !== ctx.config.provider) {
+          throw new ServiceError('bad_request', `provider: this server runs on ${ctx.config.provider}, not ${provider}`, { field: 'provider' });
+        }
         const id = newJobId();
         const files = store.files(id);
         const common = {
@@ -87,7 +92,7 @@ export function jobsRouter(ctx: AppContext, jobs: Jobs, ffmpeg: () => Promise<Ff
             await files.move(name, upload!.path);
             source = { upload: name };
           }
-          record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook) };
+          record = { ...common, kind: 'video', request: { params: parsed.params, source, ...(provider ? { provider } : {}) }, webhook: webhookState(parsed.webhook) };
         }
         // 3. persisted before it is acknowledged
         await jobs.submit(record, req.socket.remoteAddress ?? 'unknown').catch(async (error: unknown) => {

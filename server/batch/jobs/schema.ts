@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
 import { paramsSchema, type GenerationParams } from '../../../pipelines/params.ts';
+import { PROVIDERS, type Provider } from '../../../models/runtime/onnx.ts';
 import { parseBody, resolveSeed } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
@@ -26,6 +27,9 @@ const webhook = z
   }, 'must be an http(s) URL')
   .optional();
 
+/** Run on workers of this execution provider only (a cluster; a single node runs on its own). */
+const provider = z.enum(PROVIDERS).optional();
+
 /** -1 asks for a random seed (resolved at acceptance, so a resumed job keeps it). */
 const seed = z.union([z.literal(-1), paramsSchema.shape.seed.removeDefault()]).optional();
 
@@ -40,6 +44,7 @@ const imagesSchema = paramsSchema
     init_image: z.string().min(1).optional(),
     seed,
     webhook,
+    provider,
   })
   .strict();
 
@@ -52,6 +57,7 @@ const videoSchema = paramsSchema
     frame_buffer_size: z.literal(1).default(1),
     seed,
     webhook,
+    provider,
   })
   .strict();
 
@@ -62,17 +68,19 @@ export interface ImagesJobRequest {
   readonly output_format: 'png' | 'jpeg' | 'webp';
   /** File name of the init image in the job folder (img2img). */
   readonly init_file: string | null;
+  readonly provider?: Provider | undefined;
 }
 
 export interface VideoJobRequest {
   readonly params: GenerationParams;
   /** The resolved server-side path, or the uploaded file's name in the job folder. */
   readonly source: { readonly path: string } | { readonly upload: string };
+  readonly provider?: Provider | undefined;
 }
 
 export type ParsedJob =
   | { kind: 'images'; request: Omit<ImagesJobRequest, 'init_file'>; initImage: string | undefined; webhook: string | undefined }
-  | { kind: 'video'; params: GenerationParams; path: string | undefined; webhook: string | undefined };
+  | { kind: 'video'; params: GenerationParams; path: string | undefined; webhook: string | undefined; provider: Provider | undefined };
 
 /** Generation parameters with the job's seed: -1 is drawn now (a resumed job keeps it); none -> the default. */
 function withSeed(params: Record<string, unknown>, seed: unknown): GenerationParams {
@@ -83,16 +91,16 @@ function withSeed(params: Record<string, unknown>, seed: unknown): GenerationPar
 export function parseJob(body: unknown): ParsedJob {
   const kind = typeof body === 'object' && body !== null ? (body as { kind?: unknown }).kind : undefined;
   if (kind === 'video') {
-    const { kind: _kind, path, webhook: hook, seed: s, ...params } = parseBody(videoSchema, body);
-    return { kind: 'video', params: withSeed(params, s), path, webhook: hook };
+    const { kind: _kind, path, webhook: hook, seed: s, provider: p, ...params } = parseBody(videoSchema, body);
+    return { kind: 'video', params: withSeed(params, s), path, webhook: hook, provider: p };
   }
   if (kind !== 'images') parseBody(z.object({ kind: z.enum(['images', 'video']) }).passthrough(), body);
-  const { kind: _kind, count, lanes, output_format, init_image, webhook: hook, seed: s, ...params } = parseBody(imagesSchema, body);
-  return { kind: 'images', request: { params: withSeed(params, s), count, lanes, output_format }, initImage: init_image, webhook: hook };
+  const { kind: _kind, count, lanes, output_format, init_image, webhook: hook, seed: s, provider: p, ...params } = parseBody(imagesSchema, body);
+  return { kind: 'images', request: { params: withSeed(params, s), count, lanes, output_format, ...(p ? { provider: p } : {}) }, initImage: init_image, webhook: hook };
 }
 
 /** Fields that are always text in a multipart form; any other field is read as JSON when it parses. */
-const TEXT_FIELDS = new Set(['kind', 'prompt', 'negative_prompt', 'path', 'webhook']);
+const TEXT_FIELDS = new Set(['kind', 'prompt', 'negative_prompt', 'path', 'webhook', 'provider']);
 
 /** Multipart form fields -> a JSON-like body (`steps=2` -> 2, `prompt=123` stays "123"). */
 export function coerceFormFields(fields: Record<string, unknown>): Record<string, unknown> {

@@ -172,6 +172,8 @@ test('invalid job requests: 4xx with a message naming the field', async () => {
     [{ kind: 'images', webhook: 'ftp://example.invalid/x' }, 'webhook', 400],
     [{ kind: 'images', webhook: 'not a url' }, 'webhook', 400],
     [{ kind: 'images', init_image: '@@@' }, 'init_image', 400],
+    [{ kind: 'images', provider: 'quantum' }, 'provider', 400],
+    [{ kind: 'images', provider: 'cuda' }, 'provider', 400], // one node runs on its own provider (cpu) only
     [{ kind: 'video' }, 'video', 400],
     [{ kind: 'video', path: '/etc/passwd' }, 'path', 403],
   ];

@@ -144,3 +144,24 @@ test('a client that goes away cancels its render on the worker', async () => {
   assert.equal((await queue.getActive()).length, 0);
   await queue.close();
 });
+
+test('capability: a job asking for a provider no worker runs waits for one; asking for the worker\'s provider runs', async () => {
+  const body = { kind: 'images', count: 1, prompt: 'a red circle', width: 64, height: 64, steps: 1 };
+  const cuda = await post(`${gateway.url}/v1/jobs`, { ...body, provider: 'cuda' });
+  const cpu = await post(`${gateway.url}/v1/jobs`, { ...body, provider: 'cpu' });
+  assert.equal(cuda.status, 201);
+  const done = await eventually(async () => {
+    const j = await getJson(`${gateway.url}/v1/jobs/${cpu.body.id}`);
+    return j.status === 'succeeded' ? j : undefined;
+  }, 120_000);
+  assert.equal(done.request.provider, 'cpu');
+  const waiting = await getJson(`${gateway.url}/v1/jobs/${cuda.body.id}`);
+  assert.equal(waiting.status, 'starting');
+  const queues = (await getJson(`${gateway.url}/v1/cluster`)).queues;
+  assert.equal(queues['jobs-tiny-shapes.cuda'].prioritized, 1, JSON.stringify(queues));
+  const canceled = (await (await fetch(`${gateway.url}/v1/jobs/${cuda.body.id}`, { method: 'DELETE' })).json()) as Json;
+  assert.equal(canceled.status, 'canceled');
+  const bad = await post(`${gateway.url}/v1/jobs`, { ...body, provider: 'quantum' });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.field, 'provider');
+});
