@@ -72,6 +72,7 @@ export class ClusterJobs implements Jobs {
   active = 0;
   /** True while free memory keeps this worker from taking jobs. */
   paused = false;
+  private running = false;
 
   constructor(private readonly options: ClusterJobsOptions) {
     this.store = options.store;
@@ -96,7 +97,8 @@ export class ClusterJobs implements Jobs {
     this.queue(undefined);
     this.queue(options.provider);
     for (const provider of [undefined, options.provider]) {
-      const worker = new Worker<JobData>(jobQueueName(options.pack, provider), (job, token, signal) => this.process(job, token, signal), workerOptions(options, 1));
+      // started by checkMemory: a worker short of memory must not take a job even once
+      const worker = new Worker<JobData>(jobQueueName(options.pack, provider), (job, token, signal) => this.process(job, token, signal), { ...workerOptions(options, 1), autorun: false });
       // a job failed by BullMQ itself (it stalled too often): its record must say so
       worker.on('failed', (job, error) => void (job && this.failedInQueue(job.data, error)));
       this.workers.push(worker);
@@ -225,13 +227,15 @@ export class ClusterJobs implements Jobs {
   private async checkMemory(): Promise<void> {
     if (this.workers.length === 0 || this.draining) return;
     const short = freemem() / 2 ** 20 < this.options.minFreeMemoryMb;
-    if (short === this.paused) return;
-    this.paused = short;
-    if (short) {
+    if (short && !this.paused) {
+      this.paused = true;
       this.options.log.warn('free memory under --min-free-mb: taking no jobs', { free_mb: Math.round(freemem() / 2 ** 20) });
-      await Promise.all(this.workers.map((w) => w.pause(true)));
-    } else {
-      for (const w of this.workers) w.resume();
+      if (this.running) await Promise.all(this.workers.map((w) => w.pause(true)));
+    } else if (!short && (this.paused || !this.running)) {
+      this.paused = false;
+      if (this.running) for (const w of this.workers) w.resume();
+      else for (const w of this.workers) void w.run().catch((error: unknown) => this.options.log.error('job worker stopped', { error: String(error) }));
+      this.running = true;
     }
   }
 }

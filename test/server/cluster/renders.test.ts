@@ -165,3 +165,16 @@ test('capability: a job asking for a provider no worker runs waits for one; aski
   assert.equal(bad.status, 400);
   assert.equal(bad.body.error.field, 'provider');
 });
+
+test('capability: a worker whose machine is short of free memory takes no jobs', async () => {
+  await worker.kill();
+  const short = await startNode({ role: 'worker', redis: redis.url, args: ['--min-free-mb', String(1 << 20)] });
+  worker = short;
+  const node = await eventually(async () => ((await getJson(`${gateway.url}/v1/cluster`)).nodes as Json[]).find((n) => n.id === short.id && n.jobs_paused));
+  assert.equal(node.jobs_paused, true);
+  const created = await post(`${gateway.url}/v1/jobs`, { kind: 'images', count: 1, prompt: 'x', width: 64, height: 64, steps: 1 });
+  // a healthy worker takes a waiting job within a few hundred ms; this one leaves it waiting
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal((await getJson(`${gateway.url}/v1/jobs/${created.body.id}`)).status, 'starting');
+  assert.equal((await (await fetch(`${gateway.url}/v1/jobs/${created.body.id}`, { method: 'DELETE' })).json()).status, 'canceled');
+});

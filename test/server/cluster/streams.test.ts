@@ -126,14 +126,30 @@ test('stream URLs and the stream list on the other gateway', async () => {
   assert.equal((await fetch(`${both.url}/v1/streams/00000000-0000-4000-8000-000000000000/snapshot`)).status, 404);
 });
 
-test('SIGTERM drains a worker: its streams move to another worker first, clients stay connected', async () => {
-  const next = await startNode({ role: 'worker', redis: redis.url });
-  spare.push(next);
-  await eventually(async () => ((await cluster(gateway.url)).nodes.some((n: Json) => n.id === next.id) ? true : undefined));
+test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', async () => {
+  spare.push(...(await Promise.all([0, 1].map(() => startNode({ role: 'worker', redis: redis.url })))));
+  const ids = spare.map((n) => n.id);
+  await eventually(async () => (((await cluster(gateway.url)).nodes as Json[]).filter((n) => ids.includes(n.id)).length === 2 ? true : undefined));
   await both.terminate();
   await flowing(3);
   const streams = (await cluster(gateway.url)).streams as Json[];
-  assert.ok(streams.every((s) => s.worker === next.id), JSON.stringify(streams));
+  assert.deepEqual(ids.map((id) => streams.filter((s) => s.worker === id).length), [2, 2], JSON.stringify(streams));
   for (const c of clients) assert.equal(c.ws.readyState, c.ws.OPEN);
   assert.ok(gateway.logs.some((l) => l['msg'] === 'stream moving to another worker' && String(l['reason']).includes('1001')), 'moved because the worker went away (1001)');
+});
+
+test('a worker that goes silent (SIGSTOP: its sockets stay open) is noticed by its heartbeat: its streams move', async () => {
+  const [frozen, other] = spare as [ClusterNodeProcess, ClusterNodeProcess];
+  const moving = ((await cluster(gateway.url)).streams as Json[]).filter((s) => s.worker === frozen.id).map((s) => s.id as string);
+  const since = Date.now();
+  frozen.process.kill('SIGSTOP');
+  await flowing(3);
+  for (const id of moving) {
+    const resumed = resumedAfter(gateway, id, arrivals[clients.findIndex((c) => c.streamId === id)]!, since);
+    assert.ok(resumed, `stream ${id} moved`);
+    assert.equal(resumed.to, other.id);
+    console.log(`stream ${id.slice(0, 8)} resumed ${resumed.ms} ms after its worker froze`);
+  }
+  assert.ok(gateway.logs.some((l) => l['msg'] === 'stream moving to another worker' && String(l['reason']).includes('heartbeat')));
+  for (const c of clients) assert.equal(c.ws.readyState, c.ws.OPEN);
 });
