@@ -35,6 +35,11 @@ import { INTERNAL_STREAM_PATH } from './upstream.ts';
 
 /** How often a gateway looks whether the workers of its streams are still alive, ms. */
 const WATCH_MS = 250;
+/**
+ * A worker whose heartbeat expired is left only once its stream has not heard from it for this long either: a
+ * worker still sending frames (or answering pings) is slow, not dead, ms.
+ */
+const SILENT_MS = 1000;
 /** How often a gateway renews its streams' directory entries, ms. */
 const RENEW_MS = 1000;
 /** Adapter combinations a worker advertises as merged: used in this window, at most this many (its cache size). */
@@ -82,6 +87,9 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
 
   const extension: ExtensionFactory = (ctx, local) => {
     const self = { id, url: '' };
+    // streams gateways place here: they all come from a few gateway addresses, so no per-address limit (each
+    // gateway limits its own clients)
+    const internal = new StreamRegistry(config.maxStreams, config.maxStreams);
     const startedAt = new Date().toISOString();
     let draining = false;
     // a worker's output rate and its adapters, from its sessions
@@ -89,7 +97,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
     let fps = 0;
     const recentAdapters = new Map<string, number>();
     const describe = (): NodeDescription => {
-      const sessions = local.all();
+      const sessions = [...local.all(), ...internal.all()];
       const out = sessions.reduce((n, s) => n + s.stats.framesOut, 0);
       const now = performance.now();
       if (now - lastFrames.at >= 1000) {
@@ -109,7 +117,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
         provider: config.provider,
         started_at: startedAt,
         draining,
-        streams: worker ? local.size : 0,
+        streams: sessions.length,
         max_streams: config.maxStreams,
         fps: Math.round(fps * 10) / 10,
         adapters,
@@ -119,7 +127,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
       };
     };
     const directory = new StreamDirectory(redis);
-    const relayed = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
+    const relayed = new StreamRegistry<RelayedStream>(config.maxStreams, config.maxStreamsPerClient);
     const queues = async () => ({
       ...(jobs ? await jobs.counts() : {}),
       ...(renders ? await renders.counts() : {}),
@@ -136,25 +144,34 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
       ctx,
       metrics,
       self,
-      place: async (needs, exclude) => placeStream(await nodes.list(), await directory.assigned(), needs, exclude),
+      // the load of each worker: other gateways' streams as the directory has them, this gateway's own as they are
+      // now (placements in flight included), counted and chosen in one step so simultaneous moves spread out
+      place: async (stream) => {
+        const [all, entries] = await Promise.all([nodes.list(), directory.list()]);
+        const assigned = new Map<string, number>();
+        const count = (worker: string) => assigned.set(worker, (assigned.get(worker) ?? 0) + 1);
+        for (const e of entries) if (e.gateway !== id && e.worker !== null) count(e.worker);
+        for (const s of relayed.all()) if (s.target) count(s.target.id);
+        stream.target = placeStream(all, assigned, stream.needs, stream.excludedIds());
+        return stream.target;
+      },
       publish: (stream, entry) => void (entry ? directory.put([entry]) : directory.remove({ id: stream.id, name: null })).catch((error: unknown) => log.warn('stream directory write failed', { stream: stream.id, error: String(error) })),
     };
-    const relayedStreams = () => relayed.all() as RelayedStream[];
 
     // a gateway's streams whose worker stopped beating move; their directory entries are renewed
     let watch: NodeJS.Timeout | undefined;
     let renew: NodeJS.Timeout | undefined;
     const checkWorkers = async () => {
-      const streams = relayedStreams().filter((s) => s.worker);
+      const streams = relayed.all().filter((s) => s.worker);
       if (streams.length === 0) return;
       const alive = await nodes.alive([...new Set(streams.map((s) => s.worker!.id))]);
-      for (const s of streams) if (s.worker && !alive.has(s.worker.id)) s.move('its worker stopped sending heartbeats');
+      for (const s of streams) if (s.worker && !alive.has(s.worker.id) && s.workerSilentMs >= SILENT_MS) s.move('its worker stopped sending heartbeats');
     };
 
     const sockets: Record<string, StreamSocketHandler> = {};
     if (gateway) sockets[STREAM_PATH] = (ws, req) => relayConnection(ws, req, relay, relayed);
     if (worker) {
-      sockets[INTERNAL_STREAM_PATH] = localStreams(ctx, local);
+      sockets[INTERNAL_STREAM_PATH] = localStreams(ctx, internal);
       sockets[STREAM_PATH] ??= localStreams(ctx, local); // a worker alone also takes streams directly
     }
 
@@ -171,7 +188,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
         await nodes.start(describe);
         if (gateway) {
           watch = setInterval(() => void checkWorkers().catch((error: unknown) => log.warn('worker check failed', { error: String(error) })), WATCH_MS);
-          renew = setInterval(() => void directory.put(relayedStreams().map((s) => s.entry())).catch(() => undefined), RENEW_MS);
+          renew = setInterval(() => void directory.put(relayed.all().map((s) => s.entry())).catch(() => undefined), RENEW_MS);
           watch.unref();
           renew.unref();
         }

@@ -52,8 +52,11 @@ export interface RelayStats extends StreamStats {
 export interface RelayDeps {
   readonly ctx: AppContext;
   readonly metrics: ClusterMetrics;
-  /** A worker for these needs, skipping `exclude`; undefined when none has room. */
-  place(needs: StreamNeeds, exclude: ReadonlySet<string>): Promise<NodeInfo | undefined>;
+  /**
+   * A worker for the stream (its needs, skipping the workers it excludes), set as its `target` in the same
+   * step; undefined when none has room.
+   */
+  place(stream: RelayedStream): Promise<NodeInfo | undefined>;
   /** The stream's place changed (started, moved, ended: undefined). */
   publish(stream: RelayedStream, entry: StreamEntry | undefined): void;
   readonly self: { readonly id: string; readonly url: string };
@@ -64,8 +67,10 @@ export class RelayedStream extends EventEmitter {
   readonly stats: RelayStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0, failovers: 0, droppedInFlight: 0 };
   params: GenerationParams;
   size = { width: 0, height: 0 };
+  /** The worker it runs on or is being started on (counted as that worker's load by placement). */
+  target: NodeInfo | undefined;
+  readonly needs: StreamNeeds;
   private lastJpeg: Buffer | undefined;
-  private readonly needs: StreamNeeds;
   private readonly startedAt = new Date().toISOString();
   private upstream: Upstream | undefined;
   /** The upstream answered `started`: frames and messages go to it. */
@@ -112,6 +117,11 @@ export class RelayedStream extends EventEmitter {
   /** The worker running it now. */
   get worker(): NodeInfo | undefined {
     return this.live ? this.upstream?.worker : undefined;
+  }
+
+  /** Milliseconds since its worker was last heard from (0 while it has none). */
+  get workerSilentMs(): number {
+    return this.live ? (this.upstream?.silentMs ?? 0) : 0;
   }
 
   /** Places the stream; the client gets `started` (or an error and a close) when a worker took it. */
@@ -182,6 +192,7 @@ export class RelayedStream extends EventEmitter {
     if (this.closed || !old || !this.live) return;
     this.live = false;
     this.upstream = undefined;
+    this.target = undefined;
     old.drop();
     this.excluded.set(old.worker.id, Date.now() + EXCLUDE_MS);
     const inFlight = this.sentIds.length - this.shownIndex;
@@ -196,6 +207,11 @@ export class RelayedStream extends EventEmitter {
     this.deps.ctx.log.warn('stream moving to another worker', { stream: this.id, from: old.worker.id, reason, dropped_in_flight: inFlight });
     this.deps.publish(this, this.entry(null));
     void this.connect();
+  }
+
+  /** Workers not to place it on now (they refused or lost it lately). */
+  excludedIds(): ReadonlySet<string> {
+    return new Set(this.excluded.keys());
   }
 
   entry(worker: string | null = this.worker?.id ?? null): StreamEntry {
@@ -221,7 +237,7 @@ export class RelayedStream extends EventEmitter {
       for (const [id, until] of this.excluded) if (until < now) this.excluded.delete(id);
       let worker: NodeInfo | undefined;
       try {
-        worker = await this.deps.place(this.needs, new Set(this.excluded.keys()));
+        worker = await this.deps.place(this);
       } catch (error) {
         this.deps.ctx.log.warn('placement failed', { stream: this.id, error: String(error) });
       }
@@ -381,6 +397,7 @@ export class RelayedStream extends EventEmitter {
     if (this.live) return this.move(`worker closed the stream (${code}${reason ? ` ${reason}` : ''})`);
     // the start did not get through
     this.upstream = undefined;
+    this.target = undefined;
     const refusal = this.refusal;
     if (refusal && FINAL_START_CODES.has(code)) {
       this.toClient(refusal);
@@ -408,7 +425,7 @@ export class RelayedStream extends EventEmitter {
  * The public /v1/stream of a gateway: waits for `start` (holding what comes before `started`, the newest frame
  * only), places the stream and relays it.
  */
-export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: RelayDeps, registry: StreamRegistry): void {
+export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: RelayDeps, registry: StreamRegistry<RelayedStream>): void {
   const client = req.socket.remoteAddress ?? 'unknown';
   let stream: RelayedStream | undefined;
   const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
@@ -440,6 +457,7 @@ export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: Relay
       clearTimeout(startTimer);
       stream = opened;
       registry.add(opened, client);
+      deps.ctx.metrics.streamsActive.set(registry.size);
       deps.ctx.log.info('stream relayed', { stream: opened.id, client, mode: message.mode });
       void opened.open();
     } catch (error) {
@@ -455,6 +473,7 @@ export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: Relay
     if (stream) {
       deps.ctx.log.info('stream closed', { stream: stream.id, ...stream.stats });
       stream.close();
+      deps.ctx.metrics.streamsActive.set(registry.size);
     }
   });
   ws.on('error', (error) => deps.ctx.log.warn('socket error', { error: error.message }));

@@ -20,10 +20,16 @@ export interface UpstreamHandlers {
   onClose(code: number, reason: string): void;
 }
 
+/** How often a gateway pings a worker's stream socket, ms (a live worker answers even with no frames to send). */
+const PING_MS = 500;
+
 export class Upstream {
   private readonly ws: WebSocket;
   private meta: Message | undefined;
   private ended = false;
+  private readonly pinger: NodeJS.Timeout;
+  /** performance.now() when the worker was last heard from (any message or pong). */
+  lastHeard = performance.now();
 
   constructor(
     readonly worker: NodeInfo,
@@ -34,7 +40,13 @@ export class Upstream {
     const url = `${worker.url.replace(/^http/, 'ws')}${INTERNAL_STREAM_PATH}`;
     this.ws = new WebSocket(url, { headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {}, perMessageDeflate: false });
     this.ws.on('open', () => this.ws.send(JSON.stringify(start)));
-    this.ws.on('message', (data: RawData, isBinary: boolean) => this.receive(toBuffer(data), isBinary));
+    this.ws.on('message', (data: RawData, isBinary: boolean) => {
+      this.lastHeard = performance.now();
+      this.receive(toBuffer(data), isBinary);
+    });
+    this.ws.on('pong', () => (this.lastHeard = performance.now()));
+    this.pinger = setInterval(() => this.open && this.ws.ping(), PING_MS);
+    this.pinger.unref();
     this.ws.on('close', (code, reason) => this.end(code, reason.toString()));
     this.ws.on('error', (error) => this.end(1006, error.message));
   }
@@ -55,15 +67,22 @@ export class Upstream {
     if (this.open) this.ws.send(bytes, { binary: true });
   }
 
+  /** Milliseconds since the worker was last heard from. */
+  get silentMs(): number {
+    return performance.now() - this.lastHeard;
+  }
+
   /** Ends it at once without telling the handlers (the stream has moved on). */
   drop(): void {
     this.ended = true;
+    clearInterval(this.pinger);
     this.ws.terminate();
   }
 
   /** A clean end (the client stopped or left). */
   close(): void {
     this.ended = true;
+    clearInterval(this.pinger);
     if (this.ws.readyState === WebSocket.CONNECTING) this.ws.terminate();
     else this.ws.close(1000, 'client left');
   }
@@ -87,6 +106,7 @@ export class Upstream {
   }
 
   private end(code: number, reason: string): void {
+    clearInterval(this.pinger);
     if (this.ended) return;
     this.ended = true;
     this.ws.terminate();

@@ -22,8 +22,8 @@ export interface LiveStream {
   once(event: 'close', listener: () => void): unknown;
 }
 
-export class StreamRegistry {
-  private readonly sessions = new Map<string, { session: LiveStream; client: string }>();
+export class StreamRegistry<S extends LiveStream = LiveStream> {
+  private readonly sessions = new Map<string, { session: S; client: string }>();
   private readonly reserved = new Map<string, number>();
 
   constructor(
@@ -47,12 +47,12 @@ export class StreamRegistry {
     };
   }
 
-  add(session: LiveStream, client: string): void {
+  add(session: S, client: string): void {
     this.sessions.set(session.id, { session, client });
     session.once('close', () => this.sessions.delete(session.id));
   }
 
-  get(id: string): LiveStream {
+  get(id: string): S {
     const entry = this.sessions.get(id);
     if (!entry) throw new ServiceError('not_found', `no stream ${id}`);
     return entry.session;
@@ -62,7 +62,7 @@ export class StreamRegistry {
     return this.sessions.size;
   }
 
-  all(): LiveStream[] {
+  all(): S[] {
     return [...this.sessions.values()].map((e) => e.session);
   }
 
