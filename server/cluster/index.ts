@@ -32,6 +32,7 @@ import { relayConnection, type RelayDeps, type RelayedStream } from './relay.ts'
 import { clusterRoutes, gatewayStreamRoutes } from './routes.ts';
 import { StreamDirectory } from './stream-directory.ts';
 import { INTERNAL_STREAM_PATH } from './upstream.ts';
+import { warmUp } from './warm-up.ts';
 
 /** How often a gateway looks whether the workers of its streams are still alive, ms. */
 const WATCH_MS = 250;
@@ -184,7 +185,10 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
       ...(gateway ? { streamRouter: gatewayStreamRoutes(self, relayed, directory, config.apiKey, log) } : {}),
       async start(listening) {
         self.url = config.advertiseUrl ?? advertised(config.host, listening.port);
-        if (worker) renders!.startWorker(localRenderer(ctx));
+        if (worker) {
+          await warmUp(ctx);
+          renders!.startWorker(localRenderer(ctx));
+        }
         await nodes.start(describe);
         if (gateway) {
           watch = setInterval(() => void checkWorkers().catch((error: unknown) => log.warn('worker check failed', { error: String(error) })), WATCH_MS);

@@ -6,6 +6,7 @@
  *      only its heartbeat tells), from the signal to the client's first output from the next worker.
  * Every process shares this machine's cores: more workers add processes, not cores.
  */
+import { cpus, loadavg } from 'node:os';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { loadSceneSpec } from '../../pipelines/evaluation/evaluator.ts';
 import { eventually, outputArrivals, resumedAfter, startNode, startRedis, type ClusterNodeProcess, type RedisServer } from '../helpers/cluster.ts';
@@ -84,11 +85,13 @@ export async function benchCluster({ quick, rounds, log }: ClusterBenchOptions):
     // 1. job throughput
     const jobs = quick ? 12 : 30;
     const passes = quick ? 1 : 2;
-    log(`### Batch jobs: ${jobs} jobs of 2 images (64x64, 2 steps) per pass, ${passes} pass(es) per case, median`);
-    log('This machine has 2 cores shared by every process: extra workers show the cluster\'s overhead, not a speed-up; on one machine per worker the work would spread.\n');
+    log(`Load average when the section started: ${loadavg().map((l) => l.toFixed(1)).join(', ')} (other work on this machine shares its cores).\n`);
+    log(`### Batch jobs: ${jobs} jobs of 2 images (64x64, 2 steps) per pass, ${passes} pass(es) per case after an untimed one, median`);
+    log(`This machine has ${cpus().length} cores shared by every process: extra workers show the cluster's overhead, not a speed-up; with a machine per worker the work would spread.\n`);
     log('| case | s per pass | images/s |\n| --- | --- | --- |');
     const throughput: Record<string, { seconds: Summary; images_per_s: number }> = {};
     const measure = async (name: string, base: string) => {
+      await runJobs(base, 3, 10_000); // untimed: a fresh node's first model runs are slow
       const times: number[] = [];
       for (let p = 0; p < passes; p++) times.push(await runJobs(base, jobs, 100 * p));
       const s = summarize(times);
@@ -168,6 +171,7 @@ export async function benchCluster({ quick, rounds, log }: ClusterBenchOptions):
     log(`| killed (SIGKILL: its socket closes) | ${kill.n} | ${fmt(kill.median, 0)} ms | ${fmt(p95(failover.kill), 0)} ms | ${fmt(Math.max(...failover.kill), 0)} ms |`);
     log(`| frozen (SIGSTOP: only the heartbeat tells) | ${stop.n} | ${fmt(stop.median, 0)} ms | ${fmt(p95(failover.stop), 0)} ms | ${fmt(Math.max(...failover.stop), 0)} ms |`);
     results['failover'] = { kill_ms: failover.kill, stop_ms: failover.stop, kill_p50: kill.median, kill_p95: p95(failover.kill), stop_p50: stop.median, stop_p95: p95(failover.stop) };
+    log(`\nA frozen worker is left once its heartbeat expires (1.5 s) and its stream has heard nothing for 1 s; the next worker was warmed up before it registered. Load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(', ')}.`);
   } finally {
     await Promise.all(nodes.map((n) => n.kill()));
     await redis?.stop();
