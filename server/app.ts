@@ -18,6 +18,7 @@ import { Metrics } from './metrics.ts';
 import { StreamRegistry } from './streams/registry.ts';
 import { streamRoutes } from './streams/routes.ts';
 import { attachStreamServer, type StreamSocketHandler } from './streams/ws.ts';
+import { webrtcRoutes } from './webrtc/routes.ts';
 import { modelRoutes } from './model-routes.ts';
 import { CLOSE } from './streams/protocol.ts';
 
@@ -36,7 +37,11 @@ export interface RunningServer {
 /** Hooks other parts of the server plug in (the batch API mounts its router and job runner here, a cluster its node). */
 export interface ServerExtension {
   readonly router: express.Router;
-  /** Stream routes in place of the built-in ones (a cluster gateway serves the streams it relays, and others'). */
+  /**
+   * A cluster gateway's relayed streams: the streams its clients see (WHEP serves these; WHIP ingest, which
+   * runs a session where it lands, is off), and its stream routes in place of the built-in ones.
+   */
+  readonly relayed?: StreamRegistry;
   readonly streamRouter?: express.Router;
   /** WebSocket paths in place of the built-in /v1/stream (a cluster gateway relays it to workers). */
   readonly sockets?: Readonly<Record<string, StreamSocketHandler>>;
@@ -76,7 +81,11 @@ export async function startServer(
   });
   app.use((_req, _res, next) => next(ctx.draining ? new ServiceError('unavailable', 'the server is shutting down') : undefined));
   app.use(express.json({ limit: '50mb' }));
-  app.use(extensions.find((e) => e.streamRouter)?.streamRouter ?? streamRoutes(registry, log));
+  // a cluster gateway's clients see the streams it relays, not sessions running here
+  const relaying = extensions.find((e) => e.relayed);
+  app.use(relaying?.streamRouter ?? streamRoutes(registry, log));
+  const webrtc = webrtcRoutes(ctx, relaying?.relayed ?? registry, { whip: !relaying });
+  app.use(webrtc.router);
   app.use(modelRoutes(ctx));
   for (const ext of extensions) app.use(ext.router);
   app.use(express.static(WEB_DIR, { index: 'index.html', extensions: ['html'] }));
@@ -101,6 +110,7 @@ export async function startServer(
       (ctx as { draining: boolean }).draining = true;
       for (const ext of extensions) await ext.leave?.();
       for (const client of wss.clients) client.close(CLOSE.goingAway, 'server shutting down');
+      await webrtc.close();
       for (const ext of extensions) await ext.drain?.();
       await new Promise<void>((ok) => {
         http.close(() => ok());

@@ -64,8 +64,9 @@ export function corsMiddleware(config: ServerConfig): RequestHandler {
     if (origin && (config.corsOrigins.includes(origin) || config.corsOrigins.includes('*'))) {
       res.setHeader('Access-Control-Allow-Origin', origin);
       res.setHeader('Vary', 'Origin');
-      res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type');
-      res.setHeader('Access-Control-Allow-Methods', 'GET, POST, DELETE, OPTIONS');
+      res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type, X-Stream-Params');
+      res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PATCH, DELETE, OPTIONS');
+      res.setHeader('Access-Control-Expose-Headers', 'Location, X-Stream-Id'); // WHIP/WHEP resources
     } else if (origin && !originAllowed(config, req)) {
       if (req.method === 'OPTIONS') return next(new ServiceError('forbidden', `origin ${origin} is not allowed`));
     }

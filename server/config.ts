@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/onnx.ts';
+import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
   readonly host: string;
@@ -47,6 +48,8 @@ export interface ServerConfig {
   readonly jobLockMs: number;
   /** A worker takes no new jobs while the machine has less free memory than this, MiB. */
   readonly minFreeMemoryMb: number;
+  /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
+  readonly iceServers: readonly IceServer[];
 }
 
 export const NODE_ROLES = ['all', 'api', 'worker'] as const;
@@ -75,6 +78,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   // longer than the longest model call: a call blocks the event loop, and with it the lock's renewal
   jobLockMs: 30_000,
   minFreeMemoryMb: 256,
+  iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
@@ -140,6 +144,9 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'advertise-url': { type: 'string' },
       'job-lock-ms': { type: 'string' },
       'min-free-mb': { type: 'string' },
+      'ice-servers': { type: 'string' },
+      'ice-username': { type: 'string' },
+      'ice-credential': { type: 'string' },
     },
   });
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? env[name];
@@ -165,6 +172,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
     ...clusterConfig(values, env),
+    iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   if (!isLoopback(config.host) && !config.apiKey) {
     throw new ServiceError('forbidden', `refusing to bind ${config.host} without an API key: set --api-key or API_KEY (or bind 127.0.0.1)`);

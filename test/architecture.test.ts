@@ -49,3 +49,10 @@ test('the service never imports training, evaluation or CLI code', async () => {
   }
   assert.deepEqual(wrong, []);
 });
+
+test('only server/webrtc imports the WebRTC stack (werift)', async () => {
+  const importers: string[] = [];
+  for (const file of sources) if ((await importsOf(file)).some((t) => t === 'werift' || t.startsWith('werift/'))) importers.push(file);
+  assert.ok(importers.length > 0);
+  assert.deepEqual(importers.filter((f) => !f.startsWith('server/webrtc/')), []);
+});

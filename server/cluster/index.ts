@@ -182,7 +182,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
     return {
       router,
       sockets,
-      ...(gateway ? { streamRouter: gatewayStreamRoutes(self, relayed, directory, config.apiKey, log) } : {}),
+      ...(gateway ? { relayed, streamRouter: gatewayStreamRoutes(self, relayed, directory, config.apiKey, log) } : {}),
       async start(listening) {
         self.url = config.advertiseUrl ?? advertised(config.host, listening.port);
         if (worker) {

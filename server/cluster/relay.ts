@@ -18,11 +18,13 @@ import sharp from 'sharp';
 import type { RawData, WebSocket } from 'ws';
 import { adapterKey } from '../../models/adapters/choices.ts';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
+import { rgb8ToTensor } from '../../pipelines/codecs/image.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { CLOSE, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage, type StartMessage } from '../streams/protocol.ts';
 import type { StreamRegistry } from '../streams/registry.ts';
-import type { StreamStats } from '../streams/session.ts';
+import type { FrameMeta } from '../streams/protocol.ts';
+import type { RawOutput, StreamStats } from '../streams/session.ts';
 import type { ClusterMetrics } from './metrics.ts';
 import type { NodeInfo } from './nodes.ts';
 import type { StreamNeeds } from './placement.ts';
@@ -98,6 +100,8 @@ export class RelayedStream extends EventEmitter {
   private movingSince: number | undefined;
   /** An error a worker sent while refusing the start: the client's if the refusal is final. */
   private refusal: Message | undefined;
+  /** Outputs being prepared for the gateway's viewers (kept in order). */
+  private viewers: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly ws: WebSocket,
@@ -347,8 +351,8 @@ export class RelayedStream extends EventEmitter {
     }
     if (meta['skipped'] === true) this.stats.skipped++;
     const rewritten: Message = { ...meta, output_id: outputId, input_id: source, ...(arrived !== undefined ? { latency_ms: Math.round((now - arrived) * 10) / 10 } : {}) };
-    this.emitJpeg(bytes, meta['format']);
     this.deliver({ meta: rewritten, bytes });
+    this.forViewers(bytes, rewritten, arrived ?? now);
   }
 
   /** As a local session: send against credit, else keep only the newest output. */
@@ -375,20 +379,32 @@ export class RelayedStream extends EventEmitter {
     this.deliver(frame);
   }
 
-  /** MJPEG viewers and pushes read JPEG: a JPEG stream's outputs as they are, others re-encoded if watched. */
-  private emitJpeg(bytes: Buffer, format: unknown): void {
-    if (format === 'jpeg') {
+  /**
+   * Outputs for the gateway's own viewers, in order: JPEG for MJPEG and pushes (a JPEG stream's bytes as they are,
+   * others re-encoded while watched), pixels for WHEP (decoded while watched).
+   */
+  private forViewers(bytes: Buffer, meta: Message, arrivedAt: number): void {
+    const jpeg = meta['format'] === 'jpeg';
+    if (jpeg) {
       this.lastJpeg = bytes;
       this.emit('jpeg', bytes);
-    } else if (this.listenerCount('jpeg') > 0) {
-      void sharp(bytes)
-        .jpeg({ quality: this.start.output.quality })
-        .toBuffer()
-        .then((jpeg) => {
-          this.lastJpeg = jpeg;
-          this.emit('jpeg', jpeg);
-        }, () => undefined);
     }
+    const reencode = !jpeg && this.listenerCount('jpeg') > 0;
+    const decode = this.listenerCount('output') > 0;
+    if (!reencode && !decode) return;
+    this.viewers = this.viewers
+      .then(async () => {
+        if (reencode) {
+          this.lastJpeg = await sharp(bytes).jpeg({ quality: this.start.output.quality }).toBuffer();
+          this.emit('jpeg', this.lastJpeg);
+        }
+        if (decode) {
+          const { data, info } = await sharp(bytes).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+          const output: RawOutput = { image: rgb8ToTensor(data, info.width, info.height), width: info.width, height: info.height, arrivedAt, meta: meta as unknown as FrameMeta };
+          this.emit('output', output);
+        }
+      })
+      .catch((error: unknown) => this.deps.ctx.log.warn('relayed output not decodable', { stream: this.id, error: String(error) }));
   }
 
   private workerClosed(worker: NodeInfo, code: number, reason: string): void {

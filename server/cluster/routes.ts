@@ -49,7 +49,8 @@ export function gatewayStreamRoutes(self: { readonly id: string }, relayed: Stre
       }),
     });
   });
-  router.use('/v1/streams/:id', async (req, res, next) => {
+  // a stream's URLs (MJPEG, snapshot, push; WHEP signalling) answered by the gateway that relays it
+  router.use(['/v1/streams/:id', '/v1/whep/:id'], async (req, res, next) => {
     const id = String(req.params['id']);
     if (relayed.all().some((s) => s.id === id)) return next();
     const entry = await directory.get(id).catch(() => undefined);
@@ -64,7 +65,7 @@ export function gatewayStreamRoutes(self: { readonly id: string }, relayed: Stre
   return router;
 }
 
-/** Forwards a request to another node as it came (a JSON body already parsed is sent again), streaming the answer. */
+/** Forwards a request to another node as it came (a JSON body already parsed is sent again, others as they come), streaming the answer. */
 function forward(req: express.Request, res: express.Response, base: string, apiKey: string | undefined, onError: (error: Error) => void): void {
   const url = new URL(req.originalUrl, base);
   const headers: IncomingHttpHeaders = {};
@@ -74,6 +75,8 @@ function forward(req: express.Request, res: express.Response, base: string, apiK
   if (body) {
     headers['content-type'] = 'application/json';
     headers['content-length'] = String(body.length);
+  } else if (req.headers['content-length'] !== undefined) {
+    headers['content-length'] = req.headers['content-length'];
   }
   const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
   const outgoing = send(url, { method: req.method, headers }, (incoming) => {
@@ -83,5 +86,6 @@ function forward(req: express.Request, res: express.Response, base: string, apiK
   });
   outgoing.on('error', onError);
   res.on('close', () => outgoing.destroy());
-  outgoing.end(body);
+  if (body || req.readableEnded) outgoing.end(body);
+  else req.pipe(outgoing); // a body no parser read (an SDP offer)
 }

@@ -82,6 +82,11 @@ export function parseClientMessage(text: string): ClientMessage {
   } catch {
     throw new ServiceError('bad_request', 'message is not valid JSON');
   }
+  return parseClientObject(json);
+}
+
+/** Validates a message already parsed from JSON (a WebRTC stream's start comes from HTTP, not the socket). */
+export function parseClientObject(json: unknown): ClientMessage {
   const result = clientMessageSchema.safeParse(json);
   if (!result.success) {
     const issue = result.error.issues[0]!;

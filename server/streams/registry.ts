@@ -2,7 +2,7 @@
 import { ServiceError } from '../../models/errors.ts';
 import type { GenerationParams } from '../../pipelines/params.ts';
 import type { StartMessage } from './protocol.ts';
-import type { StreamStats } from './session.ts';
+import type { RawOutput, StreamStats } from './session.ts';
 
 /**
  * What the stream routes (MJPEG, snapshot, push) need of a stream: a session running here (session.ts), or a
@@ -16,9 +16,13 @@ export interface LiveStream {
   readonly stats: StreamStats;
   /** The latest output as JPEG, if any. */
   readonly latestJpeg: Buffer | undefined;
-  /** 'jpeg' (each output as JPEG) and 'close' events. */
-  on(event: 'jpeg' | 'close', listener: (jpeg: Buffer) => void): unknown;
-  off(event: 'jpeg' | 'close', listener: (jpeg: Buffer) => void): unknown;
+  /** Events: 'jpeg' (each output as JPEG), 'output' (each output as pixels, for WebRTC) and 'close'. */
+  on(event: 'jpeg', listener: (jpeg: Buffer) => void): unknown;
+  on(event: 'output', listener: (output: RawOutput) => void): unknown;
+  on(event: 'close', listener: () => void): unknown;
+  off(event: 'jpeg', listener: (jpeg: Buffer) => void): unknown;
+  off(event: 'output', listener: (output: RawOutput) => void): unknown;
+  off(event: 'close', listener: () => void): unknown;
   once(event: 'close', listener: () => void): unknown;
 }
 

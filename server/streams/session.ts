@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
+import { decodeImage, encodeImage, rgb8ToTensor } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
@@ -23,6 +23,22 @@ export interface StreamSink {
   sendFrame(frame: SentFrame): void;
   /** Bytes queued in the socket and not yet written: output is held back above a limit. */
   readonly bufferedAmount: number;
+  /**
+   * False when the sink takes no encoded bytes (a WebRTC stream sends the `output` event's raw image):
+   * `sendFrame` then gets the metadata with empty bytes, and no image is encoded for it. Default true.
+   */
+  readonly encoded?: boolean;
+}
+
+/** The `output` event: each output frame as raw pixels, for transports that encode it themselves (WebRTC). */
+export interface RawOutput {
+  /** [3, H, W] in [-1, 1]; the same array again when the similarity filter repeats a frame. */
+  readonly image: Float32Array;
+  readonly width: number;
+  readonly height: number;
+  /** performance.now() when the shown input frame arrived (ms): output timing follows the input's. */
+  readonly arrivedAt: number;
+  readonly meta: FrameMeta;
 }
 
 export interface StreamStats {
@@ -49,7 +65,9 @@ const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 interface PendingInput {
   readonly id: number;
-  readonly bytes: Buffer;
+  /** An encoded image (JPEG/PNG/WebP), or interleaved RGB already at the stream's size (onRawFrame). */
+  readonly bytes: Buffer | undefined;
+  readonly rgb: Uint8Array | undefined;
   readonly receivedAt: number;
 }
 
@@ -103,18 +121,41 @@ export class StreamSession extends EventEmitter {
   /** A binary frame arrived: it replaces any frame still waiting (latest-frame-wins). */
   onFrame(bytes: Buffer): void {
     if (this.closed || this.start.mode === 'txt2img') return;
-    const id = ++this.inputCounter;
-    this.stats.framesIn++;
-    this.ctx.metrics.framesIn.inc();
+    const id = this.countInput();
     if (bytes.length > this.ctx.config.maxFrameBytes) {
       this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
       return;
     }
+    this.queueInput({ id, bytes, rgb: undefined, receivedAt: performance.now() });
+  }
+
+  /**
+   * A decoded frame arrived as interleaved RGB at the stream's size (WebRTC decodes video itself): no image
+   * decode, otherwise as onFrame (latest-frame-wins).
+   */
+  onRawFrame(rgb: Uint8Array, width: number, height: number): void {
+    if (this.closed || this.start.mode === 'txt2img') return;
+    const id = this.countInput();
+    const size = this.pipeline.frameSize;
+    if (width !== size.width || height !== size.height || rgb.length !== width * height * 3) {
+      this.fail(new ServiceError('bad_image', `raw frame ${id} is ${width}x${height} (${rgb.length} bytes); the stream takes ${size.width}x${size.height} RGB`), id);
+      return;
+    }
+    this.queueInput({ id, bytes: undefined, rgb, receivedAt: performance.now() });
+  }
+
+  private countInput(): number {
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    return ++this.inputCounter;
+  }
+
+  private queueInput(input: PendingInput): void {
     if (this.pending) {
       this.stats.droppedInput++;
       this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
     }
-    this.pending = { id, bytes, receivedAt: performance.now() };
+    this.pending = input;
     void this.pump();
   }
 
@@ -168,9 +209,9 @@ export class StreamSession extends EventEmitter {
     try {
       // decode -> filter -> encode -> denoise -> decode -> frame out
       const { width, height } = this.pipeline.frameSize;
-      const image = await decodeImage(input.bytes, width, height);
+      const image = input.rgb ? rgb8ToTensor(input.rgb, width, height) : (await decodeImage(input.bytes ?? Buffer.alloc(0), width, height)).data;
       this.arrivals.set(input.id, input.receivedAt);
-      const [result] = await this.pipeline.process([image.data], input.id);
+      const [result] = await this.pipeline.process([image], input.id);
       if (this.closed || !result) return;
       const sourceId = result.source ?? input.id;
       const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
@@ -210,10 +251,11 @@ export class StreamSession extends EventEmitter {
     const { image, width, height, skipped, variant } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
-    const bytes = this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
-    this.lastEncoded = { image, bytes };
-    if (this.listenerCount('jpeg') > 0 || format === 'jpeg') {
-      this.lastJpeg = format === 'jpeg' ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+    const encoded = this.sink.encoded !== false;
+    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
+    if (encoded) this.lastEncoded = { image, bytes };
+    if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
+      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -232,6 +274,7 @@ export class StreamSession extends EventEmitter {
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    if (this.listenerCount('output') > 0) this.emit('output', { image, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
 

@@ -29,6 +29,7 @@ const SECTIONS: [string, string, string][] = [
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
+  ['webrtc', 'webrtc.ts', 'benchWebrtc'],
   ['soak', 'soak.ts', 'benchSoak'],
   ['cluster', 'cluster.ts', 'benchCluster'],
 ];

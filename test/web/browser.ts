@@ -35,6 +35,9 @@ const FLAGS = [
   '--no-first-run',
   '--use-fake-ui-for-media-stream',
   '--use-fake-device-for-media-stream',
+  // WebRTC on loopback only: gather 127.0.0.1 candidates and show addresses instead of mDNS names
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
 ];
 
 export async function launchChromium(): Promise<Browser> {

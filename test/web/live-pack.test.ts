@@ -44,7 +44,7 @@ before(async () => {
   const dataDir = await mkdtemp(join(tmpdir(), 'web-pack-'));
   server = await startServer({ port: 0, apiKey: API_KEY, dataDir }, { engine: await Engine.load(EMBEDDED_PACK_DIR), log: createLogger({}, 'error') });
   browser = await launchChromium();
-  ({ page } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
+  ({ page } = await openPage(browser, `${server.url}/?transport=ws&token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
   page.on('websocket', (ws) => wires.push(recordWire(ws)));
 });
 

@@ -40,7 +40,7 @@ before(async () => {
   server.http.on('upgrade', (_req, socket: Duplex) => rawSockets.push(socket));
   browser = await launchChromium();
   // the optional adapter/expert endpoints answer 404 on this server: the page hides those sections
-  ({ page, problems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
+  ({ page, problems } = await openPage(browser, `${server.url}/?transport=ws&token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]));
   page.on('websocket', (ws) => wires.push(recordWire(ws)));
 });
 
@@ -154,7 +154,7 @@ test('adapters and experts, when the server lists them, get controls that send l
   const own: Wire[] = [];
   p.on('websocket', (ws) => own.push(recordWire(ws)));
   const sent = () => own.flatMap((w) => w.sent);
-  await p.goto(`${server.url}/?token=${API_KEY}`);
+  await p.goto(`${server.url}/?transport=ws&token=${API_KEY}`);
   await p.waitForSelector('#adapters_section:not([hidden]) input[data-adapter="neon"]');
   assert.ok(await p.isVisible('#expert_row'), 'the expert list is shown');
   assert.deepEqual(await unlabelledControls(p), []);
@@ -178,7 +178,8 @@ test('adapters and experts, when the server lists them, get controls that send l
 });
 
 test('a start the server refuses stops the page with the server\'s message, once', async () => {
-  const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]);
+  // the page starts over WebRTC: the refusal is the WHIP request's 400 (which the browser logs)
+  const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/, /400.*\/v1\/whip/]);
   await p.fill('#width', '100');
   await p.click('#start');
   await p.waitForSelector('#errors .error:has-text("width: must be a multiple of 8")');

@@ -6,12 +6,16 @@
  * 2. draw each output, then ack it (the server's credit window keeps a slow page from falling behind);
  * 3. send each control change as an `update` with only the changed parameters;
  * 4. show errors, stats, the MJPEG URL, and reconnect (LiveStream) with the last confirmed parameters.
+ * Where the browser has WebRTC the stream goes over it instead (RtcStream: camera up by WHIP, output down by
+ * WHEP into a <video>, updates on a data channel) and steps 1-2 are the browser's media engine; if WebRTC
+ * cannot connect, or the page is opened with ?transport=ws, the WebSocket path above is used.
  */
-import { apiJson, byId, describeError, downloadBlob, keepTokenOnLinks, serverUrl } from './api.js';
+import { ApiError, apiJson, byId, describeError, downloadBlob, keepTokenOnLinks, serverUrl } from './api.js';
 import { Capture, describeCaptureError } from './capture.js';
 import { ErrorList } from './errors.js';
 import { Meter } from './meter.js';
 import { bindRangeOutputs, control, diffParams, fillForm, readParams } from './params.js';
+import { RtcStream } from './rtc-stream.js';
 import { LiveStream } from './stream.js';
 
 /** Inputs in flight at most: one being denoised and one waiting in the server's slot. */
@@ -29,6 +33,7 @@ const STATS_POLL_MS = 2000;
 const form = byId('controls', HTMLFormElement);
 const video = byId('input', HTMLVideoElement);
 const output = byId('output', HTMLCanvasElement);
+const outputVideo = byId('output_video', HTMLVideoElement);
 const statusEl = byId('status', HTMLElement);
 const startBtn = byId('start', HTMLButtonElement);
 const stopBtn = byId('stop', HTMLButtonElement);
@@ -91,7 +96,8 @@ function desiredParams() {
   return { ...readParams(form), ...adapterParams() };
 }
 
-const stream = new LiveStream({
+/** @type {import('./stream.js').StreamHandlers} */
+const handlers = {
   onStarted(started, resumed) {
     frameSize.width = started.width;
     frameSize.height = started.height;
@@ -131,13 +137,19 @@ const stream = new LiveStream({
     statusEl.textContent = detail;
     if (state === 'stopped') stopAll(false);
   },
-});
+};
+const wsStream = new LiveStream(handlers);
+const rtcStream = RtcStream.supported && new URLSearchParams(location.search).get('transport') !== 'ws' ? new RtcStream(handlers, outputVideo) : undefined;
+/** The transport of the current stream: WebRTC when it connects, else the WebSocket. */
+/** @type {LiveStream | RtcStream} */
+let stream = wsStream;
 
 /**
  * @param {import('./stream.js').FrameMeta} meta
  * @param {Blob} blob
  */
 async function showOutput(meta, blob) {
+  if (stream === rtcStream) return showMediaOutput(meta);
   const now = performance.now();
   pump.outstanding = Math.max(0, pump.outstanding - 1);
   pump.lastOutputAt = now;
@@ -164,6 +176,19 @@ async function showOutput(meta, blob) {
     .join(' · ');
   meter.output(sentAt === undefined ? NaN : performance.now() - sentAt, meta.latency_ms, meta.skipped);
   void sendFrame();
+}
+
+/**
+ * An output over WebRTC: the <video> shows it; the metadata from the control channel feeds the stats.
+ * @param {import('./stream.js').FrameMeta} meta
+ */
+function showMediaOutput(meta) {
+  frameSize.width = meta.width;
+  frameSize.height = meta.height;
+  snapshotBtn.disabled = false;
+  output.dataset['outputId'] = String(meta.output_id);
+  byId('output_label', HTMLElement).textContent = [`${meta.width} × ${meta.height}`, `#${meta.output_id}`, 'WebRTC', meta.skipped && 'repeated'].filter(Boolean).join(' · ');
+  meter.output(NaN, meta.latency_ms, meta.skipped);
 }
 
 /** Step 1: one frame from the video to the server, if the window allows. */
@@ -245,9 +270,34 @@ async function start() {
   showPlaceholders(false);
   meter.start();
   rejected.clear();
+  statsTimer = setInterval(() => void pollStats(), STATS_POLL_MS);
+  if (rtcStream && capture.media) {
+    try {
+      stream = rtcStream;
+      showTransport('webrtc');
+      await rtcStream.start(desiredParams(), capture.media);
+      return;
+    } catch (e) {
+      // the server refused the parameters or the client: the WebSocket would be refused the same way
+      if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 404) {
+        handlers.onError({ code: e.code, message: e.message, ...(e.field ? { field: e.field } : {}) });
+        handlers.onState('stopped', 'stopped');
+        return;
+      }
+      errors.show(`${describeError(e)}; using the WebSocket instead`);
+    }
+  }
+  stream = wsStream;
+  showTransport('websocket');
   stream.start(desiredParams());
   sendTimer = setInterval(() => void sendFrame(), MIN_SEND_INTERVAL_MS);
-  statsTimer = setInterval(() => void pollStats(), STATS_POLL_MS);
+}
+
+/** @param {'webrtc' | 'websocket'} transport the output shows in the <video> (WebRTC) or the canvas */
+function showTransport(transport) {
+  statusEl.dataset['transport'] = transport;
+  outputVideo.hidden = transport !== 'webrtc';
+  output.hidden = transport === 'webrtc';
 }
 
 /** @param {boolean} tellServer */
@@ -369,8 +419,18 @@ capture.onEnded = () => {
   stopAll(true);
 };
 snapshotBtn.addEventListener('click', () => {
+  if (stream === rtcStream) return void snapshotVideo();
   if (lastOutput) downloadBlob(lastOutput.blob, `snapshot-${lastOutput.id}.jpg`);
 });
+
+/** The WebRTC output's current picture as a JPEG download. */
+function snapshotVideo() {
+  const canvas = document.createElement('canvas');
+  canvas.width = outputVideo.videoWidth;
+  canvas.height = outputVideo.videoHeight;
+  canvas.getContext('2d')?.drawImage(outputVideo, 0, 0);
+  canvas.toBlob((blob) => blob && downloadBlob(blob, `snapshot-${output.dataset['outputId'] ?? ''}.jpg`), 'image/jpeg', 0.92);
+}
 copyBtn.addEventListener('click', async () => {
   try {
     await navigator.clipboard.writeText(mjpegInput.value);
