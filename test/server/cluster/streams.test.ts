@@ -13,6 +13,7 @@ import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../../pipeli
 import { eventually, outputArrivals, resumedAfter, startNode, startRedis, type ClusterNodeProcess, type RedisServer } from '../../helpers/cluster.ts';
 import { drawScenePng } from '../../helpers/scenes.ts';
 import { StreamClient } from '../../helpers/stream-client.ts';
+import { WrtcPeer } from '../../helpers/wrtc-peer.ts';
 import type { Json } from '../batch/helpers.ts';
 
 const spec = await loadSceneSpec(EMBEDDED_PACK_DIR);
@@ -108,7 +109,7 @@ test('4 streams over 2 workers; kill -9 one: its streams resume on the other (ti
   assert.match(metrics, /^sd_stream_failover_seconds_count 2$/m);
 });
 
-test('stream URLs and the stream list on the other gateway', async () => {
+test('stream URLs (MJPEG, snapshot, WHEP) and the stream list on the other gateway', async () => {
   const id = clients[0]!.streamId;
   const list = (await (await fetch(`${both.url}/v1/streams`)).json()) as Json;
   assert.deepEqual(new Set(list.streams.map((s: Json) => s.id)), new Set(clients.map((c) => c.streamId)));
@@ -124,6 +125,21 @@ test('stream URLs and the stream list on the other gateway', async () => {
   while ((text.match(/--frame/g) ?? []).length < 3) text += Buffer.from((await reader.read()).value!).toString('latin1');
   await reader.cancel();
   assert.equal((await fetch(`${both.url}/v1/streams/00000000-0000-4000-8000-000000000000/snapshot`)).status, 404);
+  // WHEP on the other gateway: signalling forwarded to the relaying gateway, which plays the relayed frames
+  const viewer = WrtcPeer.start();
+  try {
+    viewer.send({ cmd: 'play', url: both.url, path: `/v1/whep/${id}`, token: 'unused' });
+    const playing = await viewer.next('playing', 0, 60_000);
+    assert.equal(playing.status, 201, playing.body);
+    viewer.send({ cmd: 'frames', count: 1 });
+    const frame = await viewer.next('frame', 0, 60_000);
+    assert.deepEqual([frame.width, frame.height], [128, 128]);
+  } finally {
+    await viewer.stop();
+  }
+  // WHIP would run its session on the gateway itself: refused there
+  const whip = await fetch(`${gateway.url}/v1/whip`, { method: 'POST', headers: { 'content-type': 'application/sdp' }, body: 'v=0' });
+  assert.equal(whip.status, 501);
 });
 
 test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', async () => {
