@@ -7,39 +7,33 @@
  * the stream's current parameters and its newest input frame. The new worker re-primes its buffer; frames that
  * were in the dead worker's buffer are dropped and counted (stats.droppedInFlight).
  *
- * The gateway is also where flow control meets the client: it sends an output only against the client's
- * credit and keeps only the newest one otherwise, as a local session does; its MJPEG, snapshot and push URLs
- * are served from the outputs that pass through.
+ * The gateway is also where flow control meets the client (client-output.ts), and its MJPEG, snapshot, push
+ * and WHEP outputs are served from the outputs that pass through.
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import sharp from 'sharp';
-import type { RawData, WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
 import { adapterKey } from '../../models/adapters/choices.ts';
-import { ServiceError, toServiceError } from '../../models/errors.ts';
+import { ServiceError } from '../../models/errors.ts';
 import { rgb8ToTensor } from '../../pipelines/codecs/image.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import { CLOSE, PROTOCOL_VERSION, closeCodeFor, errorMessage, parseClientMessage, type StartMessage } from '../streams/protocol.ts';
-import type { StreamRegistry } from '../streams/registry.ts';
-import type { FrameMeta } from '../streams/protocol.ts';
+import { CLOSE, PROTOCOL_VERSION, errorMessage, parseClientMessage, type FrameMeta, type StartMessage } from '../streams/protocol.ts';
 import type { RawOutput, StreamStats } from '../streams/session.ts';
+import { ClientOutput } from './client-output.ts';
+import { SentFrames } from './sent-frames.ts';
 import type { ClusterMetrics } from './metrics.ts';
 import type { NodeInfo } from './nodes.ts';
 import type { StreamNeeds } from './placement.ts';
 import type { StreamEntry } from './stream-directory.ts';
 import { Upstream, type Message } from './upstream.ts';
 
-/** A client must send `start` this soon after connecting, ms (as on a single node). */
-const START_TIMEOUT_MS = 10_000;
 /** A stream waits this long for a worker with room (none alive, all full) before it gives up, ms. */
 const PLACEMENT_TIMEOUT_MS = 10_000;
 const PLACEMENT_RETRY_MS = 100;
 /** A worker that refused or lost a stream is not asked again for this long, ms. */
 const EXCLUDE_MS = 5000;
-/** Bytes the client's socket may hold unsent before outputs wait (as for a local session). */
-const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 /** Close codes of a start the worker refused for the request's sake: moving elsewhere would not help. */
 const FINAL_START_CODES: ReadonlySet<number> = new Set([CLOSE.badStart, CLOSE.policy, CLOSE.tooBig]);
 
@@ -82,9 +76,9 @@ export class RelayedStream extends EventEmitter {
   private stopping = false;
   private closed = false;
   private readonly excluded = new Map<string, number>();
-  /** Client input ids in the order they went to the current upstream (its input i is sentIds[i - 1]). */
-  private sentIds: number[] = [];
-  private shownIndex = 0;
+  /** Frames sent to the current worker. */
+  private sent = new SentFrames();
+  /** The client id of the last frame an output showed. */
   private lastShown = 0;
   private inputCounter = 0;
   private outputCounter = 0;
@@ -94,8 +88,7 @@ export class RelayedStream extends EventEmitter {
   private held: string[] = [];
   /** Updates sent upstream and not yet answered (sent again if the worker dies first). */
   private unanswered: string[] = [];
-  private credits: number;
-  private heldOutput: { meta: Message; bytes: Buffer } | undefined;
+  private readonly output: ClientOutput;
   /** performance.now() when the current move began (until the first output after it). */
   private movingSince: number | undefined;
   /** An error a worker sent while refusing the start: the client's if the refusal is final. */
@@ -111,7 +104,7 @@ export class RelayedStream extends EventEmitter {
     super();
     this.params = parseParams({ ...start.params });
     this.needs = { pack: deps.ctx.engine.pack.name, adapters: adapterKey(this.params.adapters) };
-    this.credits = start.window;
+    this.output = new ClientOutput(ws, start.window, this.stats, deps.ctx.metrics);
   }
 
   get latestJpeg(): Buffer | undefined {
@@ -139,7 +132,7 @@ export class RelayedStream extends EventEmitter {
     this.stats.framesIn++;
     this.deps.ctx.metrics.framesIn.inc();
     this.arrivals.set(id, performance.now());
-    if (!this.live && this.newest && this.newest.id > this.lastShown && !this.sentIds.includes(this.newest.id)) {
+    if (!this.live && this.newest && this.newest.id > this.lastShown && !this.sent.inFlight().includes(this.newest.id)) {
       this.stats.droppedInput++; // replaced while the stream was between workers (latest-frame-wins)
       this.arrivals.delete(this.newest.id);
     }
@@ -160,8 +153,7 @@ export class RelayedStream extends EventEmitter {
       case 'ping':
         return this.toClient({ type: 'pong' });
       case 'ack':
-        this.credits = Math.min(this.credits + message.frames, this.start.window);
-        this.flushOutput();
+        this.output.ack(message.frames);
         if (this.live) this.upstream!.sendText(text);
         return;
       case 'update':
@@ -199,7 +191,8 @@ export class RelayedStream extends EventEmitter {
     this.target = undefined;
     old.drop();
     this.excluded.set(old.worker.id, Date.now() + EXCLUDE_MS);
-    const inFlight = this.sentIds.length - this.shownIndex;
+    // the newest frame goes to the next worker: it is not lost
+    const inFlight = this.sent.inFlight().filter((id) => id !== this.newest?.id).length;
     this.stats.failovers++;
     this.stats.droppedInFlight += inFlight;
     this.deps.metrics.failovers.inc();
@@ -286,7 +279,7 @@ export class RelayedStream extends EventEmitter {
         const input = message['input_id'];
         if (typeof input !== 'number') this.unanswered.shift(); // an update's answer (frames carry their id)
         this.stats.errors++;
-        return this.toClient({ ...message, input_id: typeof input === 'number' ? (this.sentIds[input - 1] ?? null) : null });
+        return this.toClient({ ...message, input_id: typeof input === 'number' ? this.sent.clientId(input) : null });
       }
       case 'stopped':
         return this.finish();
@@ -297,8 +290,7 @@ export class RelayedStream extends EventEmitter {
 
   private started(message: Message): void {
     this.live = true;
-    this.sentIds = [];
-    this.shownIndex = 0;
+    this.sent = new SentFrames();
     this.params = message['params'] as GenerationParams;
     this.size = { width: Number(message['width']), height: Number(message['height']) };
     if (!this.announced) {
@@ -323,7 +315,7 @@ export class RelayedStream extends EventEmitter {
   }
 
   private send(frame: { id: number; bytes: Buffer }): void {
-    this.sentIds.push(frame.id);
+    this.sent.push(frame.id);
     this.upstream!.sendFrame(frame.bytes);
   }
 
@@ -331,12 +323,9 @@ export class RelayedStream extends EventEmitter {
     if (!this.live || this.closed) return;
     // 1. which client frame it shows; frames sent before it and never shown were dropped by the worker
     const upstreamInput = meta['input_id'];
-    const source = typeof upstreamInput === 'number' ? (this.sentIds[upstreamInput - 1] ?? null) : null;
+    const source = typeof upstreamInput === 'number' ? this.sent.clientId(upstreamInput) : null;
     if (source !== null) {
-      while (this.shownIndex < this.sentIds.length && this.sentIds[this.shownIndex]! <= source) {
-        if (this.sentIds[this.shownIndex]! < source && this.sentIds[this.shownIndex]! > this.lastShown) this.stats.droppedInput++;
-        this.shownIndex++;
-      }
+      this.stats.droppedInput += this.sent.show(source);
       this.lastShown = Math.max(this.lastShown, source);
     }
     // 2. latency as the client sees it: from the frame's arrival here
@@ -351,32 +340,8 @@ export class RelayedStream extends EventEmitter {
     }
     if (meta['skipped'] === true) this.stats.skipped++;
     const rewritten: Message = { ...meta, output_id: outputId, input_id: source, ...(arrived !== undefined ? { latency_ms: Math.round((now - arrived) * 10) / 10 } : {}) };
-    this.deliver({ meta: rewritten, bytes });
+    this.output.send({ meta: rewritten, bytes });
     this.forViewers(bytes, rewritten, arrived ?? now);
-  }
-
-  /** As a local session: send against credit, else keep only the newest output. */
-  private deliver(frame: { meta: Message; bytes: Buffer }): void {
-    if (this.credits > 0 && this.ws.bufferedAmount < MAX_SOCKET_BUFFER && this.ws.readyState === this.ws.OPEN) {
-      this.credits--;
-      this.stats.framesOut++;
-      this.deps.ctx.metrics.frameSent();
-      this.ws.send(JSON.stringify(frame.meta));
-      this.ws.send(frame.bytes, { binary: true });
-      return;
-    }
-    if (this.heldOutput) {
-      this.stats.droppedOutput++;
-      this.deps.ctx.metrics.framesDropped.inc({ reason: 'no_credit' });
-    }
-    this.heldOutput = frame;
-  }
-
-  private flushOutput(): void {
-    const frame = this.heldOutput;
-    if (!frame) return;
-    this.heldOutput = undefined;
-    this.deliver(frame);
   }
 
   /**
@@ -435,62 +400,4 @@ export class RelayedStream extends EventEmitter {
   private toClient(message: object): void {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(message));
   }
-}
-
-/**
- * The public /v1/stream of a gateway: waits for `start` (holding what comes before `started`, the newest frame
- * only), places the stream and relays it.
- */
-export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: RelayDeps, registry: StreamRegistry<RelayedStream>): void {
-  const client = req.socket.remoteAddress ?? 'unknown';
-  let stream: RelayedStream | undefined;
-  const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
-  const report = (error: unknown) => {
-    if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(errorMessage(error)));
-  };
-
-  ws.on('message', (data: RawData, isBinary: boolean) => {
-    const bytes = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
-    if (stream) {
-      if (isBinary) stream.onClientFrame(bytes);
-      else stream.onClientText(bytes.toString('utf8'));
-      return;
-    }
-    if (isBinary) return report(new ServiceError('bad_request', 'send a start message before frames'));
-    let message;
-    try {
-      message = parseClientMessage(bytes.toString('utf8'));
-    } catch (error) {
-      return report(error);
-    }
-    if (message.type === 'ping') return ws.send(JSON.stringify({ type: 'pong' }));
-    if (message.type !== 'start') return report(new ServiceError('bad_request', 'send a start message first'));
-    let release: () => void = () => {};
-    try {
-      release = registry.reserve(client);
-      const opened = new RelayedStream(ws, message, deps); // checks the parameters
-      release();
-      clearTimeout(startTimer);
-      stream = opened;
-      registry.add(opened, client);
-      deps.ctx.metrics.streamsActive.set(registry.size);
-      deps.ctx.log.info('stream relayed', { stream: opened.id, client, mode: message.mode });
-      void opened.open();
-    } catch (error) {
-      release();
-      const e = toServiceError(error);
-      report(e);
-      ws.close(closeCodeFor(e), e.message.slice(0, 120));
-    }
-  });
-
-  ws.on('close', () => {
-    clearTimeout(startTimer);
-    if (stream) {
-      deps.ctx.log.info('stream closed', { stream: stream.id, ...stream.stats });
-      stream.close();
-      deps.ctx.metrics.streamsActive.set(registry.size);
-    }
-  });
-  ws.on('error', (error) => deps.ctx.log.warn('socket error', { error: error.message }));
 }
