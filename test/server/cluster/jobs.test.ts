@@ -101,7 +101,7 @@ async function singleNodeResults(bodies: readonly object[]): Promise<Buffer[][]>
   }
 }
 
-test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte-identical to a single node', async () => {
+test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte-identical to a single node', { timeout: 600_000 }, async () => {
   const bodies = Array.from({ length: 50 }, (_, i) => job(i));
   const ids: string[] = [];
   for (const body of bodies) ids.push((await post(`${api.url}/v1/jobs`, body)).id);
@@ -137,7 +137,7 @@ test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte
   }
 });
 
-test('an API node killed -9 mid-way loses nothing: a new one shows progress, results, cancels and delivers webhooks', async () => {
+test('an API node killed -9 mid-way loses nothing: a new one shows progress, results, cancels and delivers webhooks', { timeout: 600_000 }, async () => {
   // a webhook receiver on loopback
   const hooks: Json[] = [];
   const receiver: Server = createServer((req, res) => {

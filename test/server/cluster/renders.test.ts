@@ -57,7 +57,7 @@ async function getJson(url: string): Promise<Json> {
   return (await fetch(url)).json();
 }
 
-test('A1111 txt2img and img2img through the gateway: rendered by the worker, byte-identical to a single node', async () => {
+test('A1111 txt2img and img2img through the gateway: rendered by the worker, byte-identical to a single node', { timeout: 600_000 }, async () => {
   const init = await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 20, g: 30, b: 220 } } }).png().toBuffer();
   const cases: [string, object][] = [
     ['/sdapi/v1/txt2img', { prompt: 'a large red circle in the centre on a blue background', width: 64, height: 64, steps: 2, seed: 41, batch_size: 2, n_iter: 2 }],
@@ -78,7 +78,7 @@ test('A1111 txt2img and img2img through the gateway: rendered by the worker, byt
   assert.equal(missing.body.error.field, 'adapters');
 });
 
-test('OpenAI SDK through the gateway; a url result is served by every node', async () => {
+test('OpenAI SDK through the gateway; a url result is served by every node', { timeout: 600_000 }, async () => {
   // seed: this service's extension, passed through the SDK as an extra body field
   const generate = (base: string, format: 'url' | 'b64_json') =>
     new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 }).images.generate({ prompt: 'a green square on the left', size: '64x64' as '256x256', response_format: format, seed: 9 } as OpenAI.Images.ImageGenerateParamsNonStreaming);
@@ -92,7 +92,7 @@ test('OpenAI SDK through the gateway; a url result is served by every node', asy
   assert.ok(fromGateway.equals(Buffer.from(alone.data![0]!.b64_json!, 'base64')));
 });
 
-test('interactive renders go ahead of a large batch, and show their progress on the gateway', async () => {
+test('interactive renders go ahead of a large batch, and show their progress on the gateway', { timeout: 600_000 }, async () => {
   const batch = await post(`${gateway.url}/v1/jobs`, { kind: 'images', count: 400, lanes: 1, prompt: 'a red circle', width: 64, height: 64, steps: 2 });
   assert.equal(batch.status, 201);
   await eventually(async () => ((await getJson(`${gateway.url}/v1/jobs/${batch.body.id}`)).progress > 0 ? true : undefined), 120_000);
@@ -117,7 +117,7 @@ test('interactive renders go ahead of a large batch, and show their progress on 
   assert.equal((await fetch(`${gateway.url}/v1/jobs/${batch.body.id}`, { method: 'DELETE' })).status, 200);
 });
 
-test('per-client fairness: a second client\'s job runs before the first client\'s queued ones', async () => {
+test('per-client fairness: a second client\'s job runs before the first client\'s queued ones', { timeout: 600_000 }, async () => {
   const job = { kind: 'images', count: 3, lanes: 1, prompt: 'a white circle', width: 64, height: 64, steps: 2 };
   const first: string[] = [];
   for (let i = 0; i < 6; i++) first.push((await post(`${gateway.url}/v1/jobs`, { ...job, seed: i }, '127.0.0.1')).body.id);
@@ -132,7 +132,7 @@ test('per-client fairness: a second client\'s job runs before the first client\'
   assert.ok(before <= 2, `the other client's job started after ${before} of the first client's 6 jobs`);
 });
 
-test('a client that goes away cancels its render on the worker', async () => {
+test('a client that goes away cancels its render on the worker', { timeout: 600_000 }, async () => {
   const queue = new Queue(queueName('renders', 'tiny-shapes'), { connection });
   const controller = new AbortController();
   const pending = post(`${gateway.url}/sdapi/v1/txt2img`, { prompt: 'a ring', width: 64, height: 64, steps: 4, batch_size: 16, n_iter: 4 }, '127.0.0.1', controller.signal).catch((e: Error) => e);
@@ -145,7 +145,7 @@ test('a client that goes away cancels its render on the worker', async () => {
   await queue.close();
 });
 
-test('capability: a job asking for a provider no worker runs waits for one; asking for the worker\'s provider runs', async () => {
+test('capability: a job asking for a provider no worker runs waits for one; asking for the worker\'s provider runs', { timeout: 600_000 }, async () => {
   const body = { kind: 'images', count: 1, prompt: 'a red circle', width: 64, height: 64, steps: 1 };
   const cuda = await post(`${gateway.url}/v1/jobs`, { ...body, provider: 'cuda' });
   const cpu = await post(`${gateway.url}/v1/jobs`, { ...body, provider: 'cpu' });
@@ -166,7 +166,7 @@ test('capability: a job asking for a provider no worker runs waits for one; aski
   assert.equal(bad.body.error.field, 'provider');
 });
 
-test('capability: a worker whose machine is short of free memory takes no jobs', async () => {
+test('capability: a worker whose machine is short of free memory takes no jobs', { timeout: 600_000 }, async () => {
   await worker.kill();
   const short = await startNode({ role: 'worker', redis: redis.url, args: ['--min-free-mb', String(1 << 20)] });
   worker = short;

@@ -64,7 +64,7 @@ async function flowing(more = 3, timeoutMs = 60_000): Promise<void> {
   await Promise.all(clients.map((c, i) => c.until(() => c.frames.length >= counts[i]! + more, timeoutMs)));
 }
 
-test('4 streams over 2 workers; kill -9 one: its streams resume on the other (time measured), clients stay connected and follow their prompts', async () => {
+test('4 streams over 2 workers; kill -9 one: its streams resume on the other (time measured), clients stay connected and follow their prompts', { timeout: 600_000 }, async () => {
   // 1. four streams through the gateway, placed two and two
   for (let i = 0; i < 4; i++) {
     const client = await StreamClient.connect(gateway.url, start(scenes[i % 2]!.prompt));
@@ -109,7 +109,7 @@ test('4 streams over 2 workers; kill -9 one: its streams resume on the other (ti
   assert.match(metrics, /^sd_stream_failover_seconds_count 2$/m);
 });
 
-test('stream URLs (MJPEG, snapshot, WHEP) and the stream list on the other gateway', async () => {
+test('stream URLs (MJPEG, snapshot, WHEP) and the stream list on the other gateway', { timeout: 600_000 }, async () => {
   const id = clients[0]!.streamId;
   const list = (await (await fetch(`${both.url}/v1/streams`)).json()) as Json;
   assert.deepEqual(new Set(list.streams.map((s: Json) => s.id)), new Set(clients.map((c) => c.streamId)));
@@ -142,7 +142,7 @@ test('stream URLs (MJPEG, snapshot, WHEP) and the stream list on the other gatew
   assert.equal(whip.status, 501);
 });
 
-test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', async () => {
+test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', { timeout: 600_000 }, async () => {
   spare.push(...(await Promise.all([0, 1].map(() => startNode({ role: 'worker', redis: redis.url })))));
   const ids = spare.map((n) => n.id);
   await eventually(async () => (((await cluster(gateway.url)).nodes as Json[]).filter((n) => ids.includes(n.id)).length === 2 ? true : undefined));
@@ -156,7 +156,7 @@ test('SIGTERM drains a worker: its streams move to other workers first, clients 
   assert.ok(gateway.logs.some((l) => l['msg'] === 'stream moving to another worker' && String(l['reason']).includes('1001')), 'moved because the worker went away (1001)');
 });
 
-test('a worker that goes silent (SIGSTOP: its sockets stay open) is noticed by its heartbeat: its streams move', async () => {
+test('a worker that goes silent (SIGSTOP: its sockets stay open) is noticed by its heartbeat: its streams move', { timeout: 600_000 }, async () => {
   const [frozen, other] = spare as [ClusterNodeProcess, ClusterNodeProcess];
   const moving = ((await cluster(gateway.url)).streams as Json[]).filter((s) => s.worker === frozen.id).map((s) => s.id as string);
   const since = Date.now();
