@@ -4,7 +4,9 @@
  */
 import { AssertionError } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -72,10 +74,14 @@ export interface NodeOptions {
   readonly env?: Readonly<Record<string, string>>;
 }
 
-/** Starts a node process (`npm start -- --redis URL --role R --port 0`) and waits until it listens. */
+/**
+ * Starts a node process (`npm start -- --redis URL --role R --port 0`) with a data folder of its own, as on a
+ * machine of its own, and waits until it listens.
+ */
 export async function startNode(options: NodeOptions): Promise<ClusterNodeProcess> {
   const cluster = options.redis ? ['--redis', options.redis, '--role', options.role ?? 'all'] : [];
-  const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), ...cluster, '--port', '0', '--threads', '1', ...(options.args ?? [])];
+  const dataDir = await mkdtemp(join(tmpdir(), 'node-data-'));
+  const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), ...cluster, '--port', '0', '--threads', '1', '--data-dir', dataDir, ...(options.args ?? [])];
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
