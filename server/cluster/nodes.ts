@@ -6,7 +6,7 @@
 import type { Redis } from 'ioredis';
 import type { NodeRole } from '../config.ts';
 import type { Logger } from '../log.ts';
-import { KEYS } from './redis.ts';
+import { KEYS, liveEntries } from './redis.ts';
 
 /** How often a node renews its entry, ms. */
 export const HEARTBEAT_MS = 300;
@@ -86,13 +86,8 @@ export class NodeRegistry {
   }
 
   /** The live nodes (entries not expired). */
-  async list(): Promise<NodeInfo[]> {
-    const ids = await this.redis.smembers(KEYS.nodes);
-    if (ids.length === 0) return [];
-    const values = await this.redis.mget(ids.map((id) => KEYS.node(id)));
-    const gone = ids.filter((_, i) => values[i] === null);
-    if (gone.length > 0) await this.redis.srem(KEYS.nodes, ...gone);
-    return values.filter((v): v is string => v !== null).map((v) => JSON.parse(v) as NodeInfo);
+  list(): Promise<NodeInfo[]> {
+    return liveEntries<NodeInfo>(this.redis, KEYS.nodes, KEYS.node);
   }
 
   /** Which of these nodes are alive now. */

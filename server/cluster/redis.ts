@@ -52,3 +52,16 @@ export const KEYS = {
   /** An image returned by URL (OpenAI's response_format "url"). */
   result: (name: string) => `sd:result:${name}`,
 } as const;
+
+/**
+ * The JSON values of a set's members that have not expired: entries (`keyOf(id)`) expire by themselves, and
+ * ids whose entry is gone are dropped from the set here.
+ */
+export async function liveEntries<T>(redis: Redis, set: string, keyOf: (id: string) => string): Promise<T[]> {
+  const ids = await redis.smembers(set);
+  if (ids.length === 0) return [];
+  const values = await redis.mget(ids.map(keyOf));
+  const gone = ids.filter((_, i) => values[i] === null);
+  if (gone.length > 0) await redis.srem(set, ...gone);
+  return values.filter((v): v is string => v !== null).map((v) => JSON.parse(v) as T);
+}

@@ -4,7 +4,7 @@
  * dead gateway's streams leave the directory by themselves. Stream names are claimed here: unique cluster-wide.
  */
 import type { Redis } from 'ioredis';
-import { KEYS } from './redis.ts';
+import { KEYS, liveEntries } from './redis.ts';
 
 /** Entries live this long without renewal (several gateway heartbeats), ms. */
 export const STREAM_TTL_MS = 5000;
@@ -52,13 +52,8 @@ export class StreamDirectory {
   }
 
   /** Every running stream of the cluster (expired entries are dropped from the set). */
-  async list(): Promise<StreamEntry[]> {
-    const ids = await this.redis.smembers(KEYS.streams);
-    if (ids.length === 0) return [];
-    const values = await this.redis.mget(ids.map((id) => KEYS.stream(id)));
-    const gone = ids.filter((_, i) => values[i] === null);
-    if (gone.length > 0) await this.redis.srem(KEYS.streams, ...gone);
-    return values.filter((v): v is string => v !== null).map((v) => JSON.parse(v) as StreamEntry);
+  list(): Promise<StreamEntry[]> {
+    return liveEntries<StreamEntry>(this.redis, KEYS.streams, KEYS.stream);
   }
 
   /** Streams per worker, as placed. */

@@ -76,6 +76,14 @@ test('A1111 txt2img and img2img through the gateway: rendered by the worker, byt
   const missing = await post(`${gateway.url}/sdapi/v1/txt2img`, { prompt: 'x <lora:nope:1>', width: 64, height: 64, steps: 1 });
   assert.equal(missing.status, 404, 'an error found on the worker comes back with its code');
   assert.equal(missing.body.error.field, 'adapters');
+  // every node has /metrics and the cluster view: the worker counted the images it rendered for the gateway
+  const metrics = await (await fetch(`${worker.url}/metrics`)).text();
+  assert.match(metrics, /^sd_images_total\{endpoint="\/sdapi\/v1\/txt2img"\} 4$/m);
+  assert.match(metrics, /^sd_cluster_nodes\{role="worker"\} 1$/m);
+  assert.match(metrics, /^sd_cluster_nodes\{role="api"\} 1$/m);
+  const view = await getJson(`${worker.url}/v1/cluster`);
+  assert.deepEqual(view.nodes.map((n: Json) => n.role).sort(), ['api', 'worker']);
+  assert.equal(view.node, worker.id);
 });
 
 test('OpenAI SDK through the gateway; a url result is served by every node', { timeout: 600_000 }, async () => {
