@@ -188,7 +188,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
         self.url = config.advertiseUrl ?? advertised(config.host, listening.port);
         if (worker) {
           await warmUp(ctx);
-          renders!.startWorker(localRenderer(ctx));
+          renders?.startWorker(localRenderer(ctx));
         }
         await nodes.start(describe);
         if (gateway) {
