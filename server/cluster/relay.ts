@@ -238,6 +238,7 @@ export class RelayedStream extends EventEmitter {
       } catch (error) {
         this.deps.ctx.log.warn('placement failed', { stream: this.id, error: String(error) });
       }
+      if (this.closed) break; // the client left while placement asked Redis
       if (worker) {
         this.openOn(worker);
         return;
@@ -250,6 +251,7 @@ export class RelayedStream extends EventEmitter {
       }
       await new Promise((r) => setTimeout(r, PLACEMENT_RETRY_MS));
     }
+    this.target = undefined;
   }
 
   private openOn(worker: NodeInfo): void {
