@@ -112,10 +112,10 @@ export async function startNode(options: NodeOptions): Promise<ClusterNodeProces
   };
 }
 
-/** Sends a signal and waits for the exit (SIGKILL after 15 s). */
+/** Sends a signal and waits for the exit and the last of its output (SIGKILL after 15 s). */
 export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((ok) => child.once('exit', () => ok()));
+  const exited = new Promise<void>((ok) => child.once('close', () => ok()));
   child.kill(signal);
   const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
   await exited;

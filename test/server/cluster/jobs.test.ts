@@ -192,3 +192,22 @@ test('an API node killed -9 mid-way loses nothing: a new one shows progress, res
     receiver.close();
   }
 });
+
+test('SIGTERM on a worker hands its running job back to the queue: another worker resumes it', { timeout: 600_000 }, async () => {
+  const created = await post(`${api.url}/v1/jobs`, { ...job(3), count: 12 });
+  const queue = new Queue(queueName('jobs', 'tiny-shapes'), { connection });
+  const holder = await eventually(async () => {
+    const active = (await queue.getActive()).find((j) => j.id === created.id);
+    const j = await view(api.url, created.id);
+    return active && j.progress >= 0.25 ? workers.find((w) => w.id === active.processedBy) : undefined;
+  }, 120_000, 10);
+  await queue.close();
+  assert.ok(holder, 'a worker runs the job');
+  await holder.terminate();
+  workers = workers.filter((w) => w !== holder);
+  assert.ok(holder.logs.some((l) => String(l['msg']).startsWith('job interrupted by shutdown') && l['job'] === created.id), 'the draining worker put the job back');
+  const [done] = await allFinished(api.url, [created.id]);
+  assert.equal(done.status, 'succeeded');
+  assert.ok(done.stats.resumed_from >= 3, `resumed after the images stored: ${JSON.stringify(done.stats)}`);
+  assert.ok(workers.some((w) => w.logs.some((l) => l['msg'] === 'resuming job' && l['job'] === created.id)));
+});
