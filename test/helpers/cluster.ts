@@ -13,6 +13,18 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+/** Every process started here: killed when this process exits, whatever the test did (a failed start, an exception). */
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
+
+function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
 /** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
 export async function freePort(): Promise<number> {
   const server = createServer();
@@ -31,7 +43,7 @@ export interface RedisServer {
 /** redis-server on a free loopback port, without snapshots or an append-only file; stopped by stop(). */
 export async function startRedis(): Promise<RedisServer> {
   const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] }));
   await new Promise<void>((ok, fail) => {
     const timer = setTimeout(() => fail(new Error('redis-server did not start within 10 s')), 10_000);
     const lines = createInterface({ input: child.stdout! });
@@ -82,7 +94,7 @@ export async function startNode(options: NodeOptions): Promise<ClusterNodeProces
   const cluster = options.redis ? ['--redis', options.redis, '--role', options.role ?? 'all'] : [];
   const dataDir = await mkdtemp(join(tmpdir(), 'node-data-'));
   const args = ['--import', 'tsx', join(ROOT, 'server', 'main.ts'), ...cluster, '--port', '0', '--threads', '1', '--data-dir', dataDir, ...(options.args ?? [])];
-  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = track(spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] }));
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
