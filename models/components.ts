@@ -4,19 +4,19 @@
  * float32 [] or float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters.
  */
 import { ServiceError } from './errors.ts';
-import { OnnxModel, type DType, type IoSpec } from './runtime/onnx.ts';
+import type { DType, Feed, IoSpec, Model } from './runtime/contract.ts';
 import { CLIP_CONTEXT_LENGTH } from './tokenizer.ts';
 
 /** SD's latent channels, for an export whose channel dimension is symbolic in its metadata. */
 const SD_LATENT_CHANNELS = 4;
 
-function requireInput(model: OnnxModel, names: readonly string[]): IoSpec {
+function requireInput(model: Model, names: readonly string[]): IoSpec {
   const spec = names.map((n) => model.input(n)).find((s) => s !== undefined);
   if (!spec) throw new ServiceError('model_invalid', `${model.label}: no input named ${names.join(' or ')} (has ${model.describeContract()})`);
   return spec;
 }
 
-function requireOutput(model: OnnxModel, names: readonly string[]): IoSpec {
+function requireOutput(model: Model, names: readonly string[]): IoSpec {
   const spec = names.map((n) => model.output(n)).find((s) => s !== undefined);
   if (!spec) {
     const has = model.outputs.map((o) => o.name).join(', ');
@@ -37,7 +37,7 @@ export class ClipTextEncoder {
   readonly hiddenName: string;
   readonly pooledName: string | undefined;
 
-  constructor(readonly model: OnnxModel) {
+  constructor(readonly model: Model) {
     this.idsType = requireInput(model, ['input_ids']).dtype;
     this.hiddenName = requireOutput(model, ['last_hidden_state']).name;
     this.pooledName = ['pooler_output', 'text_embeds'].find((n) => model.output(n) !== undefined);
@@ -74,8 +74,9 @@ export class Unet {
   readonly timestep: TimestepContract;
   readonly latentChannels: number;
   readonly outputName: string;
+  private readonly contexts = new ContextCache();
 
-  constructor(readonly model: OnnxModel) {
+  constructor(readonly model: Model) {
     requireInput(model, ['sample']);
     requireInput(model, ['encoder_hidden_states']);
     const t = requireInput(model, ['timestep']);
@@ -107,12 +108,10 @@ export class Unet {
     const latentSize = this.latentChannels * h * w;
     const contextSize = rows[0]!.context.length;
     const sample = new Float32Array(b * latentSize); // [B, 4, h, w]
-    const context = new Float32Array(b * contextSize); // [B, 77, D]
     rows.forEach((r, i) => {
       if (r.sample.length !== latentSize) throw new Error(`UNet row ${i} has ${r.sample.length} latent values, expected ${latentSize}`);
       if (r.context.length !== contextSize) throw new Error(`UNet row ${i} has a prompt embedding of another size`);
       sample.set(r.sample, i * latentSize);
-      context.set(r.context, i * contextSize);
     });
     const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
     const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / CLIP_CONTEXT_LENGTH;
@@ -123,12 +122,48 @@ export class Unet {
         : { data: Float32Array.from(steps), dims: [b] }
       : { data: Float32Array.of(steps[0]!), dims: [] };
     const out = await this.model.run({
-      sample: { data: sample, dims: [b, this.latentChannels, h, w] },
+      sample: { data: sample, dims: [b, this.latentChannels, h, w], transfer: true },
       timestep,
-      encoder_hidden_states: { data: context, dims: [b, contextSize / d, d] },
+      encoder_hidden_states: { ...this.contexts.get(rows.map((r) => r.context)), dims: [b, contextSize / d, d] },
     });
     const eps = out[this.outputName]!.data;
-    return rows.map((_, i) => eps.slice(i * latentSize, (i + 1) * latentSize));
+    return rows.map((_, i) => eps.subarray(i * latentSize, (i + 1) * latentSize));
+  }
+}
+
+/** An id per prompt embedding array (embeddings are never changed after they are made). */
+const embeddingIds = new WeakMap<Float32Array, number>();
+let nextEmbeddingId = 1;
+
+function embeddingId(e: Float32Array): number {
+  let id = embeddingIds.get(e);
+  if (id === undefined) embeddingIds.set(e, (id = nextEmbeddingId++));
+  return id;
+}
+
+/** Batched prompt contexts [B, 77, D] built once per combination of embeddings. */
+const CONTEXT_CACHE_SIZE = 32;
+
+/**
+ * The UNet's encoder_hidden_states for a list of rows' embeddings: concatenated once and kept (a stream sends the
+ * same [cond ; cond] every frame), and marked `keep` so a worker holds its copy and later calls send only the key.
+ */
+class ContextCache {
+  private readonly cache = new Map<string, { data: Float32Array; keep: string }>();
+
+  get(contexts: readonly Float32Array[]): Pick<Feed, 'data' | 'keep'> {
+    const keep = `context:${contexts.map(embeddingId).join(',')}`;
+    let hit = this.cache.get(keep);
+    if (hit) this.cache.delete(keep);
+    else {
+      const size = contexts[0]!.length;
+      const data = new Float32Array(contexts.length * size);
+      contexts.forEach((c, i) => data.set(c, i * size));
+      hit = { data, keep };
+      if (this.cache.size >= CONTEXT_CACHE_SIZE) this.cache.delete(this.cache.keys().next().value!);
+    }
+    this.cache.set(keep, hit);
+    return hit;
   }
 }
 
@@ -138,14 +173,20 @@ function groupByTimestep(rows: readonly UnetRow[]): number[][] {
   return [...groups.values()];
 }
 
-/** Image [3, H, W] in [-1, 1] -> latent [4, H/8, W/8], multiplied by the scaling factor. */
+/**
+ * An image for a VAE encoder: planar floats [3, H, W] in [-1, 1], or interleaved RGB bytes [H, W, 3] (a
+ * decoded frame as it comes from the codec; converted where the session runs, see models/runtime/image-layout.ts).
+ */
+export type ImageInput = Float32Array | Uint8Array;
+
+/** Image -> latent [4, H/8, W/8], multiplied by the scaling factor. */
 export class VaeEncoder {
   readonly outputName: string;
   /** latent_parameters holds mean and logvar; the mean (first half of the channels) is used. */
   readonly outputsParameters: boolean;
 
   constructor(
-    readonly model: OnnxModel,
+    readonly model: Model,
     readonly scalingFactor: number,
   ) {
     requireInput(model, ['sample']);
@@ -154,11 +195,12 @@ export class VaeEncoder {
     this.outputsParameters = out.name === 'latent_parameters';
   }
 
-  async encode(images: readonly Float32Array[], height: number, width: number): Promise<Float32Array[]> {
-    const size = 3 * height * width;
-    const batch = new Float32Array(images.length * size);
-    images.forEach((img, i) => batch.set(img, i * size));
-    const out = (await this.model.run({ sample: { data: batch, dims: [images.length, 3, height, width] } }))[this.outputName]!;
+  /**
+   * Encodes images of one kind (all floats or all bytes). `handOver`: the caller is done with the images, so a
+   * single byte image goes to the session's thread without a copy.
+   */
+  async encode(images: readonly ImageInput[], height: number, width: number, handOver = false): Promise<Float32Array[]> {
+    const out = (await this.model.run({ sample: imageFeed(images, height, width, handOver) }))[this.outputName]!;
     const perImage = out.data.length / images.length;
     const keep = this.outputsParameters ? perImage / 2 : perImage; // [mean ; logvar] per image
     return images.map((_, i) => {
@@ -169,13 +211,26 @@ export class VaeEncoder {
   }
 }
 
-/** Latent [4, h, w] (scaled) -> image [3, 8h, 8w] in [-1, 1]. */
+/** The encoder's feed: [B, 3, H, W] floats, or [B, H, W, 3] bytes for the session's thread to convert. */
+function imageFeed(images: readonly ImageInput[], height: number, width: number, handOver: boolean): Feed {
+  const bytes = images.every((img) => img instanceof Uint8Array);
+  if (!bytes && images.some((img) => img instanceof Uint8Array)) throw new Error('images to encode must be all floats or all RGB bytes');
+  const size = 3 * height * width;
+  const only = images[0];
+  // a whole ArrayBuffer of its own can be moved to the worker as it is
+  const movable = handOver && images.length === 1 && only !== undefined && only.byteOffset === 0 && only.byteLength === only.buffer.byteLength;
+  const data = movable ? only : bytes ? new Uint8Array(images.length * size) : new Float32Array(images.length * size);
+  if (!movable) images.forEach((img, i) => data.set(img, i * size));
+  return bytes ? { data, dims: [images.length, height, width, 3], layout: 'rgb8', transfer: true } : { data, dims: [images.length, 3, height, width], transfer: true };
+}
+
+/** Latent [4, h, w] (scaled) -> image [3, 8h, 8w] in [-1, 1], or RGB bytes [8h, 8w, 3]. */
 export class VaeDecoder {
   readonly outputName: string;
   readonly latentChannels: number;
 
   constructor(
-    readonly model: OnnxModel,
+    readonly model: Model,
     readonly scalingFactor: number,
   ) {
     requireInput(model, ['latent_sample', 'latent', 'latents']);
@@ -185,15 +240,27 @@ export class VaeDecoder {
   }
 
   async decode(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Promise<{ images: Float32Array[]; height: number; width: number }> {
+    const out = (await this.model.run(this.feeds(latents, latentHeight, latentWidth)))[this.outputName]!;
+    const [, , height, width] = out.dims as [number, number, number, number];
+    const perImage = out.data.length / latents.length;
+    return { images: latents.map((_, i) => out.data.subarray(i * perImage, (i + 1) * perImage)), height, width };
+  }
+
+  /** Decodes straight to RGB bytes [H, W, 3] per image (clamped and rounded as encodeImage would). */
+  async decodeRgb8(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Promise<{ images: Uint8Array[]; height: number; width: number }> {
+    const out = await this.model.runRgb8(this.feeds(latents, latentHeight, latentWidth), this.outputName);
+    const [, height, width] = out.dims as [number, number, number, number];
+    const perImage = out.data.length / latents.length;
+    return { images: latents.map((_, i) => out.data.subarray(i * perImage, (i + 1) * perImage)), height, width };
+  }
+
+  private feeds(latents: readonly Float32Array[], latentHeight: number, latentWidth: number): Record<string, Feed> {
     const size = this.latentChannels * latentHeight * latentWidth;
     const batch = new Float32Array(latents.length * size);
     latents.forEach((l, i) => {
       for (let j = 0; j < size; j++) batch[i * size + j] = l[j]! / this.scalingFactor;
     });
     const inputName = this.model.inputs[0]!.name;
-    const out = (await this.model.run({ [inputName]: { data: batch, dims: [latents.length, this.latentChannels, latentHeight, latentWidth] } }))[this.outputName]!;
-    const [, , height, width] = out.dims as [number, number, number, number];
-    const perImage = out.data.length / latents.length;
-    return { images: latents.map((_, i) => out.data.slice(i * perImage, (i + 1) * perImage)), height, width };
+    return { [inputName]: { data: batch, dims: [latents.length, this.latentChannels, latentHeight, latentWidth], transfer: true } };
   }
 }

@@ -2,15 +2,17 @@
  * Loads a model pack: a folder in the diffusers/optimum ONNX layout (REFERENCE §5), described by its own files.
  *   model_index.json, scheduler/scheduler_config.json, tokenizer/, text_encoder/, unet/, vae_encoder/,
  *   vae_decoder/ (each <component>/model.onnx, weights may sit beside it as external data), and optionally
- *   taesd_encoder/ + taesd_decoder/ (a tiny VAE, scale factor 1) used instead of the full VAE when asked.
+ *   taesd_encoder/ + taesd_decoder/ (a tiny VAE on scaled latents, scale factor 1), loaded beside the full VAE:
+ *   each request chooses one (pipelines/plan.ts). Sessions live where models/sessions.ts places them.
  */
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
-import { OnnxModel, DEFAULT_SESSION_OPTIONS, type Provider } from './runtime/onnx.ts';
-import { packKind, type PackKind } from './pack-kinds.ts';
+import type { Model, Provider } from './runtime/contract.ts';
+import { packKind, type ComponentFolder, type PackKind } from './pack-kinds.ts';
+import { ModelSessions, type Role } from './sessions.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
 /** The pack the service runs when no model folder is given. */
@@ -23,13 +25,19 @@ const SD_SAMPLE_SIZE = 64;
 
 export interface PackOptions {
   readonly provider: Provider;
-  /** Intra-op threads per session; 0 = onnxruntime's default. */
+  /** Intra-op threads per session; 0 = chosen per stage from the cores (models/sessions.ts). */
   readonly threads: number;
-  /** Use taesd_encoder / taesd_decoder instead of the full VAE when the pack has them. */
-  readonly tinyVae: boolean;
+  /** Worker threads holding the sessions: undefined = the process's shared pool, 0 = none (the calling thread). */
+  readonly workers?: number | undefined;
 }
 
-export const DEFAULT_PACK_OPTIONS: PackOptions = Object.freeze({ provider: 'cpu', threads: 0, tinyVae: false });
+export const DEFAULT_PACK_OPTIONS: PackOptions = Object.freeze({ provider: 'cpu', threads: 0 });
+
+/** A VAE: its encoder (absent in txt2img-only packs) and decoder, on the same latent scale. */
+export interface Vae {
+  readonly encoder: VaeEncoder | undefined;
+  readonly decoder: VaeDecoder;
+}
 
 export interface ModelPack {
   readonly dir: string;
@@ -40,8 +48,13 @@ export interface ModelPack {
   readonly tokenizer: ClipTokenizer;
   readonly textEncoder: ClipTextEncoder;
   readonly unet: Unet;
+  /** The full VAE. */
   readonly vaeEncoder: VaeEncoder | undefined;
   readonly vaeDecoder: VaeDecoder;
+  /** The tiny VAE (taesd_*) when the pack has one: a few times cheaper, slightly softer. */
+  readonly tinyVae: Vae | undefined;
+  /** Where the sessions live; opens the pack's experts and merged UNets too. close() releases them all. */
+  readonly sessions: ModelSessions;
   /** The image size the model was trained at (width = height), from the pack's configs. */
   readonly defaultImageSize: number;
   /** Latent down-sampling factor of the VAE (8 for SD). */
@@ -62,10 +75,20 @@ function vaeScaleOf(config: Record<string, unknown>): number {
   return Array.isArray(blocks) && blocks.length > 0 ? 2 ** (blocks.length - 1) : 8;
 }
 
-export async function loadSession(dir: string, component: string, options: PackOptions): Promise<OnnxModel> {
+/** The stage each component folder is placed by. */
+const ROLE: Record<ComponentFolder, Role> = {
+  text_encoder: 'text_encoder',
+  unet: 'unet',
+  vae_encoder: 'vae_encoder',
+  taesd_encoder: 'vae_encoder',
+  vae_decoder: 'vae_decoder',
+  taesd_decoder: 'vae_decoder',
+};
+
+async function loadSession(sessions: ModelSessions, dir: string, component: ComponentFolder): Promise<Model> {
   const path = join(dir, component, 'model.onnx');
   if (!(await exists(path))) throw new ServiceError('model_invalid', `model pack ${dir} is missing ${component}/model.onnx`);
-  return OnnxModel.load(path, { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: component });
+  return sessions.open(path, ROLE[component], component);
 }
 
 function scalingFactor(config: Record<string, unknown>, fallback: number): number {
@@ -85,26 +108,65 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   const missing = [];
   for (const folder of kind.required) if (!(await exists(join(root, folder, 'model.onnx')))) missing.push(`${folder}/model.onnx`);
   if (missing.length > 0) throw new ServiceError('model_invalid', `model pack ${root} is missing ${missing.join(', ')}`);
-  // 2. sessions, opened together
-  const useTiny = options.tinyVae && (await exists(join(root, 'taesd_decoder', 'model.onnx')));
-  const encoderDir = useTiny ? 'taesd_encoder' : 'vae_encoder';
-  const decoderDir = useTiny ? 'taesd_decoder' : 'vae_decoder';
-  const hasEncoder = kind.optional.includes(encoderDir) && (await exists(join(root, encoderDir, 'model.onnx')));
-  const [textModel, unetModel, encoderModel, decoderModel] = await Promise.all([
-    loadSession(root, 'text_encoder', options),
-    loadSession(root, 'unet', options),
-    hasEncoder ? loadSession(root, encoderDir, options) : Promise.resolve(undefined),
-    loadSession(root, decoderDir, options),
-  ]);
+  // 2. sessions, opened together: the full VAE, and the tiny one beside it when the pack has both of its parts
+  const sessions = new ModelSessions(options);
+  const has = async (folder: ComponentFolder) => kind.optional.includes(folder) && (await exists(join(root, folder, 'model.onnx')));
+  const [hasEncoder, hasTiny, hasTinyEncoder] = await Promise.all([has('vae_encoder'), has('taesd_decoder'), has('taesd_encoder')]);
+  const optional = (present: boolean, folder: ComponentFolder) => (present ? loadSession(sessions, root, folder) : Promise.resolve(undefined));
+  try {
+    const loads = await Promise.allSettled([
+      loadSession(sessions, root, 'text_encoder'),
+      loadSession(sessions, root, 'unet'),
+      optional(hasEncoder, 'vae_encoder'),
+      loadSession(sessions, root, 'vae_decoder'),
+      optional(hasTiny && hasTinyEncoder, 'taesd_encoder'),
+      optional(hasTiny, 'taesd_decoder'),
+    ]);
+    const failed = loads.find((l) => l.status === 'rejected');
+    if (failed) throw failed.reason;
+    const [textModel, unetModel, encoderModel, decoderModel, tinyEncoderModel, tinyDecoderModel] = loads.map((l) => (l as PromiseFulfilledResult<Model | undefined>).value);
+    return await describePack(root, kind, modelIndex, schedulerConfig, tokenizer, sessions, {
+      text: textModel!,
+      unet: unetModel!,
+      encoder: encoderModel,
+      decoder: decoderModel!,
+      tinyEncoder: tinyEncoderModel,
+      tinyDecoder: tinyDecoderModel,
+    });
+  } catch (error) {
+    await sessions.close(); // nothing half-loaded stays behind on the workers
+    throw error;
+  }
+}
+
+interface PackModels {
+  readonly text: Model;
+  readonly unet: Model;
+  readonly encoder: Model | undefined;
+  readonly decoder: Model;
+  readonly tinyEncoder: Model | undefined;
+  readonly tinyDecoder: Model | undefined;
+}
+
+async function describePack(
+  root: string,
+  kind: PackKind,
+  modelIndex: Record<string, unknown>,
+  schedulerConfig: Record<string, unknown>,
+  tokenizer: ClipTokenizer,
+  sessions: ModelSessions,
+  models: PackModels,
+): Promise<ModelPack> {
   // 3. configs: the VAE's scaling factor (a tiny VAE works on scaled latents: factor 1) and down-sampling factor
   const vaeConfig = await readOptionalJson(join(root, 'vae_decoder', 'config.json'), 'vae_decoder/config.json');
   const unetConfig = await readOptionalJson(join(root, 'unet', 'config.json'), 'unet/config.json');
-  const factor = useTiny ? 1 : scalingFactor(vaeConfig, SD_SCALING_FACTOR);
+  const factor = scalingFactor(vaeConfig, SD_SCALING_FACTOR);
   const sampleSize = typeof unetConfig['sample_size'] === 'number' ? unetConfig['sample_size'] : SD_SAMPLE_SIZE;
   const vaeScale = vaeScaleOf(vaeConfig);
   // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
   const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
   const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);
+  const tinyVae = models.tinyDecoder && { encoder: models.tinyEncoder && new VaeEncoder(models.tinyEncoder, 1), decoder: new VaeDecoder(models.tinyDecoder, 1) };
   return {
     dir: root,
     name: typeof modelIndex['name'] === 'string' ? modelIndex['name'] : (root.split(/[\\/]/).pop() ?? 'model'),
@@ -112,10 +174,12 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
     modelIndex,
     schedulerConfig,
     tokenizer,
-    textEncoder: new ClipTextEncoder(textModel),
-    unet: new Unet(unetModel),
-    vaeEncoder: encoderModel ? new VaeEncoder(encoderModel, factor) : undefined,
-    vaeDecoder: new VaeDecoder(decoderModel, factor),
+    textEncoder: new ClipTextEncoder(models.text),
+    unet: new Unet(models.unet),
+    vaeEncoder: models.encoder && new VaeEncoder(models.encoder, factor),
+    vaeDecoder: new VaeDecoder(models.decoder, factor),
+    tinyVae,
+    sessions,
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,

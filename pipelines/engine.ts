@@ -4,7 +4,8 @@
  */
 import type { PromptEmbedding } from '../models/components.ts';
 import { ServiceError } from '../models/errors.ts';
-import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions } from '../models/pack.ts';
+import type { ImageInput } from '../models/components.ts';
+import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions, type Vae } from '../models/pack.ts';
 import { loadExperts } from '../models/aptp/experts.ts';
 import { AdapterStore, type ConceptText } from '../models/adapters/store.ts';
 import { exists } from '../models/files.ts';
@@ -26,6 +27,9 @@ export interface Size {
   readonly latentWidth: number;
   readonly latentHeight: number;
 }
+
+/** Which of a pack's VAEs turns images into latents and back: the full one, or the tiny one (taesd_*). */
+export type VaeChoice = 'full' | 'tiny';
 
 /** A prompt context plus the pooled text embedding the expert router reads. */
 export interface EncodedPrompt extends PromptContext {
@@ -54,8 +58,8 @@ export class Engine {
     const engine = new Engine(pack);
     const adapterDir = join(pack.dir, 'adapters');
     engine.attach({
-      experts: await loadExperts(pack, options),
-      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, options) : undefined,
+      experts: await loadExperts(pack),
+      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, pack.sessions) : undefined,
     });
     return engine;
   }
@@ -156,15 +160,39 @@ export class Engine {
     return (rows) => unet.predict(rows, size.latentHeight, size.latentWidth);
   }
 
-  /** Images [3, H, W] in [-1, 1] -> scaled latents. */
-  async encodeImages(images: readonly Float32Array[], size: Size): Promise<Float32Array[]> {
-    const encoder = this.pack.vaeEncoder;
-    if (!encoder) throw new ServiceError('unsupported', `model pack ${this.pack.name} has no vae_encoder: img2img is not available`);
-    return encoder.encode(images, size.height, size.width);
+  /**
+   * The VAE to use. An explicit choice of the tiny VAE on a pack without one is a bad request; a default choice
+   * (the live default) falls back to the full VAE.
+   */
+  vae(choice: VaeChoice, explicit: boolean): { name: VaeChoice; vae: Vae } {
+    const tiny = this.pack.tinyVae;
+    if (choice === 'tiny' && tiny) return { name: 'tiny', vae: tiny };
+    if (choice === 'tiny' && explicit) throw new ServiceError('bad_request', `model ${this.pack.name} has no tiny VAE (taesd_encoder/taesd_decoder)`, { field: 'vae' });
+    return { name: 'full', vae: { encoder: this.pack.vaeEncoder, decoder: this.pack.vaeDecoder } };
+  }
+
+  /**
+   * Images ([3, H, W] floats in [-1, 1], or RGB bytes [H, W, 3]) -> scaled latents. `handOver`: the caller is done
+   * with the images (a frame's bytes then move to the encoder's thread uncopied).
+   */
+  async encodeImages(images: readonly ImageInput[], size: Size, vae: Vae = this.vae('full', false).vae, handOver = false): Promise<Float32Array[]> {
+    const encoder = vae.encoder;
+    if (!encoder) throw new ServiceError('unsupported', `model pack ${this.pack.name} has no ${vae === this.pack.tinyVae ? 'taesd_encoder' : 'vae_encoder'}: img2img is not available`);
+    return encoder.encode(images, size.height, size.width, handOver);
   }
 
   /** Scaled latents -> images [3, H, W] in [-1, 1]. */
-  async decodeLatents(latents: readonly Float32Array[], size: Size): Promise<Float32Array[]> {
-    return (await this.pack.vaeDecoder.decode(latents, size.latentHeight, size.latentWidth)).images;
+  async decodeLatents(latents: readonly Float32Array[], size: Size, vae: Vae = this.vae('full', false).vae): Promise<Float32Array[]> {
+    return (await vae.decoder.decode(latents, size.latentHeight, size.latentWidth)).images;
+  }
+
+  /** Scaled latents -> RGB bytes [H, W, 3] (the conversion runs beside the decoder, off this thread). */
+  async decodeToRgb8(latents: readonly Float32Array[], size: Size, vae: Vae = this.vae('full', false).vae): Promise<Uint8Array[]> {
+    return (await vae.decoder.decodeRgb8(latents, size.latentHeight, size.latentWidth)).images;
+  }
+
+  /** Releases the pack's sessions (and its worker pool when it has its own). */
+  async close(): Promise<void> {
+    await this.pack.sessions.close();
   }
 }

@@ -40,8 +40,8 @@ function firstSeed(params: GenerationParams): number {
  * inits[j % inits.length], [3, H, W] at the plan's size).
  */
 export async function render(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] } = {}): Promise<GeneratedImage[]> {
-  const { params, size, coefficients: c, guidance: g, prompt, variant, runner } = plan;
-  const inits = options.inits && (await engine.encodeImages(options.inits, size));
+  const { params, size, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
+  const inits = options.inits && (await engine.encodeImages(options.inits, size, vae));
   const lanes = Math.max(1, options.lanesPerCall ?? DEFAULT_LANES);
   const first = options.firstIndex ?? 0;
   const out: GeneratedImage[] = [];
@@ -53,7 +53,7 @@ export async function render(engine: Engine, plan: Plan, count: number, options:
     const noise = engine.noise({ seed: shifted }, c.timesteps.length, n, size, true);
     const latents = Array.from({ length: n }, (_, j) => (inits ? inits[(start + j) % inits.length]! : new Float32Array(engine.latentSize(size))));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
-    const images = await engine.decodeLatents(denoised, size);
+    const images = await engine.decodeLatents(denoised, size, vae);
     images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, variant }));
     options.onProgress?.(out.length, count);
   }

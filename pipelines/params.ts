@@ -53,6 +53,11 @@ export const paramsSchema = z
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
     similarity_threshold: z.number().min(0).max(1).default(DEFAULT_SIMILARITY_FILTER.threshold),
     max_skip_frames: z.number().int().min(0).max(1000).default(DEFAULT_SIMILARITY_FILTER.maxSkipFrames),
+    /**
+     * The VAE: the pack's tiny one (taesd_*: a few times cheaper, slightly softer) or the full one. Unset: the
+     * server's default (--tiny-vae: live streams use the tiny VAE when the pack has one, batch renders the full one).
+     */
+    vae: z.enum(['full', 'tiny']).optional(),
     /** Frames stacked per UNet call (StreamDiffusion's frame_buffer_size). */
     frame_buffer_size: z.number().int().min(1).max(4).default(1),
     /**
@@ -96,7 +101,7 @@ export function parseParams(input: unknown): GenerationParams {
 }
 
 /** Optional fields a live update may clear by sending null. */
-const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert']);
+const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert', 'vae']);
 
 /** A live update: only the given fields, each validated; returns the merged parameters. */
 export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {

@@ -4,8 +4,9 @@
  * its runner). A stream makes a new plan on each live update and compares it with the old one to decide what
  * to rebuild.
  */
+import type { Vae } from '../models/pack.ts';
 import type { UnetRunner } from './denoise-step.ts';
-import type { EncodedPrompt, Engine, Size } from './engine.ts';
+import type { EncodedPrompt, Engine, Size, VaeChoice } from './engine.ts';
 import type { GenerationParams } from './params.ts';
 import { makeGuidance, type Guidance } from './rcfg.ts';
 import type { StepCoefficients } from './schedulers/lcm.ts';
@@ -29,17 +30,30 @@ export interface Plan {
   /** Notes for the caller (e.g. an adapter's layers that match nothing). */
   readonly warnings: readonly string[];
   readonly runner: UnetRunner;
+  /** The VAE that encodes and decodes the request's images, and which one it is. */
+  readonly vae: Vae;
+  readonly vaeName: VaeChoice;
 }
+
+/** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
+export interface PlanDefaults {
+  /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
+  readonly vae: VaeChoice;
+}
+
+/** Batch renders, the CLI and video: the full VAE unless asked. */
+export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
 
 /**
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
  * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
  */
-export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory): Promise<Plan> {
+export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, defaults: PlanDefaults = BATCH_DEFAULTS): Promise<Plan> {
   const size = engine.size(params);
   const coefficients = engine.coefficients(params, mode);
+  const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
   const { prompt, variant } = await engine.prepare(params);
   const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
   const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner };
+  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, vae: vae.vae, vaeName: vae.name };
 }

@@ -6,7 +6,7 @@
  * so a static scene is mostly skipped yet still refreshed now and then, and never more than
  * maxSkipFrames frames in a row. The draw comes from the seeded generator passed in (deterministic).
  */
-import { cosineSimilarity } from '../models/vector.ts';
+import { cosineSimilarity, pixelCosineSimilarity } from '../models/vector.ts';
 import type { Generator } from './random.ts';
 
 export interface SimilarityFilterConfig {
@@ -31,8 +31,11 @@ export interface FilterDecision {
   readonly probability: number;
 }
 
+/** A preprocessed input: an image tensor [3, H, W] in [-1, 1], or the same image as RGB bytes [H, W, 3]. */
+export type FilterInput = Float32Array | Uint8Array;
+
 export class SimilarityFilter {
-  private previous: Float32Array | undefined;
+  private previous: FilterInput | undefined;
   private consecutiveSkips = 0;
 
   constructor(
@@ -40,13 +43,19 @@ export class SimilarityFilter {
     private readonly generator: Generator,
   ) {}
 
-  /** Decides for one preprocessed input (the image tensor before the VAE). Keeps a copy when processed. */
-  check(input: Float32Array): FilterDecision {
-    if (this.previous === undefined || this.previous.length !== input.length) {
+  /** Whether the filter can skip anything (threshold 1 disables it: then it does no work at all). */
+  get enabled(): boolean {
+    return this.config.threshold < 1;
+  }
+
+  /** Decides for one preprocessed input (the image before the VAE). Keeps a copy when processed. */
+  check(input: FilterInput): FilterDecision {
+    const previous = this.previous;
+    if (previous === undefined || previous.length !== input.length || previous.constructor !== input.constructor) {
       this.remember(input);
       return { skip: false, similarity: undefined, probability: 0 };
     }
-    const similarity = cosineSimilarity(this.previous, input);
+    const similarity = input instanceof Uint8Array ? pixelCosineSimilarity(previous as Uint8Array, input) : cosineSimilarity(previous, input);
     const probability = skipProbability(similarity, this.config.threshold);
     const u = this.generator.uniform();
     if (u <= probability && probability > 0 && this.consecutiveSkips < this.config.maxSkipFrames) {
@@ -63,8 +72,8 @@ export class SimilarityFilter {
     this.consecutiveSkips = 0;
   }
 
-  private remember(input: Float32Array): void {
-    this.previous = Float32Array.from(input);
+  private remember(input: FilterInput): void {
+    this.previous = input.slice();
     this.consecutiveSkips = 0;
   }
 }

@@ -38,6 +38,11 @@ export class StreamBatch {
     return this.noise.lanes;
   }
 
+  /** Frames an output lags its input (steps - 1). */
+  get lag(): number {
+    return this.coefficients.timesteps.length - 1;
+  }
+
   /** Frames in flight (0 until primed). */
   get inFlight(): number {
     return this.buffer.length;

@@ -3,20 +3,40 @@
  * Each stream owns its buffer, noise, stock noise and filter state (two streams never mix frames), and
  * every parameter can change between frames without reloading sessions or emitting a broken frame:
  * prompt and guidance apply to the frames in flight, a new schedule or size re-primes the buffer.
+ *
+ * Frames are pipelined across the model workers: process() may be called again before the previous call has
+ * finished. A frame's VAE encode starts at once (beside the previous frame's UNet call), the stream-batch steps
+ * run one after another in call order, a frame's decode runs beside the next frame's step, and results resolve
+ * in call order. room() tells the caller when to hand over the next frame (PIPELINE_DEPTH frames in flight).
+ * A frame keeps the size and VAE of the moment it entered; each step takes the prompt, UNet variant, guidance and
+ * seed current when it starts (a step is never changed half-way), as one frame at a time would.
  */
-import type { Engine, Size } from './engine.ts';
+import type { ImageInput } from '../models/components.ts';
+import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
+import { rgb8ToTensor } from './codecs/image.ts';
 import { mergeParams, type GenerationParams } from './params.ts';
-import { planRequest, type Mode, type Plan, type RunnerFactory } from './plan.ts';
+import { planRequest, BATCH_DEFAULTS, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from './plan.ts';
 import { Generator } from './random.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
 import type { UnetVariant } from './variants.ts';
 
+/**
+ * Frames a stream has in its pipeline at once: one being encoded while the one before is denoised and decoded.
+ * More would wait in front of the UNet, where latest-frame-wins can no longer replace them by newer ones.
+ */
+export const PIPELINE_DEPTH = 2;
+
+/** A frame in: an image tensor [3, H, W] in [-1, 1], or RGB bytes [H, W, 3] (the lean path: no float copy here). */
+export type FrameInput = ImageInput;
+
 export interface FrameResult<Tag = unknown> {
   /** The tag of the input frame this output shows (outputs lag inputs by steps - 1 frames). */
   readonly source: Tag | undefined;
-  /** [3, H, W] in [-1, 1] */
+  /** RGB bytes [H, W, 3], as the VAE decoder's thread made them. */
+  readonly rgb: Uint8Array;
+  /** [3, H, W] in [-1, 1], made from `rgb` when first read (encoding it gives the same bytes as `rgb`). */
   readonly image: Float32Array;
   readonly width: number;
   readonly height: number;
@@ -25,6 +45,20 @@ export interface FrameResult<Tag = unknown> {
   readonly similarity: number | undefined;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
+  /** The VAE that encoded and decoded it. */
+  readonly vae: VaeChoice;
+}
+
+/** Float images made from outputs' bytes, so a repeated output (same bytes) gives the same array. */
+const floatImages = new WeakMap<Uint8Array, Float32Array>();
+
+function frameResult<Tag>(fields: Omit<FrameResult<Tag>, 'image'>): FrameResult<Tag> {
+  const get = () => {
+    let image = floatImages.get(fields.rgb);
+    if (!image) floatImages.set(fields.rgb, (image = rgb8ToTensor(fields.rgb, fields.width, fields.height)));
+    return image;
+  };
+  return Object.defineProperty({ ...fields }, 'image', { get, enumerable: false }) as FrameResult<Tag>;
 }
 
 /** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
@@ -33,17 +67,27 @@ const FILTER_SEED_SALT = 0x5f3759df;
 export class StreamPipeline {
   private plan!: Plan;
   private batch!: StreamBatch;
-  private lastOutput: FrameResult | undefined;
+  /** The results of the newest frame that ran the models (a skipped frame repeats them). */
+  private last: Promise<FrameResult[]> | undefined;
   /** Updates run one after another, so a slow one (an adapter merge) cannot be overtaken. */
   private updates: Promise<unknown> = Promise.resolve();
+  /** The stream-batch steps, one after another in call order. */
+  private steps: Promise<unknown> = Promise.resolve();
+  /** Guidance and noise changes for the current batch, made at the start of its next step. */
+  private pending: { guidance?: Plan['guidance']; noise?: NoiseTable } = {};
+  /** Settles after the newest frame's results: results resolve in call order. */
+  private delivered: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
   private inFlightTags: unknown[] = [];
+  private inFlight = 0;
+  private readonly waiting: (() => void)[] = [];
   readonly filter: SimilarityFilter;
 
   private constructor(
     private readonly engine: Engine,
     params: GenerationParams,
     private readonly runners: RunnerFactory | undefined,
+    private readonly defaults: PlanDefaults,
   ) {
     const seed = typeof params.seed === 'number' ? params.seed : params.seed[0]!.seed;
     this.filter = new SimilarityFilter(
@@ -54,11 +98,12 @@ export class StreamPipeline {
 
   /**
    * A stream of frames (img2img: each frame is encoded and noised to the strength) or a txt2img stream
-   * (every call denoises fresh noise, see generate()).
+   * (every call denoises fresh noise, see generate()). `defaults` fill unset parameters (the server's live
+   * defaults: the tiny VAE); batch defaults otherwise.
    */
-  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img'): Promise<StreamPipeline> {
-    const stream = new StreamPipeline(engine, params, runners);
-    stream.plan = await planRequest(engine, params, mode, runners);
+  static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
+    const stream = new StreamPipeline(engine, params, runners, defaults);
+    stream.plan = await planRequest(engine, params, mode, runners, defaults);
     stream.rebuild();
     return stream;
   }
@@ -81,6 +126,11 @@ export class StreamPipeline {
     return this.plan.variant;
   }
 
+  /** Which VAE the stream's frames go through now. */
+  get vae(): VaeChoice {
+    return this.plan.vaeName;
+  }
+
   /**
    * Applies a live update from the next frame on. Validation errors throw and change nothing. Frames keep
    * flowing on the current UNet while a new variant (an adapter merge) is built; the swap happens between
@@ -94,7 +144,7 @@ export class StreamPipeline {
 
   private async applyUpdate(update: unknown): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners);
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.defaults);
     const before = this.plan;
     this.plan = next;
     const p = next.params;
@@ -107,47 +157,110 @@ export class StreamPipeline {
       if (sizeChanged) this.filter.reset();
       return p;
     }
-    if (!same(before.guidance, next.guidance)) this.batch.setGuidance(next.guidance);
-    if (!same(before.params.seed, p.seed)) this.batch.setNoise(this.noise());
+    // made when the next step starts: a step in progress keeps the guidance it planned its rows with
+    if (!same(before.guidance, next.guidance)) this.pending.guidance = next.guidance;
+    if (!same(before.params.seed, p.seed)) this.pending.noise = this.noise();
     return p;
   }
 
-  /**
-   * Processes one group of frame_buffer_size frames ([3, H, W] each at frameSize) and returns the group
-   * that finished. With one frame per group the similarity filter may skip the models entirely.
-   * `tag` (e.g. the input frame id) comes back on the output that shows this frame.
-   */
-  async process<Tag>(frames: readonly Float32Array[], tag?: Tag): Promise<FrameResult<Tag>[]> {
-    const { size, prompt, variant, runner } = this.plan;
-    const { width, height } = size;
-    // 1. filter: a near-identical frame repeats the previous output and runs no model
-    if (frames.length === 1) {
-      const decision = this.filter.check(frames[0]!);
-      if (decision.skip && this.lastOutput) return [{ ...(this.lastOutput as FrameResult<Tag>), skipped: true, similarity: decision.similarity }];
-    }
-    // 2. encode, 3. denoise in the stream batch, 4. decode
-    const latents = await this.engine.encodeImages(frames, size);
-    const source = this.trackSource(tag);
-    const denoised = await this.batch.process(latents, prompt, runner);
-    const images = await this.engine.decodeLatents(denoised, size);
-    const results = images.map((image) => ({ source, image, width, height, skipped: false, similarity: undefined, variant }));
-    this.lastOutput = results[results.length - 1];
-    return results;
+  /** Resolves when the pipeline takes another frame (fewer than PIPELINE_DEPTH in flight). */
+  room(): Promise<void> {
+    if (this.inFlight < PIPELINE_DEPTH) return Promise.resolve();
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
-  private trackSource<Tag>(tag: Tag | undefined): Tag | undefined {
-    if (this.batch.inFlight === 0) this.inFlightTags = new Array<unknown>(this.lag).fill(tag); // priming repeats the first frame
-    this.inFlightTags.push(tag);
-    return this.inFlightTags.shift() as Tag | undefined;
+  /**
+   * Processes one group of frame_buffer_size frames (at frameSize each) and returns the group that finished.
+   * With one frame per group the similarity filter may skip the models entirely. `tag` (e.g. the input frame id)
+   * comes back on the output that shows this frame. `handOver`: the caller is done with the frames (byte frames
+   * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
+   */
+  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
+    const batch = this.batch;
+    const { width, height } = size;
+    // 1. filter, in call order: a near-identical frame repeats the previous output and runs no model
+    if (frames.length === 1 && this.filter.enabled) {
+      const decision = this.filter.check(frames[0]!);
+      const last = this.last as Promise<FrameResult<Tag>[]> | undefined;
+      if (decision.skip && last) {
+        return this.inOrder(last.then((results) => results.map((r) => frameResult({ ...r, skipped: true, similarity: decision.similarity }))));
+      }
+    }
+    this.inFlight++;
+    // 2. encode now, beside the previous frame's step
+    const latents = this.engine.encodeImages(frames, size, vae, handOver);
+    // 3. one stream-batch step after another
+    const step = this.steps.then(async () => {
+      const z = await latents;
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
+      const source = this.trackSource(batch, tag);
+      return { source, variant, denoised: await batch.process(z, prompt, runner) };
+    });
+    this.steps = step.catch(() => undefined);
+    // 4. decode beside the next frame's step
+    const decoded = step.then(async ({ source, variant, denoised }) => {
+      const images = await this.engine.decodeToRgb8(denoised, size, vae);
+      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+    });
+    const results = this.inOrder(decoded);
+    this.last = results;
+    const done = () => {
+      this.inFlight--;
+      while (this.inFlight < PIPELINE_DEPTH && this.waiting.length > 0) this.waiting.shift()!();
+    };
+    results.then(done, done);
+    return results;
   }
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
   async generate(): Promise<FrameResult[]> {
-    const { size, prompt, variant, runner } = this.plan;
-    const zeros = Array.from({ length: this.plan.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
-    const denoised = await this.batch.process(zeros, prompt, runner);
-    const images = await this.engine.decodeLatents(denoised, size);
-    return images.map((image) => ({ source: undefined, image, width: size.width, height: size.height, skipped: false, similarity: undefined, variant }));
+    const entered = this.plan;
+    const { size, vae, vaeName } = entered;
+    const batch = this.batch;
+    const zeros = Array.from({ length: entered.params.frame_buffer_size }, () => new Float32Array(this.engine.latentSize(size)));
+    const step = this.steps.then(async () => {
+      const { prompt, runner, variant } = this.stepPlan(batch, entered);
+      return { variant, denoised: await batch.process(zeros, prompt, runner) };
+    });
+    this.steps = step.catch(() => undefined);
+    const { variant, denoised } = await step;
+    const images = await this.engine.decodeToRgb8(denoised, size, vae);
+    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+  }
+
+  /**
+   * What a step starting now runs with: the current plan and the batch changes made since the last step, or, for
+   * a batch an update has replaced (a frame that entered before a re-prime), the plan the frame entered with.
+   */
+  private stepPlan(batch: StreamBatch, entered: Plan): Plan {
+    if (batch !== this.batch) return entered;
+    const { guidance, noise } = this.pending;
+    this.pending = {};
+    if (guidance) batch.setGuidance(guidance);
+    if (noise) batch.setNoise(noise);
+    return this.plan;
+  }
+
+  /** Settles `p` only after every earlier frame's results. */
+  private inOrder<T>(p: Promise<T>): Promise<T> {
+    const before = this.delivered;
+    const ordered = p.then(
+      async (value) => (await before, value),
+      async (error: unknown) => {
+        await before;
+        throw error;
+      },
+    );
+    this.delivered = ordered.catch(() => undefined);
+    return ordered;
+  }
+
+  private trackSource<Tag>(batch: StreamBatch, tag: Tag | undefined): Tag | undefined {
+    if (batch.inFlight === 0) this.inFlightTags = new Array<unknown>(batch.lag).fill(tag); // priming repeats the first frame
+    this.inFlightTags.push(tag);
+    return this.inFlightTags.shift() as Tag | undefined;
   }
 
   /** The stream's initial noise: drawn once from the seed, reused every frame. */
@@ -158,6 +271,7 @@ export class StreamPipeline {
 
   private rebuild(): void {
     this.batch = new StreamBatch(this.plan.coefficients, this.plan.guidance, this.noise());
-    this.lastOutput = undefined;
+    this.pending = {};
+    this.last = undefined;
   }
 }

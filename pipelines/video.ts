@@ -9,9 +9,8 @@ import { rename, rm } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import type { Engine } from './engine.ts';
-import { rgb8ToTensor, tensorToRgb8 } from './codecs/image.ts';
 import type { GenerationParams } from './params.ts';
-import type { RunnerFactory } from './plan.ts';
+import { BATCH_DEFAULTS, type PlanDefaults, type RunnerFactory } from './plan.ts';
 import { StreamPipeline } from './stream-pipeline.ts';
 import { decodeFrames, defaultFfmpeg, probeVideo, startEncoder, type FfmpegPaths, type VideoInfo } from './codecs/ffmpeg.ts';
 
@@ -22,6 +21,8 @@ export interface VideoRenderOptions {
   readonly params: GenerationParams;
   /** UNet runners (the server's batcher); default: the engine's own. */
   readonly runners?: RunnerFactory;
+  /** Unset parameters (the VAE): batch defaults unless the server says otherwise. */
+  readonly defaults?: PlanDefaults;
   readonly ffmpeg?: FfmpegPaths;
   readonly signal?: AbortSignal;
   /** After each written frame: frames done, frames expected (from the probe; may be off by a few). */
@@ -52,7 +53,7 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   // 1. ffmpeg and the source's properties
   const paths = options.ffmpeg ?? (await defaultFfmpeg());
   const info = await probeVideo(paths, options.input, signal);
-  const stream = await StreamPipeline.create(engine, params, options.runners);
+  const stream = await StreamPipeline.create(engine, params, options.runners, 'img2img', options.defaults ?? BATCH_DEFAULTS);
   const size = stream.frameSize;
   const lag = stream.lag;
   // 2. the encoder, fed as frames finish
@@ -83,28 +84,28 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
       audio: info.audio !== undefined,
     };
   };
-  const emit = async (image: Float32Array) => {
+  const emit = async (rgb: Uint8Array) => {
     if (outputs++ < lag) return; // priming outputs: frame 0 shown early
-    await encoder.write(tensorToRgb8(image, size.width, size.height));
+    await encoder.write(rgb);
     written++;
     options.onProgress?.(written, Math.max(info.frames, written), stats());
   };
   try {
     // 3. every decoded frame through the stream
-    let last: Float32Array | undefined;
+    let last: Uint8Array | undefined;
     for await (const rgb of decodeFrames(paths, options.input, size, signal)) {
       signal?.throwIfAborted();
-      last = rgb8ToTensor(rgb, size.width, size.height);
+      last = rgb;
       const [result] = await stream.process([last], frames);
       frames++;
       if (result!.skipped) skipped++;
-      await emit(result!.image);
+      await emit(result!.rgb);
     }
     if (!last) throw new ServiceError('bad_request', `video ${basename(options.input)} has no frames`, { field: 'video' });
     // 4. flush the frames still in flight (the filter would skip these repeats)
     if (lag > 0) {
       await stream.update({ similarity_threshold: 1 });
-      for (let i = 0; i < lag; i++) await emit((await stream.process([last]))[0]!.image);
+      for (let i = 0; i < lag; i++) await emit((await stream.process([last]))[0]!.rgb);
     }
     await encoder.finish();
     await rename(partial, options.output);

@@ -61,7 +61,8 @@ export async function startServer(
 ): Promise<RunningServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
   const log = options.log ?? createLogger({ service: 'streamdiffusion-node' });
-  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, tinyVae: config.tinyVae }));
+  const ownEngine = !options.engine;
+  const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, workers: config.workers }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
@@ -118,6 +119,7 @@ export async function startServer(
       });
       wss.close();
       for (const ext of extensions) await ext.stop?.();
+      if (ownEngine) await engine.close();
     })());
 
   return { url, port, ctx, streams: registry, http, close };

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
-import { parseProvider, type Provider } from '../models/runtime/onnx.ts';
+import { parseProvider, type Provider } from '../models/runtime/contract.ts';
 import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
@@ -15,10 +15,15 @@ export interface ServerConfig {
   readonly port: number;
   readonly modelDir: string;
   readonly provider: Provider;
-  /** Intra-op threads per ONNX session; 0 = onnxruntime's default. */
+  /** Intra-op threads per ONNX session; 0 = chosen per stage from the cores and workers (1 each on 2 cores). */
   readonly threads: number;
-  /** Use the pack's tiny VAE (TAESD) instead of the full one when it has one: faster, slightly softer. */
-  readonly tinyVae: boolean;
+  /** Worker threads that run the models; undefined = one per core (at most 8). */
+  readonly workers: number | undefined;
+  /**
+   * Which requests use the pack's tiny VAE (taesd_*: a few times cheaper, slightly softer) when they do not choose
+   * with `vae`: `live` streams (default), `all` requests, or `off`. Packs without one always use the full VAE.
+   */
+  readonly tinyVae: TinyVaeUse;
   /** Required on HTTP (Bearer) and on WebSocket/MJPEG URLs (?token=) when set; mandatory off loopback. */
   readonly apiKey: string | undefined;
   /** Origins allowed by CORS; empty = same-origin only. */
@@ -36,7 +41,7 @@ export interface ServerConfig {
   readonly maxUploadBytes: number;
   /** HTTP requests per client per minute (0 = unlimited). */
   readonly rateLimitPerMinute: number;
-  /** Rows per UNet call across streams; 1 disables cross-stream batching. */
+  /** Most rows per UNet call across streams (calls grow only while the measured cost per row falls); 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
   /** Cluster mode (server/cluster/): the Redis every node shares. Unset: one process, no Redis. */
   readonly redisUrl: string | undefined;
@@ -55,13 +60,17 @@ export interface ServerConfig {
 export const NODE_ROLES = ['all', 'api', 'worker'] as const;
 export type NodeRole = (typeof NODE_ROLES)[number];
 
+export const TINY_VAE_USES = ['live', 'all', 'off'] as const;
+export type TinyVaeUse = (typeof TINY_VAE_USES)[number];
+
 export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   host: '127.0.0.1',
   port: 7860, // the port AUTOMATIC1111 and the StreamDiffusion demos use
   modelDir: EMBEDDED_PACK_DIR,
   provider: 'cpu',
   threads: 0,
-  tinyVae: false,
+  workers: undefined,
+  tinyVae: 'live',
   apiKey: undefined,
   corsOrigins: [],
   dataDir: resolve('data'),
@@ -132,7 +141,8 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       model: { type: 'string' },
       provider: { type: 'string' },
       threads: { type: 'string' },
-      'tiny-vae': { type: 'boolean' },
+      workers: { type: 'string' },
+      'tiny-vae': { type: 'string' },
       'api-key': { type: 'string' },
       cors: { type: 'string' },
       'data-dir': { type: 'string' },
@@ -153,6 +163,11 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   const d = DEFAULT_CONFIG;
   const port = pick(values.port, 'PORT');
   const threads = pick(values.threads, 'THREADS');
+  const workers = pick(values.workers, 'WORKERS');
+  const tinyVae = pick(values['tiny-vae'], 'TINY_VAE') ?? d.tinyVae;
+  if (!(TINY_VAE_USES as readonly string[]).includes(tinyVae)) {
+    throw new ServiceError('bad_request', `--tiny-vae must be one of ${TINY_VAE_USES.join(', ')}, got "${tinyVae}"`, { field: 'tiny-vae' });
+  }
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
   const cors = pick(values.cors, 'CORS_ORIGINS');
@@ -164,7 +179,8 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     modelDir: resolve(pick(values.model, 'MODEL_DIR') ?? d.modelDir),
     provider: parseProvider(pick(values.provider, 'PROVIDER') ?? d.provider),
     threads: threads === undefined ? d.threads : int(threads, 'threads', 0, 256),
-    tinyVae: values['tiny-vae'] ?? env['TINY_VAE'] === '1',
+    workers: workers === undefined ? d.workers : int(workers, 'workers', 0, 64),
+    tinyVae: tinyVae as TinyVaeUse,
     apiKey: pick(values['api-key'], 'API_KEY') || undefined,
     corsOrigins: cors ? cors.split(',').map((s) => s.trim()).filter(Boolean) : d.corsOrigins,
     dataDir: resolve(pick(values['data-dir'], 'DATA_DIR') ?? d.dataDir),

@@ -1,7 +1,7 @@
 /** What every part of the server shares: configuration, the engine, logs, metrics and the UNet batcher. */
 import type { Engine } from '../pipelines/engine.ts';
 import type { GenerationParams } from '../pipelines/params.ts';
-import { planRequest, type Mode, type Plan, type RunnerFactory } from '../pipelines/plan.ts';
+import { planRequest, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from '../pipelines/plan.ts';
 import type { ServerConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
@@ -15,7 +15,9 @@ export interface AppContext {
   readonly batcher: UnetBatcher;
   /** UNet runners through the cross-stream batcher: rows of one latent size and UNet variant run together. */
   readonly runners: RunnerFactory;
-  /** A request's or stream's plan, its UNet calls going through `runners`. */
+  /** What unset parameters become: for live streams, and for batch renders (--tiny-vae). */
+  readonly defaults: { readonly live: PlanDefaults; readonly batch: PlanDefaults };
+  /** A batch request's plan, its UNet calls going through `runners`. */
   plan(params: GenerationParams, mode: Mode): Promise<Plan>;
   /** Set once SIGTERM (or close()) starts draining: no new streams or jobs. */
   readonly draining: boolean;
@@ -31,9 +33,13 @@ export function createContext(config: ServerConfig, engine: Engine, log: Logger,
     batcher,
     draining: false,
     runners: (size, variant) => batcher.runner(size, variant.key, engine.unetRunner(size, variant)),
+    defaults: {
+      live: Object.freeze({ vae: config.tinyVae === 'off' ? 'full' : 'tiny' }),
+      batch: Object.freeze({ vae: config.tinyVae === 'all' ? 'tiny' : 'full' }),
+    },
     // `this`, so that a context copied with other runners (tests wrap them) plans with those
     plan(params, mode) {
-      return planRequest(this.engine, params, mode, this.runners);
+      return planRequest(this.engine, params, mode, this.runners, this.defaults.batch);
     },
   };
 }

@@ -9,6 +9,7 @@ import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { createBatchApi } from './batch/index.ts';
 import { createClusterNode } from './cluster/index.ts';
+import { closeSharedPool } from '../models/runtime/worker-pool.ts';
 
 const log = createLogger({ service: 'streamdiffusion-node' });
 
@@ -23,7 +24,8 @@ async function main(): Promise<void> {
   console.log(`\n  streamdiffusion-node on ${server.url}  (model: ${server.ctx.engine.pack.name})\n  UI: ${server.url}/   stream: ws${server.url.slice(4)}/v1/stream\n`);
   const shutdown = (signal: string) => {
     log.info('draining', { signal });
-    server.close().then(
+    // the model workers end before the process: onnxruntime aborts it when a live session is torn down
+    server.close().then(closeSharedPool).then(
       () => process.exit(0),
       (error: unknown) => {
         log.error('shutdown failed', { error: String(error) });

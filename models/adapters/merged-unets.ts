@@ -1,17 +1,18 @@
 /**
- * Merged UNets, built in the background on worker threads (threaded-unet.ts) and kept in a bounded LRU cache
- * keyed by the adapter combination. Concurrent requests for one combination share one build; an evicted UNet
- * is released once no stream has used it for EVICTED_IDLE_MS. Merging never writes to disk. Adapters that
- * bundle concept tokens (learned embeddings for their trigger words) also get a text encoder with those tokens
- * added, built on the same worker as the UNet.
+ * Merged UNets, built in the background, each on a worker thread of its own (models/sessions.ts openOwn:
+ * building a session blocks its thread for hundreds of ms, so streams keep running on their current UNet until
+ * the new one is ready), and kept in a bounded LRU cache keyed by the adapter combination. Concurrent requests
+ * for one combination share one build; an evicted UNet is released once no stream has used it for a while
+ * (EVICTED_IDLE_MS). Merging never writes to disk. Adapters that bundle concept tokens (learned embeddings for
+ * their trigger words) also get a text encoder with those tokens added, on the same worker as the UNet.
  */
-import type { ClipTextEncoder, Unet } from '../components.ts';
+import { ClipTextEncoder, Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
-import { DEFAULT_SESSION_OPTIONS, type SessionOptions } from '../runtime/onnx.ts';
+import type { Feed, IoSpec, Model, Outputs, Rgb8Tensor } from '../runtime/contract.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { addConceptTokens, type ConceptTokenIds } from './concept-tokens.ts';
 import { mergeAdapters, type WeightedAdapter } from './merge.ts';
 import type { OnnxGraphIndex } from './onnx-graph.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 
 /** A merged UNet evicted from the cache is released after this long without a prediction (streams may still hold it). */
 export const EVICTED_IDLE_MS = 60_000;
@@ -47,8 +48,10 @@ export class MergedUnets {
     private readonly unet: () => Promise<BaseModel>,
     /** Undefined when the pack's text encoder is not at hand: concept tokens are then read as plain text. */
     private readonly textEncoder: (() => Promise<BaseModel>) | undefined,
-    private readonly options: Pick<SessionOptions, 'provider' | 'threads'>,
+    private readonly sessions: ModelSessions,
     private readonly cacheSize: number,
+    /** How long an evicted UNet must go unused before it is released, ms. */
+    private readonly evictedIdleMs = EVICTED_IDLE_MS,
   ) {
     if (!Number.isInteger(cacheSize) || cacheSize < 1) throw new ServiceError('bad_request', `adapter cache size must be a positive integer, got ${cacheSize}`);
   }
@@ -77,18 +80,17 @@ export class MergedUnets {
     while (this.cache.size > this.cacheSize) {
       const [oldest, evicted] = this.cache.entries().next().value!;
       this.cache.delete(oldest);
-      evicted.then((m) => (m.unet as ThreadedUnet).releaseWhenIdle(EVICTED_IDLE_MS), () => undefined);
+      evicted.then((m) => this.releaseWhenIdle(m), () => undefined);
     }
     return pending;
   }
 
   private async build(weighted: readonly WeightedAdapter[], key: string): Promise<MergedUnet> {
-    const options = { ...DEFAULT_SESSION_OPTIONS, ...this.options };
     const { bytes, index } = await this.unet();
     const t0 = performance.now();
     if (weighted.length === 0) {
-      const unet = await ThreadedUnet.load(bytes.slice(), { ...options, label: 'unet' });
-      return { unet, warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
+      const model = await this.sessions.openOwn(bytes, 'unet');
+      return { unet: new Unet(new UsedModel(model)), warnings: [], mergeMs: 0, buildMs: performance.now() - t0 };
     }
     // 1. weights: W + sum_i lambda_i A_i B_i^T into a copy of the model bytes
     const merged = await mergeAdapters(bytes, index, weighted, 'unet');
@@ -102,10 +104,95 @@ export class MergedUnets {
     } else if (embeddings.length > 0) {
       warnings.push(`no text encoder to add the concept tokens ${embeddings.map((e) => e.embedding.word).join(', ')} to: their words are read as plain text`);
     }
-    // 3. sessions on a worker thread
+    // 3. sessions on a worker thread of their own
     const t1 = performance.now();
-    const unet = await ThreadedUnet.load(merged.bytes, { ...options, label: `unet+${key}` }, text && { bytes: text.bytes, options: { ...options, label: `text_encoder+${key}` } });
-    const concept = text && { key, encoder: unet.textEncoder!, tokens: text.ids };
-    return { unet, text: concept, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1 };
+    const model = await this.sessions.openOwn(merged.bytes, `unet+${key}`);
+    const textModel = text && (await this.sessions.openOwn(text.bytes, `text_encoder+${key}`, model).catch(async (error: unknown) => {
+      await this.sessions.release(model);
+      throw error;
+    }));
+    const used = new UsedModel(model, textModel);
+    const concept = text && textModel && { key, encoder: new ClipTextEncoder(new UsedModel(textModel, undefined, used)), tokens: text.ids };
+    return { unet: new Unet(used), text: concept, warnings, mergeMs: t1 - t0, buildMs: performance.now() - t1 };
+  }
+
+  /** Releases an evicted UNet (and its text encoder) once nothing has run on it for evictedIdleMs. */
+  private releaseWhenIdle(merged: MergedUnet): void {
+    const model = merged.unet.model as UsedModel;
+    const check = () => {
+      const idle = performance.now() - model.lastUsed;
+      if (model.running === 0 && idle >= this.evictedIdleMs) void model.releaseAll(this.sessions);
+      else setTimeout(check, Math.max(10, this.evictedIdleMs - idle)).unref();
+    };
+    setTimeout(check, this.evictedIdleMs).unref();
+  }
+}
+
+/**
+ * A model that remembers when it last ran and how many runs are on their way (a merged UNet and its text
+ * encoder share one record: `of`), so an evicted one is released only once streams have stopped using it.
+ */
+class UsedModel implements Model {
+  running = 0;
+  lastUsed = performance.now();
+
+  constructor(
+    private readonly model: Model,
+    /** A model released together with this one (the merged UNet's text encoder). */
+    private readonly companion?: Model,
+    /** The record to count runs in, when it is another model's (the text encoder counts in its UNet's). */
+    private readonly of?: UsedModel,
+  ) {}
+
+  get inputs(): readonly IoSpec[] {
+    return this.model.inputs;
+  }
+
+  get outputs(): readonly IoSpec[] {
+    return this.model.outputs;
+  }
+
+  get label(): string {
+    return this.model.label;
+  }
+
+  input(name: string): IoSpec | undefined {
+    return this.model.input(name);
+  }
+
+  output(name: string): IoSpec | undefined {
+    return this.model.output(name);
+  }
+
+  describeContract(): string {
+    return this.model.describeContract();
+  }
+
+  run(feeds: Record<string, Feed>): Promise<Outputs> {
+    return this.use(() => this.model.run(feeds));
+  }
+
+  runRgb8(feeds: Record<string, Feed>, output: string): Promise<Rgb8Tensor> {
+    return this.use(() => this.model.runRgb8(feeds, output));
+  }
+
+  release(): Promise<void> {
+    return this.model.release();
+  }
+
+  async releaseAll(sessions: ModelSessions): Promise<void> {
+    await Promise.all([sessions.release(this.model), this.companion && sessions.release(this.companion)]);
+  }
+
+  private async use<T>(run: () => Promise<T>): Promise<T> {
+    const record = this.of ?? this;
+    record.running++;
+    record.lastUsed = performance.now();
+    try {
+      return await run();
+    } finally {
+      record.running--;
+      record.lastUsed = performance.now();
+    }
   }
 }

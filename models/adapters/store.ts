@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { ServiceError } from '../errors.ts';
-import type { PackOptions } from '../pack.ts';
+import type { ModelSessions } from '../sessions.ts';
 import { AdapterFiles, type AdapterInfo } from './adapter-files.ts';
 import { adapterKey, checkAdapterChoices, DEFAULT_ADAPTER_LIMITS, type AdapterChoice, type AdapterLimits } from './choices.ts';
 import { tokenTable } from './concept-tokens.ts';
@@ -12,7 +12,6 @@ import type { KohyaAdapter } from './kohya.ts';
 import { matchAdapter } from './merge.ts';
 import { MergedUnets, type BaseModel, type MergedUnet } from './merged-unets.ts';
 import { indexOnnxModel } from './onnx-graph.ts';
-import { ThreadedUnet } from './threaded-unet.ts';
 
 export type { AdapterInfo } from './adapter-files.ts';
 export type { ConceptText, MergedUnet } from './merged-unets.ts';
@@ -32,16 +31,19 @@ export class AdapterStore {
   constructor(
     adapterDir: string,
     private readonly baseModels: BaseModelPaths,
-    options: PackOptions,
+    /** Where merged UNets are opened (the pack's sessions: each merged UNet gets a worker of its own). */
+    sessions: ModelSessions,
     cacheSize = 4,
     limits: Partial<AdapterLimits> = {},
+    /** How long an evicted merged UNet must go unused before it is released, ms. */
+    evictedIdleMs?: number,
   ) {
     this.limits = { ...DEFAULT_ADAPTER_LIMITS, ...limits };
     this.files = new AdapterFiles(adapterDir, this.limits);
     const textEncoder = baseModels.textEncoder;
-    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, options, cacheSize);
-    // merged UNets run on worker threads: start one now so the first adapter swap does not wait for it
-    ThreadedUnet.prewarm();
+    this.merges = new MergedUnets(() => this.baseModel(baseModels.unet), textEncoder ? () => this.baseModel(textEncoder) : undefined, sessions, cacheSize, evictedIdleMs);
+    // merged UNets run on worker threads of their own: start one now so the first adapter swap does not wait for it
+    sessions.prewarm();
   }
 
   /** The adapters in the folder (valid files only, sorted by name). */

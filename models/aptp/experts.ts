@@ -15,9 +15,8 @@ import { isAbsolute, join, relative, resolve } from 'node:path';
 import { Unet } from '../components.ts';
 import { ServiceError } from '../errors.ts';
 import { exists, invalidField as invalid, isRecord, readJsonFile } from '../files.ts';
-import type { ModelPack, PackOptions } from '../pack.ts';
+import type { ModelPack } from '../pack.ts';
 import { parseRouter, type RouterWeights } from './router-file.ts';
-import { DEFAULT_SESSION_OPTIONS, OnnxModel } from '../runtime/onnx.ts';
 
 export const EXPERTS_DIR = 'experts';
 export const MANIFEST_FILE = 'manifest.json';
@@ -130,7 +129,7 @@ function checkContract(expert: Unet, base: Unet, source: string, field: string):
  * pack.unet). Undefined when the pack has no experts/ folder. Malformed or missing files, wrong router
  * dimensions, an unknown full expert or a contract mismatch are model_invalid errors naming the file and field.
  */
-export async function loadExperts(pack: ModelPack, options: PackOptions): Promise<ExpertSet | undefined> {
+export async function loadExperts(pack: ModelPack): Promise<ExpertSet | undefined> {
   const dir = join(pack.dir, EXPERTS_DIR);
   if (!(await exists(dir))) return undefined;
   // 1. manifest
@@ -159,7 +158,8 @@ export async function loadExperts(pack: ModelPack, options: PackOptions): Promis
       }
       const path = resolveInside(dir, e.path, source, field);
       if (!(await exists(path))) throw invalid(source, field, `"${e.path}" does not exist`);
-      const unet = new Unet(await OnnxModel.load(path, { ...DEFAULT_SESSION_OPTIONS, provider: options.provider, threads: options.threads, label: `experts/${e.name}` }));
+      // on the pack UNet's workers: an expert serves a stream in its place
+      const unet = new Unet(await pack.sessions.open(path, 'unet', `experts/${e.name}`));
       checkContract(unet, pack.unet, source, field);
       return unet;
     }),

@@ -1,50 +1,37 @@
 /**
- * The only module that imports onnxruntime-node. It opens sessions, reads their input/output contracts from
- * metadata, validates feeds before a run and converts float16 at the boundary, so the rest of the code sees
- * float32 and int arrays only. Importing it does nothing by itself.
+ * The only module that imports onnxruntime-node. It opens sessions on the calling thread (in the service, that
+ * is a worker of worker-pool.ts), reads their input/output contracts from metadata, validates feeds before a run
+ * and converts at the boundary: float16 <-> float32, and RGB bytes <-> planar images in [-1, 1], so the rest of
+ * the code sees float32 and int arrays only. Importing it does nothing by itself.
  */
 import * as ort from 'onnxruntime-node';
 import { ServiceError } from '../errors.ts';
+import { ModelContract, feedDims, describeFeeds, DEFAULT_SESSION_OPTIONS, type DType, type Feed, type FeedData, type IoSpec, type Model, type Outputs, type Rgb8Tensor, type SessionOptions } from './contract.ts';
 import { float16ToFloat32, float32ToFloat16 } from './float16.ts';
+import { planarToRgb8, rgb8ToPlanar } from './image-layout.ts';
 
-export const PROVIDERS = ['cpu', 'cuda', 'tensorrt', 'dml', 'coreml'] as const;
-export type Provider = (typeof PROVIDERS)[number];
+export { PROVIDERS, DEFAULT_SESSION_OPTIONS, parseProvider, type Provider, type DType, type IoSpec, type Feed, type FeedData, type SessionOptions } from './contract.ts';
 
-export type DType = 'float32' | 'float16' | 'int32' | 'int64';
+/**
+ * Session config entries (onnxruntime_session_options_config_keys.h): worker threads that find no work sleep
+ * instead of spinning. A spinning thread burned a whole core while its session was idle (REFERENCE §9), stealing
+ * it from the other stages.
+ */
+const NO_SPINNING = Object.freeze({ session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
 
-export interface IoSpec {
-  readonly name: string;
-  readonly dtype: DType;
-  /** Numbers for fixed dims, strings for symbolic ones; [] for a scalar. */
-  readonly dims: readonly (number | string)[];
+/** onnxruntime's options for a session: the provider, all graph optimisations, the threads, no spinning. */
+export function ortSessionOptions({ provider, threads }: SessionOptions): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [provider],
+    graphOptimizationLevel: 'all',
+    ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+    extra: NO_SPINNING,
+  };
 }
-
-export type FeedData = Float32Array | Int32Array | BigInt64Array;
-export interface Feed {
-  readonly data: FeedData;
-  readonly dims: readonly number[];
-}
-
-export interface SessionOptions {
-  readonly provider: Provider;
-  /** Intra-op threads; 0 lets onnxruntime decide. */
-  readonly threads: number;
-  /** Shown in errors: "unet", "vae_decoder", a file path. */
-  readonly label: string;
-}
-
-export const DEFAULT_SESSION_OPTIONS: SessionOptions = Object.freeze({ provider: 'cpu', threads: 0, label: 'model' });
 
 /** Providers the installed onnxruntime-node build can run. */
 export function availableProviders(): string[] {
   return ort.listSupportedBackends().map((b) => b.name);
-}
-
-export function parseProvider(value: string): Provider {
-  if (!(PROVIDERS as readonly string[]).includes(value)) {
-    throw new ServiceError('bad_request', `unknown execution provider "${value}" (known: ${PROVIDERS.join(', ')})`, { field: 'provider' });
-  }
-  return value as Provider;
 }
 
 function toDType(type: string, label: string, name: string): DType {
@@ -59,28 +46,27 @@ function specs(meta: readonly ort.InferenceSession.ValueMetadata[], label: strin
   });
 }
 
-export class OnnxModel {
+/** A session on the calling thread: run() blocks this thread for the model's time (ORT's run is synchronous). */
+export class OnnxModel extends ModelContract implements Model {
   private constructor(
     private readonly session: ort.InferenceSession,
-    readonly inputs: readonly IoSpec[],
-    readonly outputs: readonly IoSpec[],
-    readonly label: string,
-  ) {}
+    inputs: readonly IoSpec[],
+    outputs: readonly IoSpec[],
+    label: string,
+  ) {
+    super(inputs, outputs, label);
+  }
 
   /** Opens a model from a file path or from model bytes (used by adapter merging). */
   static async load(source: string | Uint8Array, options: SessionOptions = DEFAULT_SESSION_OPTIONS): Promise<OnnxModel> {
-    const { provider, threads, label } = options;
+    const { provider, label } = options;
     if (!availableProviders().includes(provider)) {
       throw new ServiceError(
         'unsupported',
         `${label}: execution provider "${provider}" is not available in this onnxruntime-node build (available: ${availableProviders().join(', ')})`,
       );
     }
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: [provider],
-      graphOptimizationLevel: 'all',
-      ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
-    };
+    const sessionOptions = ortSessionOptions(options);
     let session: ort.InferenceSession;
     try {
       session =
@@ -93,76 +79,38 @@ export class OnnxModel {
     return new OnnxModel(session, specs(session.inputMetadata, label), specs(session.outputMetadata, label), label);
   }
 
-  input(name: string): IoSpec | undefined {
-    return this.inputs.find((i) => i.name === name);
-  }
-
-  output(name: string): IoSpec | undefined {
-    return this.outputs.find((o) => o.name === name);
-  }
-
-  /**
-   * Runs the model. Float feeds are converted to the input's dtype (float16 included); outputs come back as
-   * float32 (float16 converted) or as their integer arrays. Feeds are checked against the contract first.
-   */
-  async run(feeds: Record<string, Feed>): Promise<Record<string, { data: Float32Array; dims: number[] }>> {
-    this.validate(feeds);
-    const ortFeeds: Record<string, ort.Tensor> = {};
-    for (const spec of this.inputs) {
-      const feed = feeds[spec.name]!;
-      ortFeeds[spec.name] = new ort.Tensor(spec.dtype, convertFeed(feed.data, spec.dtype), [...feed.dims]);
-    }
-    let results: ort.InferenceSession.ReturnType;
-    try {
-      results = await this.session.run(ortFeeds);
-    } catch (cause) {
-      throw new ServiceError('inference_failed', `${this.label} failed: ${(cause as Error).message}. Inputs: ${this.describeFeeds(feeds)}`, { cause });
-    }
-    const out: Record<string, { data: Float32Array; dims: number[] }> = {};
-    for (const [name, t] of Object.entries(results)) {
-      out[name] = { data: toFloat32(t), dims: [...t.dims] };
-    }
+  async run(feeds: Record<string, Feed>): Promise<Outputs> {
+    const results = await this.runSession(feeds);
+    const out: Outputs = {};
+    for (const [name, t] of Object.entries(results)) out[name] = { data: toFloat32(t), dims: [...t.dims] };
     return out;
+  }
+
+  async runRgb8(feeds: Record<string, Feed>, output: string): Promise<Rgb8Tensor> {
+    const t = (await this.runSession(feeds))[output];
+    if (!t) throw new ServiceError('internal', `${this.label} has no output ${output}`);
+    const [b, c, h, w] = t.dims as [number, number, number, number];
+    if (t.dims.length !== 4 || c !== 3) throw new ServiceError('inference_failed', `${this.label}: ${output} is [${t.dims.join(', ')}], not an RGB image [B, 3, H, W]`);
+    return { data: planarToRgb8(toFloat32(t), b, h, w), dims: [b, h, w, 3] };
   }
 
   async release(): Promise<void> {
     await this.session.release();
   }
 
-  private validate(feeds: Record<string, Feed>): void {
-    const problems: string[] = [];
+  private async runSession(feeds: Record<string, Feed>): Promise<ort.InferenceSession.ReturnType> {
+    this.validate(feeds);
+    const ortFeeds: Record<string, ort.Tensor> = {};
     for (const spec of this.inputs) {
-      const feed = feeds[spec.name];
-      if (!feed) {
-        problems.push(`missing input ${spec.name}`);
-        continue;
-      }
-      if (feed.dims.length !== spec.dims.length) problems.push(`${spec.name} has rank ${feed.dims.length}, the model expects ${spec.dims.length}`);
-      spec.dims.forEach((d, i) => {
-        if (typeof d === 'number' && d > 0 && feed.dims[i] !== d) problems.push(`${spec.name} dim ${i} is ${feed.dims[i]}, the model expects ${d}`);
-      });
-      const isFloat = feed.data instanceof Float32Array;
-      const wantsFloat = spec.dtype === 'float32' || spec.dtype === 'float16';
-      if (isFloat !== wantsFloat) problems.push(`${spec.name} is ${isFloat ? 'float' : 'integer'} data, the model expects ${spec.dtype}`);
-      const size = feed.dims.reduce((a, b) => a * b, 1);
-      if (size !== feed.data.length) problems.push(`${spec.name} has ${feed.data.length} values for dims [${feed.dims.join(', ')}]`);
+      const feed = feeds[spec.name]!;
+      const data = feed.layout === 'rgb8' ? rgb8ToPlanar(feed.data as Uint8Array, ...(feed.dims as [number, number, number])) : (feed.data as FeedData);
+      ortFeeds[spec.name] = new ort.Tensor(spec.dtype, convertFeed(data, spec.dtype), [...feedDims(feed)]);
     }
-    for (const name of Object.keys(feeds)) {
-      if (!this.input(name)) problems.push(`unexpected input ${name}`);
+    try {
+      return await this.session.run(ortFeeds);
+    } catch (cause) {
+      throw new ServiceError('inference_failed', `${this.label} failed: ${(cause as Error).message}. Inputs: ${describeFeeds(feeds)}`, { cause });
     }
-    if (problems.length > 0) {
-      throw new ServiceError('inference_failed', `${this.label}: ${problems.join('; ')}. Model inputs: ${this.describeContract()}. Given: ${this.describeFeeds(feeds)}`);
-    }
-  }
-
-  describeContract(): string {
-    return this.inputs.map((i) => `${i.name} ${i.dtype} [${i.dims.join(', ')}]`).join(', ');
-  }
-
-  private describeFeeds(feeds: Record<string, Feed>): string {
-    return Object.entries(feeds)
-      .map(([name, f]) => `${name} ${f.data.constructor.name} [${f.dims.join(', ')}]`)
-      .join(', ');
   }
 }
 

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { ServiceError } from '../../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
-import { parseProvider } from '../../models/runtime/onnx.ts';
+import { parseProvider } from '../../models/runtime/contract.ts';
 import { renderVideo } from '../video.ts';
 import { Engine } from '../engine.ts';
 import { img2img, txt2img, type GeneratedImage } from '../generate.ts';
@@ -170,15 +170,12 @@ async function main(): Promise<void> {
     guidance_scale: number(values.guidance, 'guidance'),
     guidance: values.cfg,
     similarity_threshold: number(values.similarity, 'similarity'),
+    ...(values['tiny-vae'] ? { vae: 'tiny' } : {}),
   });
   const count = number(values.count, 'count') ?? 1;
   if (!Number.isInteger(count) || count < 1) throw new ServiceError('bad_request', '--count must be a positive integer', { field: 'count' });
   const format = values.format === undefined ? undefined : formatOf(`x.${values.format}`, 'format');
-  const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, {
-    provider: parseProvider(values.provider ?? 'cpu'),
-    threads: 0,
-    tinyVae: values['tiny-vae'] ?? false,
-  });
+  const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, { provider: parseProvider(values.provider ?? 'cpu'), threads: 0 });
   if (values['input-dir']) await renderDirectory(engine, params, values['input-dir'], values.out, format);
   else if (values.video) await renderVideoFile(engine, params, values.video, values.out);
   else await renderImages(engine, params, values.out, values.image, count);

@@ -1,10 +1,13 @@
 /**
  * Image bytes <-> model tensors, through sharp. Frames in: JPEG, PNG or WebP, checked before decoding
- * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop),
- * converted to [3, H, W] floats in [-1, 1]. Frames out: [3, H, W] in [-1, 1] -> JPEG, PNG or WebP.
+ * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop), as RGB
+ * bytes [H, W, 3] or [3, H, W] floats in [-1, 1]. Frames out: RGB bytes or [3, H, W] in [-1, 1] -> JPEG, PNG or
+ * WebP. The lean path: a frame that already has the target size, no EXIF rotation and plain RGB is decoded in one
+ * step with nothing else done to it (a live client sends frames at the stream's size).
  */
 import sharp from 'sharp';
 import { ServiceError } from '../../models/errors.ts';
+import { planarToRgb8, rgb8ToPlanar } from '../../models/runtime/image-layout.ts';
 
 export const INPUT_FORMATS = ['jpeg', 'png', 'webp'] as const;
 export type OutputFormat = 'jpeg' | 'png' | 'webp';
@@ -19,8 +22,15 @@ export interface DecodedImage {
   readonly height: number;
 }
 
-/** Decodes an image and resizes it to width x height. A bad image throws `bad_image` or `too_large`. */
-export async function decodeImage(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedImage> {
+export interface DecodedRgb8 {
+  /** RGB bytes [H, W, 3] */
+  readonly rgb: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
+/** Decodes an image to RGB bytes at width x height. A bad image throws `bad_image` or `too_large`. */
+export async function decodeRgb8(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedRgb8> {
   if (bytes.length === 0) throw new ServiceError('bad_image', 'image is empty (0 bytes)');
   let meta: sharp.Metadata;
   try {
@@ -35,48 +45,42 @@ export async function decodeImage(bytes: Uint8Array, width: number, height: numb
   if (pixels > maxPixels) {
     throw new ServiceError('too_large', `image is ${meta.width}x${meta.height} pixels, more than the limit of ${maxPixels}`);
   }
+  const asIs = meta.width === width && meta.height === height && (meta.orientation ?? 1) === 1 && meta.channels === 3 && !meta.hasAlpha && meta.space === 'srgb';
   let raw: Buffer;
   try {
-    raw = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
-      .rotate()
-      .removeAlpha()
-      .resize(width, height, { fit: 'cover' })
-      .toColourspace('srgb')
-      .raw()
-      .toBuffer();
+    const img = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' });
+    raw = await (asIs ? img : img.rotate().removeAlpha().resize(width, height, { fit: 'cover' }).toColourspace('srgb')).raw().toBuffer();
   } catch (cause) {
     throw new ServiceError('bad_image', `cannot decode image: ${(cause as Error).message}`, { cause });
   }
-  return { data: rgb8ToTensor(raw, width, height), width, height };
+  return { rgb: raw, width, height };
+}
+
+/** Decodes an image to [3, H, W] floats in [-1, 1] at width x height (see decodeRgb8). */
+export async function decodeImage(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedImage> {
+  const { rgb } = await decodeRgb8(bytes, width, height, maxPixels);
+  return { data: rgb8ToTensor(rgb, width, height), width, height };
 }
 
 /** Interleaved RGB bytes [H, W, 3] -> [3, H, W] in [-1, 1]. */
 export function rgb8ToTensor(rgb: Uint8Array, width: number, height: number): Float32Array {
-  const plane = width * height;
-  const out = new Float32Array(3 * plane);
-  for (let p = 0; p < plane; p++) {
-    out[p] = rgb[3 * p]! / 127.5 - 1;
-    out[plane + p] = rgb[3 * p + 1]! / 127.5 - 1;
-    out[2 * plane + p] = rgb[3 * p + 2]! / 127.5 - 1;
-  }
-  return out;
+  return rgb8ToPlanar(rgb, 1, height, width);
 }
 
 /** [3, H, W] in [-1, 1] -> interleaved RGB bytes [H, W, 3], clamped and rounded. */
 export function tensorToRgb8(data: Float32Array, width: number, height: number): Buffer {
-  const plane = width * height;
-  const out = Buffer.alloc(3 * plane);
-  for (let p = 0; p < plane; p++) {
-    for (let c = 0; c < 3; c++) {
-      const v = Math.round((data[c * plane + p]! + 1) * 127.5);
-      out[3 * p + c] = v < 0 ? 0 : v > 255 ? 255 : v;
-    }
-  }
-  return out;
+  const rgb = planarToRgb8(data, 1, height, width);
+  return Buffer.from(rgb.buffer, rgb.byteOffset, rgb.byteLength);
 }
 
+/** [3, H, W] in [-1, 1] -> an encoded image. */
 export async function encodeImage(data: Float32Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
-  const img = sharp(tensorToRgb8(data, width, height), { raw: { width, height, channels: 3 } });
+  return encodeRgb8(tensorToRgb8(data, width, height), width, height, format, quality);
+}
+
+/** RGB bytes [H, W, 3] -> an encoded image. */
+export async function encodeRgb8(rgb: Uint8Array, width: number, height: number, format: OutputFormat, quality = 85): Promise<Buffer> {
+  const img = sharp(rgb, { raw: { width, height, channels: 3 } });
   switch (format) {
     case 'png':
       return img.png().toBuffer();

@@ -18,7 +18,7 @@ import { scoreConcept, type ConceptScore } from './concept-score.ts';
 import { AdapterStore } from '../../models/adapters/store.ts';
 import type { AdapterChoice } from '../../models/adapters/choices.ts';
 import { accuracy, loadHeldOut, loadSceneSpec, scoreImage, type HeldOutItem, type Score } from './evaluator.ts';
-import { DEFAULT_PACK_OPTIONS, EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { Engine } from '../engine.ts';
 import { txt2img } from '../generate.ts';
 import { tensorToRgb8 } from '../codecs/image.ts';
@@ -49,7 +49,7 @@ interface ConceptItem extends HeldOutItem {
 // 1. pack, store, prompts
 const engine = await Engine.load(values.pack);
 const spec = await loadSceneSpec(values.pack);
-const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, DEFAULT_PACK_OPTIONS, 2);
+const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, engine.pack.sessions, 2);
 const perConcept = Number(values['per-concept']);
 const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
   (it, _, all) => all.filter((o) => o.concept === it.concept).indexOf(it) < perConcept,

@@ -16,7 +16,6 @@ import sharp from 'sharp';
 import type { WebSocket } from 'ws';
 import { adapterKey } from '../../models/adapters/choices.ts';
 import { ServiceError } from '../../models/errors.ts';
-import { rgb8ToTensor } from '../../pipelines/codecs/image.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { CLOSE, PROTOCOL_VERSION, errorMessage, parseClientMessage, type FrameMeta, type StartMessage } from '../streams/protocol.ts';
@@ -367,7 +366,7 @@ export class RelayedStream extends EventEmitter {
         }
         if (decode) {
           const { data, info } = await sharp(bytes).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-          const output: RawOutput = { image: rgb8ToTensor(data, info.width, info.height), width: info.width, height: info.height, arrivedAt, meta: meta as unknown as FrameMeta };
+          const output: RawOutput = { rgb: data, width: info.width, height: info.height, arrivedAt, meta: meta as unknown as FrameMeta };
           this.emit('output', output);
         }
       })

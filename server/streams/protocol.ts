@@ -113,4 +113,6 @@ export interface FrameMeta {
   readonly format: 'jpeg' | 'webp';
   readonly expert: string;
   readonly adapters: readonly { name: string; weight: number }[];
+  /** The VAE that encoded and decoded the frame: the pack's tiny one or the full one. */
+  readonly vae: 'full' | 'tiny';
 }

@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeImage, encodeImage, rgb8ToTensor } from '../../pipelines/codecs/image.ts';
+import { decodeRgb8, encodeRgb8 } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
@@ -32,8 +32,8 @@ export interface StreamSink {
 
 /** The `output` event: each output frame as raw pixels, for transports that encode it themselves (WebRTC). */
 export interface RawOutput {
-  /** [3, H, W] in [-1, 1]; the same array again when the similarity filter repeats a frame. */
-  readonly image: Float32Array;
+  /** RGB bytes [H, W, 3]; the same array again when the similarity filter repeats a frame. */
+  readonly rgb: Uint8Array;
   readonly width: number;
   readonly height: number;
   /** performance.now() when the shown input frame arrived (ms): output timing follows the input's. */
@@ -99,7 +99,7 @@ export class StreamSession extends EventEmitter {
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
     const params = parseParams({ ...start.params });
     checkLive(params.frame_buffer_size);
-    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode);
+    const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
@@ -194,36 +194,49 @@ export class StreamSession extends EventEmitter {
           await this.generateOne();
           continue;
         }
+        // frames are pipelined: the next one is taken (the newest waiting) once the pipeline has room
+        await this.pipeline.room();
         const input = this.pending;
-        if (!input) break;
+        if (!input || this.closed) break;
         this.pending = undefined;
-        await this.processOne(input);
+        await this.startOne(input);
       }
     } finally {
       this.busy = false;
     }
   }
 
-  private async processOne(input: PendingInput): Promise<void> {
+  /**
+   * decode -> filter -> encode -> denoise -> decode -> frame out. Resolves once the frame is in the pipeline (so
+   * frames enter it in arrival order); the rest runs beside the next frames.
+   */
+  private async startOne(input: PendingInput): Promise<void> {
     const started = performance.now();
+    let rgb: Uint8Array;
     try {
-      // decode -> filter -> encode -> denoise -> decode -> frame out
       const { width, height } = this.pipeline.frameSize;
-      const image = input.rgb ? rgb8ToTensor(input.rgb, width, height) : (await decodeImage(input.bytes ?? Buffer.alloc(0), width, height)).data;
-      this.arrivals.set(input.id, input.receivedAt);
-      const [result] = await this.pipeline.process([image], input.id);
-      if (this.closed || !result) return;
-      const sourceId = result.source ?? input.id;
-      const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
-      for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
-      if (result.skipped) {
-        this.stats.skipped++;
-        this.ctx.metrics.ssfSkips.inc();
-      }
-      this.queueOutput(result, sourceId, sourceArrival, started);
+      rgb = input.rgb ?? (await decodeRgb8(input.bytes ?? Buffer.alloc(0), width, height)).rgb;
     } catch (error) {
-      this.fail(toServiceError(error, 'inference_failed'), input.id);
+      this.fail(toServiceError(error, 'bad_image'), input.id);
+      return;
     }
+    if (this.closed) return;
+    this.arrivals.set(input.id, input.receivedAt);
+    // a decoded frame is ours to hand over; a raw frame's buffer belongs to its transport
+    this.pipeline.process([rgb], input.id, input.rgb === undefined).then(
+      ([result]) => {
+        if (this.closed || !result) return;
+        const sourceId = result.source ?? input.id;
+        const sourceArrival = this.arrivals.get(sourceId) ?? input.receivedAt;
+        for (const id of this.arrivals.keys()) if (id < sourceId) this.arrivals.delete(id);
+        if (result.skipped) {
+          this.stats.skipped++;
+          this.ctx.metrics.ssfSkips.inc();
+        }
+        this.queueOutput(result, sourceId, sourceArrival, started);
+      },
+      (error: unknown) => this.fail(toServiceError(error, 'inference_failed'), input.id),
+    );
   }
 
   private async generateOne(): Promise<void> {
@@ -239,7 +252,7 @@ export class StreamSession extends EventEmitter {
     }
   }
 
-  private lastEncoded: { image: Float32Array; bytes: Buffer } | undefined;
+  private lastEncoded: { rgb: Uint8Array; bytes: Buffer } | undefined;
 
   private queueOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): void {
     this.outputs = this.outputs
@@ -248,14 +261,14 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { image, width, height, skipped, variant } = result;
+    const { rgb, width, height, skipped, variant, vae } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const encoded = this.sink.encoded !== false;
-    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.image === image ? this.lastEncoded.bytes : await encodeImage(image, width, height, format, quality);
-    if (encoded) this.lastEncoded = { image, bytes };
+    const bytes = !encoded ? Buffer.alloc(0) : this.lastEncoded?.rgb === rgb ? this.lastEncoded.bytes : await encodeRgb8(rgb, width, height, format, quality);
+    if (encoded) this.lastEncoded = { rgb, bytes };
     if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
-      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeImage(image, width, height, 'jpeg', quality);
+      this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeRgb8(rgb, width, height, 'jpeg', quality);
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -271,10 +284,11 @@ export class StreamSession extends EventEmitter {
       format,
       expert: variant.expert,
       adapters: variant.adapters,
+      vae,
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
-    if (this.listenerCount('output') > 0) this.emit('output', { image, width, height, arrivedAt, meta } satisfies RawOutput);
+    if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
 

@@ -8,7 +8,6 @@
 import { randomUUID } from 'node:crypto';
 import type { RTCPeerConnection, RTCRtpSender } from 'werift';
 import { ServiceError } from '../../models/errors.ts';
-import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import type { AppContext } from '../context.ts';
 import type { LiveStream } from '../streams/registry.ts';
@@ -146,7 +145,7 @@ export class StreamEgress {
       this.encoder = { impl, width, height, arrivals };
     }
     this.encoder.arrivals.push(out.arrivedAt);
-    this.encoder.impl.write(tensorToRgb8(out.image, width, height));
+    this.encoder.impl.write(out.rgb);
   }
 
   private send(vp8: Buffer, arrivedAt: number): void {

@@ -101,8 +101,8 @@ export async function benchAdapters(options: AdapterBenchOptions = {}): Promise<
   const total = options.frames ?? 120;
   const unetPath = join(pack, 'unet', 'model.onnx');
   // 1. cold merge + build (weight 1), and the same build on the main thread for comparison
-  const engine = await Engine.load(pack, { provider: 'cpu', threads, tinyVae: false });
-  const store = new AdapterStore(join(pack, 'adapters'), { unet: unetPath, textEncoder: join(pack, 'text_encoder', 'model.onnx') }, { provider: 'cpu', threads, tinyVae: false });
+  const engine = await Engine.load(pack, { provider: 'cpu', threads });
+  const store = new AdapterStore(join(pack, 'adapters'), { unet: unetPath, textEncoder: join(pack, 'text_encoder', 'model.onnx') }, engine.pack.sessions);
   const choice = (weight: number): AdapterChoice[] => names.map((name) => ({ name, weight }));
   const cold = await store.merged(choice(1));
   const baseBytes = new Uint8Array(await readFile(unetPath));

@@ -18,6 +18,7 @@ import { txt2img } from '../../pipelines/generate.ts';
 import { tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { interleave, type Summary } from './stats.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 export interface ExpertsBenchOptions {
   /** A loaded engine (npm run bench passes one); else --model / the embedded pack is loaded. */
@@ -78,7 +79,7 @@ export async function benchExperts(options: ExpertsBenchOptions = {}): Promise<E
   const log = options.log ?? ((line: string) => console.log(line));
   const packOptions = options.packOptions ?? DEFAULT_PACK_OPTIONS;
   const engine = options.engine ?? (await Engine.load(options.model ?? EMBEDDED_PACK_DIR, packOptions));
-  const set = await loadExperts(engine.pack, packOptions);
+  const set = await loadExperts(engine.pack);
   if (!set) throw new Error(`model pack ${engine.pack.dir} has no experts/ folder`);
   const steps = options.steps ?? 4;
   const guidanceScale = options.guidanceScale ?? 2;
@@ -203,5 +204,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     packOptions: { ...DEFAULT_PACK_OPTIONS, threads: Number(values.threads) },
   });
   if (values.json) await writeFile(values.json, `${JSON.stringify(result, null, 2)}\n`);
+  await closeSharedPool();
   process.exit(0);
 }

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only pipeline,server]`: every speed claim, measured side by side in one
+ * `npm run bench [-- --quick] [-- --only live,batching]`: every speed claim, measured side by side in one
  * run on the embedded pack, written to test/bench/REPORT.md and test/bench/report.json with machine info.
  */
 import { writeFile, access } from 'node:fs/promises';
@@ -9,6 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, model: { type: 'string', default: EMBEDDED_PACK_DIR } } });
@@ -25,7 +26,8 @@ const log = (line: string) => {
 const SECTIONS: [string, string, string][] = [
   ['pack', 'pack.ts', 'benchPack'],
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
-  ['server', 'server.ts', 'benchServer'],
+  ['live', 'live.ts', 'benchLive'],
+  ['batching', 'batching.ts', 'benchBatching'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
@@ -73,4 +75,5 @@ for (const [name, file, fn] of SECTIONS) {
 await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
 await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
 console.log(`\nwrote ${join(HERE, 'REPORT.md')} and report.json`);
+await closeSharedPool(); // before exit: onnxruntime aborts the process when live sessions are torn down
 process.exit(0);

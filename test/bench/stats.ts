@@ -1,15 +1,20 @@
 /** Small helpers for benchmarks: interleaved repetitions, medians and spread. */
 export interface Summary {
+  readonly mean: number;
   readonly median: number;
   readonly p10: number;
   readonly p90: number;
+  readonly p95: number;
+  readonly p99: number;
+  readonly max: number;
   readonly n: number;
 }
 
 export function summarize(values: readonly number[]): Summary {
   const s = [...values].sort((a, b) => a - b);
-  const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.round(q * (s.length - 1))))]!;
-  return { median: at(0.5), p10: at(0.1), p90: at(0.9), n: s.length };
+  const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.round(q * (s.length - 1))))] ?? NaN;
+  const mean = s.length > 0 ? s.reduce((a, b) => a + b, 0) / s.length : NaN;
+  return { mean, median: at(0.5), p10: at(0.1), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: s[s.length - 1] ?? NaN, n: s.length };
 }
 
 /**

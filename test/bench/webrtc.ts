@@ -11,6 +11,7 @@ import { startServer } from '../../server/app.ts';
 import { createLogger } from '../../server/log.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const KEY = 'bench-key';
@@ -78,5 +79,6 @@ export async function benchWebrtc({ engine, quick, log }: Options): Promise<Reco
 if (process.argv[1]?.endsWith('webrtc.ts')) {
   const engine = await Engine.load(EMBEDDED_PACK_DIR);
   await benchWebrtc({ engine, quick: process.argv.includes('--quick'), log: (line) => console.log(line) });
+  await closeSharedPool(); // before exit: onnxruntime aborts the process when live sessions are torn down
   process.exit(0);
 }

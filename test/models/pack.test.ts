@@ -77,18 +77,20 @@ test('a UNet with external weight data gives the same image as the same weights 
   assert.deepEqual(external!.data, inline!.data);
 });
 
-test('a tiny VAE (taesd_encoder/taesd_decoder) is used when asked for, with scale factor 1', async () => {
+test('a tiny VAE (taesd_encoder/taesd_decoder) is loaded beside the full one, with scale factor 1', async () => {
   const dir = await copyPack();
   const { cp } = await import('node:fs/promises');
   await cp(join(dir, 'vae_encoder'), join(dir, 'taesd_encoder'), { recursive: true });
   await cp(join(dir, 'vae_decoder'), join(dir, 'taesd_decoder'), { recursive: true });
   await writeFile(join(dir, 'vae_decoder', 'config.json'), JSON.stringify({ scaling_factor: 0.18215 }));
-  const full = await loadPack(dir);
-  assert.equal(full.vaeDecoder.scalingFactor, 0.18215);
-  const tiny = await loadPack(dir, { ...DEFAULT_PACK_OPTIONS, tinyVae: true });
-  assert.equal(tiny.vaeDecoder.scalingFactor, 1);
-  assert.equal(tiny.vaeEncoder!.scalingFactor, 1);
-  assert.equal(tiny.vaeDecoder.model.label, 'taesd_decoder');
+  const pack = await loadPack(dir);
+  assert.equal(pack.vaeDecoder.scalingFactor, 0.18215);
+  assert.equal(pack.vaeDecoder.model.label, 'vae_decoder');
+  assert.equal(pack.tinyVae!.decoder.scalingFactor, 1);
+  assert.equal(pack.tinyVae!.encoder!.scalingFactor, 1);
+  assert.equal(pack.tinyVae!.decoder.model.label, 'taesd_decoder');
+  assert.equal(pack.tinyVae!.encoder!.model.label, 'taesd_encoder');
+  assert.equal((await loadPack(BASE_PACK)).tinyVae, undefined);
 });
 
 test('the pack kind comes from model_index.json; a known but unsupported kind says what the pack is', async () => {

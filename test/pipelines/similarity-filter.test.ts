@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SimilarityFilter, skipProbability } from '../../pipelines/similarity-filter.ts';
 import { Generator } from '../../pipelines/random.ts';
+import { rgb8ToTensor } from '../../pipelines/codecs/image.ts';
+import { cosineSimilarity, pixelCosineSimilarity } from '../../models/vector.ts';
 
 test('skip probability is max(0, 1 - (1 - cos) / (1 - threshold))', () => {
   assert.equal(skipProbability(1, 0.98), 1);
@@ -41,4 +43,18 @@ test('the skip rate follows the probability (seeded draws)', () => {
     if (filter.check(b).skip) skips++;
   }
   assert.ok(skips > 900 && skips < 1100, `skips = ${skips}`);
+});
+
+test('RGB byte frames get exactly the decisions their float tensors get', () => {
+  const g = new Generator(9);
+  const base = Uint8Array.from({ length: 32 * 32 * 3 }, () => Math.floor(g.uniform() * 256));
+  // frames drifting away from the first a little at a time: similarities from ~1 down past the threshold
+  const frames = Array.from({ length: 40 }, (_, k) => base.map((v, i) => (i % 40 < k ? 255 - v : v)));
+  const floats = frames.map((f) => rgb8ToTensor(f, 32, 32));
+  for (const [i, f] of frames.entries()) assert.equal(pixelCosineSimilarity(frames[0]!, f), cosineSimilarity(floats[0]!, floats[i]!));
+  const onBytes = new SimilarityFilter({ threshold: 0.9, maxSkipFrames: 3 }, new Generator(4));
+  const onFloats = new SimilarityFilter({ threshold: 0.9, maxSkipFrames: 3 }, new Generator(4));
+  const decisions = frames.map((f, i) => [onBytes.check(f), onFloats.check(floats[i]!)] as const);
+  for (const [a, b] of decisions) assert.deepEqual(a, b);
+  assert.ok(decisions.some(([a]) => a.skip) && decisions.some(([a]) => !a.skip && a.similarity !== undefined));
 });

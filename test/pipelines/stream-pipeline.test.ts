@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams, type GenerationParamsInput } from '../../pipelines/params.ts';
-import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
+import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { txt2img } from '../../pipelines/generate.ts';
 import type { RunnerFactory } from '../../pipelines/plan.ts';
 import { decodeImage, tensorToRgb8 } from '../../pipelines/codecs/image.ts';
@@ -79,7 +79,7 @@ test('a txt2img stream draws its prompt: its first frame is the txt2img render o
   const stream = await StreamPipeline.create(engine, params, undefined, 'txt2img');
   const [out] = await stream.generate();
   const [rendered] = await txt2img(engine, params, 1);
-  assert.ok(maxDiff(out!.image, rendered!.data) < 1e-5, 'a txt2img stream starts from pure noise, as txt2img does');
+  assert.deepEqual(out!.rgb, new Uint8Array(tensorToRgb8(rendered!.data, 128, 128)), 'a txt2img stream starts from pure noise, as txt2img does');
   const expected: SceneAttributes = { background: { kind: 'plain', color: 'blue' }, objects: [{ shape: 'circle', color: 'red', size: 'large', position: 'centre' }] };
   const score = scoreImage(spec, { data: tensorToRgb8(out!.image, 128, 128), width: 128, height: 128 }, expected);
   assert.ok(score.background && score.objects[0]!.color && score.objects[0]!.position, JSON.stringify(score));
@@ -134,4 +134,98 @@ test('a live size update re-primes at the new size', async () => {
   const after = await run(stream, resized.slice(2));
   const expected = await run(await StreamPipeline.create(engine, parseParams({ ...base, width: 96, height: 160 })), resized.slice(2));
   after.forEach((img, i) => assert.ok(maxDiff(img, expected[i]!) < 1e-5, `frame ${i}`));
+});
+
+test('frames handed over before the previous ones finish give the same outputs, in order, as one at a time', async () => {
+  const one = await StreamPipeline.create(engine, parseParams(base));
+  const overlapped = await StreamPipeline.create(engine, parseParams({ ...base }));
+  const expected: FrameResult[] = [];
+  for (const [i, f] of frames.entries()) expected.push((await one.process([f], i))[0]!);
+  // all eight at once, as RGB bytes (the server's lean path): no float image is made on the way in
+  const settled: number[] = [];
+  const got = await Promise.all(
+    frames.map((f, i) =>
+      overlapped.process([new Uint8Array(tensorToRgb8(f, 128, 128))], i, true).then((r) => {
+        settled.push(i);
+        return r[0]!;
+      }),
+    ),
+  );
+  assert.deepEqual(settled, [0, 1, 2, 3, 4, 5, 6, 7], 'results settle in the order frames came');
+  assert.deepEqual(got.map((r) => r.source), expected.map((r) => r.source));
+  got.forEach((r, i) => assert.deepEqual(r.rgb, expected[i]!.rgb, `frame ${i}`));
+});
+
+test("a frame's VAE encode runs while the previous frame's UNet call is still running", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let unetCalls = 0;
+  const runners: RunnerFactory = (size, variant) => async (rows) => {
+    if (++unetCalls === 1) await gate; // frame 0's call waits until we say so
+    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
+  };
+  const encoded: number[] = [];
+  const spy = Object.create(engine) as Engine;
+  spy.encodeImages = async (...args: Parameters<Engine['encodeImages']>) => {
+    const latents = await engine.encodeImages(...args);
+    encoded.push(encoded.length);
+    return latents;
+  };
+  const stream = await StreamPipeline.create(spy, parseParams({ ...base, steps: 1 }), runners);
+  const first = stream.process([frames[0]!], 0);
+  await stream.room();
+  const second = stream.process([frames[1]!], 1);
+  const bothEncoded = (async () => {
+    while (encoded.length < 2) await new Promise((r) => setTimeout(r, 5));
+  })();
+  const winner = await Promise.race([bothEncoded.then(() => 'encoded'), new Promise((r) => setTimeout(() => r('timed out'), 20_000))]);
+  assert.equal(winner, 'encoded', 'the second frame must be encoded while the first is in the UNet');
+  assert.equal(unetCalls, 1, 'the second frame waits for the first one\'s step');
+  release();
+  const [a, b] = await Promise.all([first, second]);
+  assert.deepEqual([a[0]!.source, b[0]!.source], [0, 1]);
+});
+
+test('with the filter off, frames are not even looked at', async () => {
+  const stream = await StreamPipeline.create(engine, parseParams(base));
+  let checks = 0;
+  const check = stream.filter.check.bind(stream.filter);
+  stream.filter.check = (input) => (checks++, check(input));
+  await stream.process([frames[0]!], 0);
+  assert.equal(checks, 0);
+  await stream.update({ similarity_threshold: 0.98 });
+  await stream.process([frames[1]!], 1);
+  assert.equal(checks, 1);
+});
+
+test('an update reaches the frames already waiting in the pipeline: each step takes the parameters current when it starts', async () => {
+  // reference, one frame at a time: frame 0, then the update, then frames 1-3
+  const reference = await StreamPipeline.create(engine, parseParams(base));
+  const expected = [(await reference.process([frames[0]!], 0))[0]!];
+  await reference.update({ prompt: 'a small green triangle on the left on a white background', guidance: 'full', guidance_scale: 1.6 });
+  for (const i of [1, 2, 3]) expected.push((await reference.process([frames[i]!], i))[0]!);
+  // pipelined: frame 0's step is held in the UNet while frame 1 waits; the update lands between the two steps
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let reached!: () => void;
+  const inUnet = new Promise<void>((r) => (reached = r));
+  let held = false;
+  const runners: RunnerFactory = (size, variant) => async (rows) => {
+    if (!held) {
+      held = true;
+      reached();
+      await gate;
+    }
+    return variant.unet.predict(rows, size.latentHeight, size.latentWidth);
+  };
+  const stream = await StreamPipeline.create(engine, parseParams(base), runners);
+  const first = stream.process([frames[0]!], 0);
+  await stream.room();
+  const second = stream.process([frames[1]!], 1);
+  await inUnet; // frame 0's step has started (its first UNet call waits)
+  await stream.update({ prompt: 'a small green triangle on the left on a white background', guidance: 'full', guidance_scale: 1.6 });
+  release();
+  const got = [(await first)[0]!, (await second)[0]!];
+  for (const i of [2, 3]) got.push((await stream.process([frames[i]!], i))[0]!);
+  got.forEach((r, i) => assert.deepEqual(r.rgb, expected[i]!.rgb, `frame ${i}`));
 });

@@ -58,3 +58,52 @@ test('a failed batched UNet call is retried request by request, so one poisoned 
   assert.equal((results[2] as PromiseFulfilledResult<Float32Array[]>).value[0]![0], 3);
   assert.equal(calls, 1 + 1 + 3); // alone, the failed batch of three, then each of the three again
 });
+
+test('with batching off (1 row set per call) requests go straight on: a second call starts before the first ends', async () => {
+  const batcher = new UnetBatcher(1);
+  const started: number[] = [];
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const execute = async (rows: readonly UnetRow[]) => {
+    started.push(rows[0]!.sample[0]!);
+    await gate;
+    return rows.map((r) => r.sample);
+  };
+  const runner = batcher.runner(engine.size({}), 'k', execute);
+  const row = (v: number): UnetRow => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) });
+  const calls = [runner([row(1)]), runner([row(2)])];
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(started, [1, 2], 'both calls are with the model at once (its worker queue orders them)');
+  release();
+  assert.deepEqual((await Promise.all(calls)).map((eps) => eps[0]![0]), [1, 2]);
+  assert.equal(batcher.waiting, 0);
+});
+
+test('rows per call come from the measured cost table: a batch grows while the cost per row falls, trying new sizes one step at a time', async () => {
+  // a UNet whose call costs 10 ms for 2 rows, 15 for 4 (3.75 per row: worth it), 30 for 6 (5 per row: not)
+  let clock = 0;
+  const cost: Record<number, number> = { 2: 10, 4: 15, 6: 30, 8: 40 };
+  const calls: number[] = [];
+  let gate: Promise<void> = Promise.resolve();
+  const execute = async (rows: readonly UnetRow[]) => {
+    calls.push(rows.length);
+    await gate;
+    clock += cost[rows.length]!;
+    return rows.map((r) => r.sample);
+  };
+  const batcher = new UnetBatcher(16, undefined, () => clock);
+  const runner = batcher.runner(engine.size({}), 'k', execute);
+  const request = () => runner([0, 1].map((v) => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) })));
+  // each round: one call in flight while three requests of 2 rows wait, then everything runs
+  for (let round = 0; round < 4; round++) {
+    let release!: () => void;
+    gate = new Promise((r) => (release = r));
+    const all = [request(), request(), request(), request()];
+    release();
+    await Promise.all(all);
+    await new Promise((r) => setImmediate(r)); // the batcher is idle again
+  }
+  // round 1 measures 2 rows and tries 4; round 2 finds 4 pays and tries 6; from round 3 on 6 is known not to pay
+  assert.deepEqual(calls, [2, 4, 2, 2, 6, 2, 4, 2, 2, 4, 2]);
+  assert.equal(batcher.costs.perRow('16x16|k', 4), 15 / 4);
+});

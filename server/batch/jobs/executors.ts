@@ -75,6 +75,7 @@ export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths
         output: output.path,
         params: request.params,
         runners: ctx.runners,
+        defaults: ctx.defaults.batch,
         signal: job.signal,
         onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
       });

@@ -5,22 +5,22 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdapterStore } from '../../../models/adapters/store.ts';
 import { adapterKey } from '../../../models/adapters/choices.ts';
-import type { ThreadedUnet } from '../../../models/adapters/threaded-unet.ts';
 import { Unet } from '../../../models/components.ts';
 import { OnnxModel } from '../../../models/runtime/onnx.ts';
 import { Generator } from '../../../pipelines/random.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { DEFAULT_PACK_OPTIONS } from '../../../models/pack.ts';
+import { ModelSessions } from '../../../models/sessions.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 
 const ADAPTERS = join(FIXTURES, 'adapters');
 const UNET = join(BASE_PACK, 'unet', 'model.onnx');
-const OPTIONS = { ...DEFAULT_PACK_OPTIONS, threads: 1 };
+const SESSIONS = new ModelSessions({ ...DEFAULT_PACK_OPTIONS, threads: 1 });
 
-async function storeWith(names: string[], cacheSize = 4): Promise<{ store: AdapterStore; dir: string }> {
+async function storeWith(names: string[], cacheSize = 4, evictedIdleMs?: number): Promise<{ store: AdapterStore; dir: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
   for (const n of names) await copyFile(join(ADAPTERS, `${n}.safetensors`), join(dir, `${n}.safetensors`));
-  return { store: new AdapterStore(dir, { unet: UNET }, OPTIONS, cacheSize), dir };
+  return { store: new AdapterStore(dir, { unet: UNET }, SESSIONS, cacheSize, {}, evictedIdleMs), dir };
 }
 
 const code = (c: string, pattern?: RegExp) => (e: unknown) => e instanceof ServiceError && e.code === c && (!pattern || pattern.test(e.message));
@@ -40,7 +40,7 @@ test('list() reads names, rank, layers and metadata; skips the basis file and br
   assert.equal(list[0]!.layers, 50);
   assert.equal(list[0]!.method, 'orthogonal');
   assert.equal(list[1]!.method, 'lora');
-  assert.equal((await new AdapterStore(join(dir, 'missing'), { unet: UNET }, OPTIONS).list()).length, 0);
+  assert.equal((await new AdapterStore(join(dir, 'missing'), { unet: UNET }, SESSIONS).list()).length, 0);
 });
 
 test('add() validates the name, size, format and fit before writing anything', async () => {
@@ -49,7 +49,7 @@ test('add() validates the name, size, format and fit before writing anything', a
   for (const name of ['../evil', 'a/b', 'UPPER', '', 'x'.repeat(65), 'orthogonal-basis', 'dot.name']) {
     await assert.rejects(store.add(name, good), code('bad_request', /adapter name must match/), name);
   }
-  await assert.rejects(new AdapterStore(dir, { unet: UNET }, OPTIONS, 4, { maxBytes: 1000 }).add('big', good), code('too_large', /limit is 1000/));
+  await assert.rejects(new AdapterStore(dir, { unet: UNET }, SESSIONS, 4, { maxBytes: 1000 }).add('big', good), code('too_large', /limit is 1000/));
   await assert.rejects(store.add('trunc', good.subarray(0, good.length - 10)), code('model_invalid', /adapter trunc: not a valid safetensors file/));
   await assert.rejects(store.add('junk', new TextEncoder().encode('hello world, not safetensors')), code('model_invalid'));
   const onnx = new Uint8Array(await readFile(join(ADAPTERS, 'unet-lora-branch.onnx')));
@@ -85,8 +85,8 @@ test('merged(): validation, one build per key for concurrent requests, LRU evict
   assert.ok(store.ready([]));
 });
 
-test('a merged UNet from the store (built and run on a worker thread) predicts like the explicit LoRA-branch reference', async () => {
-  const { store } = await storeWith(['fixture-a', 'fixture-b']);
+test('a merged UNet from the store (built and run on a worker of its own) predicts like the explicit LoRA-branch reference; evicted, it is released once idle', async () => {
+  const { store } = await storeWith(['fixture-a', 'fixture-b'], 1, 50);
   const { unet } = await store.merged([{ name: 'fixture-a', weight: 1 }, { name: 'fixture-b', weight: 0.5 }]);
   const reference = new Unet(await OnnxModel.load(join(ADAPTERS, 'unet-lora-branch.onnx'), { provider: 'cpu', threads: 1, label: 'reference' }));
   const g = new Generator(3);
@@ -94,9 +94,9 @@ test('a merged UNet from the store (built and run on a worker thread) predicts l
   const [got, want] = await Promise.all([unet.predict(rows, 8, 8), reference.predict(rows, 8, 8)]);
   const error = got.reduce((m, eps, i) => eps.reduce((s, v, j) => Math.max(s, Math.abs(v - want[i]![j]!)), m), 0);
   assert.ok(error < 1e-4, `max error ${error}`);
-  await assert.rejects(unet.model.run({}), /runs on a worker thread/);
-  (unet as ThreadedUnet).releaseWhenIdle(50); // what cache eviction does
+  const next = store.merged([{ name: 'fixture-a', weight: 1 }]); // evicts the first (cache size 1)
   assert.equal((await unet.predict(rows, 8, 8)).length, 3, 'still usable right after');
+  await next;
   await new Promise((resolve) => setTimeout(resolve, 300));
   await assert.rejects(unet.predict(rows, 8, 8), code('unavailable'));
 });

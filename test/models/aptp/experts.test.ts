@@ -21,7 +21,7 @@ async function packWithExperts(): Promise<string> {
 
 const dir = await packWithExperts();
 const engine = await Engine.load(dir);
-const set = (await loadExperts(engine.pack, DEFAULT_PACK_OPTIONS))!;
+const set = (await loadExperts(engine.pack))!;
 
 const PROMPTS = [
   'a large red circle on the left on a blue background',
@@ -40,7 +40,7 @@ async function pooled(prompt: string): Promise<Float32Array> {
 
 test('a pack without experts/ has no expert set', async () => {
   const pack = await loadPack(BASE_PACK);
-  assert.equal(await loadExperts(pack, DEFAULT_PACK_OPTIONS), undefined);
+  assert.equal(await loadExperts(pack), undefined);
 });
 
 test('loads the manifest: the full expert reuses the pack UNet, the others are smaller graphs of the same contract', () => {
@@ -89,7 +89,7 @@ test('without a router the largest expert within the budget serves', async () =>
   const manifest = JSON.parse(await readFile(join(d, 'experts', 'manifest.json'), 'utf8')) as Record<string, unknown>;
   delete manifest['router'];
   await writeFile(join(d, 'experts', 'manifest.json'), JSON.stringify(manifest));
-  const s = (await loadExperts(await loadPack(d), DEFAULT_PACK_OPTIONS))!;
+  const s = (await loadExperts(await loadPack(d)))!;
   const v = await pooled(PROMPTS[0]!);
   assert.equal(s.router, undefined);
   assert.equal(pickExpert(s, v, 'auto').name, 'full');
@@ -136,7 +136,7 @@ for (const [what, edit, pattern] of LOAD_ERRORS) {
   test(`load error: ${what}`, async () => {
     const d = await brokenPack(edit);
     const pack = await loadPack(d);
-    await assert.rejects(loadExperts(pack, DEFAULT_PACK_OPTIONS), (e: ServiceError) => {
+    await assert.rejects(loadExperts(pack), (e: ServiceError) => {
       assert.equal(e.code, 'model_invalid', e.message);
       assert.match(e.message, pattern);
       return true;

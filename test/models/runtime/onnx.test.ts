@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { OnnxModel, parseProvider } from '../../../models/runtime/onnx.ts';
+import { OnnxModel, ortSessionOptions, parseProvider } from '../../../models/runtime/onnx.ts';
 import { ServiceError } from '../../../models/errors.ts';
 import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 
@@ -24,4 +24,11 @@ test('feeds are checked against the contract before a run; the error lists names
 
 test('unknown providers are rejected by name', () => {
   assert.throws(() => parseProvider('quantum'), /unknown execution provider "quantum"/);
+});
+
+test('sessions are opened with spinning off (idle intra-op threads sleep) and the threads asked for', () => {
+  const options = ortSessionOptions({ provider: 'cpu', threads: 3, label: 'unet' });
+  assert.deepEqual(options.extra, { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
+  assert.equal(options.intraOpNumThreads, 3);
+  assert.equal(ortSessionOptions({ provider: 'cpu', threads: 0, label: 'unet' }).intraOpNumThreads, undefined, '0: onnxruntime decides');
 });

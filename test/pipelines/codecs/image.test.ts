@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
-import { decodeImage, encodeImage, rgb8ToTensor, tensorToRgb8 } from '../../../pipelines/codecs/image.ts';
+import { decodeImage, decodeRgb8, encodeImage, rgb8ToTensor, tensorToRgb8 } from '../../../pipelines/codecs/image.ts';
 import { ServiceError } from '../../../models/errors.ts';
 
 test('RGB bytes <-> [3, H, W] in [-1, 1]: planes, scale and rounding', () => {
@@ -29,3 +29,22 @@ test('an unreadable image is a bad_image error; an empty one too', async () => {
   await assert.rejects(decodeImage(Buffer.alloc(0), 128, 128), /0 bytes/);
 });
 
+
+test('frames already at the size skip the resize but still get EXIF rotation, RGB from grey and no alpha', async () => {
+  // left half red, right half blue; EXIF orientation 6 (rotate 90 clockwise): red on top, blue below
+  const halves = Buffer.alloc(64 * 64 * 3);
+  for (let y = 0; y < 64; y++) for (let x = 0; x < 64; x++) halves.set(x < 32 ? [255, 0, 0] : [0, 0, 255], (y * 64 + x) * 3);
+  const rotated = await sharp(halves, { raw: { width: 64, height: 64, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer();
+  const { rgb } = await decodeRgb8(rotated, 64, 64);
+  const at = (x: number, y: number) => [...rgb.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3)];
+  assert.ok(at(32, 8)[0]! > 200 && at(32, 8)[2]! < 60, `top is red: ${at(32, 8)}`);
+  assert.ok(at(32, 56)[2]! > 200 && at(32, 56)[0]! < 60, `bottom is blue: ${at(32, 56)}`);
+  const grey = await sharp(Buffer.alloc(64 * 64, 90), { raw: { width: 64, height: 64, channels: 1 } }).jpeg().toBuffer();
+  const fromGrey = (await decodeRgb8(grey, 64, 64)).rgb;
+  assert.equal(fromGrey.length, 64 * 64 * 3);
+  assert.ok(Math.abs(fromGrey[0]! - 90) <= 2 && fromGrey[0] === fromGrey[1] && fromGrey[1] === fromGrey[2]);
+  const withAlpha = await sharp({ create: { width: 64, height: 64, channels: 4, background: { r: 10, g: 200, b: 30, alpha: 1 } } }).png().toBuffer();
+  assert.deepEqual([...(await decodeRgb8(withAlpha, 64, 64)).rgb.subarray(0, 3)], [10, 200, 30]);
+  // and the float path is the byte path, scaled
+  assert.deepEqual((await decodeImage(rotated, 64, 64)).data, rgb8ToTensor(rgb, 64, 64));
+});
