@@ -177,7 +177,8 @@ export class ClusterJobs implements Jobs {
     if (!record || FINISHED.includes(record.status)) return; // deleted, or cancelled while it waited
     this.active++;
     try {
-      if (record.status === 'processing') this.options.log.info('resuming job', { job: record.id, kind: record.kind, progress: record.progress, attempt: job.attemptsStarted });
+      // 'processing': its worker died; progress with 'starting': a draining worker handed it back
+      if (record.status === 'processing' || record.progress > 0) this.options.log.info('resuming job', { job: record.id, kind: record.kind, progress: record.progress, attempt: job.attemptsStarted });
       const outcome = await runJob(record, {
         executor: this.options.executors![record.kind],
         files: this.store.files(record.id),

@@ -165,13 +165,13 @@ test('an API node killed -9 mid-way loses nothing: a new one shows progress, res
       assert.ok(!finished(j), `the long job ended before it could be cancelled: ${j.status}`);
       return j.status === 'processing' && j.progress > 0 ? j : undefined;
     }, 120_000);
-    assert.ok(running.progress < 1);
+    assert.ok(running.progress < 1, `still running: ${JSON.stringify(running)}`);
     // cancel it through the new node: its worker stops it
     const cancel = await fetch(`${api2.url}/v1/jobs/${long.id}`, { method: 'DELETE' });
     assert.equal(cancel.status, 200);
     const canceled = (await cancel.json()) as Json;
     assert.equal(canceled.status, 'canceled');
-    assert.ok(canceled.progress < 1);
+    assert.ok(canceled.progress < 1, `canceled before the end: ${JSON.stringify(canceled)}`);
     // everything else completes; results come from the new node
     for (const j of await allFinished(api2.url, [hooked.id, ...batch])) {
       assert.equal(j.status, 'succeeded');
@@ -209,5 +209,5 @@ test('SIGTERM on a worker hands its running job back to the queue: another worke
   const [done] = await allFinished(api.url, [created.id]);
   assert.equal(done.status, 'succeeded');
   assert.ok(done.stats.resumed_from >= 3, `resumed after the images stored: ${JSON.stringify(done.stats)}`);
-  assert.ok(workers.some((w) => w.logs.some((l) => l['msg'] === 'resuming job' && l['job'] === created.id)));
+  assert.ok(workers.some((w) => w.logs.some((l) => l['msg'] === 'resuming job' && l['job'] === created.id)), 'another worker resumed it');
 });

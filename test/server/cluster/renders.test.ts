@@ -95,9 +95,9 @@ test('OpenAI SDK through the gateway; a url result is served by every node', { t
   assert.ok(url.startsWith(`${gateway.url}/v1/images/results/`), url);
   const fromGateway = Buffer.from(await (await fetch(url)).arrayBuffer());
   const fromWorker = Buffer.from(await (await fetch(url.replace(gateway.url, worker.url))).arrayBuffer());
-  assert.ok(fromGateway.equals(fromWorker));
+  assert.ok(fromGateway.equals(fromWorker), 'the gateway serves the bytes the worker serves');
   const alone = await generate(single.url, 'b64_json');
-  assert.ok(fromGateway.equals(Buffer.from(alone.data![0]!.b64_json!, 'base64')));
+  assert.ok(fromGateway.equals(Buffer.from(alone.data![0]!.b64_json!, 'base64')), 'byte-identical to a single node');
 });
 
 test('interactive renders go ahead of a large batch, and show their progress on the gateway', { timeout: 600_000 }, async () => {
@@ -120,7 +120,7 @@ test('interactive renders go ahead of a large batch, and show their progress on 
   assert.equal(render.body.images.length, 8);
   const job = await getJson(`${gateway.url}/v1/jobs/${batch.body.id}`);
   assert.equal(job.status, 'processing', 'the batch was still running when the render finished');
-  assert.ok(job.progress < 1);
+  assert.ok(job.progress < 1, `the batch was not finished: ${job.progress}`);
   assert.ok(seen, '/sdapi/v1/progress showed the render running on the worker');
   assert.equal((await fetch(`${gateway.url}/v1/jobs/${batch.body.id}`, { method: 'DELETE' })).status, 200);
 });
@@ -146,7 +146,7 @@ test('a client that goes away cancels its render on the worker', { timeout: 600_
   const pending = post(`${gateway.url}/sdapi/v1/txt2img`, { prompt: 'a ring', width: 64, height: 64, steps: 4, batch_size: 16, n_iter: 4 }, '127.0.0.1', controller.signal).catch((e: Error) => e);
   await eventually(async () => ((await getJson(`${gateway.url}/sdapi/v1/progress`)).progress > 0 ? true : undefined), 120_000, 10);
   controller.abort();
-  assert.ok((await pending) instanceof Error);
+  assert.ok((await pending) instanceof Error, 'the aborted request ended with an error');
   const failed = await eventually(async () => (await queue.getFailed()).find((j) => j.data.count === 64), 60_000);
   assert.match(failed.failedReason, /abort|cancel/i);
   assert.equal((await queue.getActive()).length, 0);

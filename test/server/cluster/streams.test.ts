@@ -95,7 +95,7 @@ test('4 streams over 2 workers; kill -9 one: its streams resume on the other (ti
     console.log(`stream ${id.slice(0, 8)} resumed ${resumed.ms} ms after the kill`);
   }
   const now = (await cluster(gateway.url)).streams as Json[];
-  assert.ok(now.every((s) => s.worker === both.id));
+  assert.ok(now.every((s) => s.worker === both.id), JSON.stringify(now));
   assert.equal(now.filter((s) => s.failovers === 1).length, 2);
 
   // 4. afterwards every stream still follows its own prompt
