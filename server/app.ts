@@ -65,7 +65,7 @@ export async function startServer(
   const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, workers: config.workers }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
-  const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
+  const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient, engine.size({}));
   const extensions = (options.extensions ?? []).map((make) => make(ctx, registry));
 
   const app = express();

@@ -91,7 +91,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
     const self = { id, url: '' };
     // streams gateways place here: they all come from a few gateway addresses, so no per-address limit (each
     // gateway limits its own clients)
-    const internal = new StreamRegistry(config.maxStreams, config.maxStreams);
+    const internal = new StreamRegistry(config.maxStreams, config.maxStreams, ctx.engine.size({}));
     const startedAt = new Date().toISOString();
     let draining = false;
     // a worker's output rate and its adapters, from its sessions
@@ -129,7 +129,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
       };
     };
     const directory = new StreamDirectory(redis);
-    const relayed = new StreamRegistry<RelayedStream>(config.maxStreams, config.maxStreamsPerClient);
+    const relayed = new StreamRegistry<RelayedStream>(config.maxStreams, config.maxStreamsPerClient, ctx.engine.size({}));
     const queues = async () => ({
       ...(jobs ? await jobs.counts() : {}),
       ...(renders ? await renders.counts() : {}),
@@ -157,7 +157,8 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
         stream.target = placeStream(all, assigned, stream.needs, stream.excludedIds());
         return stream.target;
       },
-      publish: (stream, entry) => void (entry ? directory.put([entry]) : directory.remove({ id: stream.id, name: null })).catch((error: unknown) => log.warn('stream directory write failed', { stream: stream.id, error: String(error) })),
+      publish: (stream, entry) => void (entry ? directory.put([entry]) : directory.remove({ id: stream.id, name: stream.name ?? null })).catch((error: unknown) => log.warn('stream directory write failed', { stream: stream.id, error: String(error) })),
+      claimName: (name, stream) => directory.claimName(name, stream.id),
     };
 
     // a gateway's streams whose worker stopped beating move; their directory entries are renewed

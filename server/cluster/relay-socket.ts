@@ -43,7 +43,7 @@ export function relayConnection(ws: WebSocket, req: IncomingMessage, deps: Relay
     if (message.type !== 'start') return report(new ServiceError('bad_request', 'send a start message first'));
     let release: () => void = () => {};
     try {
-      release = registry.reserve(client);
+      release = registry.reserve(client, message.name); // the name on this gateway; open() claims it cluster-wide
       const opened = new RelayedStream(ws, message, deps); // checks the parameters
       release();
       clearTimeout(startTimer);

@@ -54,11 +54,15 @@ export interface RelayDeps {
   place(stream: RelayedStream): Promise<NodeInfo | undefined>;
   /** The stream's place changed (started, moved, ended: undefined). */
   publish(stream: RelayedStream, entry: StreamEntry | undefined): void;
+  /** Claims the stream's name across the cluster; false when a stream on any gateway has it. */
+  claimName(name: string, stream: RelayedStream): Promise<boolean>;
   readonly self: { readonly id: string; readonly url: string };
 }
 
 export class RelayedStream extends EventEmitter {
   readonly id = randomUUID();
+  /** Its stable URLs' name (/v1/streams/by-name/NAME/...), unique across the cluster; served by its gateway. */
+  readonly name: string | undefined;
   readonly stats: RelayStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0, failovers: 0, droppedInFlight: 0 };
   params: GenerationParams;
   size = { width: 0, height: 0 };
@@ -102,12 +106,19 @@ export class RelayedStream extends EventEmitter {
   ) {
     super();
     this.params = parseParams({ ...start.params });
+    this.name = start.name;
     this.needs = { pack: deps.ctx.engine.pack.name, adapters: adapterKey(this.params.adapters) };
     this.output = new ClientOutput(ws, start.window, this.stats, deps.ctx.metrics);
   }
 
   get latestJpeg(): Buffer | undefined {
     return this.lastJpeg;
+  }
+
+  /** Its MJPEG and snapshot URLs on every gateway, as a single node's session gives them. */
+  get outputPaths(): { mjpeg_url: string; snapshot_url: string } {
+    const base = this.name === undefined ? `/v1/streams/${this.id}` : `/v1/streams/by-name/${this.name}`;
+    return { mjpeg_url: `${base}/mjpeg`, snapshot_url: `${base}/snapshot` };
   }
 
   /** The worker running it now. */
@@ -120,8 +131,18 @@ export class RelayedStream extends EventEmitter {
     return this.live ? (this.upstream?.silentMs ?? 0) : 0;
   }
 
-  /** Places the stream; the client gets `started` (or an error and a close) when a worker took it. */
-  open(): Promise<void> {
+  /**
+   * Claims its name, then places the stream; the client gets `started` (or an error and a close) when a worker
+   * took it.
+   */
+  async open(): Promise<void> {
+    const name = this.name;
+    if (name !== undefined && !(await this.deps.claimName(name, this).catch(() => false))) {
+      const e = new ServiceError('conflict', `a stream named "${name}" is already running; stop it first or choose another name`, { field: 'name' });
+      this.toClient(errorMessage(e));
+      this.ws.close(CLOSE.nameTaken, e.message.slice(0, 120));
+      return;
+    }
     return this.connect();
   }
 
@@ -213,7 +234,7 @@ export class RelayedStream extends EventEmitter {
   entry(worker: string | null = this.worker?.id ?? null): StreamEntry {
     return {
       id: this.id,
-      name: null,
+      name: this.name ?? null,
       gateway: this.deps.self.id,
       gateway_url: this.deps.self.url,
       worker,
@@ -254,8 +275,9 @@ export class RelayedStream extends EventEmitter {
   }
 
   private openOn(worker: NodeInfo): void {
-    // the stream's current parameters (defaults filled in, seed drawn) once a worker has started it
-    const start = { ...this.start, params: this.announced ? this.params : this.start.params };
+    // the stream's current parameters (defaults filled in, seed drawn) once a worker has started it; its name
+    // stays here, where its URLs are served
+    const { name: _name, ...start } = { ...this.start, params: this.announced ? this.params : this.start.params };
     this.refusal = undefined;
     this.upstream = new Upstream(worker, start, this.deps.ctx.config.apiKey, {
       onMessage: (m) => this.fromWorker(m),
@@ -300,11 +322,12 @@ export class RelayedStream extends EventEmitter {
         type: 'started',
         protocol: PROTOCOL_VERSION,
         stream_id: this.id,
+        name: this.name ?? null,
         params: this.params,
         width: this.size.width,
         height: this.size.height,
         window: this.start.window,
-        mjpeg_url: `/v1/streams/${this.id}/mjpeg`,
+        ...this.outputPaths,
       });
     }
     this.deps.publish(this, this.entry());

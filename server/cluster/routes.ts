@@ -1,8 +1,9 @@
 /**
  * A gateway's HTTP routes for the cluster: GET /v1/cluster (nodes, their load, streams, queue depth), the
- * cluster-wide stream list, and the URLs of a stream (MJPEG, snapshot, push) on every gateway: the gateway
- * that relays the stream serves them from the frames that pass through it; any other gateway forwards the
- * request to that one, so a URL keeps working when the stream moves between workers.
+ * cluster-wide stream list, and the URLs of a stream (MJPEG, snapshot, push; by id and by name) on every gateway:
+ * the gateway that relays the stream serves them from the frames that pass through it; any other gateway forwards
+ * the request to that one, so a URL keeps working when the stream moves between workers. A name no stream runs
+ * under shows the placeholder of the gateway asked.
  */
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -49,17 +50,27 @@ export function gatewayStreamRoutes(self: { readonly id: string }, relayed: Stre
       }),
     });
   });
-  // a stream's URLs (MJPEG, snapshot, push; WHEP signalling) answered by the gateway that relays it
-  router.use(['/v1/streams/:id', '/v1/whep/:id'], async (req, res, next) => {
-    const id = String(req.params['id']);
+  const toRelayingGateway = async (id: string, req: express.Request, res: express.Response, next: express.NextFunction) => {
     if (relayed.all().some((s) => s.id === id)) return next();
     const entry = await directory.get(id).catch(() => undefined);
-    if (!entry || entry.gateway === self.id) return next(); // not running anywhere: the routes answer 404
+    if (!entry || entry.gateway === self.id) return next(); // not running anywhere: the routes answer 404 (or, by name, the placeholder)
     forward(req, res, entry.gateway_url, apiKey, (error) => {
       log.warn('forwarding to the stream\'s gateway failed', { stream: id, gateway: entry.gateway, error: error.message });
       if (!res.headersSent) next(new ServiceError('unavailable', `the gateway relaying stream ${id} does not answer`));
       else res.end();
     });
+  };
+  // a named stream's stable URLs: the gateway relaying the stream of that name, else this one's placeholder
+  router.use('/v1/streams/by-name/:name', async (req, res, next) => {
+    const id = await directory.byName(String(req.params['name'])).catch(() => undefined);
+    if (id === undefined) return next();
+    await toRelayingGateway(id, req, res, next);
+  });
+  // a stream's URLs (MJPEG, snapshot, push; WHEP signalling) answered by the gateway that relays it
+  router.use(['/v1/streams/:id', '/v1/whep/:id'], async (req, res, next) => {
+    const id = String(req.params['id']);
+    if (id === 'by-name') return next();
+    await toRelayingGateway(id, req, res, next);
   });
   router.use(streamRoutes(relayed, log));
   return router;

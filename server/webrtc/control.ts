@@ -37,7 +37,7 @@ export class ChannelSink implements StreamSink {
 export function startedMessage(session: StreamSession): object {
   const { width, height } = session.size;
   const id = session.id;
-  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, params: session.params, width, height, window: null, mjpeg_url: `/v1/streams/${id}/mjpeg`, whep_url: `/v1/whep/${id}` };
+  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, name: session.name ?? null, params: session.params, width, height, window: null, ...session.outputPaths, whep_url: `/v1/whep/${id}` };
 }
 
 /** Answers one control message from a channel; `stop` calls `onStop` (the owner ends the stream). */

@@ -12,14 +12,15 @@ import { originAllowed } from '../auth.ts';
 import { coerceFormFields } from '../batch/jobs/schema.ts';
 import type { AppContext } from '../context.ts';
 import type { StreamRegistry } from '../streams/registry.ts';
+import type { StreamSession } from '../streams/session.ts';
 import { StreamEgress } from './egress.ts';
 import { MAX_SDP_BYTES } from './peer.ts';
 import { WebrtcStreams } from './streams.ts';
 
 const SDP = 'application/sdp';
 const SDP_FRAGMENT = 'application/trickle-ice-sdpfrag';
-/** Query keys that are not stream parameters. */
-const RESERVED_QUERY = new Set(['token']);
+/** Query keys that are not stream parameters: the API key, and the stream's name (stable output URLs). */
+const RESERVED_QUERY = new Set(['token', 'name']);
 
 /** Query values are strings: numbers, booleans and JSON are read as JSON, prompts stay text (as form fields are). */
 export function paramsFromQuery(query: URLSearchParams): Record<string, unknown> {
@@ -72,7 +73,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry, options:
   const streams = new WebrtcStreams(ctx, registry);
   const text = express.text({ type: [SDP, SDP_FRAGMENT], limit: MAX_SDP_BYTES });
   const client = (req: Request) => req.socket.remoteAddress ?? 'unknown';
-  const urls = (id: string) => ({ whip_url: `/v1/whip/${id}`, whep_url: `/v1/whep/${id}`, mjpeg_url: `/v1/streams/${id}/mjpeg` });
+  const urls = (session: StreamSession) => ({ whip_url: `/v1/whip/${session.id}`, whep_url: `/v1/whep/${session.id}`, mjpeg_url: session.outputPaths.mjpeg_url });
 
   // A stream made ahead of its publisher: {"params": {...}, "output": {...}} -> its WHIP and WHEP URLs.
   router.post('/v1/streams', async (req, res) => {
@@ -82,7 +83,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry, options:
     if (!isRecord(body)) throw new ServiceError('bad_request', 'the body must be a JSON object {"params": {...}}');
     const stream = await streams.open(client(req), body);
     const { width, height } = stream.session.size;
-    res.status(201).json({ stream_id: stream.session.id, params: stream.session.params, width, height, ...urls(stream.session.id) });
+    res.status(201).json({ stream_id: stream.session.id, params: stream.session.params, width, height, ...urls(stream.session) });
   });
 
   // WHIP: a new stream from this offer, parameters from the query string or X-Stream-Params.
@@ -92,7 +93,8 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry, options:
     const offer = sdpBody(req, SDP);
     const query = new URL(req.originalUrl, 'http://localhost').searchParams;
     const params = { ...paramsFromQuery(query), ...headerParams(req) };
-    const stream = await streams.open(client(req), { params });
+    const name = req.get('x-stream-name') ?? query.get('name') ?? undefined;
+    const stream = await streams.open(client(req), { params, ...(name === undefined ? {} : { name }) });
     const id = stream.session.id;
     try {
       created(res, `/v1/whip/${id}`, await streams.publish(id, offer), id);

@@ -28,7 +28,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
     const { params, count, lanes, output_format: format } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
     const { width, height } = plan.size;
-    const init = request.init_file ? (await decodeBytes(await job.files.read(request.init_file), width, height, 'init_image')).data : undefined;
+    const init = request.init_file ? (await decodeBytes(await job.files.read(request.init_file), width, height, 'init_image', params.fit)).data : undefined;
     // 1. keep what an earlier run already wrote (the files: a crash may have come before the record was saved)
     let done = 0;
     while (done < count && (await job.files.has(imageName(done, format)))) done++;

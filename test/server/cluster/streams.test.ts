@@ -8,6 +8,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
+import { WebSocket } from 'ws';
 import { EMBEDDED_PACK_DIR } from '../../../models/pack.ts';
 import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../../pipelines/evaluation/evaluator.ts';
 import { eventually, outputArrivals, resumedAfter, startNode, startRedis, type ClusterNodeProcess, type RedisServer } from '../../helpers/cluster.ts';
@@ -140,6 +141,37 @@ test('stream URLs (MJPEG, snapshot, WHEP) and the stream list on the other gatew
   // WHIP would run its session on the gateway itself: refused there
   const whip = await fetch(`${gateway.url}/v1/whip`, { method: 'POST', headers: { 'content-type': 'application/sdp' }, body: 'v=0' });
   assert.equal(whip.status, 501);
+});
+
+test('a named stream: its stable URLs work on every gateway and its name is unique across the cluster', { timeout: 600_000 }, async () => {
+  const state = async (base: string) => {
+    const res = await fetch(`${base}/v1/streams/by-name/studio-cam/snapshot`);
+    assert.equal(res.status, 200);
+    assert.equal((await sharp(Buffer.from(await res.arrayBuffer())).metadata()).format, 'jpeg');
+    return res.headers.get('x-stream-state');
+  };
+  assert.equal(await state(gateway.url), 'waiting', 'no stream of that name yet: the placeholder');
+  // started through the node in role all, watched through the other gateway
+  const named = await StreamClient.connect(both.url, { ...start(scenes[0]!.prompt), name: 'studio-cam' });
+  try {
+    assert.equal(named.started!['name'], 'studio-cam');
+    assert.equal(named.started!['mjpeg_url'], '/v1/streams/by-name/studio-cam/mjpeg');
+    named.sendFrame(input);
+    await named.until(() => named.frames.length > 0, 60_000);
+    assert.equal(await state(gateway.url), 'running', 'the other gateway forwards to the one relaying it');
+    const info = (await (await fetch(`${gateway.url}/v1/streams/by-name/studio-cam`)).json()) as Json;
+    assert.deepEqual([info.running, info.stream_id], [true, named.streamId]);
+    // the same name through the other gateway: refused, as on one node
+    const ws = new WebSocket(`${gateway.url.replace(/^http/, 'ws')}/v1/stream`);
+    await new Promise((ok) => ws.once('open', ok));
+    ws.send(JSON.stringify({ type: 'start', ...start(scenes[1]!.prompt), name: 'studio-cam' }));
+    const [code, reason] = await new Promise<[number, Buffer]>((ok) => ws.once('close', (c: number, r: Buffer) => ok([c, r])));
+    assert.equal(code, 4409, reason.toString());
+  } finally {
+    await named.close();
+  }
+  await eventually(async () => ((await state(gateway.url)) === 'waiting' ? true : undefined), 10_000);
+  assert.equal(await state(both.url), 'waiting');
 });
 
 test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', { timeout: 600_000 }, async () => {

@@ -212,6 +212,27 @@ test('X-Stream-Params carries the parameters as JSON; bad parameters fail the re
   assert.equal(after.streams.length, before.streams.length);
 });
 
+test('stream names over WebRTC: X-Stream-Name on WHIP and "name" in POST /v1/streams give stable URLs, one stream per name', async () => {
+  const publisher = peer();
+  publisher.send({ cmd: 'publish', url: server.url, path: '/v1/whip', token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 15, headers: { 'X-Stream-Params': JSON.stringify({ steps: 1, width: SIZE, height: SIZE }), 'X-Stream-Name': 'whip-cam' } });
+  const published = await publisher.next('published');
+  assert.equal(published.status, 201, published.body);
+  const byName = async (name: string) => (await (await fetch(`${server.url}/v1/streams/by-name/${name}`, { headers: auth })).json()) as { running: boolean; stream_id: string | null };
+  const info = await byName('whip-cam');
+  assert.deepEqual([info.running, info.stream_id], [true, published.streamId]);
+  const taken = await fetch(`${server.url}/v1/streams`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'whip-cam', params: { steps: 1 } }) });
+  assert.equal(taken.status, 409);
+  assert.equal(((await taken.json()) as { error: { field: string } }).error.field, 'name');
+  await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth });
+  await until(async () => !(await byName('whip-cam')).running, 'the name to be free');
+  const made = await fetch(`${server.url}/v1/streams`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'whip-cam', params: { steps: 1 } }) });
+  assert.equal(made.status, 201);
+  const body = (await made.json()) as { stream_id: string; mjpeg_url: string; whip_url: string };
+  assert.equal(body.mjpeg_url, '/v1/streams/by-name/whip-cam/mjpeg');
+  assert.equal((await byName('whip-cam')).stream_id, body.stream_id);
+  assert.equal((await fetch(`${server.url}${body.whip_url}`, { method: 'DELETE', headers: auth })).status, 200);
+});
+
 test('access rules: the key, foreign origins, SDP bodies, unknown streams; trickle ICE by PATCH', async () => {
   const offer = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n';
   const post = (path: string, headers: Record<string, string>, body = offer) => fetch(`${server.url}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/sdp', ...headers }, body });
