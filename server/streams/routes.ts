@@ -50,7 +50,7 @@ export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
 
   router.get('/v1/streams/by-name/:name/snapshot', async (req, res) => {
     const out = names.output(nameOf(req));
-    const jpeg = out.session?.latestJpeg;
+    const jpeg = await out.session?.snapshot();
     if (jpeg) sendJpeg(res, jpeg, 'running');
     else sendJpeg(res, await out.waitingFrame(), 'waiting');
     names.forgetIfIdle(out);
@@ -60,8 +60,8 @@ export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
     serveMjpeg(req, res, registry.get(req.params.id));
   });
 
-  router.get('/v1/streams/:id/snapshot', (req, res) => {
-    const jpeg = registry.get(req.params.id).latestJpeg;
+  router.get('/v1/streams/:id/snapshot', async (req, res) => {
+    const jpeg = await registry.get(req.params.id).snapshot();
     if (!jpeg) throw new ServiceError('not_found', 'the stream has no output frame yet');
     sendJpeg(res, jpeg, 'running');
   });

@@ -99,6 +99,9 @@ export class StreamSession extends EventEmitter {
   private inputCounter = 0;
   private outputCounter = 0;
   private lastJpeg: Buffer | undefined;
+  /** The latest output's pixels, and those lastJpeg was made from (a snapshot encodes a newer one on demand). */
+  private lastFrame: { rgb: Uint8Array; width: number; height: number } | undefined;
+  private lastJpegOf: Uint8Array | undefined;
   private readonly arrivals = new Map<number, number>();
   /** Settles once the newest frame in the pipeline has its output queued (or its error sent). */
   private handled: Promise<void> = Promise.resolve();
@@ -134,6 +137,19 @@ export class StreamSession extends EventEmitter {
 
   /** The latest output as JPEG (MJPEG and snapshots), if any. */
   get latestJpeg(): Buffer | undefined {
+    return this.lastJpeg;
+  }
+
+  /**
+   * The latest output as JPEG for a snapshot: encoded from the latest frame when no JPEG was made for it (a
+   * stream whose transport encodes video itself, WebRTC, makes JPEGs only while an MJPEG viewer watches).
+   */
+  async snapshot(): Promise<Buffer | undefined> {
+    const frame = this.lastFrame;
+    if (frame && this.lastJpegOf !== frame.rgb) {
+      this.lastJpeg = await encodeRgb8(frame.rgb, frame.width, frame.height, 'jpeg', this.start.output.quality);
+      this.lastJpegOf = frame.rgb;
+    }
     return this.lastJpeg;
   }
 
@@ -376,6 +392,7 @@ export class StreamSession extends EventEmitter {
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
     const { rgb, width, height, skipped, variant, vae } = result;
+    this.lastFrame = { rgb, width, height };
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const encoded = this.sink.encoded !== false;
@@ -383,6 +400,7 @@ export class StreamSession extends EventEmitter {
     if (encoded) this.lastEncoded = { rgb, bytes };
     if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
       this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeRgb8(rgb, width, height, 'jpeg', quality);
+      this.lastJpegOf = rgb;
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
