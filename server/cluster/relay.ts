@@ -70,6 +70,9 @@ export class RelayedStream extends EventEmitter {
   target: NodeInfo | undefined;
   readonly needs: StreamNeeds;
   private lastJpeg: Buffer | undefined;
+  /** The latest output as the worker sent it (the stream's format), and the one lastJpeg shows. */
+  private lastOutput: Buffer | undefined;
+  private lastJpegOf: Buffer | undefined;
   private readonly startedAt = new Date().toISOString();
   private upstream: Upstream | undefined;
   /** The upstream answered `started`: frames and messages go to it. */
@@ -112,6 +115,16 @@ export class RelayedStream extends EventEmitter {
   }
 
   get latestJpeg(): Buffer | undefined {
+    return this.lastJpeg;
+  }
+
+  /** The latest output as JPEG for a snapshot: a PNG/WebP stream's newest output re-encoded when no viewer made it. */
+  async snapshot(): Promise<Buffer | undefined> {
+    const output = this.lastOutput;
+    if (output && this.lastJpegOf !== output) {
+      this.lastJpeg = await sharp(output).jpeg({ quality: this.start.output.quality }).toBuffer();
+      this.lastJpegOf = output;
+    }
     return this.lastJpeg;
   }
 
@@ -374,8 +387,9 @@ export class RelayedStream extends EventEmitter {
    */
   private forViewers(bytes: Buffer, meta: Message, arrivedAt: number): void {
     const jpeg = meta['format'] === 'jpeg';
+    this.lastOutput = bytes;
     if (jpeg) {
-      this.lastJpeg = bytes;
+      this.lastJpeg = this.lastJpegOf = bytes;
       this.emit('jpeg', bytes);
     }
     const reencode = !jpeg && this.listenerCount('jpeg') > 0;
@@ -385,6 +399,7 @@ export class RelayedStream extends EventEmitter {
       .then(async () => {
         if (reencode) {
           this.lastJpeg = await sharp(bytes).jpeg({ quality: this.start.output.quality }).toBuffer();
+          this.lastJpegOf = bytes;
           this.emit('jpeg', this.lastJpeg);
         }
         if (decode) {

@@ -60,8 +60,9 @@ export function gatewayStreamRoutes(self: { readonly id: string }, relayed: Stre
       else res.end();
     });
   };
-  // a named stream's stable URLs: the gateway relaying the stream of that name, else this one's placeholder
-  router.use('/v1/streams/by-name/:name', async (req, res, next) => {
+  // a named stream's stable URLs (MJPEG, snapshot, WHEP): the gateway relaying the stream of that name, else this
+  // one's placeholder (WHEP: 404)
+  router.use(['/v1/streams/by-name/:name', '/v1/whep/by-name/:name'], async (req, res, next) => {
     const id = await directory.byName(String(req.params['name'])).catch(() => undefined);
     if (id === undefined) return next();
     await toRelayingGateway(id, req, res, next);
@@ -69,7 +70,7 @@ export function gatewayStreamRoutes(self: { readonly id: string }, relayed: Stre
   // a stream's URLs (MJPEG, snapshot, push; WHEP signalling) answered by the gateway that relays it
   router.use(['/v1/streams/:id', '/v1/whep/:id'], async (req, res, next) => {
     const id = String(req.params['id']);
-    if (id === 'by-name') return next();
+    if (id === 'by-name') return next(); // not a stream id: the routes above
     await toRelayingGateway(id, req, res, next);
   });
   router.use(streamRoutes(relayed, log));

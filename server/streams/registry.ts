@@ -19,6 +19,8 @@ export interface LiveStream {
   readonly stats: StreamStats;
   /** The latest output as JPEG, if any. */
   readonly latestJpeg: Buffer | undefined;
+  /** The latest output as JPEG for a snapshot (encoded on demand when none was made for it), if any. */
+  snapshot(): Promise<Buffer | undefined>;
   /** Events: 'jpeg' (each output as JPEG), 'output' (each output as pixels, for WebRTC) and 'close'. */
   on(event: 'jpeg', listener: (jpeg: Buffer) => void): unknown;
   on(event: 'output', listener: (output: RawOutput) => void): unknown;

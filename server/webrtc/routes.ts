@@ -12,7 +12,7 @@ import { originAllowed } from '../auth.ts';
 import { coerceFormFields } from '../batch/jobs/schema.ts';
 import type { AppContext } from '../context.ts';
 import { STREAM_NAME, STREAM_NAME_RULE } from '../streams/protocol.ts';
-import type { StreamRegistry } from '../streams/registry.ts';
+import type { LiveStream, StreamRegistry } from '../streams/registry.ts';
 import type { StreamSession } from '../streams/session.ts';
 import { whepPath } from './control.ts';
 import { StreamEgress } from './egress.ts';
@@ -60,7 +60,7 @@ function created(res: Response, location: string, answer: string, streamId: stri
  * The stream running under a name. A WHEP viewer is a connection to one stream: when the stream stops, the
  * viewer's track ends, and a player reconnects to the same URL for the next stream of that name.
  */
-function runningByName(registry: StreamRegistry, name: string): StreamSession {
+function runningByName(registry: StreamRegistry, name: string): LiveStream {
   if (!STREAM_NAME.test(name)) throw new ServiceError('bad_request', `stream name ${STREAM_NAME_RULE}`, { field: 'name' });
   const session = registry.names.running(name);
   if (!session) throw new ServiceError('not_found', `no stream named "${name}" is running (a WHEP player reconnects when it starts)`);
@@ -141,7 +141,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry, options:
   });
 
   // WHEP: any stream (WebRTC or WebSocket) by id, or by name while a stream of that name runs, to any number of viewers.
-  const play = async (req: Request, res: Response, session: StreamSession) => {
+  const play = async (req: Request, res: Response, session: LiveStream) => {
     checkOrigin(ctx, req);
     const offer = sdpBody(req, SDP);
     const egress = await StreamEgress.of(ctx, session);

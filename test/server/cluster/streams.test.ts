@@ -151,8 +151,8 @@ test('a named stream: its stable URLs work on every gateway and its name is uniq
     return res.headers.get('x-stream-state');
   };
   assert.equal(await state(gateway.url), 'waiting', 'no stream of that name yet: the placeholder');
-  // started through the node in role all, watched through the other gateway
-  const named = await StreamClient.connect(both.url, { ...start(scenes[0]!.prompt), name: 'studio-cam' });
+  // started through the node in role all (WebP outputs: snapshots are encoded on demand), watched through the other gateway
+  const named = await StreamClient.connect(both.url, { ...start(scenes[0]!.prompt), name: 'studio-cam', output: { format: 'webp' } });
   try {
     assert.equal(named.started!['name'], 'studio-cam');
     assert.equal(named.started!['mjpeg_url'], '/v1/streams/by-name/studio-cam/mjpeg');
@@ -161,6 +161,20 @@ test('a named stream: its stable URLs work on every gateway and its name is uniq
     assert.equal(await state(gateway.url), 'running', 'the other gateway forwards to the one relaying it');
     const info = (await (await fetch(`${gateway.url}/v1/streams/by-name/studio-cam`)).json()) as Json;
     assert.deepEqual([info.running, info.stream_id], [true, named.streamId]);
+    // WHEP by name through the other gateway
+    const sending = setInterval(() => named.sendFrame(input), 100);
+    const viewer = WrtcPeer.start();
+    try {
+      viewer.send({ cmd: 'play', url: gateway.url, path: '/v1/whep/by-name/studio-cam', token: 'unused' });
+      const playing = await viewer.next('playing', 0, 60_000);
+      assert.equal(playing.status, 201, playing.body);
+      viewer.send({ cmd: 'frames', count: 1 });
+      const frame = await viewer.next('frame', 0, 60_000);
+      assert.deepEqual([frame.width, frame.height], [128, 128]);
+    } finally {
+      clearInterval(sending);
+      await viewer.stop();
+    }
     // the same name through the other gateway: refused, as on one node
     const ws = new WebSocket(`${gateway.url.replace(/^http/, 'ws')}/v1/stream`);
     await new Promise((ok) => ws.once('open', ok));
