@@ -151,8 +151,8 @@ test('a named stream: its stable URLs work on every gateway and its name is uniq
     return res.headers.get('x-stream-state');
   };
   assert.equal(await state(gateway.url), 'waiting', 'no stream of that name yet: the placeholder');
-  // started through the node in role all (WebP outputs: snapshots are encoded on demand), watched through the other gateway
-  const named = await StreamClient.connect(both.url, { ...start(scenes[0]!.prompt), name: 'studio-cam', output: { format: 'webp' } });
+  // started through the node in role all, watched through the other gateway
+  const named = await StreamClient.connect(both.url, { ...start(scenes[0]!.prompt), name: 'studio-cam' });
   try {
     assert.equal(named.started!['name'], 'studio-cam');
     assert.equal(named.started!['mjpeg_url'], '/v1/streams/by-name/studio-cam/mjpeg');
@@ -190,6 +190,19 @@ test('a named stream: its stable URLs work on every gateway and its name is uniq
   }
   await eventually(async () => ((await state(gateway.url)) === 'waiting' ? true : undefined), 10_000);
   assert.equal(await state(both.url), 'waiting');
+});
+
+test('a snapshot of a WebP stream nobody watches as MJPEG: encoded on demand by the relaying gateway', { timeout: 600_000 }, async () => {
+  const webp = await StreamClient.connect(both.url, { ...start(scenes[1]!.prompt), output: { format: 'webp' } });
+  try {
+    webp.sendFrame(input);
+    await webp.until(() => webp.frames.length > 0, 60_000);
+    const res = await fetch(`${gateway.url}/v1/streams/${webp.streamId}/snapshot`);
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal((await sharp(Buffer.from(await res.arrayBuffer())).metadata()).format, 'jpeg');
+  } finally {
+    await webp.close();
+  }
 });
 
 test('SIGTERM drains a worker: its streams move to other workers first, clients stay connected', { timeout: 600_000 }, async () => {
