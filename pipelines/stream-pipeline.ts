@@ -135,7 +135,7 @@ export class StreamPipeline {
    */
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners, defaults);
-    stream.plan = await planRequest(engine, params, mode, runners, defaults);
+    stream.plan = await planRequest(engine, params, mode, runners, defaults, 'stream');
     stream.rebuild();
     return stream;
   }
@@ -152,6 +152,11 @@ export class StreamPipeline {
   /** Frames an output lags its input (steps - 1). */
   get lag(): number {
     return this.plan.coefficients.timesteps.length - 1;
+  }
+
+  /** Where the stream's plan differs from its parameters (guidance brought into the pack's range ...). */
+  get notes(): readonly string[] {
+    return this.plan.notes;
   }
 
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
@@ -192,7 +197,7 @@ export class StreamPipeline {
 
   private async applyUpdate(update: unknown, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults());
+    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults(), 'stream');
     // 2. apply between frames, once the caller's turn has come
     await when;
     return this.inTurn(() => this.apply(next));

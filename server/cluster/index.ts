@@ -80,7 +80,7 @@ export function createClusterNode(config: ServerConfig & { readonly redisUrl: st
       eventsConnection: events,
       cancels,
       pack,
-      sizeOf: (params) => ctx.engine.size(params),
+      plan: (params, mode) => ctx.plan(params, mode),
       hasWorker: async () => (await nodes.list()).some((n) => isWorker(n) && !n.draining && n.pack === pack),
       log,
     });

@@ -37,7 +37,7 @@ async function runJobs(base: string, n: number, seed: number): Promise<number> {
     ids.push(((await res.json()) as Json)['id'] as string);
   }
   await eventually(async () => {
-    const jobs = new Map(((await getJson(`${base}/v1/jobs`))['jobs'] as Json[]).map((j) => [j['id'], j['status']]));
+    const jobs = new Map(((await getJson(`${base}/v1/jobs?limit=100`))['jobs'] as Json[]).map((j) => [j['id'], j['status']]));
     if (ids.some((id) => jobs.get(id) === 'failed')) throw new Error('a job failed');
     return ids.every((id) => jobs.get(id) === 'succeeded') ? true : undefined;
   }, 600_000, 100);

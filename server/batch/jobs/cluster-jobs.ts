@@ -130,7 +130,7 @@ export class ClusterJobs implements Jobs {
 
   async list(): Promise<JobRecord[]> {
     const records = await this.store.scan((id, error) => this.options.log.warn('skipping unreadable job record', { job: id, error: String(error) }));
-    return records.sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return records.sort((a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id)); // ties by id: stable pages
   }
 
   /** A waiting job is taken out of the queue here; a running one is stopped by its worker, wherever it is. */
@@ -151,6 +151,14 @@ export class ClusterJobs implements Jobs {
       if (FINISHED.includes(now.status) || Date.now() > deadline) return now;
       await new Promise((r) => setTimeout(r, CANCEL_POLL_MS));
     }
+  }
+
+  /** Deletes a finished job: its record, inputs and results in Redis. */
+  async remove(id: string): Promise<JobRecord> {
+    const record = await this.get(id);
+    if (!FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} is ${record.status}: cancel it first`, { field: 'id' });
+    await this.store.remove(id);
+    return record;
   }
 
   /** Stops taking jobs; the running one is interrupted and goes back to the queue for another worker. */

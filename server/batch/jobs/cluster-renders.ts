@@ -15,7 +15,7 @@ import type { Redis } from 'ioredis';
 import { ServiceError } from '../../../models/errors.ts';
 import { rgb8ToTensor, tensorToRgb8 } from '../../../pipelines/codecs/image.ts';
 import type { GenerationParams } from '../../../pipelines/params.ts';
-import type { Mode } from '../../../pipelines/plan.ts';
+import type { Mode, Plan } from '../../../pipelines/plan.ts';
 import { KEYS } from '../../cluster/redis.ts';
 import type { Logger } from '../../log.ts';
 import type { Renderer, RenderedImage, ImagesRequest } from '../render.ts';
@@ -41,7 +41,7 @@ interface RenderData {
 }
 
 interface RenderResult {
-  readonly images: { readonly seed: number; readonly width: number; readonly height: number }[];
+  readonly images: Omit<RenderedImage, 'data'>[];
 }
 
 interface Progress {
@@ -55,8 +55,8 @@ export interface ClusterRendersOptions extends BullSettings {
   readonly eventsConnection: Redis;
   readonly cancels: CancelChannel;
   readonly pack: string;
-  /** The image size of a request (the endpoints decode init images at it). */
-  readonly sizeOf: (params: GenerationParams) => { readonly width: number; readonly height: number };
+  /** A worker's plan of a render's parameters (the API node planned the same for its answer). */
+  readonly plan: (params: GenerationParams, mode: Mode) => Promise<Plan>;
   /** Whether a live worker serves this pack: without one a render fails at once instead of waiting. */
   readonly hasWorker: () => Promise<boolean>;
   readonly log: Logger;
@@ -90,7 +90,7 @@ export class ClusterRenders implements Renderer {
       lanes: request.lanes,
       endpoint: request.endpoint,
       inits: request.inits?.map((t) => {
-        const { width, height } = this.options.sizeOf(request.params);
+        const { width, height } = request.plan.size;
         return { rgb: tensorToRgb8(t, width, height).toString('base64'), width, height };
       }),
     };
@@ -154,6 +154,7 @@ export class ClusterRenders implements Renderer {
       const images = await local.render({
         params: d.params,
         mode: d.mode,
+        plan: await this.options.plan(d.params, d.mode),
         count: d.count,
         endpoint: d.endpoint,
         ...(d.lanes !== undefined ? { lanes: d.lanes } : {}),
@@ -168,7 +169,7 @@ export class ClusterRenders implements Renderer {
       const tx = this.options.redis.multi();
       images.forEach((image, i) => tx.set(KEYS.renderImage(job.id!, i), tensorToRgb8(image.data, image.width, image.height), 'PX', IMAGE_TTL_MS));
       await tx.exec();
-      return { images: images.map(({ seed, width, height }) => ({ seed, width, height })) };
+      return { images: images.map(({ seed, width, height, index, variant }) => ({ seed, width, height, index, variant: { expert: variant.expert, relativeMacs: variant.relativeMacs, adapters: variant.adapters } })) };
     } catch (error) {
       throw errorReason(error);
     } finally {

@@ -4,12 +4,11 @@
  * already written and renders the rest: image j depends only on seed + j. Video jobs render the whole file
  * again when resumed.
  */
-import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { AppContext } from '../../context.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
-import { renderImages } from '../render.ts';
+import { encodeResult, renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
 import type { Executor } from './run.ts';
@@ -27,6 +26,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
     const request = job.record.request as ImagesJobRequest;
     const { params, count, lanes, output_format: format } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    job.record.notes = [...plan.notes];
     const { width, height } = plan.size;
     const init = request.init_file ? (await decodeBytes(await job.files.read(request.init_file), width, height, 'init_image', params.fit)).data : undefined;
     // 1. keep what an earlier run already wrote (the files: a crash may have come before the record was saved)
@@ -50,7 +50,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
       });
       for (const [j, image] of images.entries()) {
         const name = imageName(start + j, format);
-        await job.files.write(name, await encodeImage(image.data, image.width, image.height, format));
+        await job.files.write(name, await encodeResult(ctx, plan, image, format));
         job.record.results.push(name);
       }
       job.progress((start + n) / count, { images: start + n });

@@ -25,6 +25,8 @@ export interface Jobs {
   list(): Promise<JobRecord[]>;
   /** Cancels a queued or running job; a finished one is a conflict. */
   cancel(id: string): Promise<JobRecord>;
+  /** Deletes a finished job with its files; a queued or running one is a conflict. */
+  remove(id: string): Promise<JobRecord>;
   /** No new jobs; a running job is interrupted and left to resume. */
   drain(): Promise<void>;
 }
@@ -57,6 +59,8 @@ interface Running {
 
 export class JobManager implements Jobs {
   private readonly records = new Map<string, JobRecord>();
+  /** Jobs deleted by remove(): a late save (a webhook's outcome) must not bring their folder back. */
+  private readonly removed = new Set<string>();
   private readonly queue: string[] = [];
   private running: Running | undefined;
   private started = false;
@@ -115,11 +119,12 @@ export class JobManager implements Jobs {
     return record;
   }
 
+  /** Every job, newest first (ties by id, so that pages are stable). */
   async list(): Promise<JobRecord[]> {
-    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id));
   }
 
-  /** Cancels a queued or running job; a finished one is a conflict. */
+  /** Cancels a queued or running job; a finished one is a conflict (remove() deletes it). */
   async cancel(id: string): Promise<JobRecord> {
     const record = this.record(id);
     if (FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} already ${record.status}`, { field: 'id' });
@@ -131,6 +136,17 @@ export class JobManager implements Jobs {
     this.queue.splice(this.queue.indexOf(id), 1);
     await finishJob(record, 'canceled', null, (r) => this.persist(r));
     this.notify(record);
+    return record;
+  }
+
+  /** Deletes a finished job: its record and its folder (inputs and results). A queued or running one is a conflict. */
+  async remove(id: string): Promise<JobRecord> {
+    const record = this.record(id);
+    if (!FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} is ${record.status}: cancel it first`, { field: 'id' });
+    this.records.delete(id);
+    this.removed.add(id);
+    await this.saving; // a save of this record in flight would recreate its folder
+    await this.store.remove(id);
     return record;
   }
 
@@ -148,7 +164,7 @@ export class JobManager implements Jobs {
   }
 
   private persist(record: JobRecord): Promise<void> {
-    const next = this.saving.then(() => this.store.save(record));
+    const next = this.saving.then(() => (this.removed.has(record.id) ? undefined : this.store.save(record)));
     this.saving = next.catch((error: unknown) => this.log.error('cannot save job', { job: record.id, error: String(error) }));
     return next;
   }

@@ -103,6 +103,7 @@ export interface JobView {
   stats: JobRecord['stats'];
   webhook: { status: string; attempts: number; last_error: string | null } | null;
   request: unknown;
+  notes: string[];
 }
 
 /** The public view of a job; result URLs are absolute on `base` (scheme://host). */
@@ -121,6 +122,7 @@ export function jobView(record: JobRecord, base: string = record.base_url, now =
     stats: record.stats,
     webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error } : null,
     request: record.request,
+    notes: record.notes ?? [],
   };
 }
 

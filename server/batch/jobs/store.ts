@@ -55,6 +55,8 @@ export interface JobRecord<Request = unknown> {
   stats: Record<string, number | boolean>;
   /** The current (or last) run's start, for the ETA: wall time (ms since the epoch) and progress then. */
   run?: RunStart;
+  /** Where the render differs from the request (guidance brought into the model's range ...); absent in older records. */
+  notes?: string[];
 }
 
 export interface RunStart {

@@ -131,7 +131,7 @@ test('per-client fairness: a second client\'s job runs before the first client\'
   for (let i = 0; i < 6; i++) first.push((await post(`${gateway.url}/v1/jobs`, { ...job, seed: i }, '127.0.0.1')).body.id);
   const other = (await post(`${gateway.url}/v1/jobs`, { ...job, seed: 99 }, '127.0.0.2')).body.id as string;
   const done = await eventually(async () => {
-    const jobs = ((await getJson(`${gateway.url}/v1/jobs`)).jobs as Json[]).filter((j) => [...first, other].includes(j.id));
+    const jobs = ((await getJson(`${gateway.url}/v1/jobs?limit=100`)).jobs as Json[]).filter((j) => [...first, other].includes(j.id));
     return jobs.every((j) => j.status === 'succeeded') ? new Map(jobs.map((j) => [j.id as string, j])) : undefined;
   }, 300_000, 200);
   const startedAt = (id: string) => Date.parse(done.get(id)!.started_at);
