@@ -337,6 +337,7 @@ export class RelayedStream extends EventEmitter {
         stream_id: this.id,
         name: this.name ?? null,
         params: this.params,
+        notes: message['notes'] ?? [],
         width: this.size.width,
         height: this.size.height,
         window: this.start.window,

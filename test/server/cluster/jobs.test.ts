@@ -211,3 +211,20 @@ test('SIGTERM on a worker hands its running job back to the queue: another worke
   assert.ok(done.stats.resumed_from >= 3, `resumed after the images stored: ${JSON.stringify(done.stats)}`);
   assert.ok(workers.some((w) => w.logs.some((l) => l['msg'] === 'resuming job' && l['job'] === created.id)), 'another worker resumed it');
 });
+
+test('DELETE of a finished job removes its record and results from Redis: gone for every node', { timeout: 600_000 }, async () => {
+  const id = (await post(`${api.url}/v1/jobs`, job(5))).id as string;
+  const done = await eventually(async () => {
+    const j = await view(api.url, id);
+    return finished(j) ? j : undefined;
+  }, 120_000, 100);
+  assert.equal(done.status, 'succeeded');
+  const url = (done.urls as string[])[0]!;
+  assert.equal((await fetch(url)).status, 200);
+  const deleted = await fetch(`${api.url}/v1/jobs/${done.id}`, { method: 'DELETE' });
+  assert.equal(deleted.status, 200);
+  assert.equal(((await deleted.json()) as Json).deleted, true);
+  assert.equal((await fetch(`${api.url}/v1/jobs/${done.id}`)).status, 404);
+  assert.equal((await fetch(url)).status, 404, 'its results are gone from Redis');
+  assert.equal((await fetch(`${api.url}/v1/jobs/${done.id}`, { method: 'DELETE' })).status, 404);
+});

@@ -156,6 +156,9 @@ test('a named stream: its stable URLs work on every gateway and its name is uniq
   try {
     assert.equal(named.started!['name'], 'studio-cam');
     assert.equal(named.started!['mjpeg_url'], '/v1/streams/by-name/studio-cam/mjpeg');
+    // the fields a single node's started has (server/PROTOCOL.md), the worker's notes among them
+    assert.deepEqual(Object.keys(named.started!).sort(), ['height', 'mjpeg_url', 'name', 'notes', 'params', 'protocol', 'snapshot_url', 'stream_id', 'type', 'width', 'window']);
+    assert.ok(Array.isArray(named.started!['notes']));
     named.sendFrame(input);
     await named.until(() => named.frames.length > 0, 60_000);
     assert.equal(await state(gateway.url), 'running', 'the other gateway forwards to the one relaying it');
