@@ -1,9 +1,9 @@
 /**
  * The render command: txt2img, img2img with --image, a folder of images with --input-dir, a video with --video.
- *   npm run render -- --prompt "a red circle on a blue background" --out out.png
- *   npm run render -- --image in.png --strength 0.6 --prompt "a green square" --out out.png
- *   npm run render -- --input-dir frames/ --prompt "a green square" --out styled/
- *   npm run render -- --video in.mp4 --prompt "a green square" --out out.mp4
+ *   npm run render -- --prompt "a large red circle in the centre on a blue background" --out out.png
+ *   npm run render -- --image in.png --strength 0.6 --prompt "a large green square in the centre on a white background" --out out.png
+ *   npm run render -- --input-dir frames/ --prompt "a large green square in the centre on a white background" --strength 0.6 --out styled/
+ *   npm run render -- --video in.mp4 --prompt "a large green square in the centre on a white background" --strength 0.6 --out out.mp4
  *   npm run render -- --from-png earlier.png --seed 9 --out again.png
  * Several images (--count N) are written as out-0.png, out-1.png, ...; folders and videos show a progress bar.
  * Every image carries its parameters (pipelines/infotext.ts); flags: pipelines/cli/render-args.ts.
