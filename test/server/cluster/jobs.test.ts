@@ -102,7 +102,8 @@ async function singleNodeResults(bodies: readonly object[]): Promise<Buffer[][]>
 }
 
 test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte-identical to a single node', { timeout: 600_000 }, async () => {
-  const bodies = Array.from({ length: 50 }, (_, i) => job(i));
+  // three images a job: a job seen with one image stored still has two UNet calls to go when the kill lands
+  const bodies = Array.from({ length: 50 }, (_, i) => ({ ...job(i), count: 3 }));
   const ids: string[] = [];
   for (const body of bodies) ids.push((await post(`${api.url}/v1/jobs`, body)).id);
 
@@ -113,7 +114,7 @@ test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte
     for (const active of await queue.getActive()) {
       const j = await view(api.url, active.id!);
       const node = workers.find((w) => w.id === active.processedBy);
-      if (node && j.status === 'processing' && j.progress >= 0.5 && j.progress < 1) return { victim: node, jobId: active.id! };
+      if (node && j.status === 'processing' && j.progress > 0.3 && j.progress < 0.4) return { victim: node, jobId: active.id! };
     }
     return undefined;
   }, 120_000, 10);
@@ -121,18 +122,18 @@ test('50 image jobs over 3 workers, one killed -9 mid-job: all 50 complete, byte
   workers = workers.filter((w) => w !== victim);
   await queue.close();
 
-  // 2. every job completes; the interrupted one on another worker, from its second image
+  // 2. every job completes; the interrupted one on another worker, after the images it had stored
   const views = await allFinished(api.url, ids);
   assert.deepEqual(views.map((v) => v.status), ids.map(() => 'succeeded'));
   const interrupted = views.find((v) => v.id === jobId)!;
-  assert.equal(interrupted.stats.resumed_from, 1, `the interrupted job resumes after its stored image: ${JSON.stringify(interrupted.stats)}`);
+  assert.ok(interrupted.stats.resumed_from >= 1, `the interrupted job resumes after its stored images: ${JSON.stringify(interrupted.stats)}`);
   assert.ok(workers.some((w) => w.logs.some((l) => l['msg'] === 'resuming job' && l['job'] === jobId)), 'a surviving worker resumed it');
 
   // 3. the same bytes as one node
   const cluster = await downloadAll(views);
   const single = await singleNodeResults(bodies);
   for (const [i, images] of cluster.entries()) {
-    assert.equal(images.length, 2);
+    assert.equal(images.length, 3);
     for (const [j, bytes] of images.entries()) assert.ok(bytes.equals(single[i]![j]!), `job ${i} image ${j} differs from the single-node render`);
   }
 });
