@@ -71,7 +71,7 @@ export function jobsRouter(ctx: AppContext, jobs: Jobs, ffmpeg: () => Promise<Ff
         // 1. validate (a multipart form's fields arrive as text; a file means a video job)
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
-        const parsed = parseJob(body);
+        const parsed = parseJob(body, ctx.engine.pack.defaults);
         const provider = parsed.kind === 'images' ? parsed.request.provider : parsed.provider;
         // one node runs on its own provider; a cluster queues the job for workers of the one asked for
         if (provider !== undefined && ctx.config.redisUrl === undefined && provider !== ctx.config.provider) {
