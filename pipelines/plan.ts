@@ -5,6 +5,7 @@
  * to rebuild.
  */
 import type { Vae } from '../models/pack.ts';
+import { withUrgency, type CallClass } from '../models/runtime/urgency.ts';
 import type { UnetRunner } from './denoise-step.ts';
 import type { EncodedPrompt, Engine, Size, VaeChoice } from './engine.ts';
 import type { GenerationParams } from './params.ts';
@@ -33,16 +34,23 @@ export interface Plan {
   /** The VAE that encodes and decodes the request's images, and which one it is. */
   readonly vae: Vae;
   readonly vaeName: VaeChoice;
+  /**
+   * The class every model call of the request carries to the dispatcher (models/runtime/urgency.ts): live for a
+   * stream's frames, interactive for a synchronous render, background for a job.
+   */
+  readonly urgency: CallClass;
 }
 
 /** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
 export interface PlanDefaults {
   /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
   readonly vae: VaeChoice;
+  /** The class of the request's model calls (Plan.urgency). */
+  readonly urgency: CallClass;
 }
 
-/** Batch renders, the CLI and video: the full VAE unless asked. */
-export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
+/** Batch renders, the CLI and video: the full VAE unless asked; interactive (someone waits for the result). */
+export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full', urgency: 'interactive' });
 
 /**
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
@@ -52,8 +60,9 @@ export async function planRequest(engine: Engine, params: GenerationParams, mode
   const size = engine.size(params);
   const coefficients = engine.coefficients(params, mode);
   const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
-  const { prompt, variant } = await engine.prepare(params);
+  // the prompt's encoding is the request's first model call: it carries the request's class too
+  const { prompt, variant } = await withUrgency({ class: defaults.urgency }, () => engine.prepare(params));
   const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
   const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
-  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, vae: vae.vae, vaeName: vae.name };
+  return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, vae: vae.vae, vaeName: vae.name, urgency: defaults.urgency };
 }

@@ -12,6 +12,7 @@
  * seed current when it starts (a step is never changed half-way), as one frame at a time would.
  */
 import type { ImageInput } from '../models/components.ts';
+import { withUrgency, type Urgency } from '../models/runtime/urgency.ts';
 import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
 import { rgb8ToTensor } from './codecs/image.ts';
@@ -173,9 +174,15 @@ export class StreamPipeline {
    * Processes one group of frame_buffer_size frames (at frameSize each) and returns the group that finished.
    * With one frame per group the similarity filter may skip the models entirely. `tag` (e.g. the input frame id)
    * comes back on the output that shows this frame. `handOver`: the caller is done with the frames (byte frames
-   * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
+   * then move to the encoder's thread without a copy). `timing`: the frame's deadline and the stream's frame
+   * interval, carried with the plan's class by every model call the frame makes (models/runtime/urgency.ts).
+   * Calls may overlap; results resolve in call order.
    */
-  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
+  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false, timing: Omit<Urgency, 'class'> = {}): Promise<FrameResult<Tag>[]> {
+    return withUrgency({ ...timing, class: this.plan.urgency }, () => this.processFrames(frames, tag, handOver));
+  }
+
+  private processFrames<Tag>(frames: readonly FrameInput[], tag: Tag | undefined, handOver: boolean): Promise<FrameResult<Tag>[]> {
     const entered = this.plan;
     const { size, vae, vaeName } = entered;
     const batch = this.batch;
@@ -215,7 +222,11 @@ export class StreamPipeline {
   }
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
-  async generate(): Promise<FrameResult[]> {
+  generate(timing: Omit<Urgency, 'class'> = {}): Promise<FrameResult[]> {
+    return withUrgency({ ...timing, class: this.plan.urgency }, () => this.generateFrame());
+  }
+
+  private async generateFrame(): Promise<FrameResult[]> {
     const entered = this.plan;
     const { size, vae, vaeName } = entered;
     const batch = this.batch;

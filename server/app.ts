@@ -52,6 +52,10 @@ export async function startServer(
   const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, workers: config.workers }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
+  // the model calls' queue: its share rule from the config, its waits and misses into the metrics
+  const dispatcher = engine.pack.sessions.dispatcher;
+  dispatcher?.setMinShare(config.backgroundShare);
+  const unobserve = dispatcher ? metrics.observeDispatcher(dispatcher) : () => undefined;
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
   const extensions = (options.extensions ?? []).map((make) => make(ctx));
 
@@ -100,6 +104,7 @@ export async function startServer(
         http.closeAllConnections();
       });
       wss.close();
+      unobserve();
       if (ownEngine) await engine.close();
     })());
 
