@@ -6,8 +6,9 @@
  * Which waiting call goes next is urgency.ts's rule (pickNext): live frames before interactive renders before
  * background jobs, earliest deadline first within a class, with a minimum share of worker time owed to the lower
  * classes. While live streams are active (a live call within LIVE_ACTIVE_MS), a call below live goes only to an
- * idle worker: the second slot of a worker (CALLS_PER_WORKER) is kept for live calls, so a live frame waits behind
- * at most one call of another class (chunked to a fraction of a frame interval, see server/batcher.ts).
+ * idle worker (unless its class is owed its share): the second slot of a worker (CALLS_PER_WORKER) is kept for live
+ * calls, so a live frame waits behind at most one call of another class (chunked to a fraction of a frame
+ * interval, see server/batcher.ts).
  */
 import { ServiceError } from '../errors.ts';
 import type { Feed, Outputs, Rgb8Tensor } from './contract.ts';
@@ -147,13 +148,16 @@ export class Dispatcher {
    */
   private next(): { index: number; target: Replica | undefined } | undefined {
     const liveActive = this.live.active;
+    // a class owed its share may take a busy worker's second slot, else live calls would keep it from ever idling
+    const owed = this.shares.owed(new Set(this.queue.map((c) => c.urgency.class)));
     const ready: { index: number; target: Replica }[] = [];
     for (let index = 0; index < this.queue.length; index++) {
       const call = this.queue[index]!;
       const replicas = call.replicas.filter((r) => r.worker.alive);
       if (replicas.length === 0) return { index, target: undefined };
       // while streams are live, the lower classes take only an idle worker (see the module comment)
-      const room = liveActive && call.urgency.class !== 'live' ? 1 : CALLS_PER_WORKER;
+      const cls = call.urgency.class;
+      const room = liveActive && cls !== 'live' && cls !== owed ? 1 : CALLS_PER_WORKER;
       let best: Replica | undefined;
       for (const r of replicas) if (r.worker.inFlight < room && (!best || r.worker.inFlight < best.worker.inFlight)) best = r;
       if (best) ready.push({ index, target: best });

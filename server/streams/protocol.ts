@@ -54,6 +54,12 @@ const outputSchema = z
   })
   .strict();
 
+/** A stream's timing targets (server/streams/targets.ts): the frame rate it wants and the latency it accepts. */
+const targetFields = {
+  target_fps: z.number().min(1).max(120).optional(),
+  max_latency_ms: z.number().int().min(10).max(10_000).optional(),
+};
+
 export const clientMessageSchema = z.discriminatedUnion('type', [
   z
     .object({
@@ -64,9 +70,18 @@ export const clientMessageSchema = z.discriminatedUnion('type', [
       window: z.number().int().min(1).max(16).default(2),
       /** txt2img stream: no input frames, the server generates continuously within the window. */
       mode: z.enum(['img2img', 'txt2img']).default('img2img'),
+      ...targetFields,
     })
     .strict(),
-  z.object({ type: z.literal('update'), params: z.record(z.string(), z.unknown()) }).strict(),
+  z
+    .object({
+      type: z.literal('update'),
+      params: z.record(z.string(), z.unknown()).default({}),
+      // null clears a target
+      target_fps: targetFields.target_fps.nullable(),
+      max_latency_ms: targetFields.max_latency_ms.nullable(),
+    })
+    .strict(),
   z.object({ type: z.literal('ack'), frames: z.number().int().min(1).max(64).default(1) }).strict(),
   z.object({ type: z.literal('stop') }).strict(),
   z.object({ type: z.literal('ping') }).strict(),

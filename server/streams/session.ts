@@ -10,7 +10,8 @@ import { decodeRgb8, encodeRgb8 } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
+import { errorMessage, type ClientMessage, type FrameMeta, type StartMessage } from './protocol.ts';
+import { StreamTargets } from './targets.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -85,6 +86,8 @@ export class StreamSession extends EventEmitter {
   private readonly arrivals = new Map<number, number>();
   /** Output encoding runs beside the next frame's pipeline work; this chain keeps outputs in order. */
   private outputs: Promise<void> = Promise.resolve();
+  /** Frame rate and latency targets: each frame's deadline for the model calls. */
+  readonly targets: StreamTargets;
 
   private constructor(
     private readonly ctx: AppContext,
@@ -94,6 +97,7 @@ export class StreamSession extends EventEmitter {
   ) {
     super();
     this.credits = start.window;
+    this.targets = new StreamTargets(start);
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
@@ -151,6 +155,7 @@ export class StreamSession extends EventEmitter {
   }
 
   private queueInput(input: PendingInput): void {
+    this.targets.arrived(input.receivedAt);
     if (this.pending) {
       this.stats.droppedInput++;
       this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
@@ -170,10 +175,12 @@ export class StreamSession extends EventEmitter {
     if (this.start.mode === 'txt2img') void this.pump();
   }
 
-  /** A live parameter change; invalid updates throw and change nothing. */
-  async update(params: Record<string, unknown>): Promise<GenerationParams> {
+  /** A live parameter change (and new targets, if the update gives any); invalid updates throw and change nothing. */
+  async update(params: Record<string, unknown>, targets: Partial<Extract<ClientMessage, { type: 'update' }>> = {}): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
-    return this.pipeline.update(params);
+    const next = await this.pipeline.update(params);
+    this.targets.update(targets);
+    return next;
   }
 
   close(): void {
@@ -223,7 +230,7 @@ export class StreamSession extends EventEmitter {
     if (this.closed) return;
     this.arrivals.set(input.id, input.receivedAt);
     // a decoded frame is ours to hand over; a raw frame's buffer belongs to its transport
-    this.pipeline.process([rgb], input.id, input.rgb === undefined).then(
+    this.pipeline.process([rgb], input.id, input.rgb === undefined, this.targets.timing(input.receivedAt)).then(
       ([result]) => {
         if (this.closed || !result) return;
         const sourceId = result.source ?? input.id;
@@ -242,7 +249,7 @@ export class StreamSession extends EventEmitter {
   private async generateOne(): Promise<void> {
     const started = performance.now();
     try {
-      const [result] = await this.pipeline.generate();
+      const [result] = await this.pipeline.generate(this.targets.current.target_fps !== undefined ? this.targets.timing(started) : {});
       if (this.closed || !result) return;
       this.queueOutput(result, null, started, started);
       await this.outputs; // txt2img paces itself on credits: wait until this output is delivered or held
@@ -288,6 +295,7 @@ export class StreamSession extends EventEmitter {
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    if (inputId !== null && now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();
     if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }

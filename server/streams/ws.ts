@@ -123,7 +123,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          sendJson(ws, { type: 'updated', params: await session.update(message.params) });
+          sendJson(ws, { type: 'updated', params: await session.update(message.params, message) });
         } catch (error) {
           report(error);
         }

@@ -52,7 +52,7 @@ export async function handleControl(session: StreamSession, sink: ChannelSink, t
   switch (message.type) {
     case 'update':
       try {
-        sink.sendJson({ type: 'updated', params: await session.update(message.params) });
+        sink.sendJson({ type: 'updated', params: await session.update(message.params, message) });
       } catch (error) {
         report(error);
       }
