@@ -138,7 +138,9 @@ export class Dispatcher {
           for (const l of this.listeners) l.onEnd?.(end);
         })
         .then(c.resolve, c.reject)
-        .finally(() => this.pump());
+        // while streams are live, the freed worker is handed out after the result's own continuations ran: a
+        // frame's next call (its decode after its UNet step) is then in the queue, and goes before older work
+        .finally(() => (this.live.active ? setImmediate(() => this.pump()) : this.pump()));
     }
   }
 

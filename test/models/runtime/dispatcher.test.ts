@@ -29,7 +29,8 @@ class FakeWorker implements CallTarget {
 }
 
 const call = (replicas: FakeWorker[], n: number) => ({ label: `call ${n}`, replicas: replicas.map((worker) => ({ worker, session: 1 })), feeds: { x: { data: Float32Array.of(n), dims: [1] } }, rgb8Output: undefined });
-const tick = () => new Promise((r) => setImmediate(r));
+// two turns: a freed worker is handed out on the turn after its call ends while live work is on
+const tick = () => new Promise((r) => setImmediate(() => setImmediate(r)));
 
 test(`calls wait in one queue, first come first served, at most ${CALLS_PER_WORKER} on a worker at once`, async () => {
   const a = new FakeWorker('a');
