@@ -48,6 +48,8 @@ export interface FrameResult<Tag = unknown> {
   readonly variant: UnetVariant;
   /** The VAE that encoded and decoded it. */
   readonly vae: VaeChoice;
+  /** Denoising steps it went through. */
+  readonly steps: number;
 }
 
 /** Float images made from outputs' bytes, so a repeated output (same bytes) gives the same array. */
@@ -67,6 +69,10 @@ const FILTER_SEED_SALT = 0x5f3759df;
 
 export class StreamPipeline {
   private plan!: Plan;
+  /** The stream's own parameters (what updates change); the plan's may differ by the load valve's overrides. */
+  private own!: GenerationParams;
+  /** Parameters the load valve lays over the stream's own (pipelines/load-valve.ts); {} when not degraded. */
+  private overrides: Partial<GenerationParams> = {};
   private batch!: StreamBatch;
   /** The results of the newest frame that ran the models (a skipped frame repeats them). */
   private last: Promise<FrameResult[]> | undefined;
@@ -105,12 +111,14 @@ export class StreamPipeline {
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners, defaults);
     stream.plan = await planRequest(engine, params, mode, runners, defaults);
+    stream.own = stream.plan.params;
     stream.rebuild();
     return stream;
   }
 
+  /** The stream's own parameters (without the load valve's overrides). */
   get params(): GenerationParams {
-    return this.plan.params;
+    return this.own;
   }
 
   get frameSize(): Size {
@@ -138,16 +146,31 @@ export class StreamPipeline {
    * two frames.
    */
   update(update: unknown): Promise<GenerationParams> {
-    const run = this.updates.then(() => this.applyUpdate(update));
+    return this.serially(() => this.applyUpdate(mergeParams(this.own, update), this.overrides));
+  }
+
+  /**
+   * Lays the load valve's parameters over the stream's own from the next frame on ({} restores the stream's
+   * plan), the way an update would; the stream's own parameters stay as they are.
+   */
+  degrade(overrides: Partial<GenerationParams>): Promise<GenerationParams> {
+    return this.serially(() => this.applyUpdate(this.own, overrides));
+  }
+
+  private serially(fn: () => Promise<GenerationParams>): Promise<GenerationParams> {
+    const run = this.updates.then(fn);
     this.updates = run.catch(() => undefined);
     return run;
   }
 
-  private async applyUpdate(update: unknown): Promise<GenerationParams> {
+  private async applyUpdate(own: GenerationParams, overrides: Partial<GenerationParams>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.defaults);
+    const planned = Object.keys(overrides).length === 0 ? own : mergeParams(own, overrides);
+    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.defaults);
     const before = this.plan;
     this.plan = next;
+    this.own = own;
+    this.overrides = overrides;
     const p = next.params;
     this.filter.config = { threshold: p.similarity_threshold, maxSkipFrames: p.max_skip_frames };
     // 2. a new size or schedule re-primes the buffer; prompt, variant and guidance apply to the frames in flight
@@ -156,12 +179,12 @@ export class StreamPipeline {
     if (sizeChanged || !same(before.coefficients.timesteps, next.coefficients.timesteps) || before.params.frame_buffer_size !== p.frame_buffer_size) {
       this.rebuild();
       if (sizeChanged) this.filter.reset();
-      return p;
+      return own;
     }
     // made when the next step starts: a step in progress keeps the guidance it planned its rows with
     if (!same(before.guidance, next.guidance)) this.pending.guidance = next.guidance;
     if (!same(before.params.seed, p.seed)) this.pending.noise = this.noise();
-    return p;
+    return own;
   }
 
   /** Resolves when the pipeline takes another frame (fewer than PIPELINE_DEPTH in flight). */
@@ -209,7 +232,7 @@ export class StreamPipeline {
     // 4. decode beside the next frame's step
     const decoded = step.then(async ({ source, variant, denoised }) => {
       const images = await this.engine.decodeToRgb8(denoised, size, vae);
-      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName, steps: batch.lag + 1 }));
     });
     const results = this.inOrder(decoded);
     this.last = results;
@@ -238,7 +261,7 @@ export class StreamPipeline {
     this.steps = step.catch(() => undefined);
     const { variant, denoised } = await step;
     const images = await this.engine.decodeToRgb8(denoised, size, vae);
-    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName, steps: batch.lag + 1 }));
   }
 
   /**

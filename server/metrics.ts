@@ -57,6 +57,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly degradations = new Counter({
+    name: 'sd_stream_degradations_total',
+    help: 'Load valve moves on live streams: direction down or up, kind of rung (filter, budget, steps)',
+    labelNames: ['direction', 'kind'] as const,
+    registers: [this.registry],
+  });
+
   private readonly outputTimes: number[] = [];
 
   constructor(defaultMetrics = false) {

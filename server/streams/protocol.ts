@@ -60,6 +60,12 @@ const targetFields = {
   max_latency_ms: z.number().int().min(10).max(10_000).optional(),
 };
 
+/** What the load valve (pipelines/load-valve.ts) may do to a stream: nothing (`degrade: false`), or down to a budget. */
+const valveFields = {
+  degrade: z.boolean().optional(),
+  min_budget: z.number().min(0).max(1).optional(),
+};
+
 export const clientMessageSchema = z.discriminatedUnion('type', [
   z
     .object({
@@ -71,6 +77,7 @@ export const clientMessageSchema = z.discriminatedUnion('type', [
       /** txt2img stream: no input frames, the server generates continuously within the window. */
       mode: z.enum(['img2img', 'txt2img']).default('img2img'),
       ...targetFields,
+      ...valveFields,
     })
     .strict(),
   z
@@ -80,6 +87,7 @@ export const clientMessageSchema = z.discriminatedUnion('type', [
       // null clears a target
       target_fps: targetFields.target_fps.nullable(),
       max_latency_ms: targetFields.max_latency_ms.nullable(),
+      ...valveFields,
     })
     .strict(),
   z.object({ type: z.literal('ack'), frames: z.number().int().min(1).max(64).default(1) }).strict(),
@@ -127,6 +135,8 @@ export interface FrameMeta {
   readonly height: number;
   readonly format: 'jpeg' | 'webp';
   readonly expert: string;
+  /** Denoising steps the frame went through (fewer than asked while the load valve has taken steps away). */
+  readonly steps: number;
   readonly adapters: readonly { name: string; weight: number }[];
   /** The VAE that encoded and decoded the frame: the pack's tiny one or the full one. */
   readonly vae: 'full' | 'tiny';

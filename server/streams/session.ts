@@ -12,6 +12,7 @@ import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type ClientMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 import { StreamTargets } from './targets.ts';
+import { ladder, LoadValve, type ValveOptions } from '../../pipelines/load-valve.ts';
 
 export interface SentFrame {
   readonly meta: FrameMeta;
@@ -88,6 +89,9 @@ export class StreamSession extends EventEmitter {
   private outputs: Promise<void> = Promise.resolve();
   /** Frame rate and latency targets: each frame's deadline for the model calls. */
   readonly targets: StreamTargets;
+  /** Degrades the stream's plan when its frames miss their deadline, restores it when load falls. */
+  readonly valve: LoadValve;
+  private valveOptions: ValveOptions;
 
   private constructor(
     private readonly ctx: AppContext,
@@ -98,6 +102,8 @@ export class StreamSession extends EventEmitter {
     super();
     this.credits = start.window;
     this.targets = new StreamTargets(start);
+    this.valveOptions = { degrade: start.degrade ?? true, minBudget: start.min_budget ?? 0 };
+    this.valve = new LoadValve(this.rungs());
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
@@ -180,7 +186,28 @@ export class StreamSession extends EventEmitter {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
     const next = await this.pipeline.update(params);
     this.targets.update(targets);
+    this.valveOptions = { degrade: targets.degrade ?? this.valveOptions.degrade, minBudget: targets.min_budget ?? this.valveOptions.minBudget };
+    const level = this.valve.level;
+    this.valve.setRungs(this.rungs());
+    if (level > 0) await this.pipeline.degrade(this.valve.overrides); // the rungs of the new parameters
     return next;
+  }
+
+  /** The load valve's rungs for the stream's parameters (pipelines/load-valve.ts). */
+  private rungs() {
+    const costs = this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
+    return ladder(this.pipeline.params, costs, this.valveOptions);
+  }
+
+  /** A delivered frame's latency against the budget; a valve move re-plans the stream from the next frame. */
+  private judge(latencyMs: number): void {
+    const before = this.valve.kind;
+    const move = this.valve.observe(latencyMs, this.targets.budget);
+    if (!move) return;
+    const kind = move === 'down' ? this.valve.kind : before;
+    this.ctx.metrics.degradations.inc({ direction: move, kind: kind ?? 'none' });
+    this.ctx.log.info('load valve', { stream: this.id, direction: move, kind, level: this.valve.level });
+    this.pipeline.degrade(this.valve.overrides).catch((error: unknown) => this.ctx.log.warn('load valve re-plan failed', { stream: this.id, error: String(error) }));
   }
 
   close(): void {
@@ -268,7 +295,7 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { rgb, width, height, skipped, variant, vae } = result;
+    const { rgb, width, height, skipped, variant, vae, steps } = result;
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const encoded = this.sink.encoded !== false;
@@ -290,12 +317,16 @@ export class StreamSession extends EventEmitter {
       height,
       format,
       expert: variant.expert,
+      steps,
       adapters: variant.adapters,
       vae,
     };
     if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
-    if (inputId !== null && now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();
+    if (inputId !== null) {
+      if (now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();
+      this.judge(now - arrivedAt);
+    }
     if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }
