@@ -73,10 +73,16 @@ export class LoadValve {
 
   constructor(private rungs: readonly Rung[]) {}
 
-  /** New rungs (the stream's parameters or options changed); the level is kept within them. */
+  /**
+   * New rungs (the stream's parameters, targets or options changed); the level is kept within them, and the
+   * window starts again (frames judged against the old target say nothing about the new one).
+   */
   setRungs(rungs: readonly Rung[]): void {
     this.rungs = rungs;
     this.level = Math.min(this.level, rungs.length);
+    this.latencies = [];
+    this.misses = 0;
+    this.goodWindows = 0;
   }
 
   /** The parameters laid over the stream's at the current level. */
