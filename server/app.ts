@@ -56,6 +56,7 @@ export async function startServer(
   const dispatcher = engine.pack.sessions.dispatcher;
   dispatcher?.setMinShare(config.backgroundShare);
   const unobserve = dispatcher ? metrics.observeDispatcher(dispatcher) : () => undefined;
+  const unwatch = dispatcher ? ctx.capacity.watch(dispatcher) : () => undefined;
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
   const extensions = (options.extensions ?? []).map((make) => make(ctx));
 
@@ -64,7 +65,7 @@ export async function startServer(
   app.set('trust proxy', false);
   app.use(corsMiddleware(config));
   app.get('/health', (_req, res) => {
-    res.json({ status: ctx.draining ? 'draining' : 'ok', model: engine.pack.name, streams: registry.size, unet_queue: ctx.batcher.waiting });
+    res.json({ status: ctx.draining ? 'draining' : 'ok', model: engine.pack.name, streams: registry.size, unet_queue: ctx.batcher.waiting, capacity: ctx.capacity.snapshot() });
   });
   app.use(authMiddleware(config));
   app.use(rateLimit(config.rateLimitPerMinute));
@@ -105,6 +106,7 @@ export async function startServer(
       });
       wss.close();
       unobserve();
+      unwatch();
       if (ownEngine) await engine.close();
     })());
 

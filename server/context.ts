@@ -6,6 +6,7 @@ import type { ServerConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics.ts';
 import { UnetBatcher } from './batcher.ts';
+import { LiveCapacity } from './admission.ts';
 
 export interface AppContext {
   readonly config: ServerConfig;
@@ -13,6 +14,8 @@ export interface AppContext {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly batcher: UnetBatcher;
+  /** The live load on the workers, and whether a new stream fits (server/admission.ts). */
+  readonly capacity: LiveCapacity;
   /** UNet runners through the cross-stream batcher: rows of one latent size and UNet variant run together. */
   readonly runners: RunnerFactory;
   /**
@@ -35,6 +38,7 @@ export function createContext(config: ServerConfig, engine: Engine, log: Logger,
     log,
     metrics,
     batcher,
+    capacity: new LiveCapacity(2 * config.backgroundShare),
     draining: false,
     runners: (size, variant) => batcher.runner(size, variant.key, engine.unetRunner(size, variant)),
     defaults: {

@@ -111,6 +111,7 @@ export class StreamSession extends EventEmitter {
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);
+    ctx.capacity.admit(start.target_fps, session.bottomUnits()); // refused: close 1013 with the reason
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
   }
@@ -191,6 +192,17 @@ export class StreamSession extends EventEmitter {
     this.valve.setRungs(this.rungs());
     if (level > 0) await this.pipeline.degrade(this.valve.overrides); // the rungs of the new parameters
     return next;
+  }
+
+  /** Cost units (steps x relative MACs) of one frame at the valve's bottom rung (server/admission.ts). */
+  bottomUnits(): number {
+    const bottom = this.rungs().at(-1)?.params ?? {};
+    const p = this.pipeline.params;
+    const steps = bottom.steps ?? p.t_index_list?.length ?? p.steps;
+    const budget = bottom.budget;
+    const costs = this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
+    const macs = typeof budget === 'number' ? Math.max(...costs.filter((c) => c <= budget), Math.min(...costs)) : this.pipeline.variant.relativeMacs;
+    return steps * macs;
   }
 
   /** The load valve's rungs for the stream's parameters (pipelines/load-valve.ts). */
@@ -321,7 +333,10 @@ export class StreamSession extends EventEmitter {
       adapters: variant.adapters,
       vae,
     };
-    if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
+    if (!skipped) {
+      this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
+      if (inputId !== null) this.ctx.capacity.frameServed(steps, variant.relativeMacs);
+    }
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
     if (inputId !== null) {
       if (now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();

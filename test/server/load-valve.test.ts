@@ -53,3 +53,24 @@ test('degrade: false keeps every frame as asked however late', async () => {
   assert.deepEqual(await send(client, WINDOW_FRAMES * 2), Array(WINDOW_FRAMES * 2).fill(2));
   await client.close();
 });
+
+test('admission: with the busiest worker\'s live load recorded as full, a stream asking a target_fps is closed 1013 with the reason; one without a target starts', async () => {
+  const { default: WebSocket } = await import('ws');
+  const worker = { inFlight: 0, alive: true, run: () => Promise.reject(new Error('not run')) };
+  const now = performance.now();
+  // 2.9 s of the 3 s window busy with live calls for 100 one-step frames
+  server.ctx.capacity.record(worker, now - 2950, now - 50);
+  for (let i = 0; i < 100; i++) server.ctx.capacity.frameServed(1, 1);
+  const ws = new WebSocket(`${server.url.replace('http', 'ws')}/v1/stream`);
+  await new Promise((ok) => ws.once('open', ok));
+  const closed = new Promise<{ code: number; reason: string }>((ok) => {
+    ws.once('close', (code, reason) => ok({ code, reason: reason.toString() }));
+    ws.once('message', (m) => JSON.parse(m.toString())['type'] === 'started' && ws.close()); // admitted: fail below, not hang
+  });
+  ws.send(JSON.stringify({ type: 'start', params: { steps: 2 }, target_fps: 30 }));
+  const { code, reason } = await closed;
+  assert.equal(code, 1013);
+  assert.match(reason, /^cannot serve 30 fps even fully degraded/);
+  const free = await StreamClient.connect(server.url, { params: { steps: 2 } });
+  await free.close();
+});
