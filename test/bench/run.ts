@@ -28,6 +28,7 @@ const SECTIONS: [string, string, string][] = [
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
   ['live', 'live.ts', 'benchLive'],
   ['batching', 'batching.ts', 'benchBatching'],
+  ['sched', 'sched.ts', 'benchSched'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
