@@ -60,9 +60,10 @@ export class LiveCapacity {
     const from = now - CAPACITY_WINDOW_MS;
     this.spans = this.spans.filter((s) => s.end > from);
     this.frames = this.frames.filter((f) => f.at > from);
-    const busy = new Map<CallTarget, number>();
-    for (const s of this.spans) busy.set(s.worker, (busy.get(s.worker) ?? 0) + s.end - Math.max(s.start, from));
-    const busiest = Math.max(0, ...busy.values());
+    // a worker holds up to two calls at once (one running, one waiting beside it): its busy time is the union
+    const byWorker = new Map<CallTarget, [number, number][]>();
+    for (const s of this.spans) byWorker.set(s.worker, [...(byWorker.get(s.worker) ?? []), [Math.max(s.start, from), s.end]]);
+    const busiest = Math.max(0, ...[...byWorker.values()].map(unionLength));
     const units = this.frames.reduce((a, f) => a + f.units, 0);
     const utilisation = busiest / CAPACITY_WINDOW_MS;
     const msPerUnit = units > 0 && busiest > 0 ? busiest / units : null;
@@ -86,4 +87,16 @@ export class LiveCapacity {
       `cannot serve ${targetFps} fps even fully degraded: live streams use ${pct(u)} of the busiest worker, this stream would need ${pct((need * ms) / 1000)} more (${pct(this.reserved)} is kept for renders and jobs); try a lower target_fps or later`,
     );
   }
+}
+
+/** Total length of the union of intervals [start, end]. */
+function unionLength(intervals: [number, number][]): number {
+  let total = 0;
+  let reach = -Infinity;
+  for (const [start, end] of intervals.sort((a, b) => a[0] - b[0])) {
+    if (end <= reach) continue;
+    total += end - Math.max(start, reach);
+    reach = end;
+  }
+  return total;
 }

@@ -13,6 +13,7 @@ test('the busiest worker decides: utilisation, ms per cost unit and the units th
   // 30 frames of 2 steps on the full UNet (60 units); worker a busy 1200 ms of the 3 s window, b 300 ms
   for (let i = 0; i < 30; i++) {
     cap.record(a, t - 3000 + i * 100, t - 3000 + i * 100 + 40);
+    cap.record(a, t - 3000 + i * 100 + 10, t - 3000 + i * 100 + 30); // sent while the one before ran: no more busy time
     cap.record(b, t - 3000 + i * 100, t - 3000 + i * 100 + 10);
     cap.frameServed(2, 1);
   }
