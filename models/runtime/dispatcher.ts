@@ -5,14 +5,21 @@
  *
  * Which waiting call goes next is urgency.ts's rule (pickNext): live frames before interactive renders before
  * background jobs, earliest deadline first within a class, with a minimum share of worker time owed to the lower
- * classes. While live streams are active (a live call within LIVE_ACTIVE_MS), a call below live goes only to an
- * idle worker (unless its class is owed its share): the second slot of a worker (CALLS_PER_WORKER) is kept for live
- * calls, so a live frame waits behind at most one call of another class (chunked to a fraction of a frame
- * interval, see server/batcher.ts).
+ * classes. While live streams are active (a live call within LIVE_ACTIVE_MS), a call below live goes only to a
+ * worker that has been idle for IDLE_GAP_FRACTION of the tightest live frame interval (unless its class is owed its
+ * share): the second slot of a worker (CALLS_PER_WORKER) is kept for live calls, and the short gaps between a
+ * stream's calls (its frame's work on the main thread) are not taken, only spare time the streams really leave. A
+ * live frame then waits behind at most one call of another class (chunked to a fraction of a frame interval, see
+ * server/batcher.ts), and mostly behind none.
  */
 import { ServiceError } from '../errors.ts';
 import type { Feed, Outputs, Rgb8Tensor } from './contract.ts';
 import { ClassShares, currentUrgency, LiveActivity, pickNext, type CallClass, type Urgency } from './urgency.ts';
+
+/** While streams are live, a worker counts as spare after being idle this fraction of the tightest frame interval. */
+export const IDLE_GAP_FRACTION = 0.25;
+/** The frame interval assumed for live calls that state none (ms). */
+const DEFAULT_INTERVAL_MS = 1000 / 30;
 
 /**
  * Calls a worker may hold at once: one running and one waiting on the worker's side, so the worker does not
@@ -80,6 +87,9 @@ export class Dispatcher {
   /** Calls not yet sent to a worker, in arrival order. */
   private readonly queue: ModelCall[] = [];
   private readonly listeners = new Set<DispatchListener>();
+  /** When each worker last became idle (ms); a worker not in the map has not run anything yet. */
+  private readonly idleSince = new Map<CallTarget, number>();
+  private gapTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
   shares: ClassShares;
   readonly live: LiveActivity;
@@ -126,6 +136,7 @@ export class Dispatcher {
         continue;
       }
       const startedAt = this.now();
+      this.idleSince.delete(target.worker);
       const event: CallEvent = { label: c.label, class: c.urgency.class, worker: target.worker, submittedAt: c.submittedAt, startedAt };
       for (const l of this.listeners) l.onStart?.(event);
       const ended = this.shares.start(c.urgency.class);
@@ -134,6 +145,7 @@ export class Dispatcher {
         .finally(() => {
           ended();
           const endedAt = this.now();
+          if (target.worker.inFlight === 0) this.idleSince.set(target.worker, endedAt);
           const end = { ...event, endedAt, missed: c.urgency.deadline !== undefined && endedAt > c.urgency.deadline };
           for (const l of this.listeners) l.onEnd?.(end);
         })
@@ -150,6 +162,9 @@ export class Dispatcher {
    */
   private next(): { index: number; target: Replica | undefined } | undefined {
     const liveActive = this.live.active;
+    const now = this.now();
+    const gap = IDLE_GAP_FRACTION * (this.live.tightestInterval ?? DEFAULT_INTERVAL_MS);
+    let wake: number | undefined; // when a worker held back for the gap rule becomes spare
     // a class owed its share may take a busy worker's second slot, else live calls would keep it from ever idling
     const owed = this.shares.owed(new Set(this.queue.map((c) => c.urgency.class)));
     const ready: { index: number; target: Replica }[] = [];
@@ -159,15 +174,33 @@ export class Dispatcher {
       if (replicas.length === 0) return { index, target: undefined };
       // while streams are live, the lower classes take only an idle worker (see the module comment)
       const cls = call.urgency.class;
-      const room = liveActive && cls !== 'live' && cls !== owed ? 1 : CALLS_PER_WORKER;
+      const held = liveActive && cls !== 'live' && cls !== owed;
+      const room = held ? 1 : CALLS_PER_WORKER;
       let best: Replica | undefined;
-      for (const r of replicas) if (r.worker.inFlight < room && (!best || r.worker.inFlight < best.worker.inFlight)) best = r;
+      for (const r of replicas) {
+        if (r.worker.inFlight >= room) continue;
+        if (held) {
+          const spareAt = (this.idleSince.get(r.worker) ?? -Infinity) + gap;
+          if (spareAt > now) {
+            wake = Math.min(wake ?? Infinity, spareAt - now);
+            continue;
+          }
+        }
+        if (!best || r.worker.inFlight < best.worker.inFlight) best = r;
+      }
       if (best) ready.push({ index, target: best });
     }
     const pick = pickNext(
       ready.map((r) => this.queue[r.index]!),
       this.shares,
     );
+    if (pick === undefined && wake !== undefined && !this.gapTimer) {
+      this.gapTimer = setTimeout(() => {
+        this.gapTimer = undefined;
+        this.pump();
+      }, Math.ceil(wake));
+      this.gapTimer.unref();
+    }
     return pick === undefined ? undefined : ready[pick];
   }
 }

@@ -85,14 +85,21 @@ export async function benchSched({ engine, quick, log }: SchedBenchOptions): Pro
     results['job'] = { alone: a, with_job: j, job_images_per_second: rate, fps_ratio: fpsRatio, p95_ratio: p95Ratio };
 
     // 2. more streams than the full model serves at their target: cameras at 15 fps, the valve on and off
+    // enough streams that the full model cannot serve them all at the target: 1.3x the stream-alone rate
     const target = 15;
-    const streams = quick ? 4 : 6;
+    const streams = Math.max(2, Math.ceil((1.3 * a.fps.mean) / target));
     const overload: Record<string, unknown> = {};
     log(`\n### ${streams} streams, each sent at ${target} fps with target_fps ${target} (${seconds} s windows, valve off then on)\n`);
     log('| valve | fps per stream (mean) | latency p50 / p95 (server) | what the frames got |');
     log('| --- | --- | --- | --- |');
     for (const degrade of [false, true]) {
-      const r = await loadFromChild(server, streams, seconds, STREAM, 0, { start: { target_fps: target, degrade }, sendFps: target });
+      const r = await loadFromChild(server, streams, seconds, STREAM, 0, { start: { target_fps: target, degrade }, sendFps: target }).catch((error: Error) => error);
+      if (r instanceof Error) {
+        const refused = /cannot serve[^"]*/.exec(r.message)?.[0];
+        log(`| ${degrade ? 'on' : 'off'} | refused at admission: ${refused ?? r.message.slice(0, 200)} | | |`);
+        overload[degrade ? 'valve_on' : 'valve_off'] = { refused: refused ?? r.message };
+        continue;
+      }
       const lat = summarize(r.serverLatency);
       const perStream = r.fps / streams;
       const got = Object.entries(r.applied).map(([k, n]) => `${k}: ${n}`).join(', ');

@@ -1,7 +1,8 @@
 /** The queue model calls wait in (models/runtime/dispatcher.ts), with workers we control. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CALLS_PER_WORKER, Dispatcher, type CallTarget } from '../../../models/runtime/dispatcher.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CALLS_PER_WORKER, Dispatcher, IDLE_GAP_FRACTION, type CallTarget } from '../../../models/runtime/dispatcher.ts';
 import type { Outputs } from '../../../models/runtime/contract.ts';
 import { LIVE_ACTIVE_MS, withUrgency } from '../../../models/runtime/urgency.ts';
 
@@ -96,6 +97,8 @@ test('the most urgent call goes first: live before interactive before background
   for (let i = 0; i < 8; i++) {
     a.calls[i]!.finish();
     await tick();
+    time.advance(10); // past the idle gap the lower classes wait for while live work is on
+    await sleep(15);
   }
   assert.deepEqual(
     a.calls.map((c) => c.label),
@@ -116,7 +119,7 @@ test('the urgency of a call is that of the async flow that made it, across await
   assert.deepEqual(seen, ['call 1:background', 'call 2:interactive']);
 });
 
-test('while live calls are recent, a call below live takes only an idle worker (the second slot waits for live frames); later it takes both', async () => {
+test('while live calls are recent, a call below live takes only a worker idle for a quarter of the live interval (not the second slot, not a short gap); later it takes both', async () => {
   const time = clock();
   const d = new Dispatcher({ minShare: 0, now: time.now });
   const a = new FakeWorker('a');
@@ -128,7 +131,10 @@ test('while live calls are recent, a call below live takes only an idle worker (
   a.calls[0]!.finish();
   a.calls[1]!.finish();
   await tick();
-  assert.deepEqual(a.calls.map((c) => c.label), ['1', '3', '2'], 'the background call goes once the worker is idle');
+  assert.deepEqual(a.calls.map((c) => c.label), ['1', '3'], 'a worker idle for a moment is not yet spare');
+  time.advance(IDLE_GAP_FRACTION * (1000 / 30) + 0.1); // live calls that state no interval count as 30 fps
+  await sleep(20);
+  assert.deepEqual(a.calls.map((c) => c.label), ['1', '3', '2'], 'the background call goes once the worker has been idle for the gap');
   a.calls[2]!.finish();
   time.advance(LIVE_ACTIVE_MS + 1); // no live call for a while
   withUrgency({ class: 'background' }, () => {
