@@ -4,8 +4,8 @@
  * the expert's relative MACs: a stream-batch frame runs one UNet row per step, and the UNet dominates). A new
  * stream that states a target_fps is refused when, even at the bottom rung of its load valve (pipelines/load-valve.ts),
  * its frames would not fit beside the live load already on the busiest worker and the share owed to renders and
- * jobs. The estimate assumes the streams already running stay at their current level. Without a measurement (no
- * live frames in the window) or without a target, a stream is admitted.
+ * jobs. The estimate assumes the streams already running stay at their current level. Without a measurement (fewer
+ * than MIN_FRAMES live frames in the window) or without a target, a stream is admitted.
  *
  * snapshot() is the hook a gateway placing streams on several nodes reads (GET /health `capacity`).
  */
@@ -14,6 +14,8 @@ import type { CallTarget, Dispatcher } from '../models/runtime/dispatcher.ts';
 
 /** The window the live load is measured over (ms). */
 export const CAPACITY_WINDOW_MS = 3000;
+/** Live frames a window needs before its cost per unit is trusted (fewer: the tail of a stream, not a rate). */
+export const MIN_FRAMES = 20;
 
 export interface CapacitySnapshot {
   /** Fraction of the busiest worker's time live calls took over the window (0..1). */
@@ -66,7 +68,7 @@ export class LiveCapacity {
     const busiest = Math.max(0, ...[...byWorker.values()].map(unionLength));
     const units = this.frames.reduce((a, f) => a + f.units, 0);
     const utilisation = busiest / CAPACITY_WINDOW_MS;
-    const msPerUnit = units > 0 && busiest > 0 ? busiest / units : null;
+    const msPerUnit = this.frames.length >= MIN_FRAMES && busiest > 0 ? busiest / units : null;
     const free = msPerUnit === null ? null : (Math.max(0, 1 - this.reserved - utilisation) * 1000) / msPerUnit;
     return { live_utilisation: utilisation, ms_per_unit: msPerUnit, free_units_per_second: free, reserved: this.reserved };
   }
