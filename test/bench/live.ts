@@ -45,7 +45,7 @@ export interface LoadResult {
 }
 
 /** Runs ws-load.ts in a child process against `server`. */
-export function loadFromChild(server: RunningServer, streams: number, seconds: number, params: Record<string, unknown>, healthEveryMs = 0, more: { start?: Record<string, unknown>; sendFps?: number } = {}): Promise<LoadResult> {
+export function loadFromChild(server: RunningServer, streams: number, seconds: number, params: Record<string, unknown>, healthEveryMs = 0, more: { start?: Record<string, unknown>; sendFps?: number; warmupSeconds?: number } = {}): Promise<LoadResult> {
   const args = JSON.stringify({ url: server.url, streams, seconds, params, healthEveryMs, ...more });
   const child = spawn(process.execPath, ['--import', 'tsx', join(HERE, 'ws-load.ts'), args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
