@@ -12,7 +12,8 @@ import { exists } from '../models/files.ts';
 import { join } from 'node:path';
 import { blend, blendedNoise } from './blending.ts';
 import type { NoiseTable, PromptContext, UnetRunner } from './denoise-step.ts';
-import type { GenerationParams } from './params.ts';
+import { MAX_SIDE, type GenerationParams } from './params.ts';
+import { otherSide, sizeForAspect } from './aspect.ts';
 import { LcmScheduler, parseSchedulerConfig, tIndexListForStrength, type StepCoefficients } from './schedulers/lcm.ts';
 import { VariantResolver, type AdapterSource, type ExpertSource, type UnetVariant } from './variants.ts';
 
@@ -68,10 +69,28 @@ export class Engine {
     return this.pack.unet.latentChannels;
   }
 
-  size(params: Pick<GenerationParams, 'width' | 'height'>): Size {
-    const width = params.width ?? this.pack.defaultImageSize;
-    const height = params.height ?? this.pack.defaultImageSize;
+  /** Most pixels a frame gets when its size follows an aspect: the model's training size squared. */
+  get pixelBudget(): number {
+    return this.pack.defaultImageSize ** 2;
+  }
+
+  /**
+   * The frame size for these parameters: width and height as given; a missing side from the aspect (the
+   * parameters', else `inputAspect`, the shape of the input frames); neither side: the largest size with that
+   * aspect within the pixel budget (pipelines/aspect.ts); no aspect at all: the model's square default.
+   */
+  size(params: Pick<GenerationParams, 'width' | 'height'> & { aspect?: number | undefined }, inputAspect?: number): Size {
     const m = this.pack.sizeMultiple;
+    const aspect = params.aspect ?? inputAspect;
+    let { width, height } = params;
+    if (aspect !== undefined && width === undefined && height === undefined) {
+      ({ width, height } = sizeForAspect(aspect, { pixels: this.pixelBudget, multiple: m, maxSide: MAX_SIDE }));
+    } else if (aspect !== undefined && (width === undefined) !== (height === undefined)) {
+      if (width !== undefined) height = otherSide(width, aspect, m, MAX_SIDE, 'width');
+      else width = otherSide(height!, aspect, m, MAX_SIDE, 'height');
+    }
+    width ??= this.pack.defaultImageSize;
+    height ??= this.pack.defaultImageSize;
     for (const [field, value] of [['width', width], ['height', height]] as const) {
       if (value % m !== 0) throw new ServiceError('bad_request', `${field} must be a multiple of ${m} for model ${this.pack.name}, got ${value}`, { field });
     }

@@ -9,6 +9,7 @@ import { isRecord } from '../models/files.ts';
 import { checkAdapterChoices } from '../models/adapters/choices.ts';
 import { DEFAULT_GUIDANCE, GUIDANCE_KINDS } from './rcfg.ts';
 import { DEFAULT_SIMILARITY_FILTER } from './similarity-filter.ts';
+import { FITS } from './codecs/image.ts';
 
 /**
  * Denoising steps when a request gives none, by the kind of work: a live stream favours latency (its output lags
@@ -25,6 +26,9 @@ export const MAX_SIDE = 1024;
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
 const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+/** Widest and tallest input aspect accepted (8:1, 1:8). */
+export const MAX_ASPECT = 8;
+export const MIN_ASPECT = 1 / MAX_ASPECT;
 const side = z.number().int().min(64).max(MAX_SIDE).multipleOf(8, 'must be a multiple of 8');
 
 export const paramsSchema = z
@@ -48,8 +52,16 @@ export const paramsSchema = z
     t_index_list: z.array(z.number().int().min(0).max(49)).min(1).max(8).optional(),
     /** One seed, or a weighted list of seeds blended into the initial noise. */
     seed: z.union([seedValue, z.array(z.object({ seed: seedValue, weight: z.number().min(0).max(100) }).strict()).min(1).max(8)]).default(2),
+    /** Output size; both default to the largest size with the input's aspect within the model's pixel budget. */
     width: side.optional(),
     height: side.optional(),
+    /**
+     * The input's aspect (width / height, e.g. 1.7778 for 16:9) when width and height are not given. Streams
+     * without one follow the aspect of their frames; batch renders without one are square.
+     */
+    aspect: z.number().min(MIN_ASPECT).max(MAX_ASPECT).optional(),
+    /** What happens to the part of the input outside the output's aspect: cropped (centre) or padded (black bars). */
+    fit: z.enum(FITS).default('crop'),
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
     similarity_threshold: z.number().min(0).max(1).default(DEFAULT_SIMILARITY_FILTER.threshold),
     max_skip_frames: z.number().int().min(0).max(1000).default(DEFAULT_SIMILARITY_FILTER.maxSkipFrames),
@@ -101,7 +113,7 @@ export function parseParams(input: unknown): GenerationParams {
 }
 
 /** Optional fields a live update may clear by sending null. */
-const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'expert', 'vae']);
+const CLEARABLE = new Set(['strength', 't_index_list', 'width', 'height', 'aspect', 'expert', 'vae']);
 
 /** A live update: only the given fields, each validated; returns the merged parameters. */
 export function mergeParams(current: GenerationParams, update: unknown): GenerationParams {

@@ -41,12 +41,19 @@ export interface Plan {
   readonly urgency: CallClass;
 }
 
+/** The runner factory a plan uses: the caller's (the server's batcher), else the engine's own. */
+function runnersOf(engine: Engine, runners: RunnerFactory | undefined): RunnerFactory {
+  return runners ?? ((s, v) => engine.unetRunner(s, v));
+}
+
 /** What a request gets for parameters it leaves unset, by where it comes from (a live stream, a batch render). */
 export interface PlanDefaults {
   /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
   readonly vae: VaeChoice;
   /** The class of the request's model calls (Plan.urgency). */
   readonly urgency: CallClass;
+  /** The input's shape (width / height): the size follows it when the parameters set none (pipelines/aspect.ts). */
+  readonly inputAspect?: number;
 }
 
 /** Batch renders, the CLI and video: the full VAE unless asked; interactive (someone waits for the result). */
@@ -54,15 +61,21 @@ export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full', urgency
 
 /**
  * Plans a request. Throws a ServiceError (and builds nothing) when a parameter does not fit the model: a size
- * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero.
+ * off the pack's multiple, an unknown expert or adapter, prompt weights that are all zero. The size follows
+ * the input's shape (`defaults.inputAspect`) when the parameters set none.
  */
 export async function planRequest(engine: Engine, params: GenerationParams, mode: Mode, runners?: RunnerFactory, defaults: PlanDefaults = BATCH_DEFAULTS): Promise<Plan> {
-  const size = engine.size(params);
+  const size = engine.size(params, defaults.inputAspect);
   const coefficients = engine.coefficients(params, mode);
   const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
   // the prompt's encoding is the request's first model call: it carries the request's class too
   const { prompt, variant } = await withUrgency({ class: defaults.urgency }, () => engine.prepare(params));
-  const runner = (runners ?? ((s, v) => engine.unetRunner(s, v)))(size, variant);
+  const runner = runnersOf(engine, runners)(size, variant);
   const guidance = makeGuidance(params.guidance, params.guidance_scale, params.delta);
   return { params, mode, size, coefficients, guidance, prompt, variant, warnings: variant.warnings, runner, vae: vae.vae, vaeName: vae.name, urgency: defaults.urgency };
+}
+
+/** The same plan at another frame size (a stream following its input's shape): only the runner changes. */
+export function resizePlan(engine: Engine, plan: Plan, size: Size, runners?: RunnerFactory): Plan {
+  return { ...plan, size, runner: runnersOf(engine, runners)(size, plan.variant) };
 }

@@ -2,22 +2,24 @@
  * One live stream: frame in -> similarity filter -> VAE encode -> stream batch -> VAE decode -> frame out.
  * Each stream owns its buffer, noise, stock noise and filter state (two streams never mix frames), and
  * every parameter can change between frames without reloading sessions or emitting a broken frame:
- * prompt and guidance apply to the frames in flight, a new schedule or size re-primes the buffer.
+ * prompt, guidance, seed and the UNet variant apply to the frames in flight; a new schedule or size
+ * re-primes the buffer.
  *
  * Frames are pipelined across the model workers: process() may be called again before the previous call has
  * finished. A frame's VAE encode starts at once (beside the previous frame's UNet call), the stream-batch steps
  * run one after another in call order, a frame's decode runs beside the next frame's step, and results resolve
  * in call order. room() tells the caller when to hand over the next frame (PIPELINE_DEPTH frames in flight).
  * A frame keeps the size and VAE of the moment it entered; each step takes the prompt, UNet variant, guidance and
- * seed current when it starts (a step is never changed half-way), as one frame at a time would.
+ * seed current when it starts (a step is never changed half-way), as one frame at a time would. Frames enter
+ * (processInput) and updates apply in turns, so an update never lands between loading a frame and its entry.
  */
 import type { ImageInput } from '../models/components.ts';
 import { withUrgency, type Urgency } from '../models/runtime/urgency.ts';
 import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
-import { rgb8ToTensor } from './codecs/image.ts';
-import { mergeParams, type GenerationParams } from './params.ts';
-import { planRequest, BATCH_DEFAULTS, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from './plan.ts';
+import { rgb8ToTensor, type Fit } from './codecs/image.ts';
+import { mergeParams, paramsSchema, type GenerationParams } from './params.ts';
+import { planRequest, resizePlan, BATCH_DEFAULTS, type Mode, type Plan, type PlanDefaults, type RunnerFactory } from './plan.ts';
 import { Generator } from './random.ts';
 import { SimilarityFilter } from './similarity-filter.ts';
 import { StreamBatch } from './stream-batch.ts';
@@ -33,7 +35,10 @@ export const PIPELINE_DEPTH = 2;
 export type FrameInput = ImageInput;
 
 export interface FrameResult<Tag = unknown> {
-  /** The tag of the input frame this output shows (outputs lag inputs by steps - 1 frames). */
+  /**
+   * The tag of the input frame this output shows (outputs lag inputs by steps - 1 frames). A repeated output
+   * (skipped) shows the input the filter judged unchanged, and the frame in flight then stands for it too.
+   */
   readonly source: Tag | undefined;
   /** RGB bytes [H, W, 3], as the VAE decoder's thread made them. */
   readonly rgb: Uint8Array;
@@ -64,8 +69,25 @@ function frameResult<Tag>(fields: Omit<FrameResult<Tag>, 'image'>): FrameResult<
   return Object.defineProperty({ ...fields }, 'image', { get, enumerable: false }) as FrameResult<Tag>;
 }
 
+/** Produces one input frame at the size (and fit) the stream runs at when its turn comes. */
+export type FrameLoader = (size: Size, fit: Fit) => Promise<FrameInput>;
+
+/** A frame handed to processInput: `entered` once it is in the pipeline, `results` when it has finished. */
+export interface FrameEntry<Tag> {
+  readonly entered: Promise<void>;
+  readonly results: Promise<FrameResult<Tag>[]>;
+}
+
+/** A frame's tag while it is in the stream batch's buffer (a skipped input may take the newest one over). */
+interface TagSlot {
+  tag: unknown;
+}
+
 /** Salt so the filter's coin and the initial noise never share a random stream for the same seed. */
 const FILTER_SEED_SALT = 0x5f3759df;
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+const sameSize = (a: Size, b: Size) => a.width === b.width && a.height === b.height;
 
 export class StreamPipeline {
   private plan!: Plan;
@@ -84,8 +106,18 @@ export class StreamPipeline {
   private pending: { guidance?: Plan['guidance']; noise?: NoiseTable } = {};
   /** Settles after the newest frame's results: results resolve in call order. */
   private delivered: Promise<unknown> = Promise.resolve();
+  /** The size the stream batch was built for (a new one resets the filter). */
+  private batchSize: Size | undefined;
+  /** The shape (width / height) of the latest input frame: the size follows it when the parameters set none. */
+  private inputAspect: number | undefined;
+  /** Updates queued that build a new UNet variant (see buildsVariant). */
+  private variantBuilds = 0;
+  /** Frames entering (loaded, filtered) and updates applying take turns here. */
+  private turn: Promise<unknown> = Promise.resolve();
   /** Tags of the frames in the stream batch's buffer, oldest first (the first frame fills it when priming). */
-  private inFlightTags: unknown[] = [];
+  private inFlightTags: TagSlot[] = [];
+  /** The tag of the newest frame that ran the models. */
+  private newest: TagSlot | undefined;
   private inFlight = 0;
   private readonly waiting: (() => void)[] = [];
   readonly filter: SimilarityFilter;
@@ -121,6 +153,7 @@ export class StreamPipeline {
     return this.own;
   }
 
+  /** The size the next frame runs at. */
   get frameSize(): Size {
     return this.plan.size;
   }
@@ -141,12 +174,30 @@ export class StreamPipeline {
   }
 
   /**
-   * Applies a live update from the next frame on. Validation errors throw and change nothing. Frames keep
-   * flowing on the current UNet while a new variant (an adapter merge) is built; the swap happens between
-   * two frames.
+   * Whether this update builds a new UNet variant (new adapters: a merge on a worker, up to seconds), or
+   * follows one still being built. Such updates apply once the variant is ready while frames keep flowing on
+   * the old one; every other update is quick, and a caller may hold frames back until it applies.
    */
-  update(update: unknown): Promise<GenerationParams> {
-    return this.serially(() => this.applyUpdate(mergeParams(this.own, update), this.overrides));
+  buildsVariant(update: unknown): boolean {
+    if (this.variantBuilds > 0) return true;
+    if (typeof update !== 'object' || update === null || !('adapters' in update)) return false;
+    const adapters = paramsSchema.shape.adapters.safeParse((update as { adapters: unknown }).adapters);
+    const active = (list: GenerationParams['adapters']) => JSON.stringify(list.filter((a) => a.weight !== 0));
+    return adapters.success && active(adapters.data) !== active(this.plan.params.adapters);
+  }
+
+  /**
+   * Applies a live update between two frames, once `when` resolves (the caller's turn: a server holds it until
+   * the frames that arrived before the update have entered). Validation errors throw and change nothing. A new
+   * variant (an adapter merge) is built first, with frames flowing on the current UNet meanwhile.
+   */
+  update(update: unknown, when: Promise<unknown> = Promise.resolve()): Promise<GenerationParams> {
+    const build = this.buildsVariant(update);
+    if (build) this.variantBuilds++;
+    // the valve's overrides stay laid over the stream's new parameters
+    const run = this.updates.then(() => this.applyUpdate(mergeParams(this.own, update), this.overrides, when)).finally(() => build && this.variantBuilds--);
+    this.updates = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -154,43 +205,80 @@ export class StreamPipeline {
    * plan), the way an update would; the stream's own parameters stay as they are.
    */
   degrade(overrides: Partial<GenerationParams>): Promise<GenerationParams> {
-    return this.serially(() => this.applyUpdate(this.own, overrides));
-  }
-
-  private serially(fn: () => Promise<GenerationParams>): Promise<GenerationParams> {
-    const run = this.updates.then(fn);
+    const run = this.updates.then(() => this.applyUpdate(this.own, overrides, Promise.resolve()));
     this.updates = run.catch(() => undefined);
     return run;
   }
 
-  private async applyUpdate(own: GenerationParams, overrides: Partial<GenerationParams>): Promise<GenerationParams> {
+  private async applyUpdate(own: GenerationParams, overrides: Partial<GenerationParams>, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
     const planned = Object.keys(overrides).length === 0 ? own : mergeParams(own, overrides);
-    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.defaults);
+    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.planDefaults());
+    // 2. apply between frames, once the caller's turn has come
+    await when;
+    return this.inTurn(() => {
+      this.apply(next);
+      this.own = own;
+      this.overrides = overrides;
+      return own;
+    });
+  }
+
+  private apply(planned: Plan): GenerationParams {
+    // the input's shape may have changed while the update was planned
+    const size = this.engine.size(planned.params, this.inputAspect);
+    const next = sameSize(size, planned.size) ? planned : resizePlan(this.engine, planned, size, this.runners);
     const before = this.plan;
     this.plan = next;
-    this.own = own;
-    this.overrides = overrides;
     const p = next.params;
     this.filter.config = { threshold: p.similarity_threshold, maxSkipFrames: p.max_skip_frames };
-    // 2. a new size or schedule re-primes the buffer; prompt, variant and guidance apply to the frames in flight
-    const sizeChanged = before.size.width !== next.size.width || before.size.height !== next.size.height;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-    if (sizeChanged || !same(before.coefficients.timesteps, next.coefficients.timesteps) || before.params.frame_buffer_size !== p.frame_buffer_size) {
+    // a new size or schedule re-primes the buffer; prompt, variant and guidance apply to the frames in flight
+    if (!sameSize(before.size, next.size) || !same(before.coefficients.timesteps, next.coefficients.timesteps) || before.params.frame_buffer_size !== p.frame_buffer_size) {
       this.rebuild();
-      if (sizeChanged) this.filter.reset();
-      return own;
+      return p;
     }
     // made when the next step starts: a step in progress keeps the guidance it planned its rows with
     if (!same(before.guidance, next.guidance)) this.pending.guidance = next.guidance;
     if (!same(before.params.seed, p.seed)) this.pending.noise = this.noise();
-    return own;
+    return p;
   }
 
-  /** Resolves when the pipeline takes another frame (fewer than PIPELINE_DEPTH in flight). */
+  /** The defaults a plan of this stream fills unset parameters from, with the input's current shape. */
+  private planDefaults(): PlanDefaults {
+    return { ...this.defaults, inputAspect: this.inputAspect };
+  }
+
+  private inTurn<T>(fn: () => T | Promise<T>): Promise<T> {
+    const run = this.turn.then(fn);
+    this.turn = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Whether the pipeline takes another frame now (fewer than PIPELINE_DEPTH in flight). */
+  get hasRoom(): boolean {
+    return this.inFlight < PIPELINE_DEPTH;
+  }
+
+  /** Resolves when the pipeline takes another frame (see hasRoom). */
   room(): Promise<void> {
-    if (this.inFlight < PIPELINE_DEPTH) return Promise.resolve();
+    if (this.hasRoom) return Promise.resolve();
     return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /**
+   * Processes one input frame that `load` produces at the stream's size when its turn comes. `aspect` is the
+   * input's shape (width / height): when the parameters fix no size the stream follows it (a new size re-primes
+   * the buffer). `entered` settles once the frame is in the pipeline (frames enter in call order; a load error
+   * rejects both); `results` as process(). `handOver` as process().
+   */
+  processInput<Tag>(load: FrameLoader, tag: Tag, aspect?: number, handOver = false, timing: Omit<Urgency, 'class'> = {}): FrameEntry<Tag> {
+    const turn = this.inTurn(async () => {
+      if (aspect !== undefined && aspect !== this.inputAspect) this.followAspect(aspect);
+      const frame = await load(this.plan.size, this.plan.params.fit);
+      // wrapped: the turn ends when the frame has entered, not when its results are ready
+      return { results: this.process([frame], tag, handOver, timing) };
+    });
+    return { entered: turn.then(() => undefined), results: turn.then((t) => t.results) };
   }
 
   /**
@@ -215,17 +303,21 @@ export class StreamPipeline {
       const decision = this.filter.check(frames[0]!);
       const last = this.last as Promise<FrameResult<Tag>[]> | undefined;
       if (decision.skip && last) {
-        return this.inOrder(last.then((results) => results.map((r) => frameResult({ ...r, skipped: true, similarity: decision.similarity }))));
+        // the newest frame in flight is the one this input was compared with: it now stands for this input
+        if (this.newest) this.newest.tag = tag;
+        return this.inOrder(last.then((results) => results.map((r) => frameResult({ ...r, source: tag, skipped: true, similarity: decision.similarity }))));
       }
     }
     this.inFlight++;
+    const slot: TagSlot = { tag };
+    this.newest = slot;
     // 2. encode now, beside the previous frame's step
     const latents = this.engine.encodeImages(frames, size, vae, handOver);
     // 3. one stream-batch step after another
     const step = this.steps.then(async () => {
       const z = await latents;
       const { prompt, runner, variant } = this.stepPlan(batch, entered);
-      const source = this.trackSource(batch, tag);
+      const source = this.trackSource(batch, slot) as Tag | undefined;
       return { source, variant, denoised: await batch.process(z, prompt, runner) };
     });
     this.steps = step.catch(() => undefined);
@@ -291,10 +383,19 @@ export class StreamPipeline {
     return ordered;
   }
 
-  private trackSource<Tag>(batch: StreamBatch, tag: Tag | undefined): Tag | undefined {
-    if (batch.inFlight === 0) this.inFlightTags = new Array<unknown>(batch.lag).fill(tag); // priming repeats the first frame
-    this.inFlightTags.push(tag);
-    return this.inFlightTags.shift() as Tag | undefined;
+  private trackSource(batch: StreamBatch, slot: TagSlot): unknown {
+    if (batch.inFlight === 0) this.inFlightTags = new Array<TagSlot>(batch.lag).fill(slot); // priming repeats the first frame
+    this.inFlightTags.push(slot);
+    return this.inFlightTags.shift()!.tag;
+  }
+
+  /** A new input shape: a new size when the parameters leave the size to the input and it changes. */
+  private followAspect(aspect: number): void {
+    this.inputAspect = aspect;
+    const size = this.engine.size(this.plan.params, aspect);
+    if (sameSize(size, this.plan.size)) return;
+    this.plan = resizePlan(this.engine, this.plan, size, this.runners);
+    this.rebuild();
   }
 
   /** The stream's initial noise: drawn once from the seed, reused every frame. */
@@ -303,9 +404,13 @@ export class StreamPipeline {
     return this.engine.noise(params, coefficients.timesteps.length, params.frame_buffer_size, size, false);
   }
 
+  /** A fresh stream batch that re-primes with the next frame (a new size also forgets the filter's last input). */
   private rebuild(): void {
+    if (this.batchSize && !sameSize(this.batchSize, this.plan.size)) this.filter.reset();
+    this.batchSize = this.plan.size;
     this.batch = new StreamBatch(this.plan.coefficients, this.plan.guidance, this.noise());
     this.pending = {};
     this.last = undefined;
+    this.newest = undefined;
   }
 }

@@ -1,5 +1,6 @@
 /**
- * A video file through the stream pipeline: ffmpeg decodes every frame to RGB at the render size, one
+ * A video file through the stream pipeline: ffmpeg decodes every frame to RGB at the render size (by default
+ * the largest with the source's aspect within the model's pixel budget; `fit` crops or pads the rest), one
  * StreamPipeline renders them in order (SSF on, the stream's initial noise reused for every frame, so a
  * still scene stays still), ffmpeg encodes H.264 MP4 at the source's frame rate with its audio.
  * The stream batch lags n - 1 frames (n = steps): the first n - 1 outputs are dropped and the last frame
@@ -53,7 +54,9 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   // 1. ffmpeg and the source's properties
   const paths = options.ffmpeg ?? (await defaultFfmpeg());
   const info = await probeVideo(paths, options.input, signal);
-  const stream = await StreamPipeline.create(engine, params, options.runners, 'img2img', options.defaults ?? BATCH_DEFAULTS);
+  // the source's shape decides the size when the parameters set none (pipelines/aspect.ts)
+  const shaped = { ...params, aspect: params.aspect ?? info.width / info.height };
+  const stream = await StreamPipeline.create(engine, shaped, options.runners, 'img2img', options.defaults ?? BATCH_DEFAULTS);
   const size = stream.frameSize;
   const lag = stream.lag;
   // 2. the encoder, fed as frames finish
@@ -93,7 +96,7 @@ export async function renderVideo(engine: Engine, options: VideoRenderOptions): 
   try {
     // 3. every decoded frame through the stream
     let last: Uint8Array | undefined;
-    for await (const rgb of decodeFrames(paths, options.input, size, signal)) {
+    for await (const rgb of decodeFrames(paths, options.input, size, params.fit, signal)) {
       signal?.throwIfAborted();
       last = rgb;
       const [result] = await stream.process([last], frames);

@@ -57,7 +57,7 @@ export async function startServer(
   dispatcher?.setMinShare(config.backgroundShare);
   const unobserve = dispatcher ? metrics.observeDispatcher(dispatcher) : () => undefined;
   const unwatch = dispatcher ? ctx.capacity.watch(dispatcher) : () => undefined;
-  const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient);
+  const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient, engine.size({}));
   const extensions = (options.extensions ?? []).map((make) => make(ctx));
 
   const app = express();

@@ -44,7 +44,7 @@ export function originAllowed(config: ServerConfig, req: IncomingMessage): boole
 }
 
 /** The UI's static files and health checks need no key; everything else does. */
-const PUBLIC_PATHS = [/^\/$/, /^\/(index|render|live)\.html$/, /^\/assets\//, /^\/health$/, /^\/favicon\.ico$/];
+const PUBLIC_PATHS = [/^\/$/, /^\/(index|render|live|view)\.html$/, /^\/assets\//, /^\/health$/, /^\/favicon\.ico$/];
 
 export function authMiddleware(config: ServerConfig): RequestHandler {
   return (req, _res, next) => {

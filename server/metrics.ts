@@ -16,8 +16,14 @@ export class Metrics {
   readonly ssfSkips = new Counter({ name: 'sd_ssf_skips_total', help: 'Frames skipped by the similarity filter', registers: [this.registry] });
   readonly frameLatency = new Histogram({
     name: 'sd_frame_latency_seconds',
-    help: 'Time from a frame arriving to its output being sent',
+    help: 'Time from the arrival of the input frame an output shows to the output being sent (latency_ms)',
     buckets: [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56],
+    registers: [this.registry],
+  });
+  readonly frameProcessing = new Histogram({
+    name: 'sd_frame_processing_seconds',
+    help: 'Time the server spent on the call that produced an output: decode, models, encode (processing_ms)',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64],
     registers: [this.registry],
   });
   readonly unetBatchRows = new Histogram({

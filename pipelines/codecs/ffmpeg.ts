@@ -10,6 +10,7 @@ import { access, constants } from 'node:fs/promises';
 import { once } from 'node:events';
 import { basename, delimiter, dirname, join } from 'node:path';
 import { ServiceError } from '../../models/errors.ts';
+import type { Fit } from './image.ts';
 
 export interface FfmpegPaths {
   readonly ffmpeg: string;
@@ -223,12 +224,16 @@ export interface FrameSize {
 }
 
 /**
- * Decodes the first video stream to raw RGB24 frames of exactly width x height (scaled to cover, centre
- * cropped), one per source frame (no frame-rate conversion). Stopping the loop or aborting kills ffmpeg.
+ * Decodes the first video stream to raw RGB24 frames of exactly width x height (scaled to cover and centre
+ * cropped, or with `fit: pad` scaled to fit and padded with black), one per source frame (no frame-rate
+ * conversion). Stopping the loop or aborting kills ffmpeg.
  */
-export async function* decodeFrames(paths: FfmpegPaths, file: string, size: FrameSize, signal?: AbortSignal): AsyncGenerator<Buffer> {
+export async function* decodeFrames(paths: FfmpegPaths, file: string, size: FrameSize, fit: Fit = 'crop', signal?: AbortSignal): AsyncGenerator<Buffer> {
   const { width, height } = size;
-  const filter = `scale=${width}:${height}:force_original_aspect_ratio=increase,crop=${width}:${height}`;
+  const filter =
+    fit === 'pad'
+      ? `scale=${width}:${height}:force_original_aspect_ratio=decrease,pad=${width}:${height}:(ow-iw)/2:(oh-ih)/2:black`
+      : `scale=${width}:${height}:force_original_aspect_ratio=increase,crop=${width}:${height}`;
   const child = spawnFfmpeg(
     paths.ffmpeg,
     ['-loglevel', 'error', '-i', file, '-map', '0:v:0', '-vf', filter, '-fps_mode', 'passthrough', '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1'],

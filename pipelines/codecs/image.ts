@@ -1,9 +1,10 @@
 /**
  * Image bytes <-> model tensors, through sharp. Frames in: JPEG, PNG or WebP, checked before decoding
- * (format, pixel limit against decompression bombs), resized to cover the target size (centre crop), as RGB
- * bytes [H, W, 3] or [3, H, W] floats in [-1, 1]. Frames out: RGB bytes or [3, H, W] in [-1, 1] -> JPEG, PNG or
- * WebP. The lean path: a frame that already has the target size, no EXIF rotation and plain RGB is decoded in one
- * step with nothing else done to it (a live client sends frames at the stream's size).
+ * (format, pixel limit against decompression bombs), resized to the target size (`fit`: centre crop, or the whole
+ * picture with black bars), as RGB bytes [H, W, 3] or [3, H, W] floats in [-1, 1]. Frames out: RGB bytes or
+ * [3, H, W] in [-1, 1] -> JPEG, PNG or WebP. The lean path: a frame that already has the target size, no EXIF
+ * rotation and plain RGB is decoded in one step with nothing else done to it (a live client sends frames at the
+ * stream's size).
  */
 import sharp from 'sharp';
 import { ServiceError } from '../../models/errors.ts';
@@ -29,8 +30,30 @@ export interface DecodedRgb8 {
   readonly height: number;
 }
 
-/** Decodes an image to RGB bytes at width x height. A bad image throws `bad_image` or `too_large`. */
-export async function decodeRgb8(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedRgb8> {
+/** What becomes of the input outside the output's aspect: centre-cropped, or kept whole with black bars. */
+export const FITS = ['crop', 'pad'] as const;
+export type Fit = (typeof FITS)[number];
+
+/** An input image's header: format and display size (EXIF rotation applied). */
+export interface ImageInfo {
+  readonly format: string;
+  readonly width: number;
+  readonly height: number;
+  /** Upright sRGB with 3 channels and no alpha: at the target size it decodes as is. */
+  readonly plain: boolean;
+}
+
+export interface DecodeOptions {
+  /** Default crop. */
+  readonly fit?: Fit;
+  /** Default MAX_INPUT_PIXELS. */
+  readonly maxPixels?: number;
+  /** The header, when the caller read it already (probeImage). */
+  readonly info?: ImageInfo;
+}
+
+/** Reads an image's header only. A bad image throws `bad_image`, one over the pixel limit `too_large`. */
+export async function probeImage(bytes: Uint8Array, maxPixels = MAX_INPUT_PIXELS): Promise<ImageInfo> {
   if (bytes.length === 0) throw new ServiceError('bad_image', 'image is empty (0 bytes)');
   let meta: sharp.Metadata;
   try {
@@ -45,11 +68,24 @@ export async function decodeRgb8(bytes: Uint8Array, width: number, height: numbe
   if (pixels > maxPixels) {
     throw new ServiceError('too_large', `image is ${meta.width}x${meta.height} pixels, more than the limit of ${maxPixels}`);
   }
-  const asIs = meta.width === width && meta.height === height && (meta.orientation ?? 1) === 1 && meta.channels === 3 && !meta.hasAlpha && meta.space === 'srgb';
+  // EXIF orientations 5-8 turn the picture by 90 degrees: rotate() below swaps its sides
+  const orientation = meta.orientation ?? 1;
+  const turned = orientation >= 5;
+  const [w, h] = [meta.width ?? 0, meta.height ?? 0];
+  const plain = orientation === 1 && meta.channels === 3 && !meta.hasAlpha && meta.space === 'srgb';
+  return { format: meta.format, width: turned ? h : w, height: turned ? w : h, plain };
+}
+
+/** Decodes an image to RGB bytes at width x height (`fit` for the rest). A bad image throws `bad_image` or `too_large`. */
+export async function decodeRgb8(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedRgb8> {
+  const maxPixels = options.maxPixels ?? MAX_INPUT_PIXELS;
+  const info = options.info ?? (await probeImage(bytes, maxPixels));
+  const asIs = info.plain && info.width === width && info.height === height;
+  const resize: sharp.ResizeOptions = options.fit === 'pad' ? { fit: 'contain', background: { r: 0, g: 0, b: 0 } } : { fit: 'cover' };
   let raw: Buffer;
   try {
     const img = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' });
-    raw = await (asIs ? img : img.rotate().removeAlpha().resize(width, height, { fit: 'cover' }).toColourspace('srgb')).raw().toBuffer();
+    raw = await (asIs ? img : img.rotate().removeAlpha().resize(width, height, resize).toColourspace('srgb')).raw().toBuffer();
   } catch (cause) {
     throw new ServiceError('bad_image', `cannot decode image: ${(cause as Error).message}`, { cause });
   }
@@ -57,8 +93,8 @@ export async function decodeRgb8(bytes: Uint8Array, width: number, height: numbe
 }
 
 /** Decodes an image to [3, H, W] floats in [-1, 1] at width x height (see decodeRgb8). */
-export async function decodeImage(bytes: Uint8Array, width: number, height: number, maxPixels = MAX_INPUT_PIXELS): Promise<DecodedImage> {
-  const { rgb } = await decodeRgb8(bytes, width, height, maxPixels);
+export async function decodeImage(bytes: Uint8Array, width: number, height: number, options: DecodeOptions = {}): Promise<DecodedImage> {
+  const { rgb } = await decodeRgb8(bytes, width, height, options);
   return { data: rgb8ToTensor(rgb, width, height), width, height };
 }
 

@@ -8,7 +8,7 @@ import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, type DecodedImage } from '../../pipelines/codecs/image.ts';
+import { decodeImage, type DecodedImage, type Fit } from '../../pipelines/codecs/image.ts';
 
 /** Largest seed (seeds are 32-bit). */
 export const MAX_SEED = 2 ** 32 - 1;
@@ -58,17 +58,17 @@ export function resolveSeed(seed: number | undefined): number {
 const DATA_URL = /^data:[\w/+.-]+;base64,/;
 const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
 
-/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height. */
-export async function decodeBase64Image(text: string, width: number, height: number, field: string): Promise<DecodedImage> {
+/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height (`fit` for the rest). */
+export async function decodeBase64Image(text: string, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
   const payload = text.replace(DATA_URL, '').replace(/\s+/g, '');
   if (payload.length === 0 || !BASE64.test(payload)) throw new ServiceError('bad_image', `${field}: not a base64 image`, { field });
-  return decodeBytes(Buffer.from(payload, 'base64'), width, height, field);
+  return decodeBytes(Buffer.from(payload, 'base64'), width, height, field, fit);
 }
 
 /** decodeImage with the field named in its errors. */
-export async function decodeBytes(bytes: Uint8Array, width: number, height: number, field: string): Promise<DecodedImage> {
+export async function decodeBytes(bytes: Uint8Array, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
   try {
-    return await decodeImage(bytes, width, height);
+    return await decodeImage(bytes, width, height, { fit });
   } catch (error) {
     if (!(error instanceof ServiceError)) throw error;
     throw new ServiceError(error.code, `${field}: ${error.message}`, { cause: error, field });

@@ -16,7 +16,12 @@ export const CLOSE = {
   internal: 1011,
   tryAgainLater: 1013, // too many streams
   badStart: 4400, // the first message was not a valid start
+  nameTaken: 4409, // another running stream has the name asked for
 } as const;
+
+/** Stream names (stable output URLs): a short slug, lower-case letters and digits, '-' and '_' inside. */
+export const STREAM_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$/;
+export const STREAM_NAME_RULE = 'must be 1-64 lower-case letters, digits, - and _ (starting and ending with a letter or digit)';
 
 /** The close code for a stream that cannot start: too many streams is worth retrying later, the rest is not. */
 export function closeCodeFor(error: ServiceError): number {
@@ -27,6 +32,8 @@ export function closeCodeFor(error: ServiceError): number {
     case 'unauthorized':
     case 'forbidden':
       return CLOSE.policy;
+    case 'conflict': // the only conflict a start can meet: its name is taken
+      return CLOSE.nameTaken;
     default:
       return CLOSE.badStart;
   }
@@ -76,6 +83,8 @@ export const clientMessageSchema = z.discriminatedUnion('type', [
       window: z.number().int().min(1).max(16).default(2),
       /** txt2img stream: no input frames, the server generates continuously within the window. */
       mode: z.enum(['img2img', 'txt2img']).default('img2img'),
+      /** A name for stable output URLs (/v1/streams/by-name/NAME/mjpeg) that outlive the stream. */
+      name: z.string().regex(STREAM_NAME, STREAM_NAME_RULE).optional(),
       ...targetFields,
       ...valveFields,
     })

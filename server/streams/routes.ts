@@ -1,69 +1,69 @@
 /**
- * HTTP routes of streams: the MJPEG output for OBS (multipart/x-mixed-replace, a part per output frame and
- * the last frame repeated every second so viewers never stall), a JPEG snapshot, and the list of streams.
+ * HTTP routes of streams: the MJPEG output for OBS (server/streams/mjpeg.ts) and a JPEG snapshot, by stream id
+ * (valid while the stream runs) and by stream name (stable: a placeholder while no stream of that name
+ * runs), the list of streams, and the RTMP/SRT push.
  */
-import { Router } from 'express';
+import { Router, type Request, type Response } from 'express';
 import { ServiceError } from '../../models/errors.ts';
 import type { Logger } from '../log.ts';
+import { serveMjpeg } from './mjpeg.ts';
+import { STREAM_NAME, STREAM_NAME_RULE } from './protocol.ts';
 import { OutputPush } from './push.ts';
 import type { StreamRegistry } from './registry.ts';
 
-const BOUNDARY = 'frame';
-/** Repeat the last frame this often when the stream is idle (OBS and browsers show the last complete part). */
-const KEEPALIVE_MS = 1000;
+/** The stream name in the path, checked (a 400 names the rule). */
+function nameOf(req: Request<{ name: string }>): string {
+  const name = req.params.name;
+  if (!STREAM_NAME.test(name)) throw new ServiceError('bad_request', `stream name ${STREAM_NAME_RULE}`, { field: 'name' });
+  return name;
+}
+
+function sendJpeg(res: Response, jpeg: Buffer, state: 'running' | 'waiting'): void {
+  res.type('image/jpeg').setHeader('Cache-Control', 'no-store');
+  res.setHeader('X-Stream-State', state);
+  res.send(jpeg);
+}
 
 export function streamRoutes(registry: StreamRegistry, log: Logger): Router {
   const router = Router();
   const pushes = new Map<string, OutputPush>();
+  const names = registry.names;
 
   router.get('/v1/streams', (_req, res) => {
     res.json({
-      streams: registry.all().map((s) => ({ id: s.id, mode: s.start.mode, width: s.size.width, height: s.size.height, params: s.params, stats: s.stats })),
+      streams: registry.all().map((s) => ({ id: s.id, name: s.name ?? null, mode: s.start.mode, width: s.size.width, height: s.size.height, params: s.params, stats: s.stats })),
     });
+  });
+
+  router.get('/v1/streams/by-name/:name', (req, res) => {
+    const name = nameOf(req);
+    const session = names.running(name);
+    res.json({ name, running: session !== undefined, stream_id: session?.id ?? null, mjpeg_url: `/v1/streams/by-name/${name}/mjpeg`, snapshot_url: `/v1/streams/by-name/${name}/snapshot` });
+  });
+
+  router.get('/v1/streams/by-name/:name/mjpeg', async (req, res) => {
+    const out = names.output(nameOf(req));
+    if (!out.running) await out.waitingFrame();
+    serveMjpeg(req, res, out);
+    req.on('close', () => names.forgetIfIdle(out));
+  });
+
+  router.get('/v1/streams/by-name/:name/snapshot', async (req, res) => {
+    const out = names.output(nameOf(req));
+    const jpeg = await out.session?.snapshot();
+    if (jpeg) sendJpeg(res, jpeg, 'running');
+    else sendJpeg(res, await out.waitingFrame(), 'waiting');
+    names.forgetIfIdle(out);
   });
 
   router.get('/v1/streams/:id/mjpeg', (req, res) => {
-    const session = registry.get(req.params.id);
-    res.writeHead(200, {
-      'Content-Type': `multipart/x-mixed-replace;boundary=${BOUNDARY}`,
-      'Cache-Control': 'no-cache, no-store',
-      Connection: 'close',
-      Pragma: 'no-cache',
-    });
-    res.flushHeaders(); // viewers get the headers at once, even before the stream's first frame
-    let last = session.latestJpeg;
-    const writePart = (jpeg: Buffer) => {
-      // Skip a part when the socket is still busy with earlier ones: a slow viewer gets fewer frames, not a queue.
-      if (res.writableLength > jpeg.length * 2) return;
-      res.write(`--${BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
-      res.write(jpeg);
-      res.write('\r\n');
-    };
-    const onFrame = (jpeg: Buffer) => {
-      last = jpeg;
-      writePart(jpeg);
-    };
-    if (last) writePart(last);
-    session.on('jpeg', onFrame);
-    const keepalive = setInterval(() => last && writePart(last), KEEPALIVE_MS);
-    const stop = () => {
-      clearInterval(keepalive);
-      session.off('jpeg', onFrame);
-      res.end();
-    };
-    session.once('close', stop);
-    req.on('close', () => {
-      clearInterval(keepalive);
-      session.off('jpeg', onFrame);
-      session.off('close', stop);
-    });
+    serveMjpeg(req, res, registry.get(req.params.id));
   });
 
-  router.get('/v1/streams/:id/snapshot', (req, res) => {
-    const jpeg = registry.get(req.params.id).latestJpeg;
+  router.get('/v1/streams/:id/snapshot', async (req, res) => {
+    const jpeg = await registry.get(req.params.id).snapshot();
     if (!jpeg) throw new ServiceError('not_found', 'the stream has no output frame yet');
-    res.type('image/jpeg').setHeader('Cache-Control', 'no-store');
-    res.send(jpeg);
+    sendJpeg(res, jpeg, 'running');
   });
 
   // Push the output to an RTMP/SRT ingest through ffmpeg: {"url": "rtmp://host/app/key" | "srt://host:port"}.

@@ -1,13 +1,14 @@
 /**
  * One client's stream: its own pipeline (buffer, noise, stock noise, filter state), a latest-frame-wins
  * input slot, and credit-based output. Nothing here queues without bound: at most one input waits (newer
- * frames replace it), and at most one output waits for credit (newer outputs replace it).
+ * frames replace it), at most MAX_UPDATES_WAITING updates wait for their turn, and at most one output waits
+ * for credit (newer outputs replace it). Frames and updates take their turns in the order they arrived.
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
-import { decodeRgb8, encodeRgb8 } from '../../pipelines/codecs/image.ts';
-import { StreamPipeline, type FrameResult } from '../../pipelines/stream-pipeline.ts';
+import { decodeRgb8, encodeRgb8, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
+import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type ClientMessage, type FrameMeta, type StartMessage } from './protocol.ts';
@@ -65,26 +66,47 @@ function checkLive(frameBufferSize: unknown): void {
 /** Bytes a socket may hold unsent before outputs wait (about a second of 720p JPEG). */
 const MAX_SOCKET_BUFFER = 2 * 1024 * 1024;
 
+/** Updates that may wait for their turn behind a frame (a client sending more is told to slow down). */
+const MAX_UPDATES_WAITING = 16;
+
+/** Interleaved RGB bytes [H, W, 3] of a decoded frame (onRawFrame). */
+interface RawInput {
+  readonly data: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
 interface PendingInput {
   readonly id: number;
   /** An encoded image (JPEG/PNG/WebP), or interleaved RGB already at the stream's size (onRawFrame). */
   readonly bytes: Buffer | undefined;
-  readonly rgb: Uint8Array | undefined;
+  readonly rgb: RawInput | undefined;
   readonly receivedAt: number;
 }
+
+/** A raw frame made for a size the stream no longer runs at. */
+class StaleFrame extends Error {}
+
+/** What waits for the pipeline, in arrival order: at most one frame, and updates that hold frames back. */
+type Work = { readonly kind: 'frame'; readonly input: PendingInput } | { readonly kind: 'update'; readonly turn: () => void; readonly done: Promise<unknown> };
 
 export class StreamSession extends EventEmitter {
   readonly id = randomUUID();
   readonly stats: StreamStats = { framesIn: 0, framesOut: 0, droppedInput: 0, droppedOutput: 0, skipped: 0, errors: 0 };
   private credits: number;
-  private pending: PendingInput | undefined;
+  private queue: Work[] = [];
   private held: SentFrame | undefined;
   private busy = false;
   private closed = false;
   private inputCounter = 0;
   private outputCounter = 0;
   private lastJpeg: Buffer | undefined;
+  /** The latest output's pixels, and those lastJpeg was made from (a snapshot encodes a newer one on demand). */
+  private lastFrame: { rgb: Uint8Array; width: number; height: number } | undefined;
+  private lastJpegOf: Uint8Array | undefined;
   private readonly arrivals = new Map<number, number>();
+  /** Settles once the newest frame in the pipeline has its output queued (or its error sent). */
+  private handled: Promise<void> = Promise.resolve();
   /** Output encoding runs beside the next frame's pipeline work; this chain keeps outputs in order. */
   private outputs: Promise<void> = Promise.resolve();
   /** Frame rate and latency targets: each frame's deadline for the model calls. */
@@ -129,20 +151,48 @@ export class StreamSession extends EventEmitter {
     return this.lastJpeg;
   }
 
-  /** A binary frame arrived: it replaces any frame still waiting (latest-frame-wins). */
-  onFrame(bytes: Buffer): void {
+  /**
+   * The latest output as JPEG for a snapshot: encoded from the latest frame when no JPEG was made for it (a
+   * stream whose transport encodes video itself, WebRTC, makes JPEGs only while an MJPEG viewer watches).
+   */
+  async snapshot(): Promise<Buffer | undefined> {
+    const frame = this.lastFrame;
+    if (frame && this.lastJpegOf !== frame.rgb) {
+      this.lastJpeg = await encodeRgb8(frame.rgb, frame.width, frame.height, 'jpeg', this.start.output.quality);
+      this.lastJpegOf = frame.rgb;
+    }
+    return this.lastJpeg;
+  }
+
+  /** The stream's name for stable output URLs (`name` in start), if it has one. */
+  get name(): string | undefined {
+    return this.start.name;
+  }
+
+  /** Paths of its MJPEG output and snapshot: the stable by-name ones for a named stream, else its own. */
+  get outputPaths(): { mjpeg_url: string; snapshot_url: string } {
+    const base = this.name === undefined ? `/v1/streams/${this.id}` : `/v1/streams/by-name/${this.name}`;
+    return { mjpeg_url: `${base}/mjpeg`, snapshot_url: `${base}/snapshot` };
+  }
+
+  /**
+   * A binary frame arrived (at `receivedAt`, performance.now() ms): it replaces any frame still waiting
+   * (latest-frame-wins).
+   */
+  onFrame(bytes: Buffer, receivedAt = performance.now()): void {
     if (this.closed || this.start.mode === 'txt2img') return;
     const id = this.countInput();
     if (bytes.length > this.ctx.config.maxFrameBytes) {
       this.fail(new ServiceError('too_large', `frame ${id} is ${bytes.length} bytes, over the limit of ${this.ctx.config.maxFrameBytes}`), id);
       return;
     }
-    this.queueInput({ id, bytes, rgb: undefined, receivedAt: performance.now() });
+    this.queueInput({ id, bytes, rgb: undefined, receivedAt });
   }
 
   /**
    * A decoded frame arrived as interleaved RGB at the stream's size (WebRTC decodes video itself): no image
-   * decode, otherwise as onFrame (latest-frame-wins).
+   * decode, otherwise as onFrame (latest-frame-wins). A frame whose size no longer fits the stream when its
+   * turn comes (a live size change) is dropped.
    */
   onRawFrame(rgb: Uint8Array, width: number, height: number): void {
     if (this.closed || this.start.mode === 'txt2img') return;
@@ -152,7 +202,7 @@ export class StreamSession extends EventEmitter {
       this.fail(new ServiceError('bad_image', `raw frame ${id} is ${width}x${height} (${rgb.length} bytes); the stream takes ${size.width}x${size.height} RGB`), id);
       return;
     }
-    this.queueInput({ id, bytes: undefined, rgb, receivedAt: performance.now() });
+    this.queueInput({ id, bytes: undefined, rgb: { data: rgb, width, height }, receivedAt: performance.now() });
   }
 
   private countInput(): number {
@@ -161,14 +211,30 @@ export class StreamSession extends EventEmitter {
     return ++this.inputCounter;
   }
 
+  /** Latest-frame-wins: a frame still waiting is replaced (and counted as dropped). */
   private queueInput(input: PendingInput): void {
     this.targets.arrived(input.receivedAt);
-    if (this.pending) {
-      this.stats.droppedInput++;
-      this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
+    const waiting = this.queue.findIndex((w) => w.kind === 'frame');
+    if (waiting >= 0) {
+      this.queue.splice(waiting, 1);
+      this.dropInput();
     }
-    this.pending = input;
+    this.queue.push({ kind: 'frame', input });
     void this.pump();
+  }
+
+  /** A frame that was replaced before the stream opened still counts (frame ids count binary messages). */
+  onDroppedFrame(): void {
+    if (this.closed) return;
+    this.inputCounter++;
+    this.stats.framesIn++;
+    this.ctx.metrics.framesIn.inc();
+    this.dropInput();
+  }
+
+  private dropInput(): void {
+    this.stats.droppedInput++;
+    this.ctx.metrics.framesDropped.inc({ reason: 'stale_input' });
   }
 
   /** The client can take `frames` more outputs. */
@@ -182,16 +248,51 @@ export class StreamSession extends EventEmitter {
     if (this.start.mode === 'txt2img') void this.pump();
   }
 
-  /** A live parameter change (and new targets, if the update gives any); invalid updates throw and change nothing. */
+  /**
+   * A live parameter change; invalid updates throw and change nothing. It applies to every frame that arrived
+   * after it (frames that arrived before it run first), except while a new UNet variant is built (new
+   * adapters): frames keep flowing on the old one, and the change applies between frames once it is ready.
+   * New targets and valve settings (if the update gives any) apply with it.
+   */
   async update(params: Record<string, unknown>, targets: Partial<Extract<ClientMessage, { type: 'update' }>> = {}): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
-    const next = await this.pipeline.update(params);
+    let done: Promise<GenerationParams>;
+    let reached: Promise<void> = Promise.resolve();
+    if (this.pipeline.buildsVariant(params)) done = this.pipeline.update(params);
+    else {
+      if (this.queue.filter((w) => w.kind === 'update').length >= MAX_UPDATES_WAITING) {
+        throw new ServiceError('rate_limited', `more than ${MAX_UPDATES_WAITING} updates wait for their turn: wait for \`updated\` before sending more`);
+      }
+      let turn!: () => void;
+      reached = new Promise<void>((ok) => (turn = ok));
+      done = this.pipeline.update(params, reached);
+      this.queue.push({ kind: 'update', turn, done });
+      void this.pump();
+    }
+    // the answer (updated or error) follows the answers to the frames that arrived before the update
+    const answer = async () => {
+      await reached;
+      await this.handled;
+      await this.outputs;
+    };
+    try {
+      const applied = await done;
+      await this.retarget(targets);
+      await answer();
+      return applied;
+    } catch (error) {
+      await answer();
+      throw error;
+    }
+  }
+
+  /** New targets and valve settings; the valve's rungs follow the stream's parameters. */
+  private async retarget(targets: Partial<Extract<ClientMessage, { type: 'update' }>>): Promise<void> {
     this.targets.update(targets);
     this.valveOptions = { degrade: targets.degrade ?? this.valveOptions.degrade, minBudget: targets.min_budget ?? this.valveOptions.minBudget };
     const level = this.valve.level;
     this.valve.setRungs(this.rungs());
     if (level > 0) await this.pipeline.degrade(this.valve.overrides); // the rungs of the new parameters
-    return next;
   }
 
   /** Cost units (steps x relative MACs) of one frame at the valve's bottom rung (server/admission.ts). */
@@ -200,15 +301,18 @@ export class StreamSession extends EventEmitter {
     const p = this.pipeline.params;
     const steps = bottom.steps ?? p.t_index_list?.length ?? p.steps;
     const budget = bottom.budget;
-    const costs = this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
+    const costs = this.expertCosts();
     const macs = typeof budget === 'number' ? Math.max(...costs.filter((c) => c <= budget), Math.min(...costs)) : this.pipeline.variant.relativeMacs;
     return steps * macs;
   }
 
+  private expertCosts(): number[] {
+    return this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
+  }
+
   /** The load valve's rungs for the stream's parameters (pipelines/load-valve.ts). */
   private rungs() {
-    const costs = this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
-    return ladder(this.pipeline.params, costs, this.valveOptions);
+    return ladder(this.pipeline.params, this.expertCosts(), this.valveOptions);
   }
 
   /** A delivered frame's latency against the budget; a valve move re-plans the stream from the next frame. */
@@ -224,7 +328,8 @@ export class StreamSession extends EventEmitter {
 
   close(): void {
     this.closed = true;
-    this.pending = undefined;
+    for (const w of this.queue) if (w.kind === 'update') w.turn(); // let waiting updates settle
+    this.queue = [];
     this.held = undefined;
     this.emit('close');
     this.removeAllListeners();
@@ -235,17 +340,26 @@ export class StreamSession extends EventEmitter {
     this.busy = true;
     try {
       while (!this.closed) {
+        const next = this.queue[0];
+        if (next?.kind === 'update') {
+          this.queue.shift();
+          next.turn();
+          await next.done.catch(() => undefined); // its error goes to the client with the update's answer
+          continue;
+        }
         if (this.start.mode === 'txt2img') {
           if (this.credits <= 0 || this.held) break;
           await this.generateOne();
           continue;
         }
+        if (!next) break;
         // frames are pipelined: the next one is taken (the newest waiting) once the pipeline has room
-        await this.pipeline.room();
-        const input = this.pending;
-        if (!input || this.closed) break;
-        this.pending = undefined;
-        await this.startOne(input);
+        if (!this.pipeline.hasRoom) {
+          await this.pipeline.room();
+          continue;
+        }
+        this.queue.shift();
+        await this.startOne(next.input);
       }
     } finally {
       this.busy = false;
@@ -253,23 +367,23 @@ export class StreamSession extends EventEmitter {
   }
 
   /**
-   * decode -> filter -> encode -> denoise -> decode -> frame out. Resolves once the frame is in the pipeline (so
-   * frames enter it in arrival order); the rest runs beside the next frames.
+   * decode (at the size the stream runs at when its turn comes) -> filter -> encode -> denoise -> decode -> frame
+   * out. Resolves once the frame is in the pipeline (so frames enter it in arrival order); the rest runs beside
+   * the next frames.
    */
   private async startOne(input: PendingInput): Promise<void> {
     const started = performance.now();
-    let rgb: Uint8Array;
+    this.arrivals.set(input.id, input.receivedAt);
+    const { entered, results } = input.rgb ? this.enterRaw(input, input.rgb) : await this.enterEncoded(input, input.bytes!);
     try {
-      const { width, height } = this.pipeline.frameSize;
-      rgb = input.rgb ?? (await decodeRgb8(input.bytes ?? Buffer.alloc(0), width, height)).rgb;
+      await entered;
     } catch (error) {
-      this.fail(toServiceError(error, 'bad_image'), input.id);
+      results.catch(() => undefined);
+      if (error instanceof StaleFrame) this.dropInput(); // the size changed while it waited: the sender's next frame has the new size
+      else this.fail(toServiceError(error, 'bad_image'), input.id);
       return;
     }
-    if (this.closed) return;
-    this.arrivals.set(input.id, input.receivedAt);
-    // a decoded frame is ours to hand over; a raw frame's buffer belongs to its transport
-    this.pipeline.process([rgb], input.id, input.rgb === undefined, this.targets.timing(input.receivedAt)).then(
+    this.handled = results.then(
       ([result]) => {
         if (this.closed || !result) return;
         const sourceId = result.source ?? input.id;
@@ -283,6 +397,30 @@ export class StreamSession extends EventEmitter {
       },
       (error: unknown) => this.fail(toServiceError(error, 'inference_failed'), input.id),
     );
+  }
+
+  /** An encoded image: its shape is read first (the stream may follow it), then it is decoded at the stream's size. */
+  private async enterEncoded(input: PendingInput, bytes: Buffer): Promise<FrameEntry<number>> {
+    let info;
+    try {
+      info = await probeImage(bytes);
+    } catch (error) {
+      const failed = Promise.reject(error);
+      return { entered: failed, results: failed };
+    }
+    const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeRgb8(bytes, size.width, size.height, { fit, info })).rgb;
+    // a decoded frame is ours to hand over to the encoder's thread
+    return this.pipeline.processInput(load, input.id, info.width / info.height, true, this.targets.timing(input.receivedAt));
+  }
+
+  /** Raw RGB already at the stream's size (it says nothing about the source's shape); stale after a size change. */
+  private enterRaw(input: PendingInput, rgb: RawInput): FrameEntry<number> {
+    const load = async (size: { width: number; height: number }) => {
+      if (size.width !== rgb.width || size.height !== rgb.height) throw new StaleFrame();
+      return rgb.data;
+    };
+    // a raw frame's buffer belongs to its transport: not handed over
+    return this.pipeline.processInput(load, input.id, undefined, false, this.targets.timing(input.receivedAt));
   }
 
   private async generateOne(): Promise<void> {
@@ -308,6 +446,7 @@ export class StreamSession extends EventEmitter {
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
     const { rgb, width, height, skipped, variant, vae, steps } = result;
+    this.lastFrame = { rgb, width, height };
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
     const encoded = this.sink.encoded !== false;
@@ -315,6 +454,7 @@ export class StreamSession extends EventEmitter {
     if (encoded) this.lastEncoded = { rgb, bytes };
     if (this.listenerCount('jpeg') > 0 || (format === 'jpeg' && encoded)) {
       this.lastJpeg = format === 'jpeg' && encoded ? bytes : await encodeRgb8(rgb, width, height, 'jpeg', quality);
+      this.lastJpegOf = rgb;
       this.emit('jpeg', this.lastJpeg);
     }
     const now = performance.now();
@@ -342,6 +482,7 @@ export class StreamSession extends EventEmitter {
       if (now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();
       this.judge(now - arrivedAt);
     }
+    this.ctx.metrics.frameProcessing.observe((now - started) / 1000);
     if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });
   }

@@ -52,20 +52,66 @@ export function attachStreamServer(server: Server, ctx: AppContext, registry: St
   return wss;
 }
 
+/** Messages that may wait while a stream opens; more is a client not waiting for `started` at all. */
+const MAX_EARLY_MESSAGES = 32;
+
+/** A message that arrived while the stream was opening: text in full; of frames only the latest is kept. */
+type EarlyMessage = { readonly text: string } | { readonly frame: Buffer; readonly at: number } | { readonly dropped: number };
+
 function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, registry: StreamRegistry): void {
   const client = req.socket.remoteAddress ?? 'unknown';
   let session: StreamSession | undefined;
   let opening = false;
+  /** Messages received between `start` and `started`, replayed in order once the stream is open. */
+  let early: EarlyMessage[] = [];
   const startTimer = setTimeout(() => ws.close(CLOSE.badStart, 'no start message'), START_TIMEOUT_MS);
 
   const report = (error: unknown) => sendJson(ws, errorMessage(error));
 
+  /** Holds a message until the stream is open (latest-frame-wins for frames, as once it runs). */
+  const hold = (data: RawData, isBinary: boolean, at: number) => {
+    if (!isBinary) {
+      if (early.filter((m) => 'text' in m).length >= MAX_EARLY_MESSAGES) return report(new ServiceError('rate_limited', `more than ${MAX_EARLY_MESSAGES} messages before \`started\``));
+      early.push({ text: rawToBuffer(data).toString('utf8') });
+      return;
+    }
+    // the frame waiting so far is replaced; it still counts as a received (and dropped) frame
+    const waiting = early.findIndex((m) => 'frame' in m);
+    if (waiting >= 0) {
+      const before = early[waiting - 1];
+      if (before && 'dropped' in before) early.splice(waiting - 1, 2, { dropped: before.dropped + 1 });
+      else early[waiting] = { dropped: 1 };
+    }
+    early.push({ frame: rawToBuffer(data), at });
+  };
+
+  /** A bug while handling a message ends the stream with 1011 instead of the process. */
+  const handle = (text: string) =>
+    onText(text).catch((error: unknown) => {
+      ctx.log.error('stream message failed', { error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      report(new ServiceError('internal', 'internal error'));
+      ws.close(CLOSE.internal, 'internal error');
+    });
+
+  /** Hands the held messages to the open stream, in the order they came. */
+  const replay = (open: StreamSession) => {
+    const held = early;
+    early = [];
+    for (const m of held) {
+      if ('text' in m) void handle(m.text);
+      else if ('frame' in m) open.onFrame(m.frame, m.at);
+      else for (let i = 0; i < m.dropped; i++) open.onDroppedFrame();
+    }
+  };
+
   ws.on('message', (data: RawData, isBinary: boolean) => {
+    const at = performance.now();
+    if (opening) return hold(data, isBinary, at);
     if (isBinary) {
       if (!session) return report(new ServiceError('bad_request', 'send a start message before frames'));
-      return session.onFrame(rawToBuffer(data));
+      return session.onFrame(rawToBuffer(data), at);
     }
-    void onText(rawToBuffer(data).toString('utf8'));
+    void handle(rawToBuffer(data).toString('utf8'));
   });
 
   async function onText(text: string): Promise<void> {
@@ -81,8 +127,8 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
         opening = true;
         let release: () => void = () => {};
         try {
-          release = registry.reserve(client);
-          session = await StreamSession.open(ctx, message, {
+          release = registry.reserve(client, message.name);
+          const opened = await StreamSession.open(ctx, message, {
             sendJson: (m) => sendJson(ws, m),
             sendFrame: (f) => {
               if (ws.readyState !== ws.OPEN) return;
@@ -95,23 +141,28 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
           });
           release();
           clearTimeout(startTimer);
-          if (ws.readyState !== ws.OPEN) return session.close();
-          registry.add(session, client);
+          if (ws.readyState !== ws.OPEN) return opened.close();
+          session = opened;
+          registry.add(opened, client);
           ctx.metrics.streamsActive.set(registry.size);
-          ctx.log.info('stream started', { stream: session.id, client, mode: message.mode });
-          const { width, height } = session.size;
+          ctx.log.info('stream started', { stream: opened.id, name: opened.name, client, mode: message.mode });
+          const { width, height } = opened.size;
           sendJson(ws, {
             type: 'started',
             protocol: PROTOCOL_VERSION,
-            stream_id: session.id,
-            params: session.params,
+            stream_id: opened.id,
+            name: opened.name ?? null,
+            params: opened.params,
             width,
             height,
             window: message.window,
-            mjpeg_url: `/v1/streams/${session.id}/mjpeg`,
+            ...opened.outputPaths,
           });
+          opening = false;
+          replay(opened);
         } catch (error) {
           release();
+          early = [];
           const e = toServiceError(error);
           report(e);
           ws.close(closeCodeFor(e), e.message.slice(0, 120));

@@ -34,10 +34,15 @@ export class ChannelSink implements StreamSink {
 }
 
 /** The WebSocket's `started` message for this stream, sent when a control channel opens (plus its WHEP URL). */
+/** A named stream's WHEP path stays the same across its restarts; an unnamed one is played by id. */
+export function whepPath(session: StreamSession): string {
+  return session.name === undefined ? `/v1/whep/${session.id}` : `/v1/whep/by-name/${session.name}`;
+}
+
 export function startedMessage(session: StreamSession): object {
   const { width, height } = session.size;
   const id = session.id;
-  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, params: session.params, width, height, window: null, mjpeg_url: `/v1/streams/${id}/mjpeg`, whep_url: `/v1/whep/${id}` };
+  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, name: session.name ?? null, params: session.params, width, height, window: null, ...session.outputPaths, whep_url: whepPath(session) };
 }
 
 /** Answers one control message from a channel; `stop` calls `onStop` (the owner ends the stream). */

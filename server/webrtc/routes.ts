@@ -11,15 +11,18 @@ import { isRecord } from '../../models/files.ts';
 import { originAllowed } from '../auth.ts';
 import { coerceFormFields } from '../batch/jobs/schema.ts';
 import type { AppContext } from '../context.ts';
+import { STREAM_NAME, STREAM_NAME_RULE } from '../streams/protocol.ts';
 import type { StreamRegistry } from '../streams/registry.ts';
+import type { StreamSession } from '../streams/session.ts';
+import { whepPath } from './control.ts';
 import { StreamEgress } from './egress.ts';
 import { MAX_SDP_BYTES } from './peer.ts';
 import { WebrtcStreams } from './streams.ts';
 
 const SDP = 'application/sdp';
 const SDP_FRAGMENT = 'application/trickle-ice-sdpfrag';
-/** Query keys that are not stream parameters. */
-const RESERVED_QUERY = new Set(['token']);
+/** Query keys that are not stream parameters: the API key, and the stream's name (stable output URLs). */
+const RESERVED_QUERY = new Set(['token', 'name']);
 
 /** Query values are strings: numbers, booleans and JSON are read as JSON, prompts stay text (as form fields are). */
 export function paramsFromQuery(query: URLSearchParams): Record<string, unknown> {
@@ -53,6 +56,17 @@ function created(res: Response, location: string, answer: string, streamId: stri
   res.status(201).set({ Location: location, 'Content-Type': SDP, 'X-Stream-Id': streamId, 'Cache-Control': 'no-store' }).send(answer);
 }
 
+/**
+ * The stream running under a name. A WHEP viewer is a connection to one stream: when the stream stops, the
+ * viewer's track ends, and a player reconnects to the same URL for the next stream of that name.
+ */
+function runningByName(registry: StreamRegistry, name: string): StreamSession {
+  if (!STREAM_NAME.test(name)) throw new ServiceError('bad_request', `stream name ${STREAM_NAME_RULE}`, { field: 'name' });
+  const session = registry.names.running(name);
+  if (!session) throw new ServiceError('not_found', `no stream named "${name}" is running (a WHEP player reconnects when it starts)`);
+  return session;
+}
+
 export interface WebrtcRoutes {
   readonly router: Router;
   readonly streams: WebrtcStreams;
@@ -65,7 +79,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
   const streams = new WebrtcStreams(ctx, registry);
   const text = express.text({ type: [SDP, SDP_FRAGMENT], limit: MAX_SDP_BYTES });
   const client = (req: Request) => req.socket.remoteAddress ?? 'unknown';
-  const urls = (id: string) => ({ whip_url: `/v1/whip/${id}`, whep_url: `/v1/whep/${id}`, mjpeg_url: `/v1/streams/${id}/mjpeg` });
+  const urls = (session: StreamSession) => ({ whip_url: `/v1/whip/${session.id}`, whep_url: whepPath(session), mjpeg_url: session.outputPaths.mjpeg_url });
 
   // A stream made ahead of its publisher: {"params": {...}, "output": {...}} -> its WHIP and WHEP URLs.
   router.post('/v1/streams', async (req, res) => {
@@ -74,7 +88,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
     if (!isRecord(body)) throw new ServiceError('bad_request', 'the body must be a JSON object {"params": {...}}');
     const stream = await streams.open(client(req), body);
     const { width, height } = stream.session.size;
-    res.status(201).json({ stream_id: stream.session.id, params: stream.session.params, width, height, ...urls(stream.session.id) });
+    res.status(201).json({ stream_id: stream.session.id, params: stream.session.params, width, height, ...urls(stream.session) });
   });
 
   // WHIP: a new stream from this offer, parameters from the query string or X-Stream-Params.
@@ -83,7 +97,8 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
     const offer = sdpBody(req, SDP);
     const query = new URL(req.originalUrl, 'http://localhost').searchParams;
     const params = { ...paramsFromQuery(query), ...headerParams(req) };
-    const stream = await streams.open(client(req), { params });
+    const name = req.get('x-stream-name') ?? query.get('name') ?? undefined;
+    const stream = await streams.open(client(req), { params, ...(name === undefined ? {} : { name }) });
     const id = stream.session.id;
     try {
       created(res, `/v1/whip/${id}`, await streams.publish(id, offer), id);
@@ -115,15 +130,16 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
     res.status(200).end();
   });
 
-  // WHEP: any stream (WebRTC or WebSocket) by id, to any number of viewers.
-  router.post('/v1/whep/:stream', text, async (req, res) => {
+  // WHEP: any stream (WebRTC or WebSocket) by id, or by name while a stream of that name runs, to any number of viewers.
+  const play = async (req: Request, res: Response, session: StreamSession) => {
     checkOrigin(ctx, req);
     const offer = sdpBody(req, SDP);
-    const session = registry.get(req.params['stream']!);
     const egress = await StreamEgress.of(ctx, session);
     const { id, answer } = await egress.addViewer(offer);
     created(res, `/v1/whep/${session.id}/${id}`, answer, session.id);
-  });
+  };
+  router.post('/v1/whep/by-name/:name', text, (req, res) => play(req, res, runningByName(registry, req.params['name']!)));
+  router.post('/v1/whep/:stream', text, (req, res) => play(req, res, registry.get(req.params['stream']!)));
 
   router.patch('/v1/whep/:stream/:viewer', text, async (req, res) => {
     checkOrigin(ctx, req);

@@ -34,7 +34,7 @@ export class WebrtcStreams {
     if (this.ctx.draining) throw new ServiceError('unavailable', 'the server is shutting down');
     const message = parseClientObject({ type: 'start', window: 16, ...start }) as StartMessage; // type is 'start' by construction
     if (message.mode !== 'img2img') throw new ServiceError('bad_request', 'mode: a WebRTC stream takes its frames from a WHIP publisher (img2img)', { field: 'mode' });
-    const release = this.registry.reserve(client);
+    const release = this.registry.reserve(client, message.name);
     const sink = new ChannelSink();
     let session: StreamSession;
     try {

@@ -1,8 +1,9 @@
 /**
  * `npm run bench [-- --quick] [-- --only live,batching]`: every speed claim, measured side by side in one
  * run on the embedded pack, written to test/bench/REPORT.md and test/bench/report.json with machine info.
+ * With --only, the other sections of the existing report are kept and the chosen ones replaced.
  */
-import { writeFile, access } from 'node:fs/promises';
+import { readFile, writeFile, access } from 'node:fs/promises';
 import { cpus, totalmem, platform, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -12,7 +13,7 @@ import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { closeSharedPool } from '../../models/runtime/worker-pool.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, model: { type: 'string', default: EMBEDDED_PACK_DIR } } });
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, model: { type: 'string', default: EMBEDDED_PACK_DIR }, help: { type: 'boolean', default: false } } });
 const only = values.only?.split(',');
 const rounds = values.quick ? 5 : 20;
 
@@ -27,6 +28,8 @@ const SECTIONS: [string, string, string][] = [
   ['pack', 'pack.ts', 'benchPack'],
   ['pipeline', 'pipeline.ts', 'benchPipeline'],
   ['live', 'live.ts', 'benchLive'],
+  ['latency', 'latency.ts', 'benchLatency'],
+  ['aspect', 'aspect.ts', 'benchAspect'],
   ['batching', 'batching.ts', 'benchBatching'],
   ['sched', 'sched.ts', 'benchSched'],
   ['batch', 'batch.ts', 'benchBatch'],
@@ -35,6 +38,17 @@ const SECTIONS: [string, string, string][] = [
   ['webrtc', 'webrtc.ts', 'benchWebrtc'],
   ['soak', 'soak.ts', 'benchSoak'],
 ];
+
+if (values.help) {
+  console.log(`npm run bench [-- options]
+  --quick            shorter runs (about 5 minutes in all)
+  --only a,b         only these sections (the others stay as they are in REPORT.md and report.json)
+  --model DIR        another model pack (default: the embedded one)
+sections: ${SECTIONS.map(([name]) => name).join(', ')}`);
+  process.exit(0);
+}
+const unknown = only?.filter((name) => !SECTIONS.some(([s]) => s === name)) ?? [];
+if (unknown.length > 0) throw new Error(`unknown section(s) ${unknown.join(', ')}; sections: ${SECTIONS.map(([name]) => name).join(', ')}`);
 
 const engine = await Engine.load(values.model);
 const started = new Date();
@@ -72,8 +86,28 @@ for (const [name, file, fn] of SECTIONS) {
   log(`\n_(${name}: ${((performance.now() - t0) / 1000).toFixed(0)} s)_`);
 }
 
-await writeFile(join(HERE, 'REPORT.md'), `${lines.join('\n')}\n`);
-await writeFile(join(HERE, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+/** REPORT.md as its header and `## name` sections. */
+function splitSections(markdown: string): { head: string; sections: Map<string, string> } {
+  const parts = markdown.split(/^(?=## \S+\n)/m);
+  const sections = new Map<string, string>();
+  for (const part of parts.slice(1)) sections.set(/^## (\S+)/.exec(part)![1]!, part.trimEnd());
+  return { head: parts[0]!.trimEnd(), sections };
+}
+
+let markdown = `${lines.join('\n')}\n`;
+let json: Record<string, unknown> = report;
+if (only) {
+  // keep the sections not run: replace the chosen ones in the existing report, in the report's order
+  const old = splitSections(await readFile(join(HERE, 'REPORT.md'), 'utf8').catch(() => ''));
+  const fresh = splitSections(markdown);
+  for (const [name, text] of fresh.sections) old.sections.set(name, `${text}\n\n_(updated ${started.toISOString()} with \`--only ${only.join(',')}${values.quick ? ' --quick' : ''}\`)_`);
+  const order = SECTIONS.map(([name]) => name).filter((name) => old.sections.has(name));
+  markdown = `${old.head || fresh.head}\n\n${order.map((name) => old.sections.get(name)).join('\n\n')}\n`;
+  const previous = JSON.parse(await readFile(join(HERE, 'report.json'), 'utf8').catch(() => '{}')) as Record<string, unknown>;
+  json = { ...previous, ...Object.fromEntries(only.map((name) => [name, report[name]])), [`${only.join(',')}_run`]: { started: started.toISOString(), quick: values.quick, machine: report['machine'] } };
+}
+await writeFile(join(HERE, 'REPORT.md'), markdown);
+await writeFile(join(HERE, 'report.json'), `${JSON.stringify(json, null, 2)}\n`);
 console.log(`\nwrote ${join(HERE, 'REPORT.md')} and report.json`);
 await closeSharedPool(); // before exit: onnxruntime aborts the process when live sessions are torn down
 process.exit(0);

@@ -34,8 +34,9 @@ export class StreamClient {
     });
   }
 
-  static async connect(url: string, start: Record<string, unknown>): Promise<StreamClient> {
-    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream');
+  /** Opens a stream on the server at `url` (http://host:port); `token` when the server has an API key. */
+  static async connect(url: string, start: Record<string, unknown>, options: { token?: string } = {}): Promise<StreamClient> {
+    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream' + (options.token ? `?token=${encodeURIComponent(options.token)}` : ''));
     await new Promise<void>((ok, fail) => {
       ws.once('open', () => ok());
       ws.once('error', fail);

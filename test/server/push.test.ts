@@ -9,6 +9,7 @@ import { startServer } from '../../server/app.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 import { StreamClient, shapeFrame } from '../helpers/stream-client.ts';
+import { HAVE_FFMPEG } from './batch/helpers.ts';
 
 const server = await startServer({ port: 0 }, { engine: await Engine.load(BASE_PACK) });
 after(() => server.close());
@@ -21,7 +22,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-test('pushes the output over RTMP through ffmpeg to a loopback ingest as H.264', async () => {
+test('pushes the output over RTMP through ffmpeg to a loopback ingest as H.264', { skip: HAVE_FFMPEG ? false : 'no ffmpeg on this machine' }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'push-'));
   const out = join(dir, 'received.flv');
   const port = await freePort();

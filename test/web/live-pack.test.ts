@@ -2,7 +2,7 @@
  * The live page on the embedded tiny-shapes pack: the fake webcam is re-drawn as the prompt says, and after
  * a prompt typed in the page the output follows the new prompt (checked with the pack's evaluator).
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,7 @@ import { createLogger } from '../../server/log.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { loadSceneSpec, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
-import { API_KEY, launchChromium, openPage, until } from './browser.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, until } from './browser.ts';
 import { outputAfter, recordWire, type Wire } from './wire.ts';
 
 const RED_ON_BLUE: SceneAttributes = { background: { kind: 'plain', color: 'blue' }, objects: [{ shape: 'circle', color: 'red', size: 'large', position: 'centre' }] };
@@ -41,6 +41,7 @@ async function setRange(selector: string, value: number): Promise<void> {
 }
 
 before(async () => {
+  if (browserSkip()) return;
   const dataDir = await mkdtemp(join(tmpdir(), 'web-pack-'));
   server = await startServer({ port: 0, apiKey: API_KEY, dataDir }, { engine: await Engine.load(EMBEDDED_PACK_DIR), log: createLogger({}, 'error') });
   browser = await launchChromium();
@@ -53,14 +54,18 @@ after(async () => {
   await server?.close();
 });
 
-test('the webcam is re-drawn as the prompt says, and a new prompt typed in the page is followed', async () => {
+browserTest('the webcam is re-drawn as the prompt says, and a new prompt typed in the page is followed', async () => {
   await page.fill('#prompt', 'a large red circle in the centre on a blue background');
   await setRange('#strength', 0.9);
   await page.selectOption('#guidance', 'full');
   await setRange('#guidance_scale', 2);
+  // tiny-shapes was trained on squares only: its best pictures are at 128 x 128 (test/bench/REPORT.md, aspect);
+  // the camera's own shape is tested in test/server/stream-aspect.test.ts and test/web/live.test.ts
+  await page.selectOption('#size_preset', '128x128');
   await page.click('#start');
   await until(() => wires.length === 1 && wires[0]!.outputs.length >= 4, 'four output frames', 60_000);
   const wire = wires[0]!;
+  assert.deepEqual([wire.start!['params'].width, wire.start!['params'].height], [128, 128]);
   const first = await score(wire.outputs.at(-1)!.bytes, RED_ON_BLUE);
   assert.ok(first.background && first.objects[0]!.color, `before: ${JSON.stringify(first)}`);
 

@@ -3,7 +3,7 @@
  * pack (random weights: outputs are meaningless pictures, but exactly reproducible). The test watches the
  * page's WebSocket from the outside (playwright's frame events) and the server's own stream state.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
 import { readFile } from 'node:fs/promises';
@@ -11,8 +11,8 @@ import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { StreamPipeline } from '../../pipelines/stream-pipeline.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
-import { decodeImage, encodeImage } from '../../pipelines/codecs/image.ts';
-import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
+import { decodeImage, encodeImage, probeImage } from '../../pipelines/codecs/image.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 import { outputAfter, recordWire, streamIdOf, type Wire } from './wire.ts';
 
 const FIRST_PROMPT = 'a large red circle in the centre on a blue background';
@@ -27,15 +27,20 @@ const rawSockets: Duplex[] = [];
 const current = () => wires[wires.length - 1]!;
 const streamId = (wire: Wire) => streamIdOf(wire)!;
 
-/** What the server's pipeline makes of `input` with `params` as a fresh stream (steps 1: no frames in flight). */
+/**
+ * What the server's pipeline makes of `input` with `params` as a fresh stream (steps 1: no frames in flight),
+ * at the size the server picks for the input's shape.
+ */
 async function reference(params: GenerationParams, input: Buffer): Promise<Buffer> {
-  const pipeline = await StreamPipeline.create(server.ctx.engine, params);
-  const { width, height } = pipeline.frameSize;
-  const [out] = await pipeline.process([(await decodeImage(input, width, height)).data]);
-  return encodeImage(out!.image, width, height, 'jpeg', 80);
+  const pipeline = await StreamPipeline.create(server.ctx.engine, params, undefined, 'img2img', server.ctx.defaults.live);
+  const info = await probeImage(input);
+  const load = async (size: { width: number; height: number }, fit: 'crop' | 'pad') => (await decodeImage(input, size.width, size.height, { fit, info })).data;
+  const [out] = await pipeline.processInput(load, 1, info.width / info.height).results;
+  return encodeImage(out!.image, out!.width, out!.height, 'jpeg', 80);
 }
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer();
   server.http.on('upgrade', (_req, socket: Duplex) => rawSockets.push(socket));
   browser = await launchChromium();
@@ -50,7 +55,7 @@ after(async () => {
   await writeScreenshots();
 });
 
-test('the live page streams the fake webcam: outputs arrive and change', async () => {
+browserTest('the live page streams the fake webcam: outputs arrive and change', async () => {
   assert.deepEqual(await unlabelledControls(page), [], 'every control has a label');
   // steps 1 and the similarity filter off make each output a function of its own input (checked below)
   await page.fill('#steps', '1');
@@ -73,7 +78,7 @@ test('the live page streams the fake webcam: outputs arrive and change', async (
   assert.ok(shown >= 1);
 });
 
-test('the MJPEG URL for OBS and the snapshot download work', async () => {
+browserTest('the MJPEG URL for OBS and the snapshot download work', async () => {
   const id = streamId(current());
   const mjpeg = await page.inputValue('#mjpeg_url');
   assert.equal(mjpeg, `${server.url}/v1/streams/${id}/mjpeg?token=${API_KEY}`);
@@ -88,7 +93,7 @@ test('the MJPEG URL for OBS and the snapshot download work', async () => {
   assert.deepEqual([...bytes.subarray(0, 3)], [0xff, 0xd8, 0xff], 'a JPEG');
 });
 
-test('a prompt typed in the page reaches the server and the output follows it', async () => {
+browserTest('a prompt typed in the page reaches the server and the output follows it', async () => {
   const wire = current();
   await page.fill('#prompt', NEW_PROMPT);
   await page.press('#prompt', 'Tab'); // leaving the field applies at once (else after a short pause)
@@ -107,7 +112,7 @@ test('a prompt typed in the page reaches the server and the output follows it', 
   assert.ok(!withNew.equals(withOld), 'and the prompt makes a difference to it');
 });
 
-test('a value the server rejects shows its message and marks the field; fixing it clears the mark', async () => {
+browserTest('a value the server rejects shows its message and marks the field; the next successful update clears both', async () => {
   const wire = current();
   await page.fill('#width', '100');
   await page.press('#width', 'Tab');
@@ -116,14 +121,53 @@ test('a value the server rejects shows its message and marks the field; fixing i
   assert.equal(await page.getAttribute('#width', 'aria-invalid'), 'true');
   const before = wire.outputs.length;
   await until(() => wire.outputs.length > before + 2, 'the stream to go on after the error');
+  assert.equal(await page.locator('#errors .error').count(), 1, 'the message stays while the value is wrong');
   await page.fill('#width', '128');
   await page.press('#width', 'Tab');
   await until(async () => (await page.getAttribute('#width', 'aria-invalid')) === null, 'the mark to clear');
-  await page.click('#errors .error button');
-  assert.equal(await page.locator('#errors .error').count(), 0);
+  await until(async () => (await page.locator('#errors .error').count()) === 0, 'the message to clear');
+  // back to the camera's shape for the tests that follow
+  await page.selectOption('#size_preset', '');
+  const auto = await cameraSize();
+  await until(() => wire.outputs.at(-1)?.meta['width'] === auto.width && wire.outputs.at(-1)?.meta['height'] === auto.height, 'the auto size again');
 });
 
-test('after a dropped connection the page reconnects and resumes with the same parameters', async () => {
+/** The size the server picks for the fake camera's shape when none is set (the largest within the model's budget). */
+async function cameraSize(): Promise<{ width: number; height: number }> {
+  const [w, h] = await page.$eval('#input', (v) => [(v as HTMLVideoElement).videoWidth, (v as HTMLVideoElement).videoHeight]);
+  return server.ctx.engine.size({}, w! / h!);
+}
+
+browserTest('Resolution works while streaming: the output and its label take the chosen size, auto goes back to the camera\'s shape', async () => {
+  const wire = current();
+  const size = () => [wire.outputs.at(-1)?.meta['width'], wire.outputs.at(-1)?.meta['height']];
+  const auto = await cameraSize();
+  assert.notEqual(auto.width, auto.height, 'the fake camera is not square');
+  assert.deepEqual(size(), [auto.width, auto.height], "the camera's shape within the model's pixel budget");
+  await page.selectOption('#size_preset', '160x96');
+  await until(() => size()[0] === 160 && size()[1] === 96, 'outputs at 160 x 96');
+  await until(async () => (await page.textContent('#output_label'))!.startsWith('160 × 96'), 'the label to follow');
+  const sent = wire.sent.filter((m) => m['type'] === 'update').at(-1)!;
+  assert.deepEqual(sent['params'], { width: 160, height: 96 });
+  await page.selectOption('#size_preset', '');
+  await until(() => size()[0] === auto.width && size()[1] === auto.height, 'outputs in the camera shape again');
+  assert.deepEqual(wire.sent.filter((m) => m['type'] === 'update').at(-1)!['params'], { width: null, height: null }, 'auto clears the size');
+  await until(async () => (await page.textContent('#output_label'))!.startsWith(`${auto.width} × ${auto.height}`), 'the label to follow');
+});
+
+browserTest('the seed box shows the whole seed; glass-to-glass and processing are shown apart', async () => {
+  for (const seed of ['881105052', '4294967295']) {
+    await page.fill('#seed', seed);
+    const fits = await page.$eval('#seed', (el) => el.scrollWidth <= el.clientWidth);
+    assert.ok(fits, `seed ${seed} fits its box`);
+  }
+  await page.press('#seed', 'Tab');
+  await until(async () => /^\d+ ms$/.test((await page.textContent('#stat_processing'))!), 'the processing time');
+  assert.match((await page.textContent('#stat_glass'))!, /^\d+ ms$/);
+  assert.match((await page.textContent('#stat_server'))!, /^\d+ ms$/);
+});
+
+browserTest('after a dropped connection the page reconnects and resumes with the same parameters', async () => {
   const first = current();
   await screenshot(page, 'live.png');
   for (const socket of rawSockets.splice(0)) socket.destroy(); // the network drops: no close handshake
@@ -138,14 +182,35 @@ test('after a dropped connection the page reconnects and resumes with the same p
   assert.equal(server.streams.get(streamId(current())).params.prompt, NEW_PROMPT);
 });
 
-test('Stop ends the stream on the server', async () => {
+browserTest('Stop ends the stream on the server', async () => {
   await page.click('#stop');
   await until(async () => (await page.textContent('#status')) === 'stopped', 'the page to stop');
   await until(() => server.streams.size === 0, 'the server to free the stream');
   assert.deepEqual(problems, [], 'no script errors in the page');
 });
 
-test('adapters and experts, when the server lists them, get controls that send live updates', async () => {
+browserTest('a stream name: the stable URLs show before Start, the stream runs under the name, the URLs outlive it', async () => {
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  await page.fill('#stream_name', 'page-cam');
+  const mjpeg = `${server.url}/v1/streams/by-name/page-cam/mjpeg?token=${API_KEY}`;
+  assert.equal(await page.inputValue('#mjpeg_url'), mjpeg, 'shown before the stream starts');
+  assert.equal(await page.inputValue('#view_url'), `${server.url}/view.html?name=page-cam&token=${API_KEY}`);
+  await page.click('#copy_view');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), await page.inputValue('#view_url'));
+  await page.click('#start');
+  await until(() => current().start?.['name'] === 'page-cam' && current().outputs.length >= 2, 'the named stream to run');
+  const snapshot = async () => (await fetch(mjpeg.replace('/mjpeg', '/snapshot'))).headers.get('x-stream-state');
+  assert.equal(await snapshot(), 'running');
+  await page.click('#stop');
+  await until(() => server.streams.size === 0, 'the stream to end');
+  assert.equal(await page.inputValue('#mjpeg_url'), mjpeg, 'the stable URL stays after Stop');
+  assert.equal(await snapshot(), 'waiting');
+  await page.fill('#stream_name', '');
+  assert.equal(await page.inputValue('#mjpeg_url'), '');
+  assert.deepEqual(problems, []);
+});
+
+browserTest('adapters and experts, when the server lists them, get controls that send live updates', async () => {
   // this server has neither endpoint yet: the browser answers for it; the fixture pack has no adapters or
   // experts, so the server's refusals must come back as readable errors
   const { page: p, problems: pageProblems } = await openPage(browser, 'about:blank');
@@ -177,7 +242,7 @@ test('adapters and experts, when the server lists them, get controls that send l
   assert.deepEqual(pageProblems, []);
 });
 
-test('a start the server refuses stops the page with the server\'s message, once', async () => {
+browserTest('a start the server refuses stops the page with the server\'s message, once', async () => {
   // the page starts over WebRTC: the refusal is the WHIP request's 400 (which the browser logs)
   const { page: p, problems: pageProblems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/, /400.*\/v1\/whip/]);
   await p.fill('#width', '100');

@@ -3,7 +3,7 @@
  * on the fixture pack: a txt2img batch lands in the gallery, "Reuse settings" loads an image's own seed,
  * an uploaded image renders img2img, and an uploaded video renders as a video job.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
 import { shapeFrame } from '../helpers/stream-client.ts';
-import { API_KEY, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
+import { HAVE_FFMPEG } from '../server/batch/helpers.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, unlabelledControls, until, writeScreenshots } from './browser.ts';
 
 let server: RunningServer;
 let browser: Browser;
@@ -21,6 +22,7 @@ let problems: string[];
 let work: string;
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer();
   browser = await launchChromium();
   ({ page, problems } = await openPage(browser, `${server.url}/render.html?token=${API_KEY}`));
@@ -36,7 +38,7 @@ after(async () => {
 /** Gallery images that have loaded (decoded with a size). */
 const loadedImages = () => page.$$eval('#gallery img', (imgs) => imgs.filter((i) => (i as HTMLImageElement).naturalWidth > 0).length);
 
-test('a txt2img batch renders into the gallery with progress', async () => {
+browserTest('a txt2img batch renders into the gallery with progress', async () => {
   assert.deepEqual(await unlabelledControls(page), [], 'every control has a label');
   await page.fill('#count', '2');
   await page.fill('#steps', '1');
@@ -53,7 +55,7 @@ test('a txt2img batch renders into the gallery with progress', async () => {
   assert.deepEqual(size, [128, 128]);
 });
 
-test('"Reuse settings" loads an image\'s own settings into the form', async () => {
+browserTest('"Reuse settings" loads an image\'s own settings into the form', async () => {
   await page.fill('#seed', '7');
   await page.fill('#prompt', 'something else');
   await page.click('#gallery li:first-child button:has-text("Reuse settings")');
@@ -62,7 +64,7 @@ test('"Reuse settings" loads an image\'s own settings into the form', async () =
   assert.equal(await page.evaluate(() => document.activeElement?.id), 'prompt', 'focus moves to the prompt');
 });
 
-test('img2img from an uploaded image', async () => {
+browserTest('img2img from an uploaded image', async () => {
   await page.check('input[name="mode"][value="img2img"]');
   await page.click('#render'); // no image yet: a readable message, nothing sent
   await page.waitForSelector('#errors .error:has-text("choose or drop an input image")');
@@ -77,7 +79,7 @@ test('img2img from an uploaded image', async () => {
   await page.click('#errors .error button');
 });
 
-test('a video job renders an uploaded clip with progress', async () => {
+browserTest('a video job renders an uploaded clip with progress', async () => {
   const clip = join(work, 'clip.mp4');
   const ffmpeg = process.env['FFMPEG_PATH'] ?? 'ffmpeg';
   const made = spawnSync(ffmpeg, ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=96x64:rate=8:duration=1', '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p', clip]);
@@ -94,9 +96,9 @@ test('a video job renders an uploaded clip with progress', async () => {
   await page.evaluate(() => window.scrollTo(0, 0));
   await screenshot(page, 'render.png');
   assert.deepEqual(problems, [], 'no script errors in the page');
-});
+}, { skip: HAVE_FFMPEG ? false : 'no ffmpeg on this machine' });
 
-test('without the job API the page renders through AUTOMATIC1111\'s API, and says so when there is no render API', async () => {
+browserTest('without the job API the page renders through AUTOMATIC1111\'s API, and says so when there is no render API', async () => {
   for (const kind of ['a1111', 'none'] as const) {
     const other = await startWebServer(kind);
     try {

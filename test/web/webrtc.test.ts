@@ -5,17 +5,18 @@
  * - the live page: WebRTC by default (camera up by WHIP, output in a <video> by WHEP, a prompt typed in the
  *   page reaches the server over the data channel), and the WebSocket when WHIP is not there.
  */
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Browser } from 'playwright-core';
 import type { RunningServer } from '../../server/app.ts';
-import { API_KEY, launchChromium, openPage, screenshot, startWebServer, until, writeScreenshots } from './browser.ts';
+import { API_KEY, browserSkip, browserTest, launchChromium, openPage, screenshot, startWebServer, until, writeScreenshots } from './browser.ts';
 import { recordWire, type Wire } from './wire.ts';
 
 let server: RunningServer;
 let browser: Browser;
 
 before(async () => {
+  if (browserSkip()) return;
   server = await startWebServer('none');
   browser = await launchChromium();
 });
@@ -36,7 +37,7 @@ async function streams(): Promise<StreamInfo[]> {
   return ((await res.json()) as { streams: StreamInfo[] }).streams;
 }
 
-test('Chromium publishes H.264 by WHIP (as OBS does) and plays the result by WHEP', async () => {
+browserTest('Chromium publishes H.264 by WHIP (as OBS does) and plays the result by WHEP', async () => {
   const { page, problems } = await openPage(browser, `${server.url}/render.html?token=${API_KEY}`);
   await page.evaluate('window.__name = (f) => f'); // tsx keeps function names with a helper the page lacks
   const result = await page.evaluate(async (key) => {
@@ -99,7 +100,7 @@ test('Chromium publishes H.264 by WHIP (as OBS does) and plays the result by WHE
   assert.deepEqual(problems, []);
 });
 
-test('the live page streams over WebRTC: output in a <video>, controls on the data channel', async () => {
+browserTest('the live page streams over WebRTC: output in a <video>, controls on the data channel', async () => {
   const { page, problems } = await openPage(browser, `${server.url}/?token=${API_KEY}`, [/404.*\/v1\/(adapters|experts)/]);
   const sockets: Wire[] = [];
   page.on('websocket', (ws) => sockets.push(recordWire(ws)));
@@ -124,7 +125,7 @@ test('the live page streams over WebRTC: output in a <video>, controls on the da
   assert.deepEqual(problems, []);
 });
 
-test('without WHIP on the server the live page falls back to the WebSocket', async () => {
+browserTest('without WHIP on the server the live page falls back to the WebSocket', async () => {
   const { page, problems } = await openPage(browser, 'about:blank', [/404.*\/v1\/(adapters|experts|whip)/]);
   await page.route('**/v1/whip', (route) => route.fulfill({ status: 404, json: { error: { code: 'not_found', message: 'no route POST /v1/whip' } } }));
   const sockets: Wire[] = [];

@@ -1,8 +1,8 @@
 // @ts-check
 /**
  * The input side: a webcam (getUserMedia) or a screen/window (getDisplayMedia) playing in a <video>, and
- * frames grabbed from it as JPEG at the stream's size, centre-cropped to its aspect ratio (the preview uses
- * object-fit: cover, so what you see is what is sent).
+ * frames grabbed from it as JPEG in its own shape at about the stream's size (the server keeps the shape, or
+ * crops or pads it to a size you set; the preview pane shows the stream's shape).
  */
 
 /** JPEG quality of input frames: high enough that the encoder's artefacts do not become "content". */
@@ -53,7 +53,9 @@ export class Capture {
   }
 
   /**
-   * The current video frame as a JPEG of width x height, centre-cropped; null when no frame is ready.
+   * The current video frame as a JPEG in the video's own shape, scaled to cover width x height (the server
+   * crops or pads it to the stream's shape, and follows the shape when no size is set); null when no frame
+   * is ready.
    * @param {number} width
    * @param {number} height
    * @returns {Promise<Blob | null>}
@@ -63,15 +65,14 @@ export class Capture {
     const vw = video.videoWidth;
     const vh = video.videoHeight;
     if (!this.active || vw === 0 || vh === 0) return Promise.resolve(null);
-    if (canvas.width !== width) canvas.width = width;
-    if (canvas.height !== height) canvas.height = height;
+    const scale = Math.min(1, Math.max(width / vw, height / vh));
+    const w = Math.max(1, Math.round(vw * scale));
+    const h = Math.max(1, Math.round(vh * scale));
+    if (canvas.width !== w) canvas.width = w;
+    if (canvas.height !== h) canvas.height = h;
     const ctx = canvas.getContext('2d');
     if (!ctx) return Promise.resolve(null);
-    // crop the largest centred region of the target's aspect ratio
-    const scale = Math.min(vw / width, vh / height);
-    const sw = width * scale;
-    const sh = height * scale;
-    ctx.drawImage(video, (vw - sw) / 2, (vh - sh) / 2, sw, sh, 0, 0, width, height);
+    ctx.drawImage(video, 0, 0, w, h);
     return new Promise((resolve) => canvas.toBlob(resolve, 'image/jpeg', INPUT_QUALITY));
   }
 }

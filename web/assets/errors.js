@@ -2,7 +2,11 @@
 /**
  * Readable errors in a live region: each distinct message once, with a repeat count (a stream can fail
  * on every frame), a Dismiss button, and the control at fault marked aria-invalid until the next success.
+ * Each message has a kind: a rejected setting (`setting`) goes once the next update succeeds, a failed
+ * frame (`frame`) once the next output arrives; others stay until dismissed or the stream restarts.
  */
+
+/** @typedef {'setting' | 'frame' | 'other'} ErrorKind */
 
 /** Most messages kept on screen; the oldest go first. */
 const MAX_SHOWN = 5;
@@ -15,13 +19,13 @@ export class ErrorList {
   constructor(container, form) {
     this.container = container;
     this.form = form;
-    /** @type {Map<string, { item: HTMLElement, count: number }>} */
+    /** @type {Map<string, { item: HTMLElement, count: number, kind: ErrorKind, field: string | undefined }>} */
     this.shown = new Map();
   }
 
   /**
    * @param {string} message
-   * @param {{ code?: string, field?: string }} [details]
+   * @param {{ code?: string, field?: string, kind?: ErrorKind }} [details]
    */
   show(message, details = {}) {
     const field = details.field?.split('.')[0];
@@ -46,7 +50,7 @@ export class ErrorList {
     dismiss.addEventListener('click', () => this.remove(text));
     item.append(span, counter, dismiss);
     this.container.append(item);
-    this.shown.set(text, { item, count: 1 });
+    this.shown.set(text, { item, count: 1, kind: details.kind ?? 'other', field });
     if (this.shown.size > MAX_SHOWN) {
       const oldest = this.shown.keys().next().value;
       if (oldest !== undefined) this.remove(oldest);
@@ -69,6 +73,18 @@ export class ErrorList {
     for (const el of this.form?.querySelectorAll('[aria-invalid="true"]') ?? []) {
       if (!keep.includes(el.getAttribute('name') ?? '')) el.removeAttribute('aria-invalid');
     }
+  }
+
+  /**
+   * Removes the messages of one kind (a later success made them stale), except those about `keep` fields.
+   * @param {ErrorKind} kind
+   * @param {readonly string[]} [keep]
+   */
+  clearKind(kind, keep = []) {
+    for (const [text, entry] of [...this.shown]) {
+      if (entry.kind === kind && !(entry.field && keep.includes(entry.field))) this.remove(text);
+    }
+    if (kind === 'setting') this.clearFields(keep);
   }
 
   clear() {

@@ -1,11 +1,13 @@
 // @ts-check
 /**
  * The live page: a webcam or screen in, the stylised stream out, every generation parameter live.
- * 1. capture frames from the <video> at the stream's size and send them as JPEG, at most two outstanding
+ * 1. capture frames from the <video> in the camera's own shape at about the stream's size (the server picks
+ *    the output size from that shape unless a size is set) and send them as JPEG, at most two outstanding
  *    (one in the model, one waiting) so the server's latest-frame-wins slot is fed without a queue;
  * 2. draw each output, then ack it (the server's credit window keeps a slow page from falling behind);
  * 3. send each control change as an `update` with only the changed parameters;
- * 4. show errors, stats, the MJPEG URL, and reconnect (LiveStream) with the last confirmed parameters.
+ * 4. show errors, stats, the output URLs (stable ones for a named stream), and reconnect (LiveStream) with the
+ *    last confirmed parameters.
  * Where the browser has WebRTC the stream goes over it instead (RtcStream: camera up by WHIP, output down by
  * WHEP into a <video>, updates on a data channel) and steps 1-2 are the browser's media engine; if WebRTC
  * cannot connect, or the page is opened with ?transport=ws, the WebSocket path above is used.
@@ -39,7 +41,9 @@ const startBtn = byId('start', HTMLButtonElement);
 const stopBtn = byId('stop', HTMLButtonElement);
 const snapshotBtn = byId('snapshot', HTMLButtonElement);
 const mjpegInput = byId('mjpeg_url', HTMLInputElement);
-const copyBtn = byId('copy_mjpeg', HTMLButtonElement);
+const viewInput = byId('view_url', HTMLInputElement);
+const copyButtons = [byId('copy_mjpeg', HTMLButtonElement), byId('copy_view', HTMLButtonElement)];
+const nameInput = byId('stream_name', HTMLInputElement);
 const sourceSel = byId('source', HTMLSelectElement);
 const cameraSel = byId('camera', HTMLSelectElement);
 const presetSel = byId('size_preset', HTMLSelectElement);
@@ -47,8 +51,9 @@ const errors = new ErrorList(byId('errors', HTMLElement), form);
 const meter = new Meter(
   {
     fps: byId('stat_fps', HTMLElement),
-    latency: byId('stat_latency', HTMLElement),
+    glass: byId('stat_glass', HTMLElement),
     server: byId('stat_server', HTMLElement),
+    processing: byId('stat_processing', HTMLElement),
     outputs: byId('stat_outputs', HTMLElement),
     skipped: byId('stat_skipped', HTMLElement),
     dropped: byId('stat_dropped', HTMLElement),
@@ -64,7 +69,8 @@ let known = {};
 /** @type {Map<string, string>} */
 const rejected = new Map();
 const frameSize = { width: 128, height: 128 };
-const pump = { outstanding: 0, lastSendAt: 0, lastOutputAt: 0, busy: false, /** @type {Map<number, number>} */ sentAt: new Map() };
+/** `capturedAt`: when each input (by id) was grabbed from the video, for glass-to-glass latency. */
+const pump = { outstanding: 0, lastSendAt: 0, lastOutputAt: 0, busy: false, /** @type {Map<number, number>} */ capturedAt: new Map() };
 /** @type {{ blob: Blob, id: number } | undefined} */
 let lastOutput;
 /** @type {ReturnType<typeof setInterval> | undefined} */
@@ -82,13 +88,32 @@ function adapterParams() {
   return { adapters: sliders.filter((el) => Number(el.value) !== 0).map((el) => ({ name: el.dataset['adapter'], weight: Number(el.value) })) };
 }
 
+/** The stream name typed, when it is a valid one (the server checks it too). */
+function streamName() {
+  const name = nameInput.value.trim();
+  return name && nameInput.checkValidity() ? name : undefined;
+}
+
 /**
- * What the server runs: its confirmed parameters, with the size it picked when none was asked for (so the
- * size fields, filled in from it, do not count as a change).
- * @param {Record<string, unknown>} params
+ * The output URLs: a named stream's stable ones (valid before, during and after the stream), else the
+ * running stream's own; empty when neither.
  */
-function confirmed(params) {
-  return { width: stream.started?.width, height: stream.started?.height, ...params };
+function showUrls() {
+  const name = stream.started?.name ?? streamName();
+  const id = stream.started?.stream_id;
+  mjpegInput.value = name ? serverUrl(`/v1/streams/by-name/${name}/mjpeg`) : id ? serverUrl(`/v1/streams/${id}/mjpeg`) : '';
+  viewInput.value = name ? serverUrl(`/view.html?name=${name}`) : id ? serverUrl(`/view.html?id=${id}`) : '';
+  for (const b of copyButtons) b.disabled = mjpegInput.value === '';
+}
+
+/**
+ * Shows both panes in the output's shape (the input pane as the server crops or pads it).
+ * @param {number} width
+ * @param {number} height
+ */
+function showShape(width, height) {
+  for (const id of ['input_frame', 'output_frame']) byId(id, HTMLElement).style.aspectRatio = `${width} / ${height}`;
+  video.style.objectFit = control(form, 'fit')?.value === 'pad' ? 'contain' : 'cover';
 }
 
 /** @returns {Record<string, unknown>} every parameter as the controls set it */
@@ -101,36 +126,31 @@ const handlers = {
   onStarted(started, resumed) {
     frameSize.width = started.width;
     frameSize.height = started.height;
-    known = confirmed(started.params);
+    known = { ...started.params };
     pump.outstanding = 0;
-    pump.sentAt.clear();
-    if (!resumed) {
-      errors.clear();
-      const w = control(form, 'width');
-      const h = control(form, 'height');
-      if (w && !w.value) w.value = String(started.width);
-      if (h && !h.value) h.value = String(started.height);
-      syncPreset();
-    }
-    mjpegInput.value = serverUrl(started.mjpeg_url);
-    copyBtn.disabled = false;
+    pump.capturedAt.clear();
+    if (!resumed) errors.clear();
+    showUrls();
     sendChanges(); // anything changed while (re)connecting
   },
   onFrame(meta, blob) {
     void showOutput(meta, blob);
   },
   onUpdated(params) {
-    known = confirmed(params);
-    errors.clearFields([...rejected.keys()]);
+    known = { ...params };
+    // a successful update: messages about settings are stale, except for values still rejected
+    errors.clearKind('setting', [...rejected.keys()]);
+    showShape(frameSize.width, frameSize.height);
   },
   onError(error) {
-    errors.show(error.message, error);
+    const frame = typeof error.input_id === 'number';
     const field = error.field?.split('.')[0];
+    errors.show(error.message, { ...error, kind: frame ? 'frame' : field ? 'setting' : 'other' });
     if (field) {
-      rejected.set(field, JSON.stringify(desiredParams()[field]));
-      known = confirmed(stream.params);
+      rejected.set(field, JSON.stringify(field === 'name' ? nameInput.value : desiredParams()[field]));
+      known = { ...stream.params };
     }
-    if (typeof error.input_id === 'number') pump.outstanding = Math.max(0, pump.outstanding - 1);
+    if (frame) pump.outstanding = Math.max(0, pump.outstanding - 1);
   },
   onState(state, detail) {
     statusEl.dataset['state'] = state;
@@ -153,8 +173,8 @@ async function showOutput(meta, blob) {
   const now = performance.now();
   pump.outstanding = Math.max(0, pump.outstanding - 1);
   pump.lastOutputAt = now;
-  const sentAt = meta.input_id === null ? undefined : pump.sentAt.get(meta.input_id);
-  for (const id of pump.sentAt.keys()) if (meta.input_id !== null && id < meta.input_id) pump.sentAt.delete(id);
+  const capturedAt = meta.input_id === null ? undefined : pump.capturedAt.get(meta.input_id);
+  for (const id of pump.capturedAt.keys()) if (meta.input_id !== null && id < meta.input_id) pump.capturedAt.delete(id);
   try {
     const bitmap = await createImageBitmap(blob);
     if (output.width !== bitmap.width) output.width = bitmap.width;
@@ -165,6 +185,8 @@ async function showOutput(meta, blob) {
     errors.show(`an output frame could not be shown: ${describeError(e)}`);
   }
   stream.ack();
+  errors.clearKind('frame');
+  if (frameSize.width !== meta.width || frameSize.height !== meta.height) showShape(meta.width, meta.height);
   frameSize.width = meta.width;
   frameSize.height = meta.height;
   lastOutput = { blob, id: meta.output_id };
@@ -174,7 +196,7 @@ async function showOutput(meta, blob) {
   byId('output_label', HTMLElement).textContent = [`${meta.width} × ${meta.height}`, `#${meta.output_id}`, meta.expert && `expert ${meta.expert}`, adapters, meta.skipped && 'repeated']
     .filter(Boolean)
     .join(' · ');
-  meter.output(sentAt === undefined ? NaN : performance.now() - sentAt, meta.latency_ms, meta.skipped);
+  meter.output(capturedAt === undefined ? NaN : performance.now() - capturedAt, meta.latency_ms, meta.processing_ms, meta.skipped);
   void sendFrame();
 }
 
@@ -188,7 +210,7 @@ function showMediaOutput(meta) {
   snapshotBtn.disabled = false;
   output.dataset['outputId'] = String(meta.output_id);
   byId('output_label', HTMLElement).textContent = [`${meta.width} × ${meta.height}`, `#${meta.output_id}`, 'WebRTC', meta.skipped && 'repeated'].filter(Boolean).join(' · ');
-  meter.output(NaN, meta.latency_ms, meta.skipped);
+  meter.output(NaN, meta.latency_ms, meta.processing_ms, meta.skipped);
 }
 
 /** Step 1: one frame from the video to the server, if the window allows. */
@@ -200,6 +222,7 @@ async function sendFrame() {
   if (now - pump.lastSendAt < MIN_SEND_INTERVAL_MS) return;
   pump.busy = true;
   try {
+    const capturedAt = performance.now();
     const jpeg = await capture.grab(frameSize.width, frameSize.height);
     if (!jpeg) return;
     // as an ArrayBuffer: unlike a Blob, its bytes show in the browser's (and the tests') WebSocket inspector
@@ -207,7 +230,7 @@ async function sendFrame() {
     if (!id) return;
     pump.outstanding = stalled ? 1 : pump.outstanding + 1;
     pump.lastSendAt = performance.now();
-    pump.sentAt.set(id, pump.lastSendAt);
+    pump.capturedAt.set(id, capturedAt);
   } finally {
     pump.busy = false;
   }
@@ -275,7 +298,7 @@ async function start() {
     try {
       stream = rtcStream;
       showTransport('webrtc');
-      await rtcStream.start(desiredParams(), capture.media);
+      await rtcStream.start(desiredParams(), capture.media, streamName());
       return;
     } catch (e) {
       // the server refused the parameters or the client: the WebSocket would be refused the same way
@@ -289,7 +312,7 @@ async function start() {
   }
   stream = wsStream;
   showTransport('websocket');
-  stream.start(desiredParams());
+  stream.start(desiredParams(), streamName());
   sendTimer = setInterval(() => void sendFrame(), MIN_SEND_INTERVAL_MS);
 }
 
@@ -309,8 +332,7 @@ function stopAll(tellServer) {
   meter.stop();
   startBtn.disabled = false;
   stopBtn.disabled = true;
-  copyBtn.disabled = true;
-  mjpegInput.value = '';
+  showUrls(); // a named stream's URLs stay valid (they show a placeholder until it runs again)
   showPlaceholders(true);
   output.getContext('2d')?.clearRect(0, 0, output.width, output.height);
 }
@@ -370,9 +392,12 @@ function namesOf(body, key) {
   return list.map((/** @type {any} */ x) => (typeof x === 'string' ? x : String(x?.name ?? x?.id ?? ''))).filter(Boolean);
 }
 
+/** The Resolution menu shows the typed size: a preset, auto (both empty) or custom. */
 function syncPreset() {
-  const value = `${control(form, 'width')?.value}x${control(form, 'height')?.value}`;
-  presetSel.value = [...presetSel.options].some((o) => o.value === value) ? value : '';
+  const w = control(form, 'width')?.value ?? '';
+  const h = control(form, 'height')?.value ?? '';
+  const value = `${w}x${h}`;
+  presetSel.value = !w && !h ? '' : [...presetSel.options].some((o) => o.value === value) ? value : 'custom';
 }
 
 /** Shows the blending sub-forms and disables steps/strength while t_index_list overrides them. */
@@ -394,9 +419,14 @@ bindRangeOutputs(form);
 form.addEventListener('submit', (e) => e.preventDefault());
 form.addEventListener('input', (event) => {
   const target = event.target;
-  if (target === presetSel && presetSel.value) {
+  if (target === presetSel) {
     const [w, h] = presetSel.value.split('x');
-    fillForm(form, { width: Number(w), height: Number(h) });
+    const width = control(form, 'width');
+    const height = control(form, 'height');
+    if (width && height) [width.value, height.value] = presetSel.value ? [w ?? '', h ?? ''] : ['', ''];
+  } else if (target === nameInput) {
+    showUrls();
+    return; // the name goes with the next start
   } else if (target instanceof HTMLInputElement && (target.name === 'width' || target.name === 'height')) syncPreset();
   if (target === sourceSel || target === cameraSel) {
     syncDependentControls();
@@ -431,15 +461,18 @@ function snapshotVideo() {
   canvas.getContext('2d')?.drawImage(outputVideo, 0, 0);
   canvas.toBlob((blob) => blob && downloadBlob(blob, `snapshot-${output.dataset['outputId'] ?? ''}.jpg`), 'image/jpeg', 0.92);
 }
-copyBtn.addEventListener('click', async () => {
-  try {
-    await navigator.clipboard.writeText(mjpegInput.value);
-  } catch {
-    mjpegInput.select();
-    document.execCommand('copy');
-  }
-  copyBtn.textContent = 'Copied';
-  setTimeout(() => (copyBtn.textContent = 'Copy'), 1500);
-});
+for (const button of copyButtons) {
+  button.addEventListener('click', async () => {
+    const field = byId(button.dataset['copy'] ?? '', HTMLInputElement);
+    try {
+      await navigator.clipboard.writeText(field.value);
+    } catch {
+      field.select();
+      document.execCommand('copy');
+    }
+    button.textContent = 'Copied';
+    setTimeout(() => (button.textContent = 'Copy'), 1500);
+  });
+}
 syncDependentControls();
 void loadOptionalSections();

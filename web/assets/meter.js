@@ -1,8 +1,9 @@
 // @ts-check
 /**
- * Live stream statistics: outputs per second, end-to-end latency (input sent -> its output on screen, so it
- * includes the pipeline's lag of steps - 1 frames), the server's own latency, skipped and dropped counts,
- * drawn in the stats list and a small chart sampled four times a second.
+ * Live stream statistics: outputs per second, glass-to-glass latency (the input captured -> its output on
+ * screen, so it includes the pipeline's lag of steps - 1 frames and the network), the server's latency (the
+ * input's arrival -> the output's send) and its processing time (the work on the call that made the output),
+ * skipped and dropped counts, drawn in the stats list and a small chart sampled four times a second.
  */
 import { LiveChart } from './chart.js';
 
@@ -11,16 +12,16 @@ const SAMPLE_MS = 250;
 
 export class Meter {
   /**
-   * @param {{ fps: HTMLElement, latency: HTMLElement, server: HTMLElement, outputs: HTMLElement, skipped: HTMLElement, dropped: HTMLElement }} cells
+   * @param {{ fps: HTMLElement, glass: HTMLElement, server: HTMLElement, processing: HTMLElement, outputs: HTMLElement, skipped: HTMLElement, dropped: HTMLElement }} cells
    * @param {HTMLCanvasElement} chartCanvas
    */
   constructor(cells, chartCanvas) {
     this.cells = cells;
     this.chart = new LiveChart(chartCanvas, [
       { label: 'fps', unit: '', color: '#5ab0ff' },
-      { label: 'latency', unit: 'ms', color: '#ffb347' },
+      { label: 'glass-to-glass', unit: 'ms', color: '#ffb347' },
     ]);
-    /** @type {{ at: number, latency: number, server: number }[]} */
+    /** @type {{ at: number, glass: number, server: number, processing: number }[]} */
     this.recent = [];
     this.outputs = 0;
     this.skipped = 0;
@@ -46,14 +47,15 @@ export class Meter {
 
   /**
    * One output on screen.
-   * @param {number} latencyMs end to end, NaN when unknown
+   * @param {number} glassMs glass to glass, NaN when unknown
    * @param {number} serverMs the server's latency_ms
+   * @param {number} processingMs the server's processing_ms
    * @param {boolean} skipped
    */
-  output(latencyMs, serverMs, skipped) {
+  output(glassMs, serverMs, processingMs, skipped) {
     this.outputs++;
     if (skipped) this.skipped++;
-    this.recent.push({ at: performance.now(), latency: latencyMs, server: serverMs });
+    this.recent.push({ at: performance.now(), glass: glassMs, server: serverMs, processing: processingMs });
   }
 
   /** @param {number} dropped the server's dropped input + output count for this stream */
@@ -65,16 +67,17 @@ export class Meter {
     const now = performance.now();
     while (this.recent.length && (this.recent[0]?.at ?? now) < now - WINDOW_MS) this.recent.shift();
     const fps = (this.recent.length * 1000) / WINDOW_MS;
-    const lat = mean(this.recent.map((r) => r.latency));
-    const server = mean(this.recent.map((r) => r.server));
+    const glass = mean(this.recent.map((r) => r.glass));
+    const ms = (/** @type {number} */ v) => (Number.isFinite(v) ? `${v.toFixed(0)} ms` : '–');
     const c = this.cells;
     c.fps.textContent = this.timer ? fps.toFixed(0) : '–';
-    c.latency.textContent = Number.isFinite(lat) ? `${lat.toFixed(0)} ms` : '–';
-    c.server.textContent = Number.isFinite(server) ? `${server.toFixed(0)} ms` : '–';
+    c.glass.textContent = ms(glass);
+    c.server.textContent = ms(mean(this.recent.map((r) => r.server)));
+    c.processing.textContent = ms(mean(this.recent.map((r) => r.processing)));
     c.outputs.textContent = String(this.outputs);
     c.skipped.textContent = String(this.skipped);
     c.dropped.textContent = String(this.dropped);
-    if (this.timer) this.chart.push([fps, lat]);
+    if (this.timer) this.chart.push([fps, glass]);
   }
 }
 

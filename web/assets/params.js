@@ -12,7 +12,9 @@
 /** Number parameters read with valueAsNumber (an empty field leaves the parameter out). */
 const NUMBER_FIELDS = ['guidance_scale', 'delta', 'steps', 'strength', 'width', 'height', 'similarity_threshold', 'max_skip_frames'];
 /** Text and choice parameters read as they are. */
-const TEXT_FIELDS = ['negative_prompt', 'guidance', 'prompt_blend'];
+const TEXT_FIELDS = ['negative_prompt', 'guidance', 'prompt_blend', 'fit'];
+/** Parameters an update clears with null when their control is emptied (back to the server's choice). */
+const CLEARABLE = ['width', 'height', 'expert'];
 
 /** @param {number} x */
 const round3 = (x) => Math.round(x * 1000) / 1000;
@@ -163,8 +165,9 @@ export function fillForm(form, params) {
 }
 
 /**
- * The entries of `desired` that differ from `known` (what a live `update` must send). Clearing
- * t_index_list cannot be sent as such: the server drops it when steps or strength are sent.
+ * The entries of `desired` that differ from `known` (what a live `update` must send); an emptied size or
+ * expert is sent as null. Clearing t_index_list cannot be sent as such: the server drops it when steps or
+ * strength are sent.
  * @param {Params} desired
  * @param {Params} known
  * @returns {Params}
@@ -179,8 +182,8 @@ export function diffParams(desired, known) {
     if (desired['steps'] !== undefined) changed['steps'] = desired['steps'];
     if (desired['strength'] !== undefined) changed['strength'] = desired['strength'];
   }
-  // back to the router: a forced expert is cleared with null
-  if (known['expert'] !== undefined && desired['expert'] === undefined) changed['expert'] = null;
+  // back to the server's choice (the input's shape, the router): cleared with null
+  for (const key of CLEARABLE) if (known[key] !== undefined && desired[key] === undefined) changed[key] = null;
   return changed;
 }
 

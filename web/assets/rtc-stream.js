@@ -72,14 +72,16 @@ export class RtcStream {
   }
 
   /**
-   * Publishes `media` with these parameters and plays the output; resolves once the output is playing.
+   * Publishes `media` with these parameters (and a stream name for stable output URLs, if given) and plays the
+   * output; resolves once the output is playing.
    * @param {Record<string, unknown>} params
    * @param {MediaStream} media
+   * @param {string} [name]
    */
-  async start(params, media) {
+  async start(params, media, name) {
     this.handlers.onState('connecting', 'connecting (WebRTC)…');
     try {
-      await this.open(params, media);
+      await this.open(params, media, name);
     } catch (e) {
       this.release();
       throw e instanceof ApiError ? e : new Error(`WebRTC could not connect: ${e instanceof Error ? e.message : String(e)}`);
@@ -90,8 +92,9 @@ export class RtcStream {
   /**
    * @param {Record<string, unknown>} params
    * @param {MediaStream} media
+   * @param {string} [name]
    */
-  async open(params, media) {
+  async open(params, media, name) {
     // 1. camera up: WHIP with the parameters in X-Stream-Params, and the control channel
     const up = new RTCPeerConnection();
     this.peers.push(up);
@@ -109,7 +112,7 @@ export class RtcStream {
         } else this.onMessage(msg);
       };
     });
-    const whip = await negotiate(up, '/v1/whip', { 'X-Stream-Params': JSON.stringify(params) });
+    const whip = await negotiate(up, '/v1/whip', { 'X-Stream-Params': JSON.stringify(params), ...(name ? { 'X-Stream-Name': name } : {}) });
     this.resources.push(whip.location);
     const info = await started;
     // 2. output down: WHEP of the same stream into the <video>

@@ -11,8 +11,8 @@ import { ApiError, apiFetch, serverUrl } from './api.js';
  * @typedef {{ type: 'frame', output_id: number, input_id: number | null, latency_ms: number, processing_ms: number,
  *   skipped: boolean, width: number, height: number, format: string, expert?: string,
  *   adapters?: { name: string, weight: number }[] }} FrameMeta
- * @typedef {{ type: 'started', stream_id: string, params: Record<string, unknown>, width: number, height: number,
- *   window: number, mjpeg_url: string }} Started
+ * @typedef {{ type: 'started', stream_id: string, name: string | null, params: Record<string, unknown>, width: number,
+ *   height: number, window: number, mjpeg_url: string, snapshot_url: string }} Started
  * @typedef {{ code: string, message: string, field?: string, input_id?: number | null }} StreamError
  * @typedef {{
  *   onStarted(started: Started, resumed: boolean): void,
@@ -30,6 +30,8 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 /** Close codes after which retrying cannot help (PROTOCOL.md): a refused key or origin, a rejected start. */
 const FATAL_CLOSE = new Set([1008, 4400]);
+/** The stream name is taken: fatal for a new start; on a reconnect, the server may not have freed our old stream yet. */
+const NAME_TAKEN = 4409;
 
 export class LiveStream {
   /**
@@ -56,6 +58,10 @@ export class LiveStream {
     this.retryTimer = undefined;
     /** @type {string | undefined} the last error message on this socket */
     this.lastError = undefined;
+    /** @type {string | undefined} the stream's name (stable output URLs), if any */
+    this.name = undefined;
+    /** Whether this stream got `started` since start(): a taken name on a reconnect is our own old stream. */
+    this.everStarted = false;
   }
 
   /** True while the stream has started and accepts frames. */
@@ -64,12 +70,15 @@ export class LiveStream {
   }
 
   /**
-   * Opens the stream with these parameters.
+   * Opens the stream with these parameters, and a name for stable output URLs when given.
    * @param {Record<string, unknown>} params
+   * @param {string} [name]
    */
-  start(params) {
+  start(params, name) {
     this.stopping = false;
+    this.everStarted = false;
     this.params = { ...params };
+    this.name = name;
     this.attempt = 0;
     this.connect(false);
   }
@@ -87,7 +96,8 @@ export class LiveStream {
     let opened = false;
     ws.onopen = () => {
       opened = true;
-      ws.send(JSON.stringify({ type: 'start', params: this.params, window: WINDOW, mode: this.options.mode ?? 'img2img', output: this.options.output ?? { format: 'jpeg', quality: 80 } }));
+      const start = { type: 'start', params: this.params, window: WINDOW, mode: this.options.mode ?? 'img2img', output: this.options.output ?? { format: 'jpeg', quality: 80 } };
+      ws.send(JSON.stringify(this.name ? { ...start, name: this.name } : start));
     };
     ws.onmessage = (event) => {
       if (ws !== this.ws) return;
@@ -110,6 +120,7 @@ export class LiveStream {
     switch (msg.type) {
       case 'started':
         this.started = msg;
+        this.everStarted = true;
         this.params = { ...msg.params };
         this.attempt = 0;
         this.handlers.onState('streaming', 'streaming');
@@ -142,7 +153,7 @@ export class LiveStream {
     if (!opened) {
       const reason = await diagnoseRefusal();
       if (reason) return this.fail(reason);
-    } else if (FATAL_CLOSE.has(event.code)) {
+    } else if (FATAL_CLOSE.has(event.code) || (event.code === NAME_TAKEN && !this.everStarted)) {
       // the error message that came before the close usually says it all already
       const said = event.reason !== '' && this.lastError?.startsWith(event.reason);
       return this.fail(said ? undefined : `the server closed the stream: ${event.reason || `code ${event.code}`}`);
@@ -150,7 +161,15 @@ export class LiveStream {
     this.attempt++;
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** (this.attempt - 1));
     const delay = Math.round(base * (0.75 + Math.random() * 0.5));
-    const why = !opened ? 'cannot reach the server' : event.code === 1001 ? 'the server is restarting' : event.code === 1013 ? 'the server has too many streams' : 'the connection dropped';
+    const why = !opened
+      ? 'cannot reach the server'
+      : event.code === 1001
+        ? 'the server is restarting'
+        : event.code === 1013
+          ? 'the server has too many streams'
+          : event.code === NAME_TAKEN
+            ? 'the server still holds the previous connection'
+            : 'the connection dropped';
     this.handlers.onState('reconnecting', `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${this.attempt})`);
     this.retryTimer = setTimeout(() => this.connect(true), delay);
   }

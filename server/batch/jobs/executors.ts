@@ -36,7 +36,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
     const { params, count, lanes, output_format: format } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img', 'job');
     const { width, height } = plan.size;
-    const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image')).data : undefined;
+    const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image', params.fit)).data : undefined;
     // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
     let done = 0;
     while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;

@@ -81,10 +81,12 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
           if (!!upload === !!parsed.path) {
             throw new ServiceError('bad_request', upload ? 'path: give a file upload or a path, not both' : 'video: upload a file (multipart field "video") or give a path', { field: upload ? 'path' : 'video' });
           }
+          // the request's own mistakes (a path outside the video folders: 403) before the server's missing tool
+          const path = parsed.path ? await resolveVideoPath(ctx.config.videoDirs, parsed.path) : undefined;
           await ffmpeg(); // 503 ffmpeg_missing now rather than a failed job later
           let source: VideoJobRequest['source'];
-          if (parsed.path) {
-            source = { path: await resolveVideoPath(ctx.config.videoDirs, parsed.path) };
+          if (path) {
+            source = { path };
           } else {
             const name = `input.${videoExtension(upload!.originalname)}`;
             await mkdir(dir, { recursive: true });

@@ -73,3 +73,22 @@ test('probe with ffprobe and with the ffmpeg fallback agree; frames decode at th
   // stopping early kills the decoder without an error
   for await (const _ of decodeFrames(paths, clip, { width: 32, height: 32 })) break;
 });
+
+test('decodeFrames with fit pad keeps the whole picture: a wide clip in a square gets black bars', { skip }, async () => {
+  const dir = await tempDir('pad-');
+  const clip = join(dir, 'wide.mp4');
+  makeTestVideo(clip, { seconds: 1, fps: 2, size: '128x64', audio: false, source: 'smptebars' });
+  const paths = await resolveFfmpeg();
+  const row = (frame: Buffer, y: number) => [...frame.subarray(y * 64 * 3, (y + 1) * 64 * 3)];
+  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+  for await (const frame of decodeFrames(paths, clip, { width: 64, height: 64 }, 'pad')) {
+    assert.ok(mean(row(frame, 2)) < 20, 'a black bar at the top');
+    assert.ok(mean(row(frame, 24)) > 60, 'the picture in the middle');
+    assert.ok(mean(row(frame, 61)) < 20, 'a black bar at the bottom');
+    break;
+  }
+  for await (const frame of decodeFrames(paths, clip, { width: 64, height: 64 }, 'crop')) {
+    assert.ok(mean(row(frame, 2)) > 60, 'crop fills the frame');
+    break;
+  }
+});

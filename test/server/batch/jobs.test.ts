@@ -73,6 +73,20 @@ test('an img2img images job with a base64 init image and webp output', async () 
   assert.equal((await sharp(await download(job.urls[1])).metadata()).format, 'webp');
 });
 
+test('fit applies to an init image: a wide image padded renders differently from cropped, and each is reproducible', async () => {
+  const wide = await sharp({ create: { width: 128, height: 64, channels: 3, background: { r: 240, g: 240, b: 40 } } }).png().toBuffer();
+  const render = async (fit: string) => {
+    const created = await postJson(`${server.url}/v1/jobs`, { kind: 'images', init_image: wide.toString('base64'), strength: 0.3, prompt: 'x', seed: 5, fit, ...small });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const job = await waitForJob(server.url, created.body.id);
+    assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
+    return download(job.urls[0]);
+  };
+  const [crop, pad, padAgain] = [await render('crop'), await render('pad'), await render('pad')];
+  assert.ok(pad.equals(padAgain));
+  assert.ok(!pad.equals(crop), 'pad keeps black bars in the init image, crop does not');
+});
+
 test('list, status filter, unknown and malformed ids, result names', async () => {
   const created = await postJson(`${server.url}/v1/jobs`, { kind: 'images', prompt: 'x', ...small });
   await waitForJob(server.url, created.body.id);

@@ -61,6 +61,20 @@ test('a 2-second video uploaded, rendered end to end: same frame count, duration
   assert.equal(result.audio?.codec, 'aac');
 });
 
+test('a video keeps its aspect: a 4:3 clip without a size renders at 128 x 96 (the pixel budget of 128 x 128)', { skip }, async () => {
+  const wide = join(work, 'four-three.mp4');
+  makeTestVideo(wide, { seconds: 1, fps: 5, size: '160x120', audio: false });
+  const { width: _w, height: _h, ...sizeless } = render;
+  const created = await uploadVideo(server.url, wide, { kind: 'video', ...sizeless, steps: 1 });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const job = await waitForJob(server.url, created.body.id);
+  assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
+  assert.deepEqual([job.stats.width, job.stats.height], [128, 96]);
+  const out = join(work, 'four-three-out.mp4');
+  await writeFile(out, Buffer.from(await (await fetch(job.urls[0])).arrayBuffer()));
+  assert.deepEqual([probe(out).video?.width, probe(out).video?.height], [128, 96]);
+});
+
 test('a server-side path under a video folder works (no audio in, none out); outside is 403, missing 404', { skip }, async () => {
   const silent = join(videoDir, 'silent.mp4');
   makeTestVideo(silent, { seconds: 1, fps: 8, audio: false, source: 'smptebars' });
@@ -131,7 +145,8 @@ test('without ffmpeg a video job is refused with 503 ffmpeg_missing', async () =
     jobs: { ffmpeg: () => Promise.reject(new ServiceError('ffmpeg_missing', 'video needs ffmpeg and none was found')) },
   });
   try {
-    const res = await postJson(`${none.url}/v1/jobs`, { kind: 'video', path: 'silent.mp4', ...render });
+    await writeFile(join(videoDir, 'unread.mp4'), 'never decoded: ffmpeg is looked for first');
+    const res = await postJson(`${none.url}/v1/jobs`, { kind: 'video', path: 'unread.mp4', ...render });
     assert.equal(res.status, 503);
     assert.equal(res.body.error.code, 'ffmpeg_missing');
   } finally {

@@ -13,6 +13,7 @@ import { createLogger } from '../../../server/log.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
 import WebSocket from 'ws';
+import sharp from 'sharp';
 import { RTCPeerConnection, RTCRtpCodecParameters } from 'werift';
 import { icePeerOptions } from '../../../server/webrtc/ice.ts';
 import { shapeFrame } from '../../helpers/stream-client.ts';
@@ -91,6 +92,12 @@ test('WHIP: an offer with parameters in the query starts a stream; its video bec
   const params = listed.streams.find((s) => s.id === id)!.params;
   assert.equal(params.prompt, '42', 'prompt stays text');
   assert.equal(params.steps, 1);
+
+  // a snapshot of a WebRTC stream (which makes no JPEGs for its own output) is encoded from its latest frame
+  const snapshot = await fetch(`${server.url}/v1/streams/${id}/snapshot`, { headers: auth });
+  assert.equal(snapshot.status, 200);
+  const { width: snapWidth, format: snapFormat } = await sharp(Buffer.from(await snapshot.arrayBuffer())).metadata();
+  assert.deepEqual([snapFormat, snapWidth], ['jpeg', SIZE]);
 
   // live update on the data channel, answered like the WebSocket's
   const from = publisher.events.length;
@@ -210,6 +217,39 @@ test('X-Stream-Params carries the parameters as JSON; bad parameters fail the re
   assert.equal((JSON.parse(answer.body) as { error: { field: string } }).error.field, 'steps');
   const after = (await (await fetch(`${server.url}/v1/streams`, { headers: auth })).json()) as { streams: unknown[] };
   assert.equal(after.streams.length, before.streams.length);
+});
+
+test('stream names over WebRTC: X-Stream-Name on WHIP and "name" in POST /v1/streams give stable URLs, one stream per name', async () => {
+  const publisher = peer();
+  publisher.send({ cmd: 'publish', url: server.url, path: '/v1/whip', token: KEY, width: SIZE, height: SIZE, rgb: picture(), fps: 15, headers: { 'X-Stream-Params': JSON.stringify({ steps: 1, width: SIZE, height: SIZE }), 'X-Stream-Name': 'whip-cam' } });
+  const published = await publisher.next('published');
+  assert.equal(published.status, 201, published.body);
+  const byName = async (name: string) => (await (await fetch(`${server.url}/v1/streams/by-name/${name}`, { headers: auth })).json()) as { running: boolean; stream_id: string | null };
+  const info = await byName('whip-cam');
+  assert.deepEqual([info.running, info.stream_id], [true, published.streamId]);
+  // WHEP by name plays the stream running under it; a name nobody runs is a 404
+  const viewer = peer();
+  viewer.send({ cmd: 'play', url: server.url, path: '/v1/whep/by-name/whip-cam', token: KEY });
+  const playing = await viewer.next('playing');
+  assert.equal(playing.status, 201);
+  assert.ok(playing.location?.startsWith(`/v1/whep/${published.streamId}/`), `viewer of the named stream: ${playing.location}`);
+  viewer.send({ cmd: 'frames', count: 1 });
+  const frame = await viewer.next('frame');
+  assert.deepEqual([frame.width, frame.height], [SIZE, SIZE]);
+  const nobody = await fetch(`${server.url}/v1/whep/by-name/nobody-here`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/sdp' }, body: 'v=0' });
+  assert.equal(nobody.status, 404);
+  const taken = await fetch(`${server.url}/v1/streams`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'whip-cam', params: { steps: 1 } }) });
+  assert.equal(taken.status, 409);
+  assert.equal(((await taken.json()) as { error: { field: string } }).error.field, 'name');
+  await fetch(`${server.url}${published.location}`, { method: 'DELETE', headers: auth });
+  await until(async () => !(await byName('whip-cam')).running, 'the name to be free');
+  const made = await fetch(`${server.url}/v1/streams`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'whip-cam', params: { steps: 1 } }) });
+  assert.equal(made.status, 201);
+  const body = (await made.json()) as { stream_id: string; mjpeg_url: string; whip_url: string; whep_url: string };
+  assert.equal(body.mjpeg_url, '/v1/streams/by-name/whip-cam/mjpeg');
+  assert.equal(body.whep_url, '/v1/whep/by-name/whip-cam');
+  assert.equal((await byName('whip-cam')).stream_id, body.stream_id);
+  assert.equal((await fetch(`${server.url}${body.whip_url}`, { method: 'DELETE', headers: auth })).status, 200);
 });
 
 test('access rules: the key, foreign origins, SDP bodies, unknown streams; trickle ICE by PATCH', async () => {
