@@ -26,8 +26,6 @@ import { ClassShares, classRank, compareUrgency, currentUrgency, LiveActivity, m
 
 /** A background call may hold the UNet for at most this fraction of the tightest live frame interval. */
 export const CHUNK_FRACTION = 0.5;
-/** The frame interval assumed for a live stream that states none (ms): 30 fps. */
-export const DEFAULT_LIVE_INTERVAL_MS = 1000 / 30;
 
 interface Request extends Waiting {
   readonly group: string;
@@ -126,7 +124,7 @@ export class UnetBatcher {
    */
   chunkRows(group: string, rows: number, urgency: Urgency): number {
     if (urgency.class !== 'background' || rows <= 1 || !this.live.active) return rows;
-    const limit = CHUNK_FRACTION * (this.live.tightestInterval ?? DEFAULT_LIVE_INTERVAL_MS);
+    const limit = CHUNK_FRACTION * this.live.tightestInterval;
     let fit = 1;
     for (let k = 2; k <= rows; k++) {
       const perRow = this.costs.perRow(group, k);

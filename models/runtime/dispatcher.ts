@@ -18,8 +18,6 @@ import { ClassShares, currentUrgency, LiveActivity, pickNext, type CallClass, ty
 
 /** While streams are live, a worker counts as spare after being idle this fraction of the tightest frame interval. */
 export const IDLE_GAP_FRACTION = 0.25;
-/** The frame interval assumed for live calls that state none (ms). */
-const DEFAULT_INTERVAL_MS = 1000 / 30;
 
 /**
  * Calls a worker may hold at once: one running and one waiting on the worker's side, so the worker does not
@@ -91,8 +89,8 @@ export class Dispatcher {
   private readonly idleSince = new Map<CallTarget, number>();
   private gapTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
-  shares: ClassShares;
-  readonly live: LiveActivity;
+  private shares: ClassShares;
+  private readonly live: LiveActivity;
 
   constructor(options: DispatcherOptions = {}) {
     this.now = options.now ?? (() => performance.now());
@@ -163,7 +161,7 @@ export class Dispatcher {
   private next(): { index: number; target: Replica | undefined } | undefined {
     const liveActive = this.live.active;
     const now = this.now();
-    const gap = IDLE_GAP_FRACTION * (this.live.tightestInterval ?? DEFAULT_INTERVAL_MS);
+    const gap = IDLE_GAP_FRACTION * this.live.tightestInterval;
     let wake: number | undefined; // when a worker held back for the gap rule becomes spare
     // a class owed its share may take a busy worker's second slot, else live calls would keep it from ever idling
     const owed = this.shares.owed(new Set(this.queue.map((c) => c.urgency.class)));

@@ -144,6 +144,9 @@ export function pickNext(items: readonly Waiting[], shares: ClassShares): number
   return best;
 }
 
+/** The frame interval assumed for live calls that state none (ms): 30 fps. */
+export const DEFAULT_LIVE_INTERVAL_MS = 1000 / 30;
+
 /** How long after the last live call live streams count as active (ms). */
 export const LIVE_ACTIVE_MS = 1000;
 
@@ -165,12 +168,12 @@ export class LiveActivity {
     return this.seen.length > 0;
   }
 
-  /** The shortest frame interval of the live calls made lately (ms), if any stated one. */
-  get tightestInterval(): number | undefined {
+  /** The shortest frame interval of the live calls made lately (ms); DEFAULT_LIVE_INTERVAL_MS when none stated one. */
+  get tightestInterval(): number {
     this.prune();
     let min: number | undefined;
     for (const s of this.seen) if (s.interval !== undefined && (min === undefined || s.interval < min)) min = s.interval;
-    return min;
+    return min ?? DEFAULT_LIVE_INTERVAL_MS;
   }
 
   private prune(): void {

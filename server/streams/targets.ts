@@ -5,6 +5,7 @@
  * LATENCY_INTERVALS frame intervals after (a frame shares the pipeline with the one before it).
  */
 import { PIPELINE_DEPTH } from '../../pipelines/stream-pipeline.ts';
+import { DEFAULT_LIVE_INTERVAL_MS } from '../../models/runtime/urgency.ts';
 
 /** The start/update fields that set a stream's targets (PROTOCOL.md). */
 export interface StreamTargetFields {
@@ -14,8 +15,6 @@ export interface StreamTargetFields {
 
 /** A frame's latency budget in frame intervals when the client sets no max_latency_ms. */
 export const LATENCY_INTERVALS = PIPELINE_DEPTH;
-/** The interval assumed before any is measured or stated (ms). */
-export const DEFAULT_INTERVAL_MS = 1000 / 30;
 /** Weight of a new gap between input frames in the measured interval. */
 const INTERVAL_SMOOTHING = 0.2;
 /** Gaps longer than this (ms) are pauses, not the stream's rate. */
@@ -55,7 +54,7 @@ export class StreamTargets {
   /** The stream's frame interval (ms). */
   get interval(): number {
     const fps = this.fields.target_fps;
-    return fps !== undefined ? 1000 / fps : (this.measured ?? DEFAULT_INTERVAL_MS);
+    return fps !== undefined ? 1000 / fps : (this.measured ?? DEFAULT_LIVE_INTERVAL_MS);
   }
 
   /** How long after arriving a frame's output is due (ms). */
