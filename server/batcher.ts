@@ -22,10 +22,8 @@
 import type { UnetRow, UnetRunner } from '../pipelines/denoise-step.ts';
 import type { Size } from '../pipelines/engine.ts';
 import type { Metrics } from './metrics.ts';
-import { ClassShares, classRank, compareUrgency, currentUrgency, LiveActivity, mostUrgent, pickNext, withUrgency, type Urgency, type Waiting } from '../models/runtime/urgency.ts';
+import { CHUNK_FRACTION, ClassShares, classRank, compareUrgency, currentUrgency, LiveActivity, mostUrgent, pickNext, withUrgency, type Urgency, type Waiting } from '../models/runtime/urgency.ts';
 
-/** A background call may hold the UNet for at most this fraction of the tightest live frame interval. */
-export const CHUNK_FRACTION = 0.5;
 
 interface Request extends Waiting {
   readonly group: string;

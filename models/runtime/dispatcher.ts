@@ -10,11 +10,13 @@
  * share): the second slot of a worker (CALLS_PER_WORKER) is kept for live calls, and the short gaps between a
  * stream's calls (its frame's work on the main thread) are not taken, only spare time the streams really leave. A
  * live frame then waits behind at most one call of another class (chunked to a fraction of a frame interval, see
- * server/batcher.ts), and mostly behind none.
+ * server/batcher.ts), and mostly behind none. A call below live whose model's measured call time is over
+ * CHUNK_FRACTION of that interval (a full-VAE decode of a job's image) runs, while streams are live, only when its
+ * class is owed its share.
  */
 import { ServiceError } from '../errors.ts';
 import type { Feed, Outputs, Rgb8Tensor } from './contract.ts';
-import { ClassShares, currentUrgency, LiveActivity, pickNext, type CallClass, type Urgency } from './urgency.ts';
+import { CHUNK_FRACTION, ClassShares, currentUrgency, LiveActivity, pickNext, type CallClass, type Urgency } from './urgency.ts';
 
 /** While streams are live, a worker counts as spare after being idle this fraction of the tightest frame interval. */
 export const IDLE_GAP_FRACTION = 0.25;
@@ -88,6 +90,8 @@ export class Dispatcher {
   /** When each worker last became idle (ms); a worker not in the map has not run anything yet. */
   private readonly idleSince = new Map<CallTarget, number>();
   private gapTimer: NodeJS.Timeout | undefined;
+  /** Mean call time per model label (ms), for the rule on long calls below live. */
+  private readonly callMs = new Map<string, number>();
   private readonly now: () => number;
   private shares: ClassShares;
   private readonly live: LiveActivity;
@@ -144,6 +148,8 @@ export class Dispatcher {
           ended();
           const endedAt = this.now();
           if (target.worker.inFlight === 0) this.idleSince.set(target.worker, endedAt);
+          const mean = this.callMs.get(c.label);
+          this.callMs.set(c.label, mean === undefined ? endedAt - startedAt : mean + 0.2 * (endedAt - startedAt - mean));
           const end = { ...event, endedAt, missed: c.urgency.deadline !== undefined && endedAt > c.urgency.deadline };
           for (const l of this.listeners) l.onEnd?.(end);
         })
@@ -173,6 +179,7 @@ export class Dispatcher {
       // while streams are live, the lower classes take only an idle worker (see the module comment)
       const cls = call.urgency.class;
       const held = liveActive && cls !== 'live' && cls !== owed;
+      if (held && (this.callMs.get(call.label) ?? 0) > CHUNK_FRACTION * this.live.tightestInterval) continue; // too long: its share only
       const room = held ? 1 : CALLS_PER_WORKER;
       let best: Replica | undefined;
       for (const r of replicas) {

@@ -144,6 +144,13 @@ export function pickNext(items: readonly Waiting[], shares: ClassShares): number
   return best;
 }
 
+/**
+ * While streams are live, a call below live may hold a worker at most this fraction of the tightest live frame
+ * interval: longer background UNet work is cut (server/batcher.ts), and a longer call that cannot be cut (a full-VAE
+ * decode) runs only on its class's minimum share (models/runtime/dispatcher.ts).
+ */
+export const CHUNK_FRACTION = 0.5;
+
 /** The frame interval assumed for live calls that state none (ms): 30 fps. */
 export const DEFAULT_LIVE_INTERVAL_MS = 1000 / 30;
 

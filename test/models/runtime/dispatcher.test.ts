@@ -166,3 +166,34 @@ test('a class below live that got less than its minimum share of worker time goe
   // t=1070: 40 of 140: live 6. t=1080: 40 of 160 = 25%: live 7. t=1090: 40 of 180 = 22%: call 102.
   assert.deepEqual(order, ['call 0', 'call 1', 'call 100', 'call 2', 'call 3', 'call 4', 'call 101', 'call 5', 'call 6', 'call 7', 'call 102']);
 });
+
+test('while streams are live, a lower-class call whose model runs longer than half the live interval waits for its share; a short one takes the spare worker', async () => {
+  const time = clock();
+  const d = new Dispatcher({ minShare: 0, now: time.now });
+  const a = new FakeWorker('a');
+  const named = (label: string, n: number) => ({ ...call([a], n), label });
+  // measured with no live work: the "decoder" takes 30 ms a call, the "unet" 5 ms
+  void d.submit(named('decoder', 1));
+  time.advance(30);
+  a.calls[0]!.finish();
+  await tick();
+  void d.submit(named('unet', 2));
+  time.advance(5);
+  a.calls[1]!.finish();
+  await tick();
+  // a live stream at 30 fps: half its interval is 16.7 ms
+  withUrgency({ class: 'live', deadline: 2000, interval: 1000 / 30 }, () => void d.submit(labelled(a, 3)));
+  a.calls[2]!.finish();
+  await tick();
+  withUrgency({ class: 'background' }, () => {
+    void d.submit(named('decoder', 4));
+    void d.submit(named('unet', 5));
+  });
+  time.advance(20); // idle well past the gap
+  await sleep(20);
+  assert.deepEqual(a.calls.map((c) => c.label).slice(3), ['5'], 'the short call goes, the long one waits');
+  a.calls[3]!.finish();
+  time.advance(LIVE_ACTIVE_MS + 1); // live work over: the long call goes
+  await sleep(20);
+  assert.deepEqual(a.calls.map((c) => c.label).slice(3), ['5', '4']);
+});
