@@ -22,7 +22,7 @@
 import type { UnetRow, UnetRunner } from '../pipelines/denoise-step.ts';
 import type { Size } from '../pipelines/engine.ts';
 import type { Metrics } from './metrics.ts';
-import { CHUNK_FRACTION, ClassShares, classRank, compareUrgency, currentUrgency, LiveActivity, mostUrgent, pickNext, withUrgency, type Urgency, type Waiting } from '../models/runtime/urgency.ts';
+import { CHUNK_FRACTION, ClassShares, classRank, compareUrgency, currentUrgency, LiveActivity, mostUrgent, pickNext, withUrgency, type CallClass, type Urgency, type Waiting } from '../models/runtime/urgency.ts';
 
 
 interface Request extends Waiting {
@@ -72,7 +72,12 @@ export class UnetCosts {
 
 export class UnetBatcher {
   private readonly queue: Request[] = [];
-  private running = false;
+  /**
+   * Classes of the calls running now. A call of a class more urgent than every running one may start beside them
+   * (a live frame's call does not wait behind a background chunk the dispatcher holds back; the dispatcher runs the
+   * live one first); otherwise one call at a time.
+   */
+  private readonly running = new Set<CallClass>();
   readonly costs = new UnetCosts();
   readonly shares: ClassShares;
   private readonly live: LiveActivity;
@@ -136,11 +141,11 @@ export class UnetBatcher {
   }
 
   private pump(): void {
-    if (this.running || this.queue.length === 0) return;
-    this.running = true;
+    if (this.queue.length === 0) return;
     // The most urgent request leads and decides the group; same-group requests at least as urgent join, most
     // urgent first, while rows fit and the cost table says a bigger call is cheaper per row.
     const first = this.queue[pickNext(this.queue, this.shares)!]!;
+    if ([...this.running].some((cls) => classRank(cls) <= classRank(first.urgency.class))) return;
     const joining = this.queue.filter((r) => r !== first && r.group === first.group && classRank(r.urgency.class) <= classRank(first.urgency.class)).sort(compareUrgency);
     const batch: Request[] = [first];
     let rows = first.rows.length;
@@ -158,7 +163,9 @@ export class UnetBatcher {
     const allRows = batch.flatMap((r) => r.rows);
     const started = this.now();
     const lead = batch.reduce<Waiting>((a, b) => mostUrgent(a, b), first);
-    const ended = this.shares.start(lead.urgency.class);
+    const cls = lead.urgency.class;
+    this.running.add(cls);
+    const ended = this.shares.start(cls);
     withUrgency(lead.urgency, () => first.execute(allRows))
       .finally(ended)
       .then((eps) => {
@@ -175,7 +182,7 @@ export class UnetBatcher {
         for (const r of batch) await withUrgency(r.urgency, () => r.execute(r.rows)).then(r.resolve, r.reject);
       })
       .finally(() => {
-        this.running = false;
+        this.running.delete(cls);
         this.pump();
       });
   }

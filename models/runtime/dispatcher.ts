@@ -179,7 +179,10 @@ export class Dispatcher {
       // while streams are live, the lower classes take only an idle worker (see the module comment)
       const cls = call.urgency.class;
       const held = liveActive && cls !== 'live' && cls !== owed;
-      if (held && (this.callMs.get(call.label) ?? 0) > CHUNK_FRACTION * this.live.tightestInterval) continue; // too long: its share only
+      if (held && (this.callMs.get(call.label) ?? 0) > CHUNK_FRACTION * this.live.tightestInterval) {
+        wake = Math.min(wake ?? Infinity, gap); // too long: its share only; look again (shares and live activity move)
+        continue;
+      }
       const room = held ? 1 : CALLS_PER_WORKER;
       let best: Replica | undefined;
       for (const r of replicas) {

@@ -123,10 +123,10 @@ function heldRunner(batcher: UnetBatcher) {
 const row = (v: number): UnetRow => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) });
 const settle = () => new Promise((r) => setImmediate(r));
 
-test('a live request leads the next call ahead of earlier background and interactive ones and lower classes never join a live call', async () => {
+test('a live request leads the next call ahead of earlier background and interactive ones, lower classes never join a live call, and a live request starts beside a running lower-class call', async () => {
   const batcher = new UnetBatcher(16, undefined, undefined, 0);
   const { calls, runner } = heldRunner(batcher);
-  const busy = runner([row(0)]); // occupies the UNet
+  const busy = withUrgency({ class: 'live', deadline: 1 }, () => runner([row(0)])); // occupies the UNet
   const done = [
     withUrgency({ class: 'background' }, () => runner([row(1)])),
     withUrgency({ class: 'interactive' }, () => runner([row(2)])),
@@ -144,9 +144,10 @@ test('a live request leads the next call ahead of earlier background and interac
   await settle();
   assert.deepEqual(calls[2]!.rows, [2], 'interactive before background, each on its own call');
   const late = withUrgency({ class: 'live', deadline: 20 }, () => runner([row(5)]));
-  calls[2]!.finish();
   await settle();
-  assert.deepEqual(calls[3]!.rows, [5], 'a live arrival goes before the background request that waited longer');
+  assert.deepEqual(calls[3]!.rows, [5], 'a live arrival starts beside the running interactive call (the dispatcher orders the two)');
+  assert.equal(calls.length, 4, 'the background request still waits');
+  calls[2]!.finish();
   calls[3]!.finish();
   await settle();
   assert.deepEqual(calls[4]!.rows, [1]);
