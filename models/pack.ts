@@ -11,7 +11,7 @@ import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
 import type { Model, Provider } from './runtime/contract.ts';
-import { packKind, type ComponentFolder, type PackKind } from './pack-kinds.ts';
+import { packDefaults, packKind, type ComponentFolder, type PackDefaults, type PackKind } from './pack-kinds.ts';
 import { ModelSessions, type Role } from './sessions.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
@@ -61,6 +61,8 @@ export interface ModelPack {
   readonly vaeScale: number;
   /** Width and height must be multiples of this (VAE factor x the UNet's own down-sampling). */
   readonly sizeMultiple: number;
+  /** The ranges of guidance scale and image size the model renders well in (pack-kinds.ts). */
+  readonly defaults: PackDefaults;
 }
 
 async function readOptionalJson(path: string, what: string): Promise<Record<string, unknown>> {
@@ -183,5 +185,6 @@ async function describePack(
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,
+    defaults: packDefaults(modelIndex, sampleSize * vaeScale),
   };
 }

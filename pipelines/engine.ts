@@ -186,7 +186,7 @@ export class Engine {
   vae(choice: VaeChoice, explicit: boolean): { name: VaeChoice; vae: Vae } {
     const tiny = this.pack.tinyVae;
     if (choice === 'tiny' && tiny) return { name: 'tiny', vae: tiny };
-    if (choice === 'tiny' && explicit) throw new ServiceError('bad_request', `model ${this.pack.name} has no tiny VAE (taesd_encoder/taesd_decoder)`, { field: 'vae' });
+    if (choice === 'tiny' && explicit) throw new ServiceError('bad_request', `vae: model ${this.pack.name} has no tiny VAE (taesd_encoder/taesd_decoder)`, { field: 'vae' });
     return { name: 'full', vae: { encoder: this.pack.vaeEncoder, decoder: this.pack.vaeDecoder } };
   }
 

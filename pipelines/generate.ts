@@ -2,6 +2,7 @@
  * Batch flows: txt2img and img2img for whole images (not streams). Every image runs the sequential
  * denoise; images of one request share UNet calls as lanes of one batch. Image j uses seed + j.
  */
+import { resizeImage } from './codecs/image.ts';
 import { withUrgency } from '../models/runtime/urgency.ts';
 import type { Engine } from './engine.ts';
 import { denoiseSequential } from './sequential.ts';
@@ -18,6 +19,8 @@ export interface GeneratedImage {
   readonly width: number;
   readonly height: number;
   readonly seed: number;
+  /** Its index in the request: it was drawn from seed + index (each seed of a blend shifted by index). */
+  readonly index: number;
   /** The UNet that made it (expert, adapters). */
   readonly variant: UnetVariant;
 }
@@ -45,11 +48,12 @@ export function render(engine: Engine, plan: Plan, count: number, options: Gener
 }
 
 async function renderPlan(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] }): Promise<GeneratedImage[]> {
-  const { params, size, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
+  const { params, size, outputSize: out, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
+  const resized = out.width !== size.width || out.height !== size.height;
   const inits = options.inits && (await engine.encodeImages(options.inits, size, vae));
   const lanes = Math.max(1, options.lanesPerCall ?? DEFAULT_LANES);
   const first = options.firstIndex ?? 0;
-  const out: GeneratedImage[] = [];
+  const done: GeneratedImage[] = [];
   for (let start = 0; start < count; start += lanes) {
     options.signal?.throwIfAborted();
     const n = Math.min(lanes, count - start);
@@ -59,11 +63,12 @@ async function renderPlan(engine: Engine, plan: Plan, count: number, options: Ge
     const latents = Array.from({ length: n }, (_, j) => (inits ? inits[(start + j) % inits.length]! : new Float32Array(engine.latentSize(size))));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
     // background work is decoded an image per call, so it holds the decoder's worker a short while at a time
-    const images = plan.urgency === 'background' ? await decodeOneByOne(engine, denoised, plan) : await engine.decodeLatents(denoised, size, vae);
-    images.forEach((data, j) => out.push({ data, width: size.width, height: size.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, variant }));
-    options.onProgress?.(out.length, count);
+    const decoded = plan.urgency === 'background' ? await decodeOneByOne(engine, denoised, plan) : await engine.decodeLatents(denoised, size, vae);
+    const images = resized ? await Promise.all(decoded.map((d) => resizeImage(d, size, out.width, out.height))) : decoded;
+    images.forEach((data, j) => done.push({ data, width: out.width, height: out.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, index: offset + j, variant }));
+    options.onProgress?.(done.length, count);
   }
-  return out;
+  return done;
 }
 
 async function decodeOneByOne(engine: Engine, latents: readonly Float32Array[], plan: Plan): Promise<Float32Array[]> {

@@ -3,6 +3,7 @@
  * StreamDiffusion's (t_index_list, guidance_scale, delta) in snake_case, as JSON clients send them.
  * Unknown keys and wrong types are rejected with a message that names the field.
  */
+import { randomInt } from 'node:crypto';
 import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
 import { isRecord } from '../models/files.ts';
@@ -18,13 +19,21 @@ import { FITS } from './codecs/image.ts';
  */
 export const DEFAULT_STEPS = Object.freeze({ stream: 2, txt2img: 4, img2img: 2 });
 
+/** Most denoising steps: LCM needs few (A1111's 20-150 are clamped to this, with a note). */
+export const MAX_STEPS = 8;
+
 /** Longest prompt accepted, in characters (CLIP keeps 77 tokens anyway; this only bounds the work). */
 export const MAX_PROMPT_CHARS = 2000;
 /** Largest side in pixels: 1024 covers SD 1.5/2.x/Turbo; more only costs memory on a CPU. */
 export const MAX_SIDE = 1024;
 
+/** Largest seed (seeds are 32-bit). */
+export const MAX_SEED = 2 ** 32 - 1;
+/** A1111's "random seed"; every interface takes it, and a request without a seed gets one at random too. */
+export const RANDOM_SEED = -1;
+
 const promptText = z.string().max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
-const seedValue = z.number().int().min(0).max(2 ** 32 - 1);
+const seedValue = z.number().int().min(0).max(MAX_SEED);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 /** Widest and tallest input aspect accepted (8:1, 1:8). */
 export const MAX_ASPECT = 8;
@@ -45,7 +54,7 @@ export const paramsSchema = z
     /** RCFG delta: how much of the residual noise estimate stands in for the uncond prediction (1.0). */
     delta: z.number().min(0).max(2).default(DEFAULT_GUIDANCE.delta),
     /** Denoising steps; with strength they give t_index_list. */
-    steps: z.number().int().min(1).max(8).default(DEFAULT_STEPS.stream),
+    steps: z.number().int().min(1).max(MAX_STEPS).default(DEFAULT_STEPS.stream),
     /** 0..1: how far the output may move from the input (img2img); 1 = start from noise. */
     strength: z.number().gt(0).max(1).optional(),
     /** Raw indices on the 50-step LCM grid; overrides steps/strength. */
@@ -62,6 +71,14 @@ export const paramsSchema = z
     aspect: z.number().min(MIN_ASPECT).max(MAX_ASPECT).optional(),
     /** What happens to the part of the input outside the output's aspect: cropped (centre) or padded (black bars). */
     fit: z.enum(FITS).default('crop'),
+    /**
+     * Take guidance and guidance_scale as given. By default a scale outside the pack's recommended range is
+     * clamped into it and a negative prompt moves guidance self (which ignores it) to one that uses it; both are
+     * reported as notes.
+     */
+    strict_guidance: z.boolean().default(false),
+    /** Render at width x height even outside the pack's size range (by default: at a size in range, then resized). */
+    strict_size: z.boolean().default(false),
     /** Stochastic similarity filter: skipping starts at this cosine similarity; 1 disables it. */
     similarity_threshold: z.number().min(0).max(1).default(DEFAULT_SIMILARITY_FILTER.threshold),
     max_skip_frames: z.number().int().min(0).max(1000).default(DEFAULT_SIMILARITY_FILTER.maxSkipFrames),
@@ -105,11 +122,30 @@ function toServiceError(error: z.ZodError): ServiceError {
   return new ServiceError('bad_request', `${field}: ${message}`, { field: issue.code === 'unrecognized_keys' ? issue.keys[0]! : field });
 }
 
-/** Full parameters with defaults filled in. */
+/** Full parameters with defaults filled in (seed 2 when none is given: library calls stay reproducible). */
 export function parseParams(input: unknown): GenerationParams {
   const result = paramsSchema.safeParse(input ?? {});
   if (!result.success) throw toServiceError(result.error);
   return result.data;
+}
+
+/** A random seed in [0, MAX_SEED]. */
+export function randomSeed(): number {
+  return randomInt(0, MAX_SEED + 1);
+}
+
+/** A request's seed: left out or RANDOM_SEED (-1) draws one at random, anything else is used as it is. */
+export function resolveSeed<T>(seed: T | undefined): T | number {
+  return seed === undefined || seed === RANDOM_SEED ? randomSeed() : seed;
+}
+
+/**
+ * Parameters a client sent (every interface: A1111, OpenAI, jobs, WebSocket, CLI): as parseParams, but a missing
+ * seed or -1 is drawn at random here, as A1111 does, so that the response and the image's metadata can say which.
+ */
+export function parseRequestParams(input: unknown): GenerationParams {
+  const body = input ?? {};
+  return parseParams(isRecord(body) ? { ...body, seed: resolveSeed(body['seed']) } : body);
 }
 
 /** Optional fields a live update may clear by sending null. */
@@ -121,10 +157,11 @@ export function mergeParams(current: GenerationParams, update: unknown): Generat
     throw new ServiceError('bad_request', 'parameters must be a JSON object');
   }
   const present = Object.fromEntries(Object.entries(update).filter(([k, v]) => !(v === null && CLEARABLE.has(k))));
+  if (present['seed'] === RANDOM_SEED) present['seed'] = randomSeed();
   const partial = paramsSchema.partial().safeParse(present);
   if (!partial.success) throw toServiceError(partial.error);
   const merged: Record<string, unknown> = { ...current };
-  for (const [key, value] of Object.entries(update)) {
+  for (const [key, value] of Object.entries({ ...update, ...present })) {
     // null clears an optional field (back to the router, the pack's size, steps/strength ...)
     if (value === null && CLEARABLE.has(key)) delete merged[key];
     else merged[key] = value;

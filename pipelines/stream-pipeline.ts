@@ -142,7 +142,7 @@ export class StreamPipeline {
    */
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners, defaults);
-    stream.plan = await planRequest(engine, params, mode, runners, defaults);
+    stream.plan = await planRequest(engine, params, mode, runners, defaults, 'stream');
     stream.own = stream.plan.params;
     stream.rebuild();
     return stream;
@@ -161,6 +161,11 @@ export class StreamPipeline {
   /** Frames an output lags its input (steps - 1). */
   get lag(): number {
     return this.plan.coefficients.timesteps.length - 1;
+  }
+
+  /** Where the stream's plan differs from its parameters (guidance brought into the pack's range ...). */
+  get notes(): readonly string[] {
+    return this.plan.notes;
   }
 
   /** The UNet variant (expert, adapters) serving the stream's frames now. */
@@ -213,7 +218,7 @@ export class StreamPipeline {
   private async applyUpdate(own: GenerationParams, overrides: Partial<GenerationParams>, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
     const planned = Object.keys(overrides).length === 0 ? own : mergeParams(own, overrides);
-    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.planDefaults());
+    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.planDefaults(), 'stream');
     // 2. apply between frames, once the caller's turn has come
     await when;
     return this.inTurn(() => {

@@ -58,7 +58,9 @@ export class VariantResolver {
       if (!this.adapters) throw new ServiceError('not_found', `this model has no adapters (asked for ${active.map((a) => a.name).join(', ')})`, { field: 'adapters' });
       const fullName = this.experts?.experts.find((e) => e.relativeMacs === 1)?.name ?? FULL_EXPERT;
       const { unet, warnings, text } = await this.adapters.merged(active);
-      return { key: `${fullName}+${adapterKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings };
+      const unused = [params.budget !== 1 ? `budget ${params.budget}` : '', params.expert !== undefined ? `expert ${params.expert}` : ''].filter(Boolean);
+      const notes = unused.length > 0 ? [`adapters merge into the full UNet only: ${unused.join(' and ')} not applied`, ...warnings] : warnings;
+      return { key: `${fullName}+${adapterKey(active)}`, unet, expert: fullName, relativeMacs: 1, adapters: active, text, warnings: notes };
     }
     if (this.experts) {
       const e = pickExpert(this.experts, await pooled(), params.budget, params.expert);

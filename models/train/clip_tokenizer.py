@@ -7,7 +7,9 @@
 * ids: [BOS] + tokens (truncated to 75) + [EOS], padded to 77 with the pad id (= EOS id here)
 
 `build` creates vocab.json / merges.txt from the scene grammar words so that every
-grammar word is a single token.
+grammar word is a single token; `extend` appends merges and tokens for more words (issue 17: what users type)
+keeping every old id, then moves <|startoftext|> / <|endoftext|> to the two last ids (the text encoder pools at
+argmax(input_ids), so EOS must stay the largest id; the loaders read both ids from the files).
 """
 import html
 import json
@@ -48,25 +50,34 @@ def get_pairs(word):
 
 
 class ClipTokenizer:
-    def __init__(self, tok_dir):
-        with open(os.path.join(tok_dir, "vocab.json"), encoding="utf-8") as f:
-            self.encoder = json.load(f)
-        with open(os.path.join(tok_dir, "merges.txt"), encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [tuple(l.split()) for l in lines[1:] if l.strip()]
+    def __init__(self, tok_dir, data=None):
+        """From a tokenizer folder, or from data=(encoder dict, merges list) in memory."""
+        if data is None:
+            with open(os.path.join(tok_dir, "vocab.json"), encoding="utf-8") as f:
+                self.encoder = json.load(f)
+            with open(os.path.join(tok_dir, "merges.txt"), encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            merges = [tuple(l.split()) for l in lines[1:] if l.strip()]
+        else:
+            self.encoder, merges = data
+        self.merges = merges
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.cache = {BOS: BOS, EOS: EOS}
-        cfg_path = os.path.join(tok_dir, "tokenizer_config.json")
+        cfg_path = os.path.join(tok_dir, "tokenizer_config.json") if tok_dir else ""
         pad = EOS
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 pad = json.load(f).get("pad_token", EOS)
             if isinstance(pad, dict):
                 pad = pad["content"]
-        self.bos_id = self.encoder[BOS]
-        self.eos_id = self.encoder[EOS]
-        self.pad_id = self.encoder[pad]
+        self.bos_id = self.encoder.get(BOS)  # None only for a vocabulary being built (extend)
+        self.eos_id = self.encoder.get(EOS)
+        self.pad_id = self.encoder.get(pad)
+
+    def state(self):
+        """The vocabulary and merges (stored in checkpoints, so a warm start can map rows by token string)."""
+        return {"vocab": self.encoder, "merges": [list(m) for m in self.merges]}
 
     def bpe(self, token):
         if token in self.cache:
@@ -172,11 +183,14 @@ TEST_CAPTIONS = [
     "<|startoftext|> a blue circle <|endoftext|>",
     "ORANGE TRIANGLE AT THE BOTTOM ON A PURPLE BACKGROUND",
     "a large white circle at the top and a small black triangle at the bottom on a horizontal gradient from red to yellow background",
+    "A big red circle in the center, highly detailed",
+    "a blue background with a tiny yellow triangle",
+    "Red circle, blue background.",
+    "a beautiful huge purple disc in the middle, minimal illustration",
 ]
 
 
 def build(tok_dir, words):
-    os.makedirs(tok_dir, exist_ok=True)
     extra = ["an", "of", "with", "is", "it", "image", "picture", "photo", "shape", "shapes", "object", "objects",
              "circles", "squares", "triangles", "one", "two", "colour", "color", "gray", "grey", "pink", "brown", "cyan"]
     words = list(dict.fromkeys(list(words) + extra))
@@ -192,6 +206,39 @@ def build(tok_dir, words):
         if v in encoder:
             raise RuntimeError("duplicate vocab entry " + v)
         encoder[v] = len(encoder)
+    return write(tok_dir, encoder, merges, words)
+
+
+def extend(tok_dir, old_dir, words):
+    """Appends merges (learnt on top of the old ones, by the real BPE after each addition) until every word is one
+    token; old ids stay, new tokens follow them, BOS and EOS move to the end. Returns (tokenizer, {old id: new id})."""
+    old = ClipTokenizer(old_dir)
+    encoder = {k: v for k, v in old.encoder.items() if k not in (BOS, EOS)}
+    merges = list(old.merges)
+    be = bytes_to_unicode()
+    pieces = ["".join(be[b] for b in w.encode("utf-8")) for w in words]
+    while True:
+        tok = ClipTokenizer(None, (encoder, merges))
+        split = [tok.bpe(p).split(" ") for p in pieces]
+        counts = {}
+        for syms in split:
+            for pair in zip(syms, syms[1:]):
+                counts[pair] = counts.get(pair, 0) + 1  # insertion order = first occurrence (ties)
+        if not counts:
+            break
+        best = max(counts.items(), key=lambda kv: kv[1])[0]
+        merges.append(best)
+        if best[0] + best[1] not in encoder:
+            encoder[best[0] + best[1]] = len(encoder)
+    remap = {old.bos_id: len(encoder), old.eos_id: len(encoder) + 1}
+    encoder[BOS] = len(encoder)
+    encoder[EOS] = len(encoder)
+    return write(tok_dir, encoder, merges, words), remap
+
+
+def write(tok_dir, encoder, merges, words):
+    """Writes the tokenizer files and test vectors; checks that every word is a single token."""
+    os.makedirs(tok_dir, exist_ok=True)
     with open(os.path.join(tok_dir, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(encoder, f, ensure_ascii=False)
     with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
@@ -230,10 +277,14 @@ def build(tok_dir, words):
 
 if __name__ == "__main__":
     import sys
+    import tempfile
     sys.path.insert(0, os.path.dirname(__file__))
+    import captions
     import scenes
     d = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "packs", "tiny-shapes", "tokenizer")
-    tok = build(d, scenes.GRAMMAR_WORDS)
+    with tempfile.TemporaryDirectory() as base:  # the first vocabulary (grammar words), then the users' words
+        build(base, scenes.GRAMMAR_WORDS)
+        tok, _ = extend(d, base, captions.VOCABULARY)
     print("vocab", len(tok.encoder), "bos", tok.bos_id, "eos", tok.eos_id)
     for t in TEST_CAPTIONS[:10]:
         print(repr(t[:60]), tok.encode(t)[:20])

@@ -70,7 +70,12 @@ def _export(model, args, path, input_names, output_names, dynamic_axes, output_s
     return m
 
 
-def export_pack(out, te, unet, vae, scaling_factor, tok_dir, contract=None, info=None, image_size=128):
+# What the service should keep requests within (models/pack-kinds.ts): measured with the evaluator on held-out
+# captions, full CFG 2 keeps .98+ accuracy and 7 drops it to about .6; 128-160 px sides render well, 96 and 192 do not.
+RECOMMENDED = {"guidance_range": [1, 2], "size_range": [128, 160]}
+
+
+def export_pack(out, te, unet, vae, scaling_factor, tok_dir, contract=None, info=None, image_size=128, recommended=None):
     c = dict(DEFAULT_CONTRACT)
     c.update(contract or {})
     os.makedirs(out, exist_ok=True)
@@ -170,6 +175,8 @@ def export_pack(out, te, unet, vae, scaling_factor, tok_dir, contract=None, info
         "tiny_shapes": dict({"version": 1, "image_size": image_size, "latent_size": lat, "latent_channels": vae.latent,
                              "scaling_factor": scaling_factor, "contract": c}, **(info or {})),
     }
+    if recommended:
+        index["streamdiffusion"] = recommended
     json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=1)
 
 
@@ -205,7 +212,7 @@ def main():
     info["train"] = dict(info.get("train", {}), random_weights=bool(args.random))
     info["params"] = {"text_encoder": count_params(te), "unet": count_params(unet),
                       "vae_encoder": count_params(vae.encoder), "vae_decoder": count_params(vae.decoder)}
-    export_pack(args.out, te, unet, vae, sf, os.path.join(PACK_DIR, "tokenizer"), info=info)
+    export_pack(args.out, te, unet, vae, sf, os.path.join(PACK_DIR, "tokenizer"), info=info, recommended=None if args.random else RECOMMENDED)
     print("exported", args.out, "scaling_factor", sf)
 
 

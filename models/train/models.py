@@ -243,6 +243,60 @@ class VAE(nn.Module):
         return m[:, : self.latent]
 
 
+# ----------------------------------------------------------------- tiny VAE (TAESD-style)
+
+
+class TinyBlock(nn.Module):
+    """TAESD's residual block: conv-ReLU-conv + skip, ReLU (no norms: only Conv/Relu/Add in the graph)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class TinyVaeEncoder(nn.Module):
+    """[B,3,H,W] in [-1,1] -> latents [B,4,H/8,W/8] already multiplied by the pack's scaling factor (TAESD's
+    contract: scale factor 1). Space-to-depth instead of full-resolution convs: 4x unshuffle to H/4 (48 ch),
+    convs at H/4, 2x unshuffle to H/8, convs at H/8. Channel counts are multiples of 16 (ORT pads conv kernels)."""
+
+    def __init__(self, c1=32, c2=64, latent=4, blocks1=1, blocks2=1):
+        super().__init__()
+        self.cfg = dict(c1=c1, c2=c2, latent=latent, blocks1=blocks1, blocks2=blocks2)
+        self.conv_in = nn.Conv2d(48, c1, 3, padding=1)
+        self.blocks1 = nn.Sequential(*[TinyBlock(c1) for _ in range(blocks1)])
+        self.down = nn.Conv2d(4 * c1, c2, 3, padding=1)
+        self.blocks2 = nn.Sequential(*[TinyBlock(c2) for _ in range(blocks2)])
+        self.conv_out = nn.Conv2d(c2, latent, 3, padding=1)
+
+    def forward(self, x):
+        x = self.blocks1(F.relu(self.conv_in(F.pixel_unshuffle(x, 4))))  # [B,c1,H/4,W/4]
+        x = self.blocks2(F.relu(self.down(F.pixel_unshuffle(x, 2))))  # [B,c2,H/8,W/8]
+        return self.conv_out(x)
+
+
+class TinyVaeDecoder(nn.Module):
+    """Scaled latents [B,4,h,w] -> image [B,3,8h,8w] in ~[-1,1]: convs at h, 2x depth-to-space, convs at 2h,
+    4x depth-to-space to 8h (no full-resolution conv). Input soft-clamped like TAESD (tanh(z/3)*3)."""
+
+    def __init__(self, c1=32, c2=64, latent=4, blocks1=1, blocks2=1):
+        super().__init__()
+        self.cfg = dict(c1=c1, c2=c2, latent=latent, blocks1=blocks1, blocks2=blocks2)
+        self.conv_in = nn.Conv2d(latent, c2, 3, padding=1)
+        self.blocks2 = nn.Sequential(*[TinyBlock(c2) for _ in range(blocks2)])
+        self.up = nn.Conv2d(c2, 4 * c1, 3, padding=1)
+        self.blocks1 = nn.Sequential(*[TinyBlock(c1) for _ in range(blocks1)])
+        self.conv_out = nn.Conv2d(c1, 48, 3, padding=1)
+
+    def forward(self, z):
+        x = self.blocks2(F.relu(self.conv_in(torch.tanh(z / 3) * 3)))  # [B,c2,h,w]
+        x = self.blocks1(F.relu(F.pixel_shuffle(self.up(x), 2)))  # [B,c1,2h,2w]
+        return F.pixel_shuffle(self.conv_out(x), 4)  # [B,3,8h,8w]
+
+
 # ----------------------------------------------------------------- UNet (UNet2DCondition-like)
 
 

@@ -194,6 +194,11 @@ def sample_texture(rng):
     return {"noise": float(rng.uniform(1.0, 5.0)), "light": float(rng.uniform(0.0, 0.25))}
 
 
+def scene_attributes(seed):
+    """The attributes scene(seed) draws, without rendering (the same first draws of the same generator)."""
+    return sample_attributes(np.random.default_rng(seed))
+
+
 def scene(seed, size=IMAGE_SIZE):
     """Returns (uint8 image [H,W,3], caption, attributes, texture-or-None)."""
     rng = np.random.default_rng(seed)

@@ -1,12 +1,16 @@
 """Train the text encoder + UNet jointly (epsilon prediction, SD scaled_linear schedule) on cached VAE latents.
 
-python3 train_unet.py [--n-scenes 30000] [--max-minutes 55] [--steps 8000]
+python3 train_unet.py [--n-scenes 30000] [--max-minutes 55] [--steps 8000] [--captions exact|varied]
 python3 train_unet.py --device cuda --workers 16 --init checkpoints/unet.pt ...   # same script on a GPU
+python3 train_unet.py --init checkpoints/unet.pt --captions varied ...          # issue 17's continuation (README)
  1. renders --n-scenes training scenes (seeds 0..N-1), encodes them once with the trained VAE
     (posterior mean) and caches latents + token ids in models/train/cache/
  2. scaling_factor = 1/std(latents)
  3. trains; logs to logs/unet.log, checkpoints (EMA weights) to checkpoints/unet.pt every 500 steps,
     sample grids to logs/samples_stepN.png
+--captions varied draws a new phrasing of each scene's attributes every time it is used (captions.py, seeded);
+exact uses the cached grammar captions. A warm start whose vocabulary differs (the tokenizer is stored in every
+checkpoint) keeps the rows of tokens both share, by token string, and initialises new rows (init_new_rows).
 """
 import argparse
 import copy
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import captions  # noqa: E402
 import scenes  # noqa: E402
 from clip_tokenizer import ClipTokenizer  # noqa: E402
 from models import MAIN_CONFIG, VAE, TextEncoder, UNet, alphas_cumprod, count_params, lcm_timesteps, warmup_cosine  # noqa: E402
@@ -76,6 +81,38 @@ def build_cache(n, tok, P, device="cpu", workers=1):
     return torch.from_numpy(lat), torch.from_numpy(ids)
 
 
+# new words start from the row of the word they mean (a synonym), others from the mean of their old pieces
+SYNONYM_INIT = {"big": "large", "huge": "large", "tiny": "small", "little": "small", "center": "centre", "middle": "centre",
+                "centered": "centre", "centred": "centre", "disc": "circle", "disk": "circle", "upper": "top",
+                "lower": "bottom", "backdrop": "background", "canvas": "background", "bg": "background",
+                "colored": "colour", "coloured": "colour"}
+
+
+def init_new_rows(old_weight, old_tok_state, tok):
+    """Token table for `tok` from a table trained with another vocabulary: shared tokens (by string, so moved
+    BOS/EOS ids too) keep their rows; a new token takes its synonym's row or the mean of the rows of the pieces
+    the old tokenizer split it into (what the model saw for that word before)."""
+    old = ClipTokenizer(None, (old_tok_state["vocab"], [tuple(m) for m in old_tok_state["merges"]]))
+    rows = torch.empty(len(tok.encoder), old_weight.shape[1])
+    fresh = []
+    for token, i in tok.encoder.items():
+        if token in old.encoder:
+            rows[i] = old_weight[old.encoder[token]]
+            continue
+        final = token.endswith("</w>")
+        word = token[:-4] if final else token
+        if final and word in SYNONYM_INIT:
+            ids = old.encode(SYNONYM_INIT[word])
+        else:  # the old pieces; a word-inner piece has no </w> on its last symbol
+            pieces = old.bpe(word).split(" ")
+            if not final:
+                pieces[-1] = pieces[-1][:-4]
+            ids = [old.encoder[p] if p in old.encoder else old.encoder[p[0]] for p in pieces]
+        rows[i] = old_weight[ids].mean(0)
+        fresh.append(token)
+    return rows, fresh
+
+
 @torch.no_grad()
 def lcm_sample(unet, te, ids, steps, sf, vae=None, guidance=1.0, uncond_ids=None, seed=0, shape=(16, 16)):
     """LCM multistep sampling with the exported semantics (epsilon model, scaled_linear betas)."""
@@ -124,11 +161,16 @@ def main():
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-text", type=float, help="text encoder learning rate (default: --lr)")
+    ap.add_argument("--captions", choices=["exact", "varied"], default="exact",
+                    help="varied: a new phrasing of each scene every time (captions.py); exact: the grammar caption")
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--max-minutes", type=float, default=55.0)
+    ap.add_argument("--stop-step", type=int, help="stop after this step, leaving the learning-rate schedule as it is")
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--p-grid", type=float, default=0.6)
+    ap.add_argument("--p-two", type=float, help="share of batch rows drawn from two-object scenes (default: as cached, 0.35)")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -172,14 +214,24 @@ def main():
     te = TextEncoder(vocab, **MAIN_CONFIG["text"])
     unet = UNet(**MAIN_CONFIG["unet"])
     if init:
-        te.load_state_dict(init["text_encoder"])
+        state = dict(init["text_encoder"])
+        key = "text_model.embeddings.token_embedding.weight"
+        old_tok = init.get("tokenizer")
+        if old_tok and old_tok["vocab"] != tok.encoder:
+            state[key], fresh = init_new_rows(state[key], old_tok, tok)
+            P(f"vocabulary {len(old_tok['vocab'])} -> {vocab}: {len(fresh)} new rows ({', '.join(f[:-4] for f in fresh if f.endswith('</w>'))})")
+        elif state[key].shape[0] != vocab:
+            raise SystemExit(f"{args.init} has {state[key].shape[0]} token rows and no tokenizer to map them to {vocab}")
+        te.load_state_dict(state)
         unet.load_state_dict(init["unet"])
         P(f"warm start from {args.init} (step {init['step']}, {init.get('info', {})})")
     te.to(dev)
     unet.to(dev)
     P(f"params text_encoder {count_params(te)} unet {count_params(unet)} args {vars(args)}")
     params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    lr_text = args.lr_text or args.lr
+    opt = torch.optim.AdamW([{"params": list(te.parameters()), "base": lr_text}, {"params": list(unet.parameters()), "base": args.lr}],
+                            lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema_te = copy.deepcopy(te)
     ema_unet = copy.deepcopy(unet)
     ema_params = list(ema_te.parameters()) + list(ema_unet.parameters())
@@ -190,6 +242,14 @@ def main():
     vae = load_vae()
     held = json.load(open(os.path.join(PACK, "heldout.json")))
     sample_caps = [h["caption"] for h in held[:8]]
+    if args.captions == "varied":
+        sample_caps = sample_caps[:4] + ["a red circle", "a big green square in the center, highly detailed",
+                                         "a blue background with a yellow triangle", "red circle and white square, black background"]
+        attrs = [scenes.scene_attributes(i) for i in range(lat.shape[0])]
+        two = torch.tensor([len(a["objects"]) == 2 for a in attrs], device=dev)
+        two_idx, one_idx = torch.nonzero(two)[:, 0], torch.nonzero(~two)[:, 0]
+        cap_rng = np.random.default_rng(args.seed)
+        P(f"varied captions, e.g. {[captions.caption(attrs[i], cap_rng) for i in range(3)]}")
     n = lat.shape[0]
     prior = init.get("info", {}).get("train", {}) if init else {}
     t0 = time.time()
@@ -199,9 +259,10 @@ def main():
 
     def checkpoint():
         info = {"train": {"unet_steps": step, "batch": args.batch, "n_scenes": n, "unet_seconds": round(time.time() - t0),
-                          "cache_seconds": round(cache_s), "device": args.device, "warm_start": prior or None}}
+                          "cache_seconds": round(cache_s), "device": args.device, "captions": args.captions,
+                          "lr": args.lr, "lr_text": lr_text, "warm_start": prior or None}}
         torch.save({"unet": ema_unet.state_dict(), "text_encoder": ema_te.state_dict(), "scaling_factor": sf,
-                    "step": step, "info": info}, args.out)
+                    "step": step, "info": info, "tokenizer": tok.state()}, args.out)
 
     def rand(*shape):
         return torch.rand(*shape, generator=gen, device=dev)
@@ -209,15 +270,24 @@ def main():
     for step in range(1, args.steps + 1):
         el = time.time() - t0
         prog = max(step / args.steps, el / max_s)
-        if prog >= 1.0:
-            P(f"stopping at step {step} (time budget)")
+        if prog >= 1.0 or (args.stop_step and step > args.stop_step):
+            P(f"stopping at step {step} ({'time budget' if prog >= 1.0 else '--stop-step'})")
             break
-        lr = args.lr * warmup_cosine(step, prog, args.warmup, 0.05)
+        factor = warmup_cosine(step, prog, args.warmup, 0.05)
+        lr = args.lr * factor
         for gp in opt.param_groups:
-            gp["lr"] = lr
+            gp["lr"] = gp["base"] * factor
         idx = torch.randint(0, n, (args.batch,), generator=gen, device=dev)
+        if args.p_two is not None:  # rows re-drawn from the one- or the two-object scenes
+            two_row = rand(args.batch) < args.p_two
+            pick = torch.randint(0, n, (args.batch,), generator=gen, device=dev)
+            idx = torch.where(two_row, two_idx[pick % len(two_idx)], one_idx[pick % len(one_idx)])
         x0 = lat[idx]
-        bid = torch.where((rand(args.batch) < args.p_uncond)[:, None], uncond, ids[idx])
+        if args.captions == "varied":
+            cap_ids = torch.tensor([tok(captions.caption(attrs[i], cap_rng)) for i in idx.tolist()], dtype=torch.long, device=dev)
+        else:
+            cap_ids = ids[idx]
+        bid = torch.where((rand(args.batch) < args.p_uncond)[:, None], uncond, cap_ids)
         tg = grid[torch.randint(0, 50, (args.batch,), generator=gen, device=dev)]
         tu = torch.randint(0, 1000, (args.batch,), generator=gen, device=dev)
         t = torch.where(rand(args.batch) < args.p_grid, tg, tu)

@@ -1,48 +1,28 @@
 /**
  * The render command: txt2img, img2img with --image, a folder of images with --input-dir, a video with --video.
- *   npm run render -- --prompt "a red circle on a blue background" --out out.png
- *   npm run render -- --image in.png --strength 0.6 --prompt "a green square" --out out.png
- *   npm run render -- --input-dir frames/ --prompt "a green square" --out styled/
- *   npm run render -- --video in.mp4 --prompt "a green square" --out out.mp4
+ *   npm run render -- --prompt "a large red circle in the centre on a blue background" --out out.png
+ *   npm run render -- --image in.png --strength 0.6 --prompt "a large green square in the centre on a white background" --out out.png
+ *   npm run render -- --input-dir frames/ --prompt "a large green square in the centre on a white background" --strength 0.6 --out styled/
+ *   npm run render -- --video in.mp4 --prompt "a large green square in the centre on a white background" --strength 0.6 --out out.mp4
+ *   npm run render -- --from-png earlier.png --seed 9 --out again.png
  * Several images (--count N) are written as out-0.png, out-1.png, ...; folders and videos show a progress bar.
+ * Every image carries its parameters (pipelines/infotext.ts); flags: pipelines/cli/render-args.ts.
  */
 import { readdir, readFile, writeFile, mkdir } from 'node:fs/promises';
-import { dirname, extname, join, parse } from 'node:path';
-import { parseArgs } from 'node:util';
+import { dirname, extname, join, parse, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import cliProgress from 'cli-progress';
 import { ServiceError } from '../../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
 import { parseProvider } from '../../models/runtime/contract.ts';
 import { renderVideo } from '../video.ts';
 import { Engine } from '../engine.ts';
-import { img2img, txt2img, type GeneratedImage } from '../generate.ts';
+import { render } from '../generate.ts';
+import { writeInfotext } from '../infotext.ts';
 import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from '../codecs/image.ts';
-import { DEFAULT_STEPS, parseParams, type GenerationParams } from '../params.ts';
-
-const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options]
-  --image FILE        img2img from this image (else txt2img)
-  --input-dir DIR     img2img every PNG/JPEG/WebP in DIR into the folder --out (same names)
-  --video FILE        render a video through the stream pipeline into --out (an .mp4; audio kept)
-  --format F          png | jpeg | webp for --input-dir outputs (default: each input's own)
-  --negative TEXT     negative prompt
-  --width N --height N  output size (multiples of 8; default: the model's size)
-  --steps N           denoising steps (default 4 for txt2img, 2 for img2img, folders and video)
-  --strength X        img2img strength in (0, 1] (default 0.5)
-  --seed N            seed (image i of --count uses seed + i; every file of a folder uses it)
-  --guidance X        guidance scale gamma (default 1.2)
-  --cfg KIND          none | full | self | initialize (default self)
-  --similarity X      video: similarity filter threshold (default 0.98; 1 renders every frame)
-  --count N           number of images
-  --model DIR         model pack folder (default: the embedded tiny-shapes pack)
-  --provider NAME     cpu | cuda | tensorrt | dml | coreml
-  --tiny-vae          use the pack's tiny VAE (taesd_encoder/taesd_decoder) when it has one`;
-
-function number(value: string | undefined, name: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new ServiceError('bad_request', `--${name} must be a number, got "${value}"`, { field: name });
-  return n;
-}
+import type { GenerationParams } from '../params.ts';
+import { planRequest, type Mode } from '../plan.ts';
+import { number, paramsFromFlags, readFlags, USAGE } from './render-args.ts';
 
 function formatOf(path: string, flag: string): OutputFormat {
   const ext = extname(path).toLowerCase();
@@ -56,25 +36,28 @@ function bar(unit: string, extra = ''): cliProgress.SingleBar {
   return new cliProgress.SingleBar({ format: `rendering [{bar}] {value}/{total} ${unit} | {eta}s left${extra}`, etaBuffer: 20 }, cliProgress.Presets.shades_classic);
 }
 
-/** txt2img, or img2img of one --image; --count N images. */
+/** Plans a render and prints its notes (where it differs from what was asked). */
+async function plan(engine: Engine, params: GenerationParams, mode: Mode) {
+  const planned = await planRequest(engine, params, mode);
+  for (const note of planned.notes) console.error(`note: ${note}`);
+  return planned;
+}
+
+/** txt2img, or img2img of one --image; --count N images, each with its parameters written in. */
 async function renderImages(engine: Engine, params: GenerationParams, out: string, image: string | undefined, count: number): Promise<void> {
   const format = formatOf(out, 'out');
+  const planned = await plan(engine, params, image ? 'img2img' : 'txt2img');
   const progress = count > 1 ? bar('images') : undefined;
   progress?.start(count, 0);
   const onProgress = (done: number) => progress?.update(done);
-  let images: GeneratedImage[];
-  if (image) {
-    const size = engine.size(params);
-    const input = await decodeImage(await readFile(image), size.width, size.height);
-    images = await img2img(engine, params, Array.from({ length: count }, () => input.data), { onProgress });
-  } else {
-    images = await txt2img(engine, params, count, { onProgress });
-  }
+  const { width, height } = planned.size;
+  const inits = image ? [(await decodeImage(await readFile(image), width, height, { fit: params.fit })).data] : undefined;
+  const images = await render(engine, planned, count, { onProgress, ...(inits ? { inits } : {}) });
   progress?.stop();
   await mkdir(dirname(out), { recursive: true });
   for (const [i, img] of images.entries()) {
     const path = count === 1 ? out : out.replace(/(\.\w+)$/, `-${i}$1`);
-    await writeFile(path, await encodeImage(img.data, img.width, img.height, format));
+    await writeFile(path, await encodeImage(img.data, img.width, img.height, format, undefined, writeInfotext(planned, img, engine.pack.name)));
     console.log(`wrote ${path} (${img.width}x${img.height}, seed ${img.seed})`);
   }
 }
@@ -87,19 +70,20 @@ async function renderDirectory(engine: Engine, params: GenerationParams, inputDi
     .sort();
   if (names.length === 0) throw new ServiceError('bad_request', `--input-dir ${inputDir} has no ${INPUT_FORMATS.join('/')} images`, { field: 'input-dir' });
   await mkdir(outDir, { recursive: true });
-  const size = engine.size(params);
+  const planned = await plan(engine, params, 'img2img');
+  const { size } = planned;
   const progress = bar('images');
   progress.start(names.length, 0);
   for (const [i, name] of names.entries()) {
-    const input = await decodeImage(await readFile(join(inputDir, name)), size.width, size.height);
-    const [img] = await img2img(engine, params, [input.data]);
+    const input = await decodeImage(await readFile(join(inputDir, name)), size.width, size.height, { fit: params.fit });
+    const [img] = await render(engine, planned, 1, { inits: [input.data] });
     const f = format ?? formatOf(name, 'input-dir');
     const ext = f === 'jpeg' ? (/\.jpe?g$/i.test(name) ? extname(name) : '.jpg') : `.${f}`;
-    await writeFile(join(outDir, `${parse(name).name}${ext}`), await encodeImage(img!.data, img!.width, img!.height, f));
+    await writeFile(join(outDir, `${parse(name).name}${ext}`), await encodeImage(img!.data, img!.width, img!.height, f, undefined, writeInfotext(planned, img!, engine.pack.name)));
     progress.update(i + 1);
   }
   progress.stop();
-  console.log(`wrote ${names.length} images to ${outDir} (${size.width}x${size.height}, seed ${String(params.seed)})`);
+  console.log(`wrote ${names.length} images to ${outDir} (${planned.outputSize.width}x${planned.outputSize.height}, seed ${JSON.stringify(params.seed)})`);
 }
 
 /** A video through the stream pipeline (similarity filter on), encoded H.264 MP4 with the source's audio. */
@@ -126,31 +110,14 @@ async function renderVideoFile(engine: Engine, params: GenerationParams, input: 
   );
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      prompt: { type: 'string' },
-      negative: { type: 'string' },
-      out: { type: 'string' },
-      image: { type: 'string' },
-      'input-dir': { type: 'string' },
-      video: { type: 'string' },
-      format: { type: 'string' },
-      width: { type: 'string' },
-      height: { type: 'string' },
-      steps: { type: 'string' },
-      strength: { type: 'string' },
-      seed: { type: 'string' },
-      guidance: { type: 'string' },
-      cfg: { type: 'string' },
-      similarity: { type: 'string' },
-      count: { type: 'string' },
-      model: { type: 'string' },
-      provider: { type: 'string' },
-      'tiny-vae': { type: 'boolean' },
-      help: { type: 'boolean' },
-    },
-  });
+export interface RunOptions {
+  /** The engine to render with instead of loading --model (tests reuse one). */
+  readonly engine?: Engine;
+}
+
+/** The render command on `argv` (process.argv without node and the script), as `npm run render --` runs it. */
+export async function runRender(argv: readonly string[], options: RunOptions = {}): Promise<void> {
+  const values = readFlags(argv);
   if (values.help || !values.out) {
     console.log(USAGE);
     process.exitCode = values.help ? 0 : 2;
@@ -158,31 +125,22 @@ async function main(): Promise<void> {
   }
   const sources = [values.image, values['input-dir'], values.video].filter((v) => v !== undefined);
   if (sources.length > 1) throw new ServiceError('bad_request', 'give at most one of --image, --input-dir, --video');
-  const fromImage = sources.length === 1;
-  const params = parseParams({
-    prompt: values.prompt ?? '',
-    negative_prompt: values.negative ?? '',
-    width: number(values.width, 'width'),
-    height: number(values.height, 'height'),
-    steps: number(values.steps, 'steps') ?? DEFAULT_STEPS[fromImage ? 'img2img' : 'txt2img'],
-    strength: number(values.strength, 'strength'),
-    seed: number(values.seed, 'seed'),
-    guidance_scale: number(values.guidance, 'guidance'),
-    guidance: values.cfg,
-    similarity_threshold: number(values.similarity, 'similarity'),
-    ...(values['tiny-vae'] ? { vae: 'tiny' } : {}),
-  });
+  const { params, notes } = await paramsFromFlags(values, sources.length === 1);
+  for (const note of notes) console.error(`note: ${note}`);
   const count = number(values.count, 'count') ?? 1;
   if (!Number.isInteger(count) || count < 1) throw new ServiceError('bad_request', '--count must be a positive integer', { field: 'count' });
   const format = values.format === undefined ? undefined : formatOf(`x.${values.format}`, 'format');
-  const engine = await Engine.load(values.model ?? EMBEDDED_PACK_DIR, { provider: parseProvider(values.provider ?? 'cpu'), threads: 0 });
+  const engine = options.engine ?? (await Engine.load(values.model ?? EMBEDDED_PACK_DIR, { provider: parseProvider(values.provider ?? 'cpu'), threads: 0 }));
   if (values['input-dir']) await renderDirectory(engine, params, values['input-dir'], values.out, format);
   else if (values.video) await renderVideoFile(engine, params, values.video, values.out);
   else await renderImages(engine, params, values.out, values.image, count);
 }
 
-main().catch((error: unknown) => {
-  const e = error instanceof ServiceError ? error : undefined;
-  console.error(`render: ${e ? `${e.code}: ${e.message}` : error instanceof Error ? error.stack : String(error)}`);
-  process.exitCode = 1;
-});
+// run as a command (not when a test imports runRender)
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  runRender(process.argv.slice(2)).catch((error: unknown) => {
+    const e = error instanceof ServiceError ? error : undefined;
+    console.error(`render: ${e ? `${e.code}: ${e.message}` : error instanceof Error ? error.stack : String(error)}`);
+    process.exitCode = 1;
+  });
+}

@@ -24,7 +24,8 @@ import { txt2img } from '../generate.ts';
 import { tensorToRgb8 } from '../codecs/image.ts';
 import { parseParams } from '../params.ts';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
+/** models/train/adapters/: the held-out concept prompts and the results live beside the adapters' training scripts. */
+const ADAPTERS_TRAIN_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'models', 'train', 'adapters');
 const CONCEPTS = ['diamond', 'heart', 'ring'] as const;
 
 const { values } = parseArgs({
@@ -36,7 +37,7 @@ const { values } = parseArgs({
     cfg: { type: 'string', default: 'full' },
     guidance: { type: 'string', default: '2' },
     weight: { type: 'string', default: '1' },
-    out: { type: 'string', default: join(HERE, 'results.json') },
+    out: { type: 'string', default: join(ADAPTERS_TRAIN_DIR, 'results.json') },
     adapters: { type: 'string' },
     only: { type: 'string' },
   },
@@ -51,7 +52,7 @@ const engine = await Engine.load(values.pack);
 const spec = await loadSceneSpec(values.pack);
 const store = new AdapterStore(values.adapters ?? join(values.pack, 'adapters'), { unet: join(values.pack, 'unet', 'model.onnx'), textEncoder: join(values.pack, 'text_encoder', 'model.onnx') }, engine.pack.sessions, 2);
 const perConcept = Number(values['per-concept']);
-const conceptItems = (JSON.parse(await readFile(join(HERE, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
+const conceptItems = (JSON.parse(await readFile(join(ADAPTERS_TRAIN_DIR, 'heldout-concepts.json'), 'utf8')) as ConceptItem[]).filter(
   (it, _, all) => all.filter((o) => o.concept === it.concept).indexOf(it) < perConcept,
 );
 const baseItems = (await loadHeldOut(values.pack)).slice(0, Number(values.base));

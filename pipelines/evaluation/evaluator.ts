@@ -93,8 +93,10 @@ function medianColor(img: RgbImage, pixels: readonly number[]): Rgb {
   return [0, 1, 2].map((c) => median(pixels.map((p) => img.data[3 * p + c]!))) as unknown as Rgb;
 }
 
-/** Pixel indices of one side's border band: 'top' | 'bottom' | 'left' | 'right' | 'all'. */
-function band(img: RgbImage, side: 'top' | 'bottom' | 'left' | 'right' | 'all'): number[] {
+export type BorderSide = 'top' | 'bottom' | 'left' | 'right' | 'all';
+
+/** Pixel indices of one side's border band. */
+function band(img: RgbImage, side: BorderSide): number[] {
   const { width: w, height: h } = img;
   const bw = Math.max(1, Math.round(BORDER * w));
   const bh = Math.max(1, Math.round(BORDER * h));
@@ -123,6 +125,11 @@ function backgroundModel(img: RgbImage, bg: Background): { colorAt: (x: number, 
     return [0, 1, 2].map((i) => ca[i]! + t * (cb[i]! - ca[i]!)) as unknown as Rgb;
   };
   return { colorAt, found: [] };
+}
+
+/** The palette colour nearest to the median of one border band. */
+export function borderColor(spec: SceneSpec, img: RgbImage, side: BorderSide): string {
+  return nearestColor(spec, medianColor(img, band(img, side)));
 }
 
 /** Foreground mask: pixels far from the background model. */
@@ -270,12 +277,12 @@ export function scoreImage(spec: SceneSpec, img: RgbImage, attributes: SceneAttr
   let backgroundOk: boolean;
   let foundBackground: string;
   if (bg.kind === 'plain') {
-    foundBackground = nearestColor(spec, medianColor(img, band(img, 'all')));
+    foundBackground = borderColor(spec, img, 'all');
     backgroundOk = foundBackground === bg.color;
   } else {
     const [a, b] = bg.direction === 'vertical' ? (['top', 'bottom'] as const) : (['left', 'right'] as const);
-    const from = nearestColor(spec, medianColor(img, band(img, a)));
-    const to = nearestColor(spec, medianColor(img, band(img, b)));
+    const from = borderColor(spec, img, a);
+    const to = borderColor(spec, img, b);
     foundBackground = `${from}->${to}`;
     backgroundOk = from === bg.from && to === bg.to;
   }

@@ -2,30 +2,47 @@
  * OpenAI Images-compatible endpoints (REFERENCE §7): POST /v1/images/generations (JSON) and
  * /v1/images/edits (multipart: image or image[], prompt, n, size ...) -> {created, data: [{b64_json} | {url}]}.
  * The official `openai` SDK works against them with only its baseURL changed. OpenAI fields with no meaning
- * here (quality, style, background, moderation, user, mask ...) are accepted and ignored; extensions:
- * seed, steps, negative_prompt, and strength (edits).
+ * here (quality, style, background, moderation, user, mask ...) are accepted and ignored. Extensions: every
+ * generation parameter of this service under its own name (EXTENSIONS: seed, steps, negative_prompt, guidance,
+ * budget, adapters ...; a multipart form sends lists and objects as JSON text), <lora:name:weight> tags in the
+ * prompt, and in the answer each image's `seed` and the request's `notes`. Images carry their parameters
+ * (a PNG text chunk, XMP/EXIF in JPEG and WebP).
  */
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { encodeImage } from '../../pipelines/codecs/image.ts';
-import { DEFAULT_STEPS, MAX_PROMPT_CHARS, type GenerationParams } from '../../pipelines/params.ts';
+import { DEFAULT_STEPS, MAX_PROMPT_CHARS, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
 import type { Plan } from '../../pipelines/plan.ts';
+import { parsePrompt, type AdapterChoice } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { clientGone, renderImages, type RenderTracker } from './render.ts';
+import { clientGone, encodeResult, renderImages, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
-import { decodeBytes, mapParams, MAX_SEED, parseBody } from './validate.ts';
+import { decodeBytes, jsonOrText, mapParams, parseBody } from './validate.ts';
 
 /** OpenAI's own limit on n. */
 export const MAX_N = 10;
 
+/**
+ * Generation parameters taken under their own names (prompt is OpenAI's; width and height are another way to say
+ * size, so that parameters read from an image go back as they are; the rest are for streams).
+ */
+export const EXTENSIONS = [
+  'negative_prompt', 'seed', 'steps', 'strength', 't_index_list', 'guidance', 'guidance_scale', 'delta', 'prompt_blend',
+  'budget', 'expert', 'adapters', 'strict_guidance', 'strict_size', 'width', 'height', 'aspect', 'fit', 'vae',
+] as const satisfies readonly (keyof GenerationParams)[];
+/** Extensions whose values are text even when they look like JSON. */
+const TEXT_EXTENSIONS: readonly string[] = ['negative_prompt', 'guidance', 'prompt_blend', 'expert', 'fit', 'vae'];
+
 /** A number, also from a multipart form field's text. */
 const num = <T extends z.ZodTypeAny>(schema: T) => z.preprocess((v) => (typeof v === 'string' && v.trim() !== '' && !Number.isNaN(Number(v)) ? Number(v) : v), schema);
 
+const promptText = z.string().min(1, 'is required').max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`);
+
 const common = {
-  prompt: z.string().min(1, 'is required').max(MAX_PROMPT_CHARS, `must be at most ${MAX_PROMPT_CHARS} characters`),
+  /** OpenAI's text, or (extension) a weighted list of prompts to blend. */
+  prompt: z.union([promptText, z.array(z.object({ text: z.string(), weight: z.number() }).passthrough())]),
   model: z.string().max(200).optional(),
   n: num(z.number().int().min(1).max(MAX_N)).default(1),
   size: z
@@ -47,10 +64,8 @@ const common = {
   moderation: z.string().max(20).optional(),
   user: z.string().max(200).optional(),
   partial_images: num(z.number().int().min(0).max(3)).optional(),
-  // extensions
-  seed: num(z.number().int().min(0).max(MAX_SEED)).optional(),
-  steps: num(z.number().int().min(1).max(8)).optional(),
-  negative_prompt: z.string().max(MAX_PROMPT_CHARS).optional(),
+  // extensions, checked by the parameters' own schema when mapped
+  ...Object.fromEntries(EXTENSIONS.map((k) => [k, TEXT_EXTENSIONS.includes(k) ? z.unknown().optional() : z.preprocess(jsonOrText, z.unknown()).optional()])),
 };
 
 const generationsSchema = z.object(common).strict();
@@ -58,28 +73,43 @@ const editsSchema = z
   .object({
     ...common,
     input_fidelity: z.string().max(20).optional(),
-    strength: num(z.number().gt(0).max(1)).optional(),
   })
   .strict();
 
-type ImagesRequest = z.output<typeof generationsSchema> & { strength?: number };
+type ImagesRequest = z.output<typeof generationsSchema> & Partial<Record<(typeof EXTENSIONS)[number], unknown>>;
 
-function parseSize(size: string, ctx: AppContext): { width?: number; height?: number } {
+function parseSize(size: string, ctx: AppContext, request: ImagesRequest): { width?: number; height?: number } {
   if (size === 'auto') return {};
+  if (request.width !== undefined || request.height !== undefined) throw new ServiceError('bad_request', 'size: give size or width and height, not both', { field: 'size' });
   const [w, h] = size.split('x').map(Number);
   ctx.engine.size({ width: w!, height: h! }); // the pack's multiple, naming width/height
   return { width: w!, height: h! };
 }
 
+/** The prompt without its <lora:> tags (each text of a blend may carry some), and the adapters they name. */
+function promptAndTags(prompt: ImagesRequest['prompt']): { prompt: GenerationParams['prompt']; adapters: AdapterChoice[] } {
+  if (typeof prompt === 'string') return parsePrompt(prompt, { blends: false });
+  const adapters: AdapterChoice[] = [];
+  const parts = (prompt as { text: string; weight: number }[]).map((p) => {
+    const parsed = parsePrompt(p.text, { blends: false });
+    adapters.push(...parsed.adapters);
+    return { ...p, text: parsed.prompt as string };
+  });
+  return { prompt: parts, adapters };
+}
+
 function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' | 'edits'): GenerationParams {
   try {
-    const size = parseSize(request.size, ctx);
+    const size = parseSize(request.size, ctx, request);
+    const { prompt, adapters } = promptAndTags(request.prompt);
+    const extensions = Object.fromEntries(EXTENSIONS.map((k) => [k, request[k]]));
+    const listed = Array.isArray(extensions['adapters']) ? (extensions['adapters'] as unknown[]) : [];
     return mapParams({
-      prompt: request.prompt,
-      negative_prompt: request.negative_prompt,
-      seed: request.seed,
-      steps: request.steps ?? DEFAULT_STEPS[mode === 'generations' ? 'txt2img' : 'img2img'],
-      strength: request.strength,
+      ...extensions,
+      prompt,
+      seed: resolveSeed(extensions['seed']),
+      steps: extensions['steps'] ?? DEFAULT_STEPS[mode === 'generations' ? 'txt2img' : 'img2img'],
+      ...(adapters.length > 0 ? { adapters: [...adapters, ...listed] } : {}),
       ...size,
     });
   } catch (error) {
@@ -103,17 +133,17 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       progress.end();
     }
     const format = request.output_format;
-    const quality = request.output_compression ?? 85;
+    const quality = Math.max(1, request.output_compression ?? 85);
     const base = `${req.protocol}://${req.get('host')}`;
     const data = await Promise.all(
       images.map(async (img) => {
-        const bytes = await encodeImage(img.data, img.width, img.height, format, Math.max(1, quality));
-        if (request.response_format === 'url') return { url: `${base}/v1/images/results/${await results.put(bytes, format)}` };
-        return { b64_json: bytes.toString('base64') };
+        const bytes = await encodeResult(ctx, plan, img, format, quality);
+        if (request.response_format === 'url') return { url: `${base}/v1/images/results/${await results.put(bytes, format)}`, seed: img.seed };
+        return { b64_json: bytes.toString('base64'), seed: img.seed };
       }),
     );
     const first = images[0]!;
-    res.json({ created: Math.floor(Date.now() / 1000), data, output_format: format, size: `${first.width}x${first.height}` });
+    res.json({ created: Math.floor(Date.now() / 1000), data, output_format: format, size: `${first.width}x${first.height}`, notes: plan.notes });
   };
 
   router.post(
@@ -137,7 +167,8 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
       const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
       const { width, height } = plan.size;
-      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, uploads.length > 1 ? `image.${i}` : 'image')).data));
+      const field = (i: number) => (uploads.length > 1 ? `image.${i}` : 'image');
+      const inits = await Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, field(i), plan.params.fit)).data));
       await respond(req, res, request, plan, inits, '/v1/images/edits');
     }),
   );

@@ -2,7 +2,9 @@
  * Whole-image renders for the batch endpoints: txt2img / img2img through the server's cross-stream UNet
  * batcher (ctx.runners), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
  */
+import { encodeImage, type OutputFormat } from '../../pipelines/codecs/image.ts';
 import { render, DEFAULT_LANES, type GeneratedImage } from '../../pipelines/generate.ts';
+import { writeInfotext } from '../../pipelines/infotext.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
 import type { Plan } from '../../pipelines/plan.ts';
 import { ServiceError } from '../../models/errors.ts';
@@ -49,6 +51,11 @@ export async function renderImages(ctx: AppContext, request: RenderRequest): Pro
   });
   ctx.metrics.images.inc({ endpoint: request.endpoint }, images.length);
   return images;
+}
+
+/** An image's bytes with its generation parameters written in (a PNG text chunk; XMP and EXIF in JPEG and WebP). */
+export function encodeResult(ctx: AppContext, plan: Plan, image: GeneratedImage, format: OutputFormat, quality?: number): Promise<Buffer> {
+  return encodeImage(image.data, image.width, image.height, format, quality, writeInfotext(plan, image, ctx.engine.pack.name));
 }
 
 interface Active {

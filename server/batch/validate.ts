@@ -1,17 +1,12 @@
 /**
  * Request validation shared by the batch routers: zod bodies whose errors name the field, the mapping of
- * foreign field names (A1111, OpenAI) onto GenerationParams with errors renamed back, base64 images,
- * and the seed a request asked for (-1 = random, reported back).
+ * foreign field names (A1111, OpenAI) onto GenerationParams with errors renamed back, base64 images.
  */
-import { randomInt } from 'node:crypto';
 import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
 import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
 import { decodeImage, type DecodedImage, type Fit } from '../../pipelines/codecs/image.ts';
-
-/** Largest seed (seeds are 32-bit). */
-export const MAX_SEED = 2 ** 32 - 1;
 
 function fieldOf(issue: z.ZodIssue): string {
   return issue.code === 'unrecognized_keys' ? issue.keys[0]! : issue.path.join('.') || '(body)';
@@ -30,6 +25,16 @@ export function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.o
   throw new ServiceError('bad_request', message, { field });
 }
 
+/** A multipart form field's text read as JSON when it is JSON ("0.6", "true", "[...]"), else kept as text. */
+export function jsonOrText(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  try {
+    return JSON.parse(value);
+  } catch {
+    return value;
+  }
+}
+
 /** A copy without null-valued keys: clients of A1111 send null for "not set". */
 export function dropNulls(body: unknown): unknown {
   if (!isRecord(body)) return body;
@@ -38,31 +43,33 @@ export function dropNulls(body: unknown): unknown {
 
 /**
  * parseParams for a request whose fields have other names: an error about a params field is reported
- * under the request's name for it (`renames`: params field -> request field).
+ * under the request's name for it (`renames`: params field -> request field; adapters.1.weight is renamed by
+ * its first part).
  */
 export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}): GenerationParams {
   try {
     return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
   } catch (error) {
-    if (!(error instanceof ServiceError) || !error.field || !renames[error.field]) throw error;
-    const field = renames[error.field]!;
+    const [head = '', ...rest] = error instanceof ServiceError && error.field ? error.field.split('.') : [];
+    if (!(error instanceof ServiceError) || !renames[head]) throw error;
+    const field = [renames[head]!, ...rest].join('.');
     throw new ServiceError(error.code, error.message.replace(new RegExp(`^${error.field}\\b`), field), { cause: error, field });
   }
-}
-
-/** -1 (or nothing) draws a random 32-bit seed; anything else is used as it is. */
-export function resolveSeed(seed: number | undefined): number {
-  return seed === undefined || seed < 0 ? randomInt(0, MAX_SEED) : seed;
 }
 
 const DATA_URL = /^data:[\w/+.-]+;base64,/;
 const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
 
-/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height (`fit` for the rest). */
-export async function decodeBase64Image(text: string, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
+/** The bytes of a base64 image (a data: URL prefix is allowed). */
+export function base64Bytes(text: string, field: string): Buffer {
   const payload = text.replace(DATA_URL, '').replace(/\s+/g, '');
   if (payload.length === 0 || !BASE64.test(payload)) throw new ServiceError('bad_image', `${field}: not a base64 image`, { field });
-  return decodeBytes(Buffer.from(payload, 'base64'), width, height, field, fit);
+  return Buffer.from(payload, 'base64');
+}
+
+/** Decodes a base64 image (a data: URL prefix is allowed) to a tensor at width x height (`fit` for the rest). */
+export async function decodeBase64Image(text: string, width: number, height: number, field: string, fit: Fit = 'crop'): Promise<DecodedImage> {
+  return decodeBytes(base64Bytes(text, field), width, height, field, fit);
 }
 
 /** decodeImage with the field named in its errors. */

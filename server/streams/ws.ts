@@ -153,6 +153,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
             stream_id: opened.id,
             name: opened.name ?? null,
             params: opened.params,
+            notes: opened.notes,
             width,
             height,
             window: message.window,
@@ -174,7 +175,8 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          sendJson(ws, { type: 'updated', params: await session.update(message.params, message) });
+          const params = await session.update(message.params, message);
+          sendJson(ws, { type: 'updated', params, notes: session.notes });
         } catch (error) {
           report(error);
         }

@@ -42,7 +42,7 @@ export function whepPath(session: StreamSession): string {
 export function startedMessage(session: StreamSession): object {
   const { width, height } = session.size;
   const id = session.id;
-  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, name: session.name ?? null, params: session.params, width, height, window: null, ...session.outputPaths, whep_url: whepPath(session) };
+  return { type: 'started', protocol: PROTOCOL_VERSION, stream_id: id, name: session.name ?? null, params: session.params, notes: session.notes, width, height, window: null, ...session.outputPaths, whep_url: whepPath(session) };
 }
 
 /** Answers one control message from a channel; `stop` calls `onStop` (the owner ends the stream). */
@@ -57,7 +57,8 @@ export async function handleControl(session: StreamSession, sink: ChannelSink, t
   switch (message.type) {
     case 'update':
       try {
-        sink.sendJson({ type: 'updated', params: await session.update(message.params, message) });
+        const params = await session.update(message.params, message);
+        sink.sendJson({ type: 'updated', params, notes: session.notes });
       } catch (error) {
         report(error);
       }

@@ -1,13 +1,18 @@
 /**
  * The embedded pack's own figures: quality with the evaluator (txt2img at 1, 2, 4 steps on the held-out
- * captions; img2img re-colouring; VAE reconstruction PSNR) and onnxruntime CPU time per call of each model.
+ * exact-grammar captions; loose phrasings and seed diversity at 4 steps; img2img re-colouring; VAE and tiny VAE
+ * reconstruction PSNR) and onnxruntime CPU time per call of each model.
  */
 import { readFile, access } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import { img2img, txt2img } from '../../pipelines/generate.ts';
 import { decodeImage, tensorToRgb8 } from '../../pipelines/codecs/image.ts';
 import { accuracy, foregroundMask, loadHeldOut, loadSceneSpec, maskIoU, scoreImage, type SceneAttributes } from '../../pipelines/evaluation/evaluator.ts';
+import { loadPack } from '../../models/pack.ts';
+import { exists } from '../../models/files.ts';
+import { DEFAULT_RENDER, evaluateLoose, seedDiversity } from '../../pipelines/evaluation/held-out.ts';
 import { drawScenePng } from '../helpers/scenes.ts';
 import { interleave, fmt, ms } from './stats.ts';
 
@@ -60,6 +65,25 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
   }
   results['txt2img'] = txt;
 
+  // 1b. loose phrasings (another template set than training) and seed diversity, 4 steps
+  const loose = await evaluateLoose(engine, spec, DEFAULT_RENDER, quick ? 3 : 1);
+  if (loose) {
+    log(`\n### Loose phrasings (held-out template set; 4 steps, CFG full 2.0)\n`);
+    log('| set | prompts | all right (background + every object present in its colour) | background | object present | shape | named position |');
+    log('| --- | --- | --- | --- | --- | --- | --- |');
+    const rows = [['one object, all sets', loose.loose], ['two objects, all sets', loose.loose2]] as [string, typeof loose.loose][];
+    for (const [set, acc] of Object.entries(loose.bySet)) rows.push([`one object, set ${set}`, acc.loose], [`two objects, set ${set}`, acc.loose2]);
+    for (const [name, a] of rows) {
+      log(`| ${name} | ${a.images} | ${fmt(100 * a.allRight, 1)}% | ${fmt(100 * a.background, 1)}% | ${fmt(100 * a.objectPresent, 1)}% | ${fmt(100 * a.shape, 1)}% | ${a.position === null ? '-' : `${fmt(100 * a.position, 1)}%`} |`);
+    }
+    results['loose'] = { loose: loose.loose, loose2: loose.loose2, bySet: loose.bySet };
+  }
+  const diversity = await seedDiversity(engine, spec, DEFAULT_RENDER);
+  if (diversity) {
+    log(`\nSeed diversity (${diversity.prompts.length} prompts naming no position, ${diversity.prompts[0]?.positions.length ?? 0} seeds each): the object lands in ${fmt(diversity.meanDistinctPositions, 2)} of 5 positions on average (min ${diversity.minDistinctPositions}; ${fmt(100 * diversity.shareAtLeast3, 0)}% of prompts in >= 3); two seeds' images differ by ${fmt(diversity.meanPixelDifference, 1)}/255 per channel on average.`);
+    results['diversity'] = { ...diversity, prompts: undefined };
+  }
+
   // 2. img2img: re-colour one drawn shape by the prompt at medium strength
   const colors = Object.keys(spec.palette);
   const cases: { source: SceneAttributes; target: SceneAttributes; prompt: string }[] = [];
@@ -109,6 +133,42 @@ export async function benchPack({ engine, quick, rounds, log }: PackBenchOptions
   }
   log(`\n### VAE reconstruction\n\nPSNR ${fmt(total / sample.length, 2)} dB mean over ${sample.length} held-out scenes (drawn with SVG); ${photo === undefined ? 'no natural photo on this machine' : `${fmt(photo, 2)} dB on a natural photo (a circuit-board photo, centre crop at ${size}x${size})`}.`);
   results['vae'] = { scenes_psnr_db: total / sample.length, photo_psnr_db: photo ?? null };
+
+  // 3b. the tiny VAE (taesd_encoder/ + taesd_decoder/), when the pack ships one: PSNR on the same scenes, and
+  // time per call against the full VAE side by side, both on 1 intra-op thread
+  if (await exists(join(dir, 'taesd_decoder', 'model.onnx'))) {
+    const one = await loadPack(dir, { provider: 'cpu', threads: 1 });
+    const full1 = { vaeEncoder: one.vaeEncoder, vaeDecoder: one.vaeDecoder };
+    const tiny1 = { vaeEncoder: one.tinyVae!.encoder, vaeDecoder: one.tinyVae!.decoder };
+    let tinyTotal = 0;
+    for (const item of sample) {
+      const img = await decodeImage(await drawScenePng(spec, item.attributes, size), size, size);
+      const [z] = await tiny1.vaeEncoder!.encode([img.data], size, size);
+      tinyTotal += psnr(img.data, (await tiny1.vaeDecoder.decode([z!], s.latentHeight, s.latentWidth)).images[0]!);
+    }
+    const image = (await decodeImage(await drawScenePng(spec, sample[0]!.attributes, size), size, size)).data;
+    const z = new Float32Array(4 * s.latentHeight * s.latentWidth);
+    const vaeCalls = await interleave(
+      {
+        vae_encoder: async () => void (await full1.vaeEncoder!.encode([image], size, size)),
+        tiny_vae_encoder: async () => void (await tiny1.vaeEncoder!.encode([image], size, size)),
+        vae_decoder: async () => void (await full1.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
+        tiny_vae_decoder: async () => void (await tiny1.vaeDecoder.decode([z], s.latentHeight, s.latentWidth)),
+      },
+      rounds * 3,
+      3,
+    );
+    log(`\n### Tiny VAE (taesd_encoder + taesd_decoder, scale factor 1)\n`);
+    log(`PSNR ${fmt(tinyTotal / sample.length, 2)} dB on the same ${sample.length} scenes (full VAE ${fmt(total / sample.length, 2)} dB). Time per call, 1 intra-op thread, interleaved:\n`);
+    log('| model | full VAE | tiny VAE | speed-up |');
+    log('| --- | --- | --- | --- |');
+    for (const part of ['encoder', 'decoder'] as const) {
+      const [full, small] = [vaeCalls[`vae_${part}`], vaeCalls[`tiny_vae_${part}`]];
+      log(`| ${part} | ${ms(full)} | ${ms(small)} | ${fmt(full.median / small.median, 2)}x |`);
+    }
+    results['tiny_vae'] = { scenes_psnr_db: tinyTotal / sample.length, calls_ms_1_thread: vaeCalls };
+    await one.sessions.close();
+  }
 
   // 4. onnxruntime CPU time per call
   const pack = engine.pack;

@@ -1,4 +1,4 @@
-import { cp, mkdtemp } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,5 +13,17 @@ export const CONTRACT_VARIANTS = ['base', 'int64-timestep', 'scalar-timestep', '
 export async function copyPack(source = BASE_PACK): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pack-'));
   await cp(source, dir, { recursive: true });
+  return dir;
+}
+
+/**
+ * A pack that is `source` (linked, not copied) with its own VAE linked in again as the tiny VAE (taesd_*): the
+ * loader runs a tiny VAE at scale factor 1, so on a pack whose scaling_factor is not 1 the two VAEs differ.
+ */
+export async function linkPackWithTinyVae(source: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'pack-tiny-vae-'));
+  for (const entry of await readdir(source)) await symlink(join(source, entry), join(dir, entry));
+  await symlink(join(source, 'vae_encoder'), join(dir, 'taesd_encoder'));
+  await symlink(join(source, 'vae_decoder'), join(dir, 'taesd_decoder'));
   return dir;
 }

@@ -1,8 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadPack } from '../../models/pack.ts';
+import { EMBEDDED_PACK_DIR, loadPack } from '../../models/pack.ts';
+import { packDefaults } from '../../models/pack-kinds.ts';
 import { ServiceError } from '../../models/errors.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { parseParams } from '../../pipelines/params.ts';
@@ -105,4 +106,20 @@ test('every missing required component is named at once', async () => {
   await rm(join(dir, 'unet', 'model.onnx'));
   await rm(join(dir, 'text_encoder', 'model.onnx'));
   await assert.rejects(loadPack(dir), /missing text_encoder\/model\.onnx, unet\/model\.onnx/);
+});
+
+test('a pack\'s recommended ranges: defaults from its training size, overridden by model_index.json\'s streamdiffusion object', async () => {
+  assert.deepEqual(packDefaults({}, 512), { guidance_range: [1, 2], size_range: [256, 1024] });
+  assert.deepEqual(packDefaults({ streamdiffusion: { guidance_range: [1, 3] } }, 128), { guidance_range: [1, 3], size_range: [64, 256] });
+  assert.deepEqual((await loadPack(EMBEDDED_PACK_DIR)).defaults, { guidance_range: [1, 2], size_range: [128, 160] }, 'tiny-shapes declares its own');
+  const bad = (override: unknown, field: string) =>
+    assert.throws(() => packDefaults({ streamdiffusion: override }, 128), (e: unknown) => e instanceof ServiceError && e.code === 'model_invalid' && e.field === field);
+  bad([1, 2], 'streamdiffusion');
+  bad({ guidance_range: [3, 1] }, 'streamdiffusion.guidance_range');
+  bad({ size_range: [64] }, 'streamdiffusion.size_range');
+  bad({ guidance_rnage: [1, 2] }, 'streamdiffusion.guidance_rnage');
+  const dir = await copyPack();
+  const index = JSON.parse(await readFile(join(dir, 'model_index.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(dir, 'model_index.json'), JSON.stringify({ ...index, streamdiffusion: { size_range: 'big' } }));
+  await assert.rejects(loadPack(dir), /model_index\.json: streamdiffusion\.size_range must be \[min, max\]/);
 });

@@ -2,9 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ClipTokenizer, loadClipTokenizer } from '../../models/tokenizer.ts';
 import { EMBEDDED_PACK_DIR } from '../../models/pack.ts';
+import { BASE_PACK } from '../helpers/fixtures.ts';
 
 /** A hand-built CLIP-format vocabulary: a few byte symbols, merges, and the two specials. */
 function handBuilt(padId?: number): ClipTokenizer {
@@ -30,12 +32,30 @@ test('BOS/EOS, padding with the pad id, truncation keeps EOS', () => {
   assert.deepEqual([...t.encode('a a a a a a a a a a')], [12, 3, 3, 3, 3, 3, 3, 13]);
 });
 
-test('the embedded pack tokenizer matches the Python tokenizer it was trained with', async () => {
-  const dir = join(EMBEDDED_PACK_DIR, 'tokenizer');
+// the caption-trained candidate's vocabulary (clip_tokenizer.py's output since issue 17; the shipped pack keeps the first one)
+const CAPTION_VOCABULARY = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'models', 'train', 'candidates', 'caption-base', 'tokenizer');
+
+for (const [name, dir] of [['the embedded pack', join(EMBEDDED_PACK_DIR, 'tokenizer')], ['the extended vocabulary', CAPTION_VOCABULARY]] as const) {
+  test(`${name}: the tokenizer matches the Python tokenizer it was trained with`, async () => {
+    const tokenizer = await loadClipTokenizer(dir);
+    const vectors = JSON.parse(await readFile(join(dir, 'test_vectors.json'), 'utf8')) as { vectors: { text: string; input_ids: number[] }[] };
+    assert.ok(vectors.vectors.length >= 10);
+    for (const v of vectors.vectors) assert.deepEqual([...tokenizer.encode(v.text)], v.input_ids, v.text);
+  });
+}
+
+test('the extended vocabulary: words people type are one token each, the first vocabulary keeps its ids, EOS is the largest id', async () => {
+  const dir = CAPTION_VOCABULARY;
   const tokenizer = await loadClipTokenizer(dir);
-  const vectors = JSON.parse(await readFile(join(dir, 'test_vectors.json'), 'utf8')) as { vectors: { text: string; input_ids: number[] }[] };
-  assert.ok(vectors.vectors.length >= 10);
-  for (const v of vectors.vectors) assert.deepEqual([...tokenizer.encode(v.text)], v.input_ids, v.text);
+  for (const word of ['big', 'huge', 'tiny', 'little', 'center', 'middle', 'upper', 'lower', 'disc', 'backdrop', 'beautiful', 'highly', 'detailed', 'minimal', 'illustration', 'photo', 'draw', 'please']) {
+    assert.equal(tokenizer.encodeText(word).length, 1, word);
+  }
+  const vocab = JSON.parse(await readFile(join(dir, 'vocab.json'), 'utf8')) as Record<string, number>;
+  // the contract fixtures keep a copy of the first (grammar-only) vocabulary the base model was trained with
+  const first = JSON.parse(await readFile(join(BASE_PACK, 'tokenizer', 'vocab.json'), 'utf8')) as Record<string, number>;
+  for (const [token, id] of Object.entries(first)) if (!token.startsWith('<|')) assert.equal(vocab[token], id, token);
+  const largest = Math.max(...Object.values(vocab));
+  assert.deepEqual([tokenizer.eosId, tokenizer.bosId], [largest, largest - 1], 'the text encoder pools at argmax(input_ids)');
 });
 
 test('loads vocab.json + merges.txt and reads the pad token from special_tokens_map.json', async () => {

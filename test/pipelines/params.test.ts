@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mergeParams, parseParams } from '../../pipelines/params.ts';
+import { MAX_SEED, mergeParams, parseParams, parseRequestParams } from '../../pipelines/params.ts';
 import type { ServiceError } from '../../models/errors.ts';
 
 test('defaults are filled in and documented values hold', () => {
@@ -34,4 +34,19 @@ test('out-of-range and unknown parameters name the field', () => {
   assert.throws(() => parseParams({ width: 100 }), (e: ServiceError) => e.field === 'width' && /multiple of 8/.test(e.message));
   assert.throws(() => parseParams({ cfg_scal: 3 }), (e: ServiceError) => /unknown field\(s\): cfg_scal/.test(e.message));
   assert.throws(() => parseParams({ prompt: 'x'.repeat(5000) }), (e: ServiceError) => e.field === 'prompt');
+});
+
+test('a request without a seed, or with -1, gets a random one; library parsing keeps the default', () => {
+  const seeds = new Set(Array.from({ length: 8 }, () => parseRequestParams({ prompt: 'a' }).seed));
+  assert.ok(seeds.size > 1, 'different draws');
+  for (const s of seeds) assert.ok(Number.isInteger(s) && (s as number) >= 0 && (s as number) <= MAX_SEED);
+  assert.notEqual(parseRequestParams({ seed: -1 }).seed, -1);
+  assert.equal(parseRequestParams({ seed: 9 }).seed, 9);
+  assert.deepEqual(parseRequestParams({ seed: [{ seed: 1, weight: 1 }] }).seed, [{ seed: 1, weight: 1 }]);
+  assert.equal(parseParams({}).seed, 2);
+  assert.throws(() => parseParams({ seed: -1 }), /seed/, 'only requests draw');
+  const p = parseParams({ seed: 4 });
+  assert.notEqual(mergeParams(p, { seed: -1 }).seed, -1, 'an update may ask for a new random seed');
+  assert.equal(mergeParams(p, { prompt: 'b' }).seed, 4);
+  assert.deepEqual([parseParams({}).strict_guidance, parseParams({}).strict_size], [false, false]);
 });

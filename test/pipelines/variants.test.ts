@@ -57,8 +57,9 @@ test('adapters always run on the full UNet, whatever the budget; zero weights dr
   assert.equal(v.relativeMacs, 1);
   assert.equal(v.key, 'full+diamond:1,ring:0.5');
   assert.deepEqual(merges.at(-1), ['ring:0.5', 'diamond:1']);
-  assert.deepEqual(v.warnings, ['w']);
+  assert.deepEqual(v.warnings, ['adapters merge into the full UNet only: budget 0.5 not applied', 'w'], 'the unused budget is said');
   assert.equal(pooledCalls, 0);
+  assert.deepEqual((await r.resolve(parseParams({ adapters: [{ name: 'ring', weight: 1 }] }), pooled)).warnings, ['w'], 'no budget asked: nothing to say');
   // all-zero weights: no adapters at all
   assert.equal((await r.resolve(parseParams({ adapters: [{ name: 'ring', weight: 0 }] }), pooled)).key, 'full');
 });

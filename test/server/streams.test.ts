@@ -62,7 +62,7 @@ test('a corrupt frame fails alone: an error naming the frame, then the stream go
 });
 
 test('a live prompt change applies within steps frames with every frame intact', async () => {
-  const client = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 2, similarity_threshold: 1 } });
+  const client = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 2, similarity_threshold: 1, seed: 2 } });
   for (const f of frames.slice(0, 3)) await client.roundTrip(f);
   client.send({ type: 'update', params: { prompt: 'a yellow triangle', seed: 9 } });
   await client.until(() => client.messages.some((m) => m['type'] === 'updated'));
@@ -70,7 +70,7 @@ test('a live prompt change applies within steps frames with every frame intact',
   for (const f of frames.slice(3, 6)) after.push(await client.roundTrip(f));
   for (const o of after) assert.equal((await sharp(o.bytes).stats()).channels.length, 3);
   // the reference: a pipeline that had the new prompt from the frame after the update on
-  const ref = await StreamPipeline.create(engine, parseParams({ prompt: 'a red circle', steps: 2, similarity_threshold: 1 }));
+  const ref = await StreamPipeline.create(engine, parseParams({ prompt: 'a red circle', steps: 2, similarity_threshold: 1, seed: 2 }));
   for (const f of frames.slice(0, 3)) await ref.process([(await decodeImage(f, 128, 128)).data]);
   await ref.update({ prompt: 'a yellow triangle', seed: 9 });
   for (const [i, f] of frames.slice(3, 6).entries()) {
@@ -133,5 +133,23 @@ test('health and Prometheus metrics', async () => {
   const metrics = await (await fetch(`${server.url}/metrics`)).text();
   for (const name of ['sd_frames_in_total', 'sd_frame_latency_seconds_bucket', 'sd_unet_batch_rows_bucket', 'sd_frames_dropped_total', 'sd_ssf_skips_total', 'sd_streams_active']) {
     assert.ok(metrics.includes(name), name);
+  }
+});
+
+test('a stream without a seed gets a random one; started and updated carry notes on what was changed', async () => {
+  const a = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 1, guidance: 'full', guidance_scale: 5 } });
+  const b = await StreamClient.connect(server.url, { params: { prompt: 'a red circle', steps: 1 } });
+  try {
+    const seed = a.started!['params'] as Record<string, unknown>;
+    assert.ok(Number.isInteger(seed['seed']) && seed['seed'] !== (b.started!['params'] as Record<string, unknown>)['seed'], 'random seeds, reported');
+    assert.match((a.started!['notes'] as string[]).join(), /guidance scale 5 is outside this model's recommended range 1-2: 2 is used/);
+    assert.deepEqual(b.started!['notes'], []);
+    b.send({ type: 'update', params: { negative_prompt: 'a blue background' } });
+    await b.until(() => b.messages.some((m) => m['type'] === 'updated'));
+    const updated = b.messages.find((m) => m['type'] === 'updated')!;
+    assert.match((updated['notes'] as string[]).join(), /guidance self ignores it, so initialize guidance is used/);
+  } finally {
+    await a.close();
+    await b.close();
   }
 });

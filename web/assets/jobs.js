@@ -16,6 +16,7 @@ const FINISHED = ['succeeded', 'failed', 'canceled'];
 /**
  * @typedef {Record<string, unknown>} Params
  * @typedef {{
+ *   started?(job: { id: string | null, notes: string[] }): void,
  *   progress(fraction: number, text: string): void,
  *   result(blob: Blob, params: Params, index: number): void,
  * }} JobHandlers
@@ -47,6 +48,7 @@ export function imageParams(params, j) {
  * @param {AbortSignal} signal
  */
 async function followJob(job, handlers, signal) {
+  handlers.started?.({ id: job.id, notes: Array.isArray(job.notes) ? job.notes : [] });
   let delivered = 0;
   for (;;) {
     const urls = Array.isArray(job.urls) ? job.urls : [];
@@ -144,6 +146,7 @@ async function renderA1111({ params, count, initImage }, handlers, signal) {
     await poll;
   }
   const info = typeof answer.info === 'string' ? JSON.parse(answer.info) : {};
+  handlers.started?.({ id: null, notes: Array.isArray(info.notes) ? info.notes : [] });
   const images = Array.isArray(answer.images) ? answer.images : [];
   for (const [j, b64] of images.entries()) {
     const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
@@ -174,4 +177,42 @@ export function renderVideo({ params, file }, handlers) {
     }
     await followJob(job, handlers, signal);
   });
+}
+
+/** Jobs per page of the gallery's listing. */
+export const PAGE_SIZE = 10;
+
+/**
+ * A page of the server's jobs, newest first; null when the server has no job API.
+ * @param {string | null} cursor the previous page's next_cursor
+ * @returns {Promise<{ jobs: any[], next_cursor: string | null } | null>}
+ */
+export async function listJobs(cursor) {
+  try {
+    return await apiJson(`/v1/jobs?limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+  } catch (e) {
+    if (e instanceof ApiError && e.routeMissing) return null;
+    throw e;
+  }
+}
+
+/**
+ * Deletes a finished job with its files (DELETE on a queued or running job cancels it instead).
+ * @param {string} id
+ */
+export function deleteJob(id) {
+  return apiJson(`/v1/jobs/${id}`, undefined, 'DELETE');
+}
+
+/**
+ * The generation parameters an image carries (POST /sdapi/v1/png-info reads PNG text, XMP or EXIF).
+ * @param {Blob} image
+ * @returns {Promise<{ params: Params | null, mode: string | null, notes: string[] }>}
+ */
+export async function imageSettings(image) {
+  const bytes = new Uint8Array(await image.arrayBuffer());
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  const answer = await apiJson('/sdapi/v1/png-info', { image: btoa(binary) });
+  return { params: answer.params ?? null, mode: answer.mode ?? null, notes: Array.isArray(answer.notes) ? answer.notes : [] };
 }

@@ -3,8 +3,8 @@
  * Generation parameters (pipelines/params.ts) <-> form controls. A control's `name` is the parameter's
  * name; a few controls build one parameter together: prompt + prompt2 + prompt_weight (+ blend_prompts) make
  * a weighted prompt list, seed + seed2 + seed_weight (+ blend_seeds) a weighted seed list, budget_auto
- * makes the budget "auto", an empty expert means none, and t_index_list is typed as "10, 30". Both pages use
- * these, each with the controls it has.
+ * makes the budget "auto", an empty expert or vae means none (the server's choice), and t_index_list is typed
+ * as "10, 30". Both pages use these, each with the controls it has.
  */
 
 /** @typedef {Record<string, unknown>} Params */
@@ -13,8 +13,10 @@
 const NUMBER_FIELDS = ['guidance_scale', 'delta', 'steps', 'strength', 'width', 'height', 'similarity_threshold', 'max_skip_frames'];
 /** Text and choice parameters read as they are. */
 const TEXT_FIELDS = ['negative_prompt', 'guidance', 'prompt_blend', 'fit'];
+/** Text parameters an empty control leaves out. */
+const OPTIONAL_FIELDS = ['expert', 'vae'];
 /** Parameters an update clears with null when their control is emptied (back to the server's choice). */
-const CLEARABLE = ['width', 'height', 'expert'];
+const CLEARABLE = ['width', 'height', 'expert', 'vae'];
 
 /** @param {number} x */
 const round3 = (x) => Math.round(x * 1000) / 1000;
@@ -104,8 +106,10 @@ export function readParams(form) {
     if (list !== undefined) params['t_index_list'] = list;
   }
   if (control(form, 'budget')) params['budget'] = checked(form, 'budget_auto') ? 'auto' : numberOf(form, 'budget') ?? 'auto';
-  const expert = control(form, 'expert');
-  if (expert?.value) params['expert'] = expert.value;
+  for (const name of OPTIONAL_FIELDS) {
+    const el = control(form, name);
+    if (el?.value) params[name] = el.value;
+  }
   return params;
 }
 
@@ -157,7 +161,7 @@ export function fillForm(form, params) {
     tick('budget_auto', budget === 'auto');
     if (typeof budget === 'number') set('budget', budget);
   }
-  if ('expert' in params || control(form, 'expert')?.value) set('expert', params['expert'] ?? '');
+  for (const name of OPTIONAL_FIELDS) if (name in params || control(form, name)?.value) set(name, params[name] ?? '');
   const indices = params['t_index_list'];
   if (Array.isArray(indices)) set('t_index_list', indices.join(', '));
   else if (control(form, 't_index_list') && 't_index_list' in params) set('t_index_list', '');

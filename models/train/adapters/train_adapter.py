@@ -76,10 +76,12 @@ def concept_cache(concept, n, vae, tok, tag):
 
 @torch.no_grad()
 def prior_data(n, vae, tok):
-    """Base scenes: a seeded sample of the base training cache when present (kept in adapters/cache, so a
-    machine without the 130 MB base cache trains on the same rows), else rendered (seeds 0..n-1)."""
+    """Base scenes: a seeded sample of the newest base training cache when present (kept in adapters/cache, so a
+    machine without the base cache trains on the same rows), else rendered (seeds 0..n-1)."""
     sample = os.path.join(CACHE, f"prior_{n}.npz")
-    base = os.path.join(TRAIN, "cache", "latents_30000.npz")
+    caches = sorted((f for f in os.listdir(os.path.join(TRAIN, "cache")) if f.startswith("latents_")),
+                    key=lambda f: int(f[len("latents_"):-len(".npz")])) if os.path.isdir(os.path.join(TRAIN, "cache")) else []
+    base = os.path.join(TRAIN, "cache", caches[-1]) if caches else ""  # the newest base training cache
     if not os.path.exists(sample) and os.path.exists(base):
         d = np.load(base)
         idx = np.random.default_rng(0).choice(d["latents"].shape[0], n, replace=False)

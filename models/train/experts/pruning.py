@@ -1,12 +1,20 @@
 """Structured pruning of the tiny-shapes UNet into physically smaller dense experts (APTP, REFERENCE §2).
 
-Prunable units (each removal is exact: the unit's contribution is one set of input columns of one layer):
-  resnet  ResnetBlock2D inner channels, in GroupNorm groups of norm2 (conv1 rows, time_emb_proj rows, norm2
-          groups, conv2 input columns). The residual stream width never changes.
-  heads   Attention heads of attn1 / attn2 (to_q/to_k/to_v rows, to_out input columns).
-  ff      FeedForward hidden units in FF_GROUPS groups (GEGLU value+gate rows, net.2 input columns).
-A plan maps unit name -> kept group indices; `materialise(unet, plan)` slices the weights into a new,
-smaller module tree that uses the same classes (so forward code and ONNX node names are unchanged).
+Prunable units, each CHANNEL_UNIT (16) channels wide, so every pruned layer keeps a multiple of 16 channels: the
+CPU conv kernels pad channel counts to 16, and odd counts (4, 6, 20 ...) cost as much as the next multiple (issue 19).
+Each removal is exact (the unit's contribution is one set of input columns of one layer):
+  resnet  ResnetBlock2D inner channels in 16s (conv1 rows, time_emb_proj rows, norm2 channels, conv2 input
+          columns). The residual stream width never changes. Where 16 channels are whole GroupNorm groups of
+          norm2 (groups of 4 or 8) the kept groups' statistics are exact; the 48-channel blocks (groups of 6)
+          get groups of 8 after pruning, which distillation absorbs.
+  heads   Attention heads of attn1 / attn2 (head_dim 16: to_q/to_k/to_v rows, to_out input columns).
+  ff      FeedForward hidden units in 16s (GEGLU value+gate rows, net.2 input columns).
+Whole blocks: a plan may also skip Transformer2DModel blocks entirely (APTP's block-skip bits): the residual
+stream passes through, and the graph loses the block's ~50 small nodes. On this CPU a UNet call has about 1 ms of
+fixed per-node cost (REFERENCE section 9), so skipping blocks is what makes a small expert fast, not only small.
+A plan maps unit name -> kept group indices (and SKIP -> skipped block names); `materialise(unet, plan)` slices
+the weights into a new, smaller module tree that uses the same classes (so forward code and ONNX node names are
+unchanged).
 
 Importance: first-order Taylor estimate of the loss change when a group's columns are zeroed,
 I_g = E_batches[(sum_{w in cols(g)} w * dL/dw)^2] (Molchanov et al. 2019), comparable across layers.
@@ -25,10 +33,14 @@ import torch.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from models import Attention, FeedForward, ResnetBlock2D  # noqa: E402
+from models import Attention, FeedForward, ResnetBlock2D, Transformer2DModel  # noqa: E402
 
-#: FF hidden units are pruned in this many equal groups (APTP prunes FF in groups as well).
-FF_GROUPS = 8
+#: Channels per prunable unit (resnet inner channels, FF hidden units; attention heads are 16 wide).
+CHANNEL_UNIT = 16
+#: GroupNorm group size after pruning where 16 channels are not whole groups of the original norm.
+PRUNED_GN_GROUP = 8
+#: Plan key listing the Transformer2DModel blocks an expert skips.
+SKIP = "skip_blocks"
 #: Latent side used for MAC counting (128 px images / 8).
 MAC_LATENT = 16
 #: Text context length (CLIP's 77 tokens).
@@ -38,16 +50,28 @@ CONTEXT_TOKENS = 77
 # ----------------------------------------------------------------------------- units
 
 
+class SkippedBlock(nn.Module):
+    """A Transformer2DModel removed whole: returns its input (the block's residual contribution is dropped)."""
+
+    def forward(self, x, ctx):
+        return x
+
+
+def blocks(unet):
+    """[(name, module)] of the blocks a plan may skip, in module order."""
+    return [(name, m) for name, m in unet.named_modules() if isinstance(m, Transformer2DModel)]
+
+
 def units(unet):
     """[(name, kind, module, n_groups)] for every prunable unit, in module order."""
     out = []
     for name, m in unet.named_modules():
         if isinstance(m, ResnetBlock2D):
-            out.append((name, "resnet", m, m.norm2.num_groups))
+            out.append((name, "resnet", m, m.conv1.out_channels // CHANNEL_UNIT))
         elif isinstance(m, Attention):
             out.append((name, "heads", m, m.heads))
         elif isinstance(m, FeedForward):
-            out.append((name, "ff", m, FF_GROUPS))
+            out.append((name, "ff", m, m.net[2].in_features // CHANNEL_UNIT))
     return out
 
 
@@ -145,15 +169,42 @@ def taylor_importance(unet, batches, loss_fn):
     return {k: v / max(1, len(batches)) for k, v in scores.items()}
 
 
-def plan_for_budget(unet, importance, target, min_keep=None):
+def block_importance(unet, batches, loss_fn):
+    """{block name: E_batches[(sum dL/dout * (out - in))^2]}: the first-order loss change of skipping the block
+    (its output becomes its input), on the same scale as taylor_importance."""
+    found = blocks(unet)
+    scores = {name: 0.0 for name, _ in found}
+    seen = {}
+
+    def hook(name):
+        def f(m, inp, out):
+            out.retain_grad()
+            seen[name] = (inp[0].detach(), out)
+        return f
+
+    hooks = [m.register_forward_hook(hook(name)) for name, m in found]
+    for batch in batches:
+        unet.zero_grad(set_to_none=True)
+        loss_fn(unet, batch).backward()
+        for name, (x, out) in seen.items():
+            scores[name] += float((out.grad * (out.detach() - x)).sum()) ** 2
+    for h in hooks:
+        h.remove()
+    unet.zero_grad(set_to_none=True)
+    return {k: v / max(1, len(batches)) for k, v in scores.items()}
+
+
+def plan_for_budget(unet, importance, target, min_keep=None, skip=()):
     """Greedy global pruning: drop the group with the least importance per MAC saved until the UNet's MACs
     are <= target x the full MACs. min_keep: unit kind -> fraction of groups always kept; every unit keeps at
-    least one group (a 25% floor everywhere cost 2x the distillation loss at 0.45 MACs on a step-500 teacher)."""
+    least one group (a 25% floor everywhere cost 2x the distillation loss at 0.45 MACs on a step-500 teacher).
+    `skip`: blocks skipped whole first (their MACs count as saved; their units are not candidates)."""
     min_keep = min_keep or {"resnet": 0.0, "heads": 0.0, "ff": 0.0}
-    per_module = count_macs(unet, per_module=True)
-    full = sum(per_module.values())
-    scalable = unit_macs(unet, per_module)
-    info = {name: (kind, g) for name, kind, _, g in units(unet)}
+    full = count_macs(unet)
+    base = materialise(unet, {SKIP: list(skip)}) if skip else unet
+    per_module = count_macs(base, per_module=True)
+    scalable = unit_macs(base, per_module)
+    info = {name: (kind, g) for name, kind, _, g in units(base)}
     kept = {name: list(range(g)) for name, (kind, g) in info.items()}
     candidates = []
     for name, (kind, g) in info.items():
@@ -161,7 +212,7 @@ def plan_for_budget(unet, importance, target, min_keep=None):
         for j in range(g):
             candidates.append((float(importance[name][j]) / max(saving, 1.0), name, j, saving))
     candidates.sort()
-    macs = full
+    macs = sum(per_module.values())
     for _, name, j, saving in candidates:
         if macs <= target * full:
             break
@@ -171,6 +222,8 @@ def plan_for_budget(unet, importance, target, min_keep=None):
             continue
         kept[name].remove(j)
         macs -= saving
+    if skip:
+        kept[SKIP] = list(skip)
     return kept, macs / full
 
 
@@ -201,8 +254,16 @@ def _channels(groups, size):
 
 
 def materialise(unet, plan):
-    """A deep copy of `unet` with every unit sliced to its kept groups (plan: name -> kept group indices)."""
+    """A deep copy of `unet` with its SKIP blocks removed and every other unit sliced to its kept groups
+    (plan: name -> kept group indices)."""
     out = copy.deepcopy(unet)
+    for name in plan.get(SKIP, []):
+        parent, _, child = name.rpartition(".")
+        holder = out.get_submodule(parent)
+        if isinstance(holder, nn.ModuleList):
+            holder[int(child)] = SkippedBlock()
+        else:
+            setattr(holder, child, SkippedBlock())
     for name, kind, m, g in units(out):
         keep = sorted(plan.get(name, range(g)))
         if len(keep) == g:
@@ -212,7 +273,8 @@ def materialise(unet, plan):
         if kind == "resnet":
             m.conv1 = _sliced(m.conv1, rows=idx)
             m.time_emb_proj = _sliced(m.time_emb_proj, rows=idx)
-            norm = nn.GroupNorm(len(keep), len(idx), eps=m.norm2.eps)
+            gn = m.norm2.num_channels // m.norm2.num_groups  # channels per group of the original norm
+            norm = nn.GroupNorm(len(idx) // (gn if size % gn == 0 else PRUNED_GN_GROUP), len(idx), eps=m.norm2.eps)
             norm.weight.data.copy_(m.norm2.weight.data[idx])
             norm.bias.data.copy_(m.norm2.bias.data[idx])
             m.norm2 = norm
@@ -244,5 +306,9 @@ def count_params(m):
 
 
 def describe(unet, plan):
-    """Per unit kept/total groups, for logs and the expert's config.json."""
-    return {name: f"{len(plan.get(name, range(g)))}/{g}" for name, kind, _, g in units(unet)}
+    """Per unit kept/total groups (skipped blocks: 'skipped'), for logs and the expert's config.json."""
+    skipped = plan.get(SKIP, [])
+    out = {name: "skipped" for name in skipped}
+    out.update({name: f"{len(plan.get(name, range(g)))}/{g}" for name, kind, _, g in units(unet)
+                if not any(name.startswith(b + ".") for b in skipped)})
+    return out

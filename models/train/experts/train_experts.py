@@ -1,11 +1,13 @@
 """Derive pruned experts from the trained tiny-shapes UNet and distil them from it (APTP, REFERENCE §2).
 
-python3 train_experts.py [--targets 0.7 0.6 0.45] [--minutes 12] [--batch 32]
+python3 train_experts.py [--targets 0.7 0.6 0.45] [--skip-blocks 0 0 3] [--minutes 12] [--batch 32]
  1. teacher: models/train/checkpoints/unet.pt (EMA UNet + text encoder + scaling factor);
-    data: the base training's latent cache (models/train/cache/latents_N.npz, scene i = seed i)
- 2. first-order Taylor importance of every prunable group (pruning.py) on the teacher's own eps loss
- 3. one plan per MAC target (greedy, global over ResNet channel groups, attention heads, FF groups),
-    materialised as physically smaller dense UNets
+    data: the base training's latent cache (models/train/cache/latents_N.npz, scene i = seed i), captioned
+    like the base training (captions.py: a new phrasing of the scene each time)
+ 2. first-order Taylor importance of every prunable 16-channel unit and of every attention block (pruning.py)
+    on the teacher's own eps loss
+ 3. one plan per MAC target: the --skip-blocks least important attention blocks skipped whole, then greedy,
+    global over ResNet channels, attention heads and FF units in 16s; materialised as physically smaller dense UNets
  4. distillation of all students in one loop sharing the teacher's forward pass: eps MSE to the teacher,
     weighted like the base training (eps error + x0 error = (1 + (1 - abar) / abar) x eps error), 10%
     unconditional rows (CFG), timesteps 60% on the LCM grid; EMA weights are kept
@@ -19,12 +21,14 @@ import time
 import numpy as np
 import torch
 
-import common
+import common  # noqa: I100  (puts models/train on sys.path)
+import captions
 import pruning
+import scenes
 from models import alphas_cumprod, warmup_cosine
 
 #: Batches used for the Taylor importance estimate (each ~0.5 s on 2 cores).
-IMPORTANCE_BATCHES = 24
+IMPORTANCE_BATCHES = int(os.environ.get("IMPORTANCE_BATCHES", "24"))
 #: Probability of an unconditional (empty prompt) row, as in the base training (CFG needs it).
 P_UNCOND = 0.1
 #: Probability of drawing t on the 50-step LCM grid (the timesteps the service runs) instead of 0..999.
@@ -32,9 +36,10 @@ P_GRID = 0.6
 
 
 def draw_batch(rng, lat, ids, uncond, batch, abar, grid):
+    """ids: a function scene index -> token ids (a fresh phrasing each call)."""
     idx = torch.from_numpy(rng.integers(0, lat.shape[0], batch))
     x0 = lat[idx]
-    bid = ids[idx].clone()
+    bid = torch.tensor([ids(int(i)) for i in idx], dtype=torch.long)
     bid[torch.from_numpy(rng.random(batch) < P_UNCOND)] = uncond
     tg = grid[torch.from_numpy(rng.integers(0, len(grid), batch))]
     tu = torch.from_numpy(rng.integers(0, 1000, batch))
@@ -54,6 +59,7 @@ def weighted_mse(pred, target, a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.6, 0.45])
+    ap.add_argument("--skip-blocks", type=int, nargs="+", help="per target: attention blocks skipped whole (default 0s)")
     ap.add_argument("--minutes", type=float, default=12.0)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
@@ -72,9 +78,15 @@ def main():
 
     # 1. teacher and data
     teacher, te, sf, teacher_step = common.load_teacher(args.teacher)
-    lat, ids = common.load_cache()
+    lat, _ = common.load_cache()
     lat = lat * sf
     tok = common.tokenizer()
+    attrs = [scenes.scene_attributes(i) for i in range(lat.shape[0])]
+    cap_rng = np.random.default_rng(args.seed + 1)
+
+    def ids(i):
+        return tok(captions.caption(attrs[i], cap_rng))
+
     uncond = torch.tensor(tok(""), dtype=torch.long)
     abar = alphas_cumprod()
     grid = torch.tensor([999 - 20 * i for i in range(50)])
@@ -100,14 +112,18 @@ def main():
                 xt, t, bid, noise, a = draw_batch(rng, lat, ids, uncond, args.batch, abar, grid)
                 batches.append((xt, t, te(bid)[0], noise, a))
         t0 = time.time()
-        importance = pruning.taylor_importance(probe, batches, lambda u, b: weighted_mse(u(b[0], b[1], b[2]), b[3], b[4]))
+        loss_fn = lambda u, b: weighted_mse(u(b[0], b[1], b[2]), b[3], b[4])  # noqa: E731
+        importance = pruning.taylor_importance(probe, batches, loss_fn)
+        by_block = pruning.block_importance(probe, batches, loss_fn)
         del probe
-        P(f"importance on {len(batches)} batches in {time.time() - t0:.0f}s")
+        ranked = sorted(by_block, key=by_block.get)
+        P(f"importance on {len(batches)} batches in {time.time() - t0:.0f}s; blocks, least important first: "
+          + ", ".join(f"{b} {by_block[b]:.3g}" for b in ranked))
 
         # 3. plans and students
         plans, students = [], []
-        for target in args.targets:
-            plan, ratio = pruning.plan_for_budget(teacher, importance, target)
+        for target, n_skip in zip(args.targets, args.skip_blocks or [0] * len(args.targets)):
+            plan, ratio = pruning.plan_for_budget(teacher, importance, target, skip=ranked[:n_skip])
             s = pruning.materialise(teacher, plan)
             for p in s.parameters():
                 p.requires_grad_(True)
@@ -168,6 +184,7 @@ def main():
     os.makedirs(common.OUT, exist_ok=True)
     torch.save({
         "targets": args.targets,
+        "skip_blocks": args.skip_blocks,
         "plans": plans,
         "states": [m.state_dict() for m in final],
         "macs": [pruning.count_macs(m) / full_macs for m in final],

@@ -5,12 +5,10 @@
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encodeImage } from '../../../pipelines/codecs/image.ts';
-import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { AppContext } from '../../context.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
-import { renderImages } from '../render.ts';
+import { encodeResult, renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
 import type { Executor } from './manager.ts';
@@ -35,6 +33,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
     const request = job.record.request as ImagesJobRequest;
     const { params, count, lanes, output_format: format } = request;
     const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img', 'job');
+    job.record.notes = [...plan.notes];
     const { width, height } = plan.size;
     const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image', params.fit)).data : undefined;
     // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
@@ -58,7 +57,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
       for (const [j, image] of images.entries()) {
         const name = imageName(start + j, format);
         const tmp = join(job.dir, `${name}.partial`);
-        await writeFile(tmp, await encodeImage(image.data, image.width, image.height, format));
+        await writeFile(tmp, await encodeResult(ctx, plan, image, format));
         await rename(tmp, join(job.dir, name));
         job.record.results.push(name);
       }

@@ -58,6 +58,7 @@ export interface JobView {
   stats: JobRecord['stats'];
   webhook: { status: string; attempts: number; last_error: string | null } | null;
   request: unknown;
+  notes: string[];
 }
 
 interface Running {
@@ -71,6 +72,8 @@ interface Running {
 
 export class JobManager {
   private readonly records = new Map<string, JobRecord>();
+  /** Jobs deleted by remove(): a late save (a webhook's outcome) must not bring their folder back. */
+  private readonly removed = new Set<string>();
   private readonly queue: string[] = [];
   private running: Running | undefined;
   private started = false;
@@ -125,11 +128,12 @@ export class JobManager {
     return record;
   }
 
+  /** Every job, newest first (ties by id, so that pages are stable). */
   list(): JobRecord[] {
-    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id));
   }
 
-  /** Cancels a queued or running job; a finished one is a conflict. */
+  /** Cancels a queued or running job; a finished one is a conflict (remove() deletes it). */
   async cancel(id: string): Promise<JobRecord> {
     const record = this.get(id);
     if (FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} already ${record.status}`, { field: 'id' });
@@ -140,6 +144,17 @@ export class JobManager {
     }
     this.queue.splice(this.queue.indexOf(id), 1);
     await this.finish(record, 'canceled');
+    return record;
+  }
+
+  /** Deletes a finished job: its record and its folder (inputs and results). A queued or running one is a conflict. */
+  async remove(id: string): Promise<JobRecord> {
+    const record = this.get(id);
+    if (!FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} is ${record.status}: cancel it first`, { field: 'id' });
+    this.records.delete(id);
+    this.removed.add(id);
+    await this.saving; // a save of this record in flight would recreate its folder
+    await this.store.remove(id);
     return record;
   }
 
@@ -172,6 +187,7 @@ export class JobManager {
       stats: record.stats,
       webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error } : null,
       request: record.request,
+      notes: record.notes ?? [],
     };
   }
 
@@ -186,7 +202,7 @@ export class JobManager {
   }
 
   private persist(record: JobRecord): Promise<void> {
-    const next = this.saving.then(() => this.store.save(record));
+    const next = this.saving.then(() => (this.removed.has(record.id) ? undefined : this.store.save(record)));
     this.saving = next.catch((error: unknown) => this.log.error('cannot save job', { job: record.id, error: String(error) }));
     return next;
   }

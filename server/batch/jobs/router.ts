@@ -1,26 +1,51 @@
 /**
  * Async jobs (Replicate / fal style, REFERENCE §7):
  *   POST   /v1/jobs                      accept an image batch or a video (JSON, or multipart with a `video` file) -> 201 job
- *   GET    /v1/jobs                      list (newest first; ?status= filters)
- *   GET    /v1/jobs/:id                  {id, status, progress, eta_seconds, urls, error, ...}
- *   DELETE /v1/jobs/:id                  cancel (409 when already finished)
+ *   GET    /v1/jobs                      a page of jobs, newest first: ?limit= (20, at most 100), ?cursor= (the last
+ *                                        page's next_cursor), ?status= filters -> {jobs, next_cursor}
+ *   GET    /v1/jobs/:id                  {id, status, progress, eta_seconds, urls, error, notes, ...}
+ *   DELETE /v1/jobs/:id                  cancel a queued or running job; a finished one is deleted with its files
  *   GET    /v1/jobs/:id/results/:file    a result file
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import express from 'express';
+import { z } from 'zod';
 import { ServiceError } from '../../../models/errors.ts';
+import { fitRequest } from '../../../pipelines/plan.ts';
 import type { AppContext } from '../../context.ts';
 import { asyncHandler } from '../../http-errors.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { videoExtension, videoUpload } from '../uploads.ts';
-import { decodeBase64Image } from '../validate.ts';
+import { decodeBase64Image, parseBody } from '../validate.ts';
 import type { JobManager } from './manager.ts';
 import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
-import { JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
+import { FINISHED, JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
 
 const INIT_IMAGE_FILE = 'input-image.bin';
+/** Jobs per page of GET /v1/jobs when ?limit= is not given. */
+export const DEFAULT_PAGE_SIZE = 20;
+export const MAX_PAGE_SIZE = 100;
+
+const listQuery = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(MAX_PAGE_SIZE).default(DEFAULT_PAGE_SIZE),
+    cursor: z.string().max(200).optional(),
+    status: z.enum(JOB_STATUSES).optional(),
+  })
+  .strict();
+
+/** A page boundary: the last job shown, as created_at and id (the list's order), opaque to clients. */
+function cursorOf(record: JobRecord): string {
+  return Buffer.from(`${record.created_at}\n${record.id}`).toString('base64url');
+}
+
+function afterCursor(cursor: string): (record: JobRecord) => boolean {
+  const [createdAt, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('\n');
+  if (!createdAt || !id || !isJobId(id)) throw new ServiceError('bad_request', 'cursor: not a cursor this server gave', { field: 'cursor' });
+  return (r) => r.created_at < createdAt || (r.created_at === createdAt && r.id < id);
+}
 
 function jobId(raw: unknown): string {
   const id = String(raw);
@@ -65,7 +90,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
         let record: JobRecord;
         if (parsed.kind === 'images') {
           if (upload) throw new ServiceError('bad_request', 'video: a file upload makes a video job (kind "video")', { field: 'video' });
-          const size = ctx.engine.size(parsed.request.params);
+          const { size, notes } = fitRequest(ctx.engine, parsed.request.params);
           // 2a. an init image is checked now, stored beside the job
           const init = parsed.initImage;
           if (init) await decodeBase64Image(init, size.width, size.height, 'init_image');
@@ -74,10 +99,10 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
             await mkdir(dir, { recursive: true });
             await writeFile(join(dir, INIT_IMAGE_FILE), Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
           }
-          record = { ...common, kind: 'images', request, webhook: webhookState(parsed.webhook) };
+          record = { ...common, kind: 'images', request, webhook: webhookState(parsed.webhook), notes: [...notes] };
         } else {
           // 2b. a video: an upload or an allowed server-side path, and an ffmpeg to read it
-          ctx.engine.size(parsed.params);
+          const { notes } = fitRequest(ctx.engine, parsed.params, 'stream');
           if (!!upload === !!parsed.path) {
             throw new ServiceError('bad_request', upload ? 'path: give a file upload or a path, not both' : 'video: upload a file (multipart field "video") or give a path', { field: upload ? 'path' : 'video' });
           }
@@ -93,7 +118,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
             await rename(upload!.path, join(dir, name));
             source = { upload: name };
           }
-          record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook) };
+          record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook), notes: [...notes] };
         }
         // 3. persisted before it is acknowledged
         await jobs.submit(record).catch(async (error: unknown) => {
@@ -108,12 +133,12 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
   );
 
   router.get('/v1/jobs', (req, res) => {
-    const status = req.query['status'];
-    if (status !== undefined && !JOB_STATUSES.includes(status as JobStatus)) {
-      throw new ServiceError('bad_request', `status: must be one of ${JOB_STATUSES.join(', ')}`, { field: 'status' });
-    }
-    const list = jobs.list().filter((r) => status === undefined || r.status === status);
-    res.json({ jobs: list.map((r) => jobs.view(r, baseUrl(req))) });
+    const query = parseBody(listQuery, { ...req.query });
+    const after = query.cursor === undefined ? () => true : afterCursor(query.cursor);
+    const matching = jobs.list().filter((r) => (query.status === undefined || r.status === query.status) && after(r));
+    const page = matching.slice(0, query.limit);
+    const more = matching.length > page.length;
+    res.json({ jobs: page.map((r) => jobs.view(r, baseUrl(req))), next_cursor: more ? cursorOf(page.at(-1)!) : null });
   });
 
   router.get('/v1/jobs/:id', (req, res) => {
@@ -123,7 +148,10 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
   router.delete(
     '/v1/jobs/:id',
     asyncHandler(async (req, res) => {
-      res.json(jobs.view(await jobs.cancel(jobId(req.params['id'])), baseUrl(req)));
+      const id = jobId(req.params['id']);
+      // a queued or running job is canceled (and kept); a finished one is deleted with its files
+      if (!FINISHED.includes(jobs.get(id).status)) res.json(jobs.view(await jobs.cancel(id), baseUrl(req)));
+      else res.json({ ...jobs.view(await jobs.remove(id), baseUrl(req)), urls: [], deleted: true });
     }),
   );
 

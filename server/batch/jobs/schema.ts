@@ -7,8 +7,8 @@
  */
 import { z } from 'zod';
 import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
-import { paramsSchema, type GenerationParams } from '../../../pipelines/params.ts';
-import { parseBody, resolveSeed } from '../validate.ts';
+import { paramsSchema, parseRequestParams, RANDOM_SEED, type GenerationParams } from '../../../pipelines/params.ts';
+import { jsonOrText, parseBody } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
 export const MAX_JOB_IMAGES = 1000;
@@ -26,8 +26,8 @@ const webhook = z
   }, 'must be an http(s) URL')
   .optional();
 
-/** -1 asks for a random seed (resolved at acceptance, so a resumed job keeps it). */
-const seed = z.union([z.literal(-1), paramsSchema.shape.seed.removeDefault()]).optional();
+/** -1 or none asks for a random seed (resolved at acceptance, so a resumed job keeps it). */
+const seed = z.union([z.literal(RANDOM_SEED), paramsSchema.shape.seed.removeDefault()]).optional();
 
 const imagesSchema = paramsSchema
   .extend({
@@ -74,9 +74,9 @@ export type ParsedJob =
   | { kind: 'images'; request: Omit<ImagesJobRequest, 'init_file'>; initImage: string | undefined; webhook: string | undefined }
   | { kind: 'video'; params: GenerationParams; path: string | undefined; webhook: string | undefined };
 
-/** Generation parameters with the job's seed: -1 is drawn now (a resumed job keeps it); none -> the default. */
+/** Generation parameters with the job's seed: none or -1 is drawn now (a resumed job keeps it). */
 function withSeed(params: Record<string, unknown>, seed: unknown): GenerationParams {
-  return paramsSchema.parse({ ...params, ...(seed === undefined ? {} : { seed: seed === -1 ? resolveSeed(-1) : seed }) });
+  return parseRequestParams({ ...params, seed });
 }
 
 /** Validates a job body (JSON, or multipart fields already coerced). */
@@ -96,17 +96,5 @@ const TEXT_FIELDS = new Set(['kind', 'prompt', 'negative_prompt', 'path', 'webho
 
 /** Multipart form fields -> a JSON-like body (`steps=2` -> 2, `prompt=123` stays "123"). */
 export function coerceFormFields(fields: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(fields)) {
-    if (typeof value !== 'string' || TEXT_FIELDS.has(key)) {
-      out[key] = value;
-      continue;
-    }
-    try {
-      out[key] = JSON.parse(value);
-    } catch {
-      out[key] = value;
-    }
-  }
-  return out;
+  return Object.fromEntries(Object.entries(fields).map(([key, value]) => [key, TEXT_FIELDS.has(key) ? value : jsonOrText(value)]));
 }

@@ -52,6 +52,8 @@ export interface JobRecord<Request = unknown> {
   /** Origin (scheme://host) of the request that created the job, for absolute URLs in webhooks. */
   readonly base_url: string;
   stats: Record<string, number | boolean>;
+  /** Where the render differs from the request (guidance brought into the model's range ...); absent in older records. */
+  notes?: string[];
 }
 
 export class JobStore {

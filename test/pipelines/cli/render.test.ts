@@ -2,11 +2,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { BASE_PACK } from '../../helpers/fixtures.ts';
+import { readImageText } from '../../../pipelines/codecs/image.ts';
+import { BASE_PACK, FIXTURES } from '../../helpers/fixtures.ts';
 import { HAVE_FFMPEG, makeTestVideo, probe, tempDir } from '../../server/batch/helpers.ts';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'pipelines', 'cli', 'render.ts');
@@ -52,4 +54,38 @@ test('--video renders a video to MP4 with the same frames and its audio', { skip
   const wrongExt = render('--video', clip, '--out', join(dir, 'x.png'));
   assert.notEqual(wrongExt.status, 0);
   assert.match(wrongExt.stderr, /\.mp4/);
+});
+
+test('no --seed draws one and prints it; every image carries its parameters; --from-png renders the same file again, flags override', async () => {
+  const dir = await tempDir('cli-png-');
+  const a = render('--prompt', 'a red circle', '--negative', 'a blue background', '--out', join(dir, 'a.png'));
+  assert.equal(a.status, 0, a.stderr);
+  const seed = Number(/seed (\d+)\)/.exec(a.stdout)?.[1]);
+  assert.ok(Number.isInteger(seed), a.stdout);
+  assert.match(a.stderr, /note: negative prompt given: guidance self ignores it, so full guidance is used/);
+  const text = await readImageText(await readFile(join(dir, 'a.png')));
+  assert.match(text ?? '', new RegExp(`^a red circle\\nNegative prompt: a blue background\\nSteps: 1, Sampler: LCM, CFG scale: 1.2, Seed: ${seed}, Size: 64x64, Model: base, Guidance: full$`));
+  const again = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--model', BASE_PACK, '--from-png', join(dir, 'a.png'), '--out', join(dir, 'b.png')], { encoding: 'utf8' });
+  assert.equal(again.status, 0, again.stderr);
+  assert.ok((await readFile(join(dir, 'b.png'))).equals(await readFile(join(dir, 'a.png'))), 'the same file, byte for byte');
+  const other = render('--from-png', join(dir, 'a.png'), '--seed', String((seed + 1) % 2 ** 32), '--out', join(dir, 'c.webp'));
+  assert.equal(other.status, 0, other.stderr);
+  assert.match((await readImageText(await readFile(join(dir, 'c.webp')))) ?? '', new RegExp(`^a red circle\\nNegative prompt: a blue background\\n.*Seed: ${(seed + 1) % 2 ** 32},`));
+  const second = render('--prompt', 'a red circle', '--out', join(dir, 'd.png'));
+  assert.notEqual(Number(/seed (\d+)\)/.exec(second.stdout)?.[1]), seed, 'another run, another seed');
+});
+
+test('flags name themselves in errors', () => {
+  for (const [args, flag] of [
+    [['--budget', '2'], '--budget'],
+    [['--adapter', 'heart:x'], '--adapter'],
+    [['--seed', '1:0.5', '--seed', '2:abc'], '--seed'],
+    [['--t-index-list', '10,99'], '--t-index-list'],
+    [['--prompt', 'a', '--prompt-weight', '1', '--prompt-weight', '2'], '--prompt-weight'],
+    [['--from-png', join(FIXTURES, 'golden', 'stream-0.png')], '--from-png'],
+  ] as const) {
+    const r = render(...args, '--out', join(tmpdir(), 'never.png'));
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stdout}`);
+    assert.ok(r.stderr.includes(flag), `${args.join(' ')}: ${r.stderr}`);
+  }
 });

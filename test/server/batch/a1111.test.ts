@@ -1,8 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
-import { loraTags } from '../../../server/batch/a1111.ts';
-import { ServiceError } from '../../../models/errors.ts';
 import { Engine } from '../../../pipelines/engine.ts';
 import { BASE_PACK } from '../../helpers/fixtures.ts';
 import { getJson, postJson, startServer, type TestServer } from './helpers.ts';
@@ -43,9 +41,10 @@ test('txt2img: A1111 response shape, batch_size x n_iter images with consecutive
   assert.deepEqual(info.all_seeds, [40, 41, 42, 43]);
   assert.equal(info.sampler_name, 'LCM');
   assert.equal(info.guidance, 'full');
-  assert.equal(info.cfg_scale, 3);
+  assert.equal(info.cfg_scale, 2, 'cfg_scale 3 is above the model\'s range (1-2): the scale used is reported');
   assert.deepEqual(info.unsupported_fields.sort(), ['enable_hr', 'restore_faces']);
   assert.ok(info.notes.some((n: string) => n.includes('Euler a')));
+  assert.ok(info.notes.some((n: string) => /guidance scale 3 is outside this model's recommended range 1-2: 2 is used/.test(n)), info.notes.join('\n'));
   assert.match(info.infotexts[1], /Seed: 41, Size: 64x64/);
   assert.equal(body.parameters.prompt, 'a red circle');
   assert.equal(body.parameters.seed, 40);
@@ -155,13 +154,7 @@ test('the images metric counts per endpoint', async () => {
   assert.ok(txt && txt.value >= 4);
 });
 
-test('A1111 <lora:name:weight> prompt tags choose adapters and leave the prompt', async () => {
-  assert.deepEqual(loraTags('a large <lora:heart:0.8> red heart <LORA:ring> <lora:x_1:1.5:0.5>'), {
-    prompt: 'a large red heart',
-    adapters: [{ name: 'heart', weight: 0.8 }, { name: 'ring', weight: 1 }, { name: 'x_1', weight: 1.5 }],
-  });
-  assert.deepEqual(loraTags('no tags here'), { prompt: 'no tags here', adapters: [] });
-  assert.throws(() => loraTags('<lora:heart:abc>'), (e: unknown) => e instanceof ServiceError && e.code === 'bad_request' && /no numeric weight/.test(e.message));
+test('A1111 <lora:name:weight> prompt tags reach the UNet choice (pipelines/prompt-syntax.ts reads them)', async () => {
   // the tag reaches the UNet choice: this fixture model has no adapters, and says which were asked for
   const { status, body } = await postJson(`${server.url}/sdapi/v1/txt2img`, { prompt: 'a red heart <lora:heart:1>', ...small });
   assert.equal(status, 404, JSON.stringify(body));
@@ -182,5 +175,63 @@ test('a render runs on the UNet its adapters name (merged variant through the ba
     assert.deepEqual(calls, ['heart'], 'one UNet call (1 step), on the merged UNet');
   } finally {
     await own.close();
+  }
+});
+
+test('this service\'s parameters ride in override_settings or the StreamDiffusion script; other settings and scripts are listed as unsupported', async () => {
+  const base = { prompt: 'a red circle', seed: 5, cfg_scale: 2, ...small };
+  const plain = await postJson(`${server.url}/sdapi/v1/txt2img`, base);
+  const viaSettings = await postJson(`${server.url}/sdapi/v1/txt2img`, { ...base, override_settings: { guidance: 'initialize', delta: 0.5, CLIP_stop_at_last_layers: 2 } });
+  const viaScript = await postJson(`${server.url}/sdapi/v1/txt2img`, { ...base, alwayson_scripts: { StreamDiffusion: { args: [{ guidance: 'initialize', delta: 0.5 }] }, ControlNet: { args: [] } } });
+  for (const res of [plain, viaSettings, viaScript]) assert.equal(res.status, 200, JSON.stringify(res.body));
+  assert.equal(viaSettings.body.images[0], viaScript.body.images[0], 'the same parameters either way');
+  assert.notEqual(viaSettings.body.images[0], plain.body.images[0], 'and they take effect');
+  const info = JSON.parse(viaSettings.body.info);
+  assert.equal(info.guidance, 'initialize');
+  assert.match(info.infotexts[0], /Guidance: initialize, RCFG delta: 0.5/);
+  assert.deepEqual(info.unsupported_fields, ['override_settings.CLIP_stop_at_last_layers']);
+  assert.deepEqual(JSON.parse(viaScript.body.info).unsupported_fields, ['alwayson_scripts.ControlNet']);
+  const errors: [Record<string, unknown>, string][] = [
+    [{ override_settings: { budget: 2 } }, 'override_settings.budget'],
+    [{ override_settings: { adapters: [{ name: 'heart', weight: 'x' }] } }, 'override_settings.adapters.0.weight'],
+    [{ alwayson_scripts: { StreamDiffusion: { args: [{ budgett: 0.5 }] } } }, 'alwayson_scripts.StreamDiffusion.args.0.budgett'],
+    [{ alwayson_scripts: { StreamDiffusion: { args: ['initialize'] } } }, 'alwayson_scripts.StreamDiffusion.args.0'],
+    [{ subseed: 3, subseed_strength: 2 }, 'subseed_strength'],
+  ];
+  for (const [extra, field] of errors) {
+    const res = await postJson(`${server.url}/sdapi/v1/txt2img`, { ...base, ...extra });
+    assert.equal(res.status, 400, JSON.stringify(extra));
+    assert.equal(res.body.error.field, field, JSON.stringify(res.body));
+  }
+});
+
+test('a variation seed (subseed at subseed_strength) blends the noise and is reported; AND blends prompts', async () => {
+  const base = { prompt: 'a red circle', seed: 5, ...small, batch_size: 2 };
+  const varied = await postJson(`${server.url}/sdapi/v1/txt2img`, { ...base, subseed: 9, subseed_strength: 0.4 });
+  const info = JSON.parse(varied.body.info);
+  assert.deepEqual([info.all_seeds, info.all_subseeds, info.subseed_strength], [[5, 6], [9, 10], 0.4]);
+  assert.match(info.infotexts[1], /Seed: 6, .*Seed blend: "6:0.6, 10:0.4"/);
+  const plain = await postJson(`${server.url}/sdapi/v1/txt2img`, base);
+  assert.notEqual(varied.body.images[0], plain.body.images[0]);
+  const blended = await postJson(`${server.url}/sdapi/v1/txt2img`, { ...base, prompt: 'a red circle :0.5 AND a blue square :0.5' });
+  assert.match(JSON.parse(blended.body.info).infotexts[0], /^a red circle :0.5 AND a blue square :0.5\n/);
+});
+
+test('png-info reads the parameters of a PNG it wrote; an image without them, or not an image, says so', async () => {
+  const made = await postJson(`${server.url}/sdapi/v1/txt2img`, { prompt: 'a red, round circle', negative_prompt: 'blue', seed: 8, cfg_scale: 1.5, ...small });
+  const info = await postJson(`${server.url}/sdapi/v1/png-info`, { image: `data:image/png;base64,${made.body.images[0]}` });
+  assert.equal(info.status, 200);
+  assert.equal(info.body.info, JSON.parse(made.body.info).infotexts[0]);
+  assert.equal(info.body.items.parameters, info.body.info);
+  assert.equal(info.body.parameters['Prompt'], 'a red, round circle');
+  assert.equal(info.body.parameters['Negative prompt'], 'blue');
+  assert.deepEqual(info.body.params, { prompt: 'a red, round circle', negative_prompt: 'blue', steps: 1, guidance: 'full', guidance_scale: 1.5, seed: 8, width: 64, height: 64 });
+  const bare = await sharp({ create: { width: 8, height: 8, channels: 3, background: 'red' } }).png().toBuffer();
+  const none = await postJson(`${server.url}/sdapi/v1/png-info`, { image: bare.toString('base64') });
+  assert.deepEqual([none.status, none.body.info, none.body.params], [200, '', null]);
+  for (const [body, field] of [[{ image: 'not base64!' }, 'image'], [{ image: Buffer.from('hello').toString('base64') }, 'image'], [{}, 'image']] as const) {
+    const res = await postJson(`${server.url}/sdapi/v1/png-info`, body);
+    assert.equal(res.status, 400, JSON.stringify(res.body));
+    assert.equal(res.body.error.field, field);
   }
 });

@@ -21,11 +21,16 @@ after(() => server.close());
 
 const small = { width: 64, height: 64, steps: 1 };
 
-/** What an uninterrupted render gives for image j of a job (seed + j), as PNG bytes. */
+/** What an uninterrupted render gives for image j of a job (seed + j), as the pixels of its PNG. */
 async function expectedPng(params: Record<string, unknown>, index: number): Promise<Buffer> {
   const p = parseParams(params);
   const [img] = await txt2img(await fixtureEngine(), { ...p, seed: (p.seed as number) + index }, 1);
-  return encodeImage(img!.data, img!.width, img!.height, 'png');
+  return pixels(await encodeImage(img!.data, img!.width, img!.height, 'png'));
+}
+
+/** An image's decoded pixels (a job's PNGs also carry their parameters, which a direct encode has not). */
+function pixels(bytes: Buffer): Promise<Buffer> {
+  return sharp(bytes).raw().toBuffer();
 }
 
 async function download(url: string): Promise<Buffer> {
@@ -48,7 +53,7 @@ test('an images job: 201, polled to succeeded with progress 1, results downloada
   assert.equal(job.urls.length, 3);
   for (const [j, url] of (job.urls as string[]).entries()) {
     assert.ok(url.startsWith(`${server.url}/v1/jobs/${job.id}/results/image-000${j}.png`), url);
-    assert.ok((await download(url)).equals(await expectedPng(params, j)), `image ${j} differs from a direct render`);
+    assert.ok((await pixels(await download(url))).equals(await expectedPng(params, j)), `image ${j} differs from a direct render`);
   }
   // persisted beside its results
   const record = JSON.parse(await readFile(join(server.config.dataDir, 'jobs', job.id, 'job.json'), 'utf8'));
@@ -107,7 +112,7 @@ test('list, status filter, unknown and malformed ids, result names', async () =>
   assert.equal(notResult.status, 404);
 });
 
-test('cancel: a queued job and a running job end canceled; a finished one is a 409', async () => {
+test('cancel: a queued job and a running job end canceled; DELETE on a finished one deletes it and its files', async () => {
   // a gate holds the UNet so the first job stays running and the second queued
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
@@ -140,7 +145,10 @@ test('cancel: a queued job and a running job end canceled; a finished one is a 4
     assert.equal(view.status, 'canceled');
     assert.ok(view.progress < 1);
     const again = await fetch(`${held.url}/v1/jobs/${running.body.id}`, { method: 'DELETE' });
-    assert.equal(again.status, 409);
+    assert.equal(again.status, 200);
+    assert.equal(((await again.json()) as Json).deleted, true);
+    assert.equal((await getJson(`${held.url}/v1/jobs/${running.body.id}`)).status, 404);
+    assert.deepEqual(await readdir(held.api.manager.store.root), [queued.body.id], 'the deleted job\'s folder is gone; the canceled one is kept');
   } finally {
     release();
     await held.close();
@@ -183,6 +191,7 @@ test('invalid job requests: 4xx with a message naming the field', async () => {
     [{ kind: 'images', width: 72 }, 'width', 400],
     [{ kind: 'images', seed: -5 }, 'seed', 400],
     [{ kind: 'images', colour: 'red' }, 'colour', 400],
+    [{ kind: 'images', vae: 'tiny' }, 'vae', 400],
     [{ kind: 'images', webhook: 'ftp://example.invalid/x' }, 'webhook', 400],
     [{ kind: 'images', webhook: 'not a url' }, 'webhook', 400],
     [{ kind: 'images', init_image: '@@@' }, 'init_image', 400],
@@ -241,7 +250,7 @@ test('drain mid-run, then a new API on the same data dir resumes the job and com
     const job = await waitForJob(second.url, id);
     assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
     assert.equal(job.urls.length, 5);
-    for (let j = 0; j < 5; j++) assert.ok((await download(job.urls[j])).equals(await expectedPng(params, j)), `image ${j}`);
+    for (let j = 0; j < 5; j++) assert.ok((await pixels(await download(job.urls[j]))).equals(await expectedPng(params, j)), `image ${j}`);
   } finally {
     await second.close();
   }
@@ -274,7 +283,7 @@ test('a job survives SIGKILL of the server process: a new server on the data dir
       const job = await waitForJob(second.url, created.body.id);
       assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
       assert.equal(job.urls.length, 6);
-      for (let j = 0; j < 6; j++) assert.ok((await download(job.urls[j])).equals(await expectedPng(params, j)), `image ${j}`);
+      for (let j = 0; j < 6; j++) assert.ok((await pixels(await download(job.urls[j]))).equals(await expectedPng(params, j)), `image ${j}`);
       const files = await readdir(join(dataDir, 'jobs', created.body.id));
       assert.ok(!files.some((f) => f.endsWith('.tmp') || f.endsWith('.partial')), files.join(' '));
     } finally {
@@ -339,4 +348,57 @@ test('while draining, new jobs are refused with 503', async () => {
   } finally {
     await s.close();
   }
+});
+
+test('GET /v1/jobs pages through the jobs newest first (limit, next_cursor); a job without a seed gets one; notes are in the view', async () => {
+  const own = await startServer({ start: false }); // accepted, never run: the listing is what is tested
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await postJson(`${own.url}/v1/jobs`, { kind: 'images', prompt: `job ${i}`, ...small, ...(i === 0 ? { guidance: 'full', guidance_scale: 6 } : {}) });
+      assert.equal(res.status, 201);
+      ids.push(res.body.id);
+      await new Promise((r) => setTimeout(r, 3)); // distinct creation times
+    }
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page: Json = await getJson(`${own.url}/v1/jobs?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      assert.equal(page.status, 200);
+      assert.ok(page.body.jobs.length <= 2);
+      seen.push(...page.body.jobs.map((j: Json) => j.id));
+      cursor = page.body.next_cursor;
+      pages++;
+    } while (cursor);
+    assert.deepEqual(seen, [...ids].reverse(), 'every job once, newest first');
+    assert.equal(pages, 3);
+    const all = await getJson(`${own.url}/v1/jobs`);
+    assert.equal(all.body.jobs.length, 5);
+    assert.equal(all.body.next_cursor, null);
+    const first = all.body.jobs.at(-1);
+    assert.ok(Number.isInteger(first.request.params.seed), 'a random seed, fixed at acceptance');
+    assert.match(first.notes.join(), /guidance scale 6 is outside this model's recommended range 1-2: 2 is used/);
+    for (const [query, field] of [['limit=0', 'limit'], ['limit=500', 'limit'], ['cursor=bogus', 'cursor'], ['status=done', 'status'], ['sort=asc', 'sort']] as const) {
+      const res = await getJson(`${own.url}/v1/jobs?${query}`);
+      assert.equal(res.status, 400, query);
+      assert.equal(res.body.error.field, field, JSON.stringify(res.body));
+    }
+  } finally {
+    await own.close();
+  }
+});
+
+test('DELETE on a succeeded job removes the job and its files', async () => {
+  const created = await postJson(`${server.url}/v1/jobs`, { kind: 'images', count: 2, prompt: 'x', seed: 1, ...small });
+  const job = await waitForJob(server.url, created.body.id);
+  assert.equal(job.status, 'succeeded');
+  assert.equal((await fetch(job.urls[0])).status, 200);
+  const res = await fetch(`${server.url}/v1/jobs/${job.id}`, { method: 'DELETE' });
+  assert.equal(res.status, 200);
+  assert.deepEqual((({ deleted, status, urls }) => ({ deleted, status, urls }))((await res.json()) as Json), { deleted: true, status: 'succeeded', urls: [] });
+  assert.equal((await getJson(`${server.url}/v1/jobs/${job.id}`)).status, 404);
+  assert.equal((await fetch(job.urls[0])).status, 404);
+  assert.ok(!(await readdir(server.api.manager.store.root)).includes(job.id), 'its folder is gone');
+  assert.equal((await fetch(`${server.url}/v1/jobs/${job.id}`, { method: 'DELETE' })).status, 404);
 });

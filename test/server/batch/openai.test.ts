@@ -110,3 +110,40 @@ test('an upload over maxUploadBytes is refused with 413', async () => {
     await small.close();
   }
 });
+
+test('openai: every generation parameter as an extension field (JSON, or multipart form text), <lora:> tags, seeds and notes in the answer', async () => {
+  const generate = async (body: Record<string, unknown>) => (await client.images.generate({ size: '64x64' as '256x256', ...body } as OpenAI.ImageGenerateParamsNonStreaming)) as OpenAI.ImagesResponse & { notes: string[]; data: { seed: number }[] };
+  const base = { prompt: 'a green triangle', seed: 4, steps: 2 };
+  const plain = await generate(base);
+  assert.equal(plain.data[0]!.seed, 4);
+  assert.deepEqual(plain.notes, []);
+  const extended = await generate({ ...base, guidance: 'initialize', guidance_scale: 5, delta: 0.5, t_index_list: [15, 35], prompt_blend: 'slerp' });
+  assert.notEqual(extended.data[0]!.b64_json, plain.data[0]!.b64_json);
+  assert.match(extended.notes.join(), /guidance scale 5 is outside this model's recommended range 1-2: 2 is used/);
+  const text = (await sharp(Buffer.from(extended.data[0]!.b64_json!, 'base64')).metadata()).comments?.[0]?.text ?? '';
+  assert.match(text, /CFG scale: 2, Seed: 4, Size: 64x64, .*Guidance: initialize, RCFG delta: 0.5, T index list: "\[15,35\]"/);
+  const random = await generate({ prompt: 'a green triangle', steps: 1, n: 2 });
+  assert.equal(random.data[1]!.seed, (random.data[0]!.seed + 1) % 2 ** 32, 'a random seed, reported; image j uses seed + j');
+  // <lora:> tags leave the prompt and choose adapters: this fixture model has none, and says which were asked for
+  const tagged = await postJson(`${server.url}/v1/images/generations`, { prompt: 'a heart <lora:heart:0.7>', size: '64x64' });
+  assert.equal(tagged.status, 404);
+  assert.match(tagged.body.error.message, /no adapters \(asked for heart\)/);
+  // a multipart form sends numbers, lists and booleans as text
+  const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 10, g: 200, b: 10 } } }).png().toBuffer();
+  const edit = (await client.images.edit({
+    image: await toFile(png, 'in.png', { type: 'image/png' }), prompt: 'a red square', size: '64x64' as '256x256',
+    ...{ seed: 3, strength: 0.7, guidance: 'full', guidance_scale: 1.5, strict_guidance: true },
+  } as OpenAI.ImageEditParamsNonStreaming)) as OpenAI.ImagesResponse;
+  const editText = (await sharp(Buffer.from(edit.data![0]!.b64_json!, 'base64')).metadata()).comments?.[0]?.text ?? '';
+  assert.match(editText, /CFG scale: 1.5, Seed: 3, Size: 64x64, Model: base, Denoising strength: 0.7, Guidance: full, Strict guidance: true/);
+  for (const [body, field] of [
+    [{ prompt: 'x', budget: 2 }, 'budget'],
+    [{ prompt: 'x', adapters: [{ name: '../x', weight: 1 }] }, 'adapters.0.name'],
+    [{ prompt: 'x', size: '64x64', width: 64 }, 'size'],
+    [{ prompt: 'x', guidance: 'most' }, 'guidance'],
+  ] as const) {
+    const res = await postJson(`${server.url}/v1/images/generations`, body);
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.equal(res.body.error.field, field, JSON.stringify(res.body));
+  }
+});
