@@ -24,6 +24,6 @@ test('--background-share: the minimum share owed to renders and jobs (default 0.
   assert.equal(loadConfig(['--background-share', '0'], {}).backgroundShare, 0);
   assert.equal(loadConfig([], { BACKGROUND_SHARE: '0.2' }).backgroundShare, 0.2);
   for (const bad of ['0.6', '-0.1', 'x', '']) {
-    assert.throws(() => loadConfig(['--background-share', bad], {}), (e: ServiceError) => e.code === 'bad_request' && e.field === 'background-share');
+    assert.throws(() => loadConfig([`--background-share=${bad}`], {}), (e: ServiceError) => e.code === 'bad_request' && e.field === 'background-share');
   }
 });
