@@ -1,7 +1,8 @@
 /**
- * The four networks of a Stable-Diffusion-family pack, each a thin wrapper that reads its tensor contract
- * from the session's metadata (REFERENCE §5) and never guesses: int32 or int64 ids; timestep int64 [B],
- * float32 [] or float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters.
+ * The networks of a Stable-Diffusion-family pack, each a thin wrapper that reads its tensor contract from the
+ * session's metadata (REFERENCE §5) and never guesses: int32 or int64 ids; timestep int64 [B], float32 [] or
+ * float32 [B]; float16 or float32 I/O; latent_sample or latent_parameters; SDXL's added conditions (text_embeds,
+ * time_ids) and an LCM-distilled UNet's guidance embedding (timestep_cond) when the UNet has those inputs.
  */
 import { ServiceError } from './errors.ts';
 import type { DType, Feed, IoSpec, Model } from './runtime/contract.ts';
@@ -26,10 +27,22 @@ function requireOutput(model: Model, names: readonly string[]): IoSpec {
 }
 
 export interface PromptEmbedding {
-  /** last_hidden_state, [77 * D] */
+  /** The hidden states the UNet attends to, [77 * D] */
   readonly hidden: Float32Array;
-  /** pooler_output, [D] (the router's input); zeros when the model has none */
+  /** pooler_output or text_embeds, [P] (the router's input; SDXL's added condition); empty when the model has none */
   readonly pooled: Float32Array;
+}
+
+/** Which hidden state a text encoder gives the UNet: the last (SD 1.x/2.x) or the one before (SDXL, "clip skip 2"). */
+export type HiddenLayer = 'last' | 'penultimate';
+
+/** The output holding the hidden states of the layer before the last: hidden_states.<N - 1> of hidden_states.0 .. N. */
+function penultimateOutput(model: Model): string {
+  const layers = model.outputs.map((o) => /^hidden_states\.(\d+)$/.exec(o.name)?.[1]).filter((n): n is string => n !== undefined).map(Number);
+  if (layers.length < 2) {
+    throw new ServiceError('model_invalid', `${model.label}: SDXL reads the penultimate hidden state, but the model has no hidden_states.<n> outputs (export it with output_hidden_states, as optimum does)`);
+  }
+  return `hidden_states.${Math.max(...layers) - 1}`;
 }
 
 export class ClipTextEncoder {
@@ -37,10 +50,13 @@ export class ClipTextEncoder {
   readonly hiddenName: string;
   readonly pooledName: string | undefined;
 
-  constructor(readonly model: Model) {
+  constructor(
+    readonly model: Model,
+    readonly layer: HiddenLayer = 'last',
+  ) {
     this.idsType = requireInput(model, ['input_ids']).dtype;
-    this.hiddenName = requireOutput(model, ['last_hidden_state']).name;
-    this.pooledName = ['pooler_output', 'text_embeds'].find((n) => model.output(n) !== undefined);
+    this.hiddenName = layer === 'last' ? requireOutput(model, ['last_hidden_state']).name : penultimateOutput(model);
+    this.pooledName = ['text_embeds', 'pooler_output'].find((n) => model.output(n) !== undefined);
   }
 
   /** Encodes token id rows ([B, 77] flattened). */
@@ -66,14 +82,43 @@ export interface UnetRow {
   readonly sample: Float32Array;
   readonly timestep: number;
   readonly context: Float32Array;
+  /** SDXL: the pooled prompt embedding (text_embeds, [P]); required by UNets with a text_embeds input. */
+  readonly pooled?: Float32Array | undefined;
+  /** SDXL micro-conditioning [original h, w, crop top, left, target h, w]; default: the render size, no crop. */
+  readonly timeIds?: Float32Array | undefined;
+  /** LCM-distilled UNets: the guidance scale w of the guidance embedding (timestep_cond). */
+  readonly guidanceScale?: number | undefined;
 }
 
+/** Pixels per latent pixel: SD's VAE downsamples 8x (time_ids are in pixels). */
+export const VAE_SCALE = 8;
+
+/** diffusers' get_guidance_scale_embedding: sinusoids of 1000 (w - 1), [dim]. */
+export function guidanceEmbedding(w: number, dim: number): Float32Array {
+  const half = Math.floor(dim / 2);
+  const out = new Float32Array(dim);
+  const scaled = (w - 1) * 1000;
+  for (let i = 0; i < half; i++) {
+    const arg = scaled * Math.exp((-Math.log(10000) * i) / (half - 1));
+    out[i] = Math.sin(arg);
+    out[half + i] = Math.cos(arg);
+  }
+  return out;
+}
+
+/** perRow: one timestep per batch row ([batch]); otherwise one for the call, a scalar [] or a fixed [1]. */
 export type TimestepContract = { readonly dtype: 'int64' | 'float32' | 'float16'; readonly perRow: boolean };
 
 export class Unet {
   readonly timestep: TimestepContract;
   readonly latentChannels: number;
   readonly outputName: string;
+  /** Width of SDXL's text_embeds input (0: the UNet has no added conditions). */
+  readonly pooledSize: number;
+  /** Width of an LCM-distilled UNet's timestep_cond input (0: none). */
+  readonly guidanceEmbeddingSize: number;
+  /** Dims of a timestep shared by the call: [] (scalar) or [1]. */
+  private readonly singleTimestepDims: readonly number[];
   private readonly contexts = new ContextCache();
 
   constructor(readonly model: Model) {
@@ -82,10 +127,22 @@ export class Unet {
     const t = requireInput(model, ['timestep']);
     if (t.dtype === 'int32') throw new ServiceError('unsupported', `${model.label}: int32 timestep is not a known export contract`);
     if (t.dims.length > 1) throw new ServiceError('unsupported', `${model.label}: timestep of rank ${t.dims.length} is not a known export contract`);
-    this.timestep = { dtype: t.dtype, perRow: t.dims.length === 1 };
+    const single = t.dims.length === 0 || t.dims[0] === 1; // a scalar, or a [1] some exporters fix
+    this.timestep = { dtype: t.dtype, perRow: !single };
+    this.singleTimestepDims = t.dims.length === 0 ? [] : [1];
     const channels = model.input('sample')!.dims[1];
     this.latentChannels = typeof channels === 'number' && channels > 0 ? channels : SD_LATENT_CHANNELS;
     this.outputName = requireOutput(model, ['out_sample']).name;
+    const width = (name: string) => {
+      const spec = model.input(name);
+      if (!spec) return 0;
+      const d = spec.dims[1];
+      if (typeof d !== 'number' || d <= 0) throw new ServiceError('unsupported', `${model.label}: ${name} needs a fixed width, got [${spec.dims.join(', ')}]`);
+      return d;
+    };
+    this.pooledSize = width('text_embeds');
+    this.guidanceEmbeddingSize = width('timestep_cond');
+    if (this.pooledSize > 0) requireInput(model, ['time_ids']);
   }
 
   /**
@@ -115,17 +172,21 @@ export class Unet {
     });
     const hiddenSize = this.model.input('encoder_hidden_states')!.dims[2];
     const d = typeof hiddenSize === 'number' && hiddenSize > 0 ? hiddenSize : contextSize / CLIP_CONTEXT_LENGTH;
-    const steps = rows.map((r) => r.timestep);
-    const timestep = this.timestep.perRow
-      ? this.timestep.dtype === 'int64'
-        ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims: [b] }
-        : { data: Float32Array.from(steps), dims: [b] }
-      : { data: Float32Array.of(steps[0]!), dims: [] };
-    const out = await this.model.run({
+    const steps = this.timestep.perRow ? rows.map((r) => r.timestep) : [rows[0]!.timestep];
+    const dims = this.timestep.perRow ? [b] : this.singleTimestepDims;
+    const timestep = this.timestep.dtype === 'int64' ? { data: BigInt64Array.from(steps, (t) => BigInt(Math.round(t))), dims } : { data: Float32Array.from(steps), dims };
+    const feeds: Record<string, Feed> = {
       sample: { data: sample, dims: [b, this.latentChannels, h, w], transfer: true },
       timestep,
       encoder_hidden_states: { ...this.contexts.get(rows.map((r) => r.context)), dims: [b, contextSize / d, d] },
-    });
+    };
+    if (this.pooledSize > 0) Object.assign(feeds, addedConditionsOf(this, rows, h, w));
+    if (this.guidanceEmbeddingSize > 0) {
+      const cond = new Float32Array(b * this.guidanceEmbeddingSize); // [B, time_cond_proj_dim]
+      rows.forEach((r, i) => cond.set(guidanceEmbedding(r.guidanceScale ?? 1, this.guidanceEmbeddingSize), i * this.guidanceEmbeddingSize));
+      feeds['timestep_cond'] = { data: cond, dims: [b, this.guidanceEmbeddingSize] };
+    }
+    const out = await this.model.run(feeds);
     const eps = out[this.outputName]!.data;
     return rows.map((_, i) => eps.subarray(i * latentSize, (i + 1) * latentSize));
   }
@@ -165,6 +226,21 @@ class ContextCache {
     this.cache.set(keep, hit);
     return hit;
   }
+}
+
+/** SDXL's text_embeds [B, P] and time_ids [B, 6] for rows of latents h x w. */
+function addedConditionsOf(unet: Unet, rows: readonly UnetRow[], h: number, w: number): Record<string, Feed> {
+  const b = rows.length;
+  const p = unet.pooledSize;
+  const pooled = new Float32Array(b * p);
+  const timeIds = new Float32Array(b * 6);
+  const size = Float32Array.of(h * VAE_SCALE, w * VAE_SCALE, 0, 0, h * VAE_SCALE, w * VAE_SCALE);
+  rows.forEach((r, i) => {
+    if (r.pooled?.length !== p) throw new ServiceError('inference_failed', `${unet.model.label}: row ${i} has ${r.pooled?.length ?? 0} pooled values for text_embeds, the UNet takes ${p}`);
+    pooled.set(r.pooled, i * p);
+    timeIds.set(r.timeIds ?? size, i * 6);
+  });
+  return { text_embeds: { data: pooled, dims: [b, p] }, time_ids: { data: timeIds, dims: [b, 6] } };
 }
 
 function groupByTimestep(rows: readonly UnetRow[]): number[][] {

@@ -1,17 +1,22 @@
 /**
  * Loads a model pack: a folder in the diffusers/optimum ONNX layout (REFERENCE §5), described by its own files.
- *   model_index.json, scheduler/scheduler_config.json, tokenizer/, text_encoder/, unet/, vae_encoder/,
- *   vae_decoder/ (each <component>/model.onnx, weights may sit beside it as external data), and optionally
+ *   model_index.json, scheduler/scheduler_config.json, tokenizer/ + text_encoder/ (SDXL also tokenizer_2/ +
+ *   text_encoder_2/, see pack-kinds.ts), unet/, vae_encoder/, vae_decoder/ (each <component>/model.onnx, weights
+ *   may sit beside it as external data: model.onnx_data, weights.pb), and optionally
  *   taesd_encoder/ + taesd_decoder/ (a tiny VAE on scaled latents, scale factor 1), loaded beside the full VAE:
  *   each request chooses one (pipelines/plan.ts). Sessions live where models/sessions.ts places them.
  */
+import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { indexOnnxModel } from './adapters/onnx-graph.ts';
+import { nodeField, replaceGraphFields } from './adapters/onnx-rewrite.ts';
 import { ClipTextEncoder, Unet, VaeDecoder, VaeEncoder } from './components.ts';
 import { ServiceError } from './errors.ts';
 import { exists, readJsonObject } from './files.ts';
 import type { Model, Provider } from './runtime/contract.ts';
 import { packDefaults, packKind, type ComponentFolder, type PackDefaults, type PackKind } from './pack-kinds.ts';
+import { PromptEncoder } from './prompt-encoder.ts';
 import { ModelSessions, type Role } from './sessions.ts';
 import { loadClipTokenizer, type ClipTokenizer } from './tokenizer.ts';
 
@@ -45,6 +50,9 @@ export interface ModelPack {
   readonly kind: PackKind;
   readonly modelIndex: Record<string, unknown>;
   readonly schedulerConfig: Record<string, unknown>;
+  /** Prompt -> conditioning, over every text tower of the pack. */
+  readonly prompts: PromptEncoder;
+  /** The first tower's tokenizer and text encoder (the only ones of SD 1.x/2.x packs). */
   readonly tokenizer: ClipTokenizer;
   readonly textEncoder: ClipTextEncoder;
   readonly unet: Unet;
@@ -61,7 +69,10 @@ export interface ModelPack {
   readonly vaeScale: number;
   /** Width and height must be multiples of this (VAE factor x the UNet's own down-sampling). */
   readonly sizeMultiple: number;
-  /** The ranges of guidance scale and image size the model renders well in (pack-kinds.ts). */
+  /**
+   * The ranges of guidance scale and image size the model renders well in, and steps and guidance for requests
+   * that leave them out (pack-kinds.ts).
+   */
   readonly defaults: PackDefaults;
 }
 
@@ -80,6 +91,7 @@ function vaeScaleOf(config: Record<string, unknown>): number {
 /** The stage each component folder is placed by. */
 const ROLE: Record<ComponentFolder, Role> = {
   text_encoder: 'text_encoder',
+  text_encoder_2: 'text_encoder',
   unet: 'unet',
   vae_encoder: 'vae_encoder',
   taesd_encoder: 'vae_encoder',
@@ -93,6 +105,22 @@ async function loadSession(sessions: ModelSessions, dir: string, component: Comp
   return sessions.open(path, ROLE[component], component);
 }
 
+/**
+ * A VAE encoder that outputs a posterior draw (latent_sample, as the diffusers script and optimum < 1.23 export it)
+ * has a RandomNormalLike node whose unseeded draw would make every img2img run differ. It is loaded with that node
+ * replaced by Sub(x, x) (zeros of the same shape; onnxruntime refuses a RandomNormalLike of scale 0): the latent is
+ * the posterior mean, as with latent_parameters, and runs are repeatable.
+ */
+async function loadVaeEncoder(sessions: ModelSessions, dir: string, component: 'vae_encoder' | 'taesd_encoder'): Promise<Model> {
+  const path = join(dir, component, 'model.onnx');
+  const bytes = new Uint8Array(await readFile(path));
+  const index = indexOnnxModel(bytes, component);
+  const draws = index.nodes.filter((n) => n.opType === 'RandomNormalLike' && n.inputs.length === 1);
+  if (draws.length === 0) return loadSession(sessions, dir, component);
+  const edits = draws.map((n) => ({ range: n.field, replacement: nodeField({ name: n.name, opType: 'Sub', inputs: [n.inputs[0]!, n.inputs[0]!], outputs: n.outputs }) }));
+  return sessions.open(replaceGraphFields(bytes, index, edits), ROLE[component], component, join(dir, component));
+}
+
 function scalingFactor(config: Record<string, unknown>, fallback: number): number {
   const v = config['scaling_factor'];
   return typeof v === 'number' && v > 0 ? v : fallback;
@@ -104,12 +132,12 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   if (!(await exists(root))) throw new ServiceError('model_invalid', `model folder ${root} does not exist`);
   // 1. the pack describes itself
   const modelIndex = await readJsonObject(join(root, 'model_index.json'), 'model_index.json');
-  const kind = packKind(modelIndex);
+  const kind = packKind(modelIndex, await exists(join(root, 'text_encoder_2', 'model.onnx')));
   const schedulerConfig = await readJsonObject(join(root, 'scheduler', 'scheduler_config.json'), 'scheduler/scheduler_config.json');
-  const tokenizer = await loadClipTokenizer(join(root, 'tokenizer'));
   const missing = [];
   for (const folder of kind.required) if (!(await exists(join(root, folder, 'model.onnx')))) missing.push(`${folder}/model.onnx`);
   if (missing.length > 0) throw new ServiceError('model_invalid', `model pack ${root} is missing ${missing.join(', ')}`);
+  const tokenizers = await Promise.all(kind.towers.map((t) => loadClipTokenizer(join(root, t.tokenizer))));
   // 2. sessions, opened together: the full VAE, and the tiny one beside it when the pack has both of its parts
   const sessions = new ModelSessions(options);
   const has = async (folder: ComponentFolder) => kind.optional.includes(folder) && (await exists(join(root, folder, 'model.onnx')));
@@ -117,18 +145,18 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
   const optional = (present: boolean, folder: ComponentFolder) => (present ? loadSession(sessions, root, folder) : Promise.resolve(undefined));
   try {
     const loads = await Promise.allSettled([
-      loadSession(sessions, root, 'text_encoder'),
       loadSession(sessions, root, 'unet'),
-      optional(hasEncoder, 'vae_encoder'),
+      hasEncoder ? loadVaeEncoder(sessions, root, 'vae_encoder') : Promise.resolve(undefined),
       loadSession(sessions, root, 'vae_decoder'),
-      optional(hasTiny && hasTinyEncoder, 'taesd_encoder'),
+      hasTiny && hasTinyEncoder ? loadVaeEncoder(sessions, root, 'taesd_encoder') : Promise.resolve(undefined),
       optional(hasTiny, 'taesd_decoder'),
+      ...kind.towers.map((t) => loadSession(sessions, root, t.encoder)),
     ]);
     const failed = loads.find((l) => l.status === 'rejected');
     if (failed) throw failed.reason;
-    const [textModel, unetModel, encoderModel, decoderModel, tinyEncoderModel, tinyDecoderModel] = loads.map((l) => (l as PromiseFulfilledResult<Model | undefined>).value);
-    return await describePack(root, kind, modelIndex, schedulerConfig, tokenizer, sessions, {
-      text: textModel!,
+    const [unetModel, encoderModel, decoderModel, tinyEncoderModel, tinyDecoderModel, ...textModels] = loads.map((l) => (l as PromiseFulfilledResult<Model | undefined>).value);
+    const towers = kind.towers.map((t, i) => ({ tokenizer: tokenizers[i]!, encoder: new ClipTextEncoder(textModels[i]!, t.layer) }));
+    return await describePack(root, kind, modelIndex, schedulerConfig, towers, sessions, {
       unet: unetModel!,
       encoder: encoderModel,
       decoder: decoderModel!,
@@ -142,7 +170,6 @@ export async function loadPack(dir: string = EMBEDDED_PACK_DIR, options: PackOpt
 }
 
 interface PackModels {
-  readonly text: Model;
   readonly unet: Model;
   readonly encoder: Model | undefined;
   readonly decoder: Model;
@@ -155,7 +182,7 @@ async function describePack(
   kind: PackKind,
   modelIndex: Record<string, unknown>,
   schedulerConfig: Record<string, unknown>,
-  tokenizer: ClipTokenizer,
+  towers: readonly { readonly tokenizer: ClipTokenizer; readonly encoder: ClipTextEncoder }[],
   sessions: ModelSessions,
   models: PackModels,
 ): Promise<ModelPack> {
@@ -168,6 +195,8 @@ async function describePack(
   // The UNet halves the latent once per down block but the last: SD's 4 blocks need latents in multiples of 8.
   const blocks = Array.isArray(unetConfig['block_out_channels']) ? unetConfig['block_out_channels'].length : 4;
   const latentMultiple = typeof unetConfig['latent_multiple'] === 'number' ? unetConfig['latent_multiple'] : 2 ** (blocks - 1);
+  const unet = new Unet(models.unet);
+  const schedulerClass = typeof schedulerConfig['_class_name'] === 'string' ? schedulerConfig['_class_name'] : '';
   const tinyVae = models.tinyDecoder && { encoder: models.tinyEncoder && new VaeEncoder(models.tinyEncoder, 1), decoder: new VaeDecoder(models.tinyDecoder, 1) };
   return {
     dir: root,
@@ -175,9 +204,10 @@ async function describePack(
     kind,
     modelIndex,
     schedulerConfig,
-    tokenizer,
-    textEncoder: new ClipTextEncoder(models.text),
-    unet: new Unet(models.unet),
+    prompts: new PromptEncoder(towers, modelIndex['force_zeros_for_empty_prompt'] === true),
+    tokenizer: towers[0]!.tokenizer,
+    textEncoder: towers[0]!.encoder,
+    unet,
     vaeEncoder: models.encoder && new VaeEncoder(models.encoder, factor),
     vaeDecoder: new VaeDecoder(models.decoder, factor),
     tinyVae,
@@ -185,6 +215,6 @@ async function describePack(
     defaultImageSize: sampleSize * vaeScale,
     vaeScale,
     sizeMultiple: vaeScale * latentMultiple,
-    defaults: packDefaults(modelIndex, sampleSize * vaeScale),
+    defaults: packDefaults(modelIndex, sampleSize * vaeScale, { schedulerClass, guidanceEmbedding: unet.guidanceEmbeddingSize > 0 }),
   };
 }

@@ -81,10 +81,13 @@ export class ModelSessions {
     return this.pool?.dispatcher.waiting ?? 0;
   }
 
-  /** A network of the pack, on the workers its role is placed on. */
-  async open(source: string | Uint8Array, role: Role, label: string): Promise<Model> {
+  /**
+   * A network of the pack, on the workers its role is placed on. `externalDataDir`: where the external data of a
+   * model given as bytes lies (a model read from a path finds its own).
+   */
+  async open(source: string | Uint8Array, role: Role, label: string, externalDataDir?: string): Promise<Model> {
     const where = placement(role, this.workerCount, availableParallelism(), this.options.threads);
-    const options = this.sessionOptions(label, where.threads);
+    const options = this.sessionOptions(label, where.threads, externalDataDir);
     return this.track(this.pool ? await this.pool.load(source, options, where.workers) : await onThisThread(source, options));
   }
 
@@ -92,9 +95,9 @@ export class ModelSessions {
    * A model on a worker of its own (a merged-adapter UNet: building a session blocks its thread for hundreds of
    * ms, which must not stall the streams on the pool), or beside such a model on its worker (its text encoder).
    */
-  async openOwn(source: string | Uint8Array, label: string, beside?: Model): Promise<Model> {
+  async openOwn(source: string | Uint8Array, label: string, beside?: Model, externalDataDir?: string): Promise<Model> {
     const threads = this.options.threads > 0 ? this.options.threads : 1;
-    const options = this.sessionOptions(label, threads);
+    const options = this.sessionOptions(label, threads, externalDataDir);
     if (!this.pool) return this.track(await onThisThread(source, options));
     const home = beside && (beside as Partial<WorkerModel>).workers?.[0];
     return this.track(await this.pool.load(source, options, home ?? 'own'));
@@ -118,8 +121,8 @@ export class ModelSessions {
     if (this.ownsPool) await this.pool?.close();
   }
 
-  private sessionOptions(label: string, threads: number): SessionOptions {
-    return { ...DEFAULT_SESSION_OPTIONS, provider: this.options.provider, threads, label };
+  private sessionOptions(label: string, threads: number, externalDataDir: string | undefined): SessionOptions {
+    return { ...DEFAULT_SESSION_OPTIONS, provider: this.options.provider, threads, label, externalDataDir };
   }
 
   private track(model: Model): Model {

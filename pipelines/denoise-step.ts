@@ -29,6 +29,11 @@ export type UnetRunner = (rows: readonly UnetRow[]) => Promise<Float32Array[]>;
 export interface PromptContext {
   readonly cond: Float32Array;
   readonly uncond: Float32Array;
+  /** Pooled embeddings of both (SDXL's text_embeds; other UNets ignore them). */
+  readonly pooled?: Float32Array | undefined;
+  readonly uncondPooled?: Float32Array | undefined;
+  /** The guidance scale an LCM-distilled UNet embeds (timestep_cond); other UNets ignore it. */
+  readonly guidanceScale?: number | undefined;
 }
 
 /** The initial noise drawn once per stream: one row per (step, lane), reused every frame. */
@@ -56,8 +61,8 @@ export function enterRow(c: StepCoefficients, g: Guidance, noise: NoiseTable, z:
 export function planStep(states: readonly RowState[], c: StepCoefficients, g: Guidance, prompt: PromptContext): UnetRow[] {
   const uncond = states
     .filter((s) => needsUncondRow(g, s.step))
-    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond }));
-  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond }));
+    .map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.uncond, pooled: prompt.uncondPooled, guidanceScale: prompt.guidanceScale }));
+  const cond = states.map((s) => ({ sample: s.x, timestep: c.timesteps[s.step]!, context: prompt.cond, pooled: prompt.pooled, guidanceScale: prompt.guidanceScale }));
   return [...uncond, ...cond];
 }
 

@@ -3,6 +3,7 @@
  * image <-> latent conversion and the UNet runner. Streams and batch renders are built on top of it.
  */
 import type { PromptEmbedding } from '../models/components.ts';
+import type { EncodedText, PromptEncoder } from '../models/prompt-encoder.ts';
 import { ServiceError } from '../models/errors.ts';
 import type { ImageInput } from '../models/components.ts';
 import { loadPack, EMBEDDED_PACK_DIR, DEFAULT_PACK_OPTIONS, type ModelPack, type PackOptions, type Vae } from '../models/pack.ts';
@@ -32,16 +33,24 @@ export interface Size {
 /** Which of a pack's VAEs turns images into latents and back: the full one, or the tiny one (taesd_*). */
 export type VaeChoice = 'full' | 'tiny';
 
-/** A prompt context plus the pooled text embedding the expert router reads. */
+/** A prompt context plus the pooled text embedding the expert router reads, and what the caller should know. */
 export interface EncodedPrompt extends PromptContext {
   readonly pooled: Float32Array;
+  /** E.g. a prompt longer than the text encoder's 77-token window (the rest is not read). */
+  readonly warnings: readonly string[];
+}
+
+/** A warning for a prompt the 77-token window cut, or undefined. */
+function truncation(field: string, e: EncodedText): string | undefined {
+  if (e.tokens <= e.kept) return undefined;
+  return `${field} is ${e.tokens} tokens long; the text encoder reads the first ${e.kept} (CLIP's 77-token window with BOS and EOS), the last ${e.tokens - e.kept} are ignored`;
 }
 
 export class Engine {
   readonly scheduler: LcmScheduler;
   /** Picks the UNet (pack, expert, merged adapters) for each request. */
   variants: VariantResolver;
-  private readonly embeddings = new Map<string, Promise<PromptEmbedding>>();
+  private readonly embeddings = new Map<string, { encoded: Promise<EncodedText>; embedding: Promise<PromptEmbedding> }>();
 
   constructor(readonly pack: ModelPack) {
     this.scheduler = new LcmScheduler(parseSchedulerConfig(pack.schedulerConfig));
@@ -60,7 +69,9 @@ export class Engine {
     const adapterDir = join(pack.dir, 'adapters');
     engine.attach({
       experts: await loadExperts(pack),
-      adapters: (await exists(adapterDir)) ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoder: join(pack.dir, 'text_encoder', 'model.onnx') }, pack.sessions) : undefined,
+      adapters: (await exists(adapterDir))
+        ? new AdapterStore(adapterDir, { unet: join(pack.dir, 'unet', 'model.onnx'), textEncoders: pack.kind.towers.map((t) => ({ path: join(pack.dir, t.encoder, 'model.onnx'), layer: t.layer })) }, pack.sessions)
+        : undefined,
     });
     return engine;
   }
@@ -116,6 +127,15 @@ export class Engine {
    * (adapters that bring concept tokens) their words map to the added tokens of that text encoder.
    */
   embed(text: string, concept?: ConceptText): Promise<PromptEmbedding> {
+    return this.cached(text, concept).embedding;
+  }
+
+  /** embed() with the token count. */
+  private encodeText(text: string, concept?: ConceptText): Promise<EncodedText> {
+    return this.cached(text, concept).encoded;
+  }
+
+  private cached(text: string, concept?: ConceptText): { encoded: Promise<EncodedText>; embedding: Promise<PromptEmbedding> } {
     const key = concept ? `${concept.key}\u0000${text}` : text;
     const hit = this.embeddings.get(key);
     if (hit) {
@@ -123,25 +143,40 @@ export class Engine {
       this.embeddings.set(key, hit);
       return hit;
     }
-    const encoder = concept?.encoder ?? this.pack.textEncoder;
-    const pending = encoder.encode([this.pack.tokenizer.encode(text, concept?.tokens)]).then((r) => r[0]!);
-    pending.catch(() => this.embeddings.delete(key));
-    this.embeddings.set(key, pending);
+    const encoded = this.promptsFor(concept).encode(text, concept?.tokens);
+    const entry = { encoded, embedding: encoded.then((e) => e.embedding) };
+    entry.embedding.catch(() => this.embeddings.delete(key));
+    this.embeddings.set(key, entry);
     if (this.embeddings.size > EMBEDDING_CACHE_SIZE) this.embeddings.delete(this.embeddings.keys().next().value!);
-    return pending;
+    return entry;
+  }
+
+  /** The pack's prompt encoder, with the merged text encoders of an adapter combination in place of its own. */
+  private promptsFor(concept?: ConceptText): PromptEncoder {
+    return concept ? this.pack.prompts.withEncoders(concept.encoders) : this.pack.prompts;
   }
 
   /** Conditional (possibly blended) and unconditional embeddings for the parameters. */
-  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'>, concept?: ConceptText): Promise<EncodedPrompt> {
+  async encodePrompt(params: Pick<GenerationParams, 'prompt' | 'prompt_blend' | 'negative_prompt'> & Partial<Pick<GenerationParams, 'guidance_scale'>>, concept?: ConceptText): Promise<EncodedPrompt> {
     const parts = typeof params.prompt === 'string' ? [{ text: params.prompt, weight: 1 }] : params.prompt;
     if (parts.every((p) => p.weight === 0)) throw new ServiceError('bad_request', 'prompt weights must not all be 0', { field: 'prompt' });
-    const embed = (text: string) => this.embed(text, concept);
-    const [embeddings, uncond] = await Promise.all([Promise.all(parts.map((p) => embed(p.text))), embed(params.negative_prompt)]);
-    const weighted = (pick: (e: PromptEmbedding) => Float32Array) => embeddings.map((e, i) => ({ value: pick(e), weight: parts[i]!.weight }));
+    const embed = (text: string) => this.encodeText(text, concept);
+    const [encoded, negative] = await Promise.all([Promise.all(parts.map((p) => embed(p.text))), embed(params.negative_prompt)]);
+    const weighted = (pick: (e: EncodedText) => Float32Array) => encoded.map((e, i) => ({ value: pick(e), weight: parts[i]!.weight }));
+    // SDXL (force_zeros_for_empty_prompt): no negative prompt means zeros, not "" encoded
+    const prompts = this.promptsFor(concept);
+    const uncond = params.negative_prompt === '' && prompts.zeroEmptyNegative ? prompts.zerosLike(negative.embedding) : negative.embedding;
+    const warnings = [
+      ...encoded.map((e, i) => truncation(parts.length > 1 ? `prompt[${i}]` : 'prompt', e)),
+      truncation('negative_prompt', negative),
+    ].filter((w): w is string => w !== undefined);
     return {
-      cond: blend(weighted((e) => e.hidden), params.prompt_blend),
-      pooled: blend(weighted((e) => e.pooled), 'linear'),
+      cond: blend(weighted((e) => e.embedding.hidden), params.prompt_blend),
+      pooled: blend(weighted((e) => e.embedding.pooled), 'linear'),
       uncond: uncond.hidden,
+      uncondPooled: uncond.pooled,
+      ...(this.pack.unet.guidanceEmbeddingSize > 0 ? { guidanceScale: params.guidance_scale } : {}),
+      warnings,
     };
   }
 

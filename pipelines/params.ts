@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { ServiceError } from '../models/errors.ts';
 import { isRecord } from '../models/files.ts';
 import { checkAdapterChoices } from '../models/adapters/choices.ts';
+import type { PackDefaults } from '../models/pack-kinds.ts';
 import { DEFAULT_GUIDANCE, GUIDANCE_KINDS } from './rcfg.ts';
 import { DEFAULT_SIMILARITY_FILTER } from './similarity-filter.ts';
 import { FITS } from './codecs/image.ts';
@@ -122,9 +123,24 @@ function toServiceError(error: z.ZodError): ServiceError {
   return new ServiceError('bad_request', `${field}: ${message}`, { field: issue.code === 'unrecognized_keys' ? issue.keys[0]! : field });
 }
 
-/** Full parameters with defaults filled in (seed 2 when none is given: library calls stay reproducible). */
-export function parseParams(input: unknown): GenerationParams {
-  const result = paramsSchema.safeParse(input ?? {});
+/** What a model pack sets for parameters a request leaves out (models/pack-kinds.ts: Turbo 1 step, no guidance). */
+export type ParamDefaults = Partial<Pick<GenerationParamsInput, 'steps' | 'guidance' | 'guidance_scale'>>;
+
+/** A pack's defaults for one kind of work, the service's where the pack says nothing. */
+export function packParams(pack: PackDefaults, work: keyof typeof DEFAULT_STEPS): Required<ParamDefaults> {
+  return { steps: pack.steps?.[work] ?? DEFAULT_STEPS[work], guidance: pack.guidance ?? DEFAULT_GUIDANCE.kind, guidance_scale: pack.guidance_scale ?? DEFAULT_GUIDANCE.scale };
+}
+
+/** Fills the pack's defaults into a request body's absent (or undefined) fields; anything but an object is left to fail parsing. */
+export function withDefaults(input: unknown, defaults: ParamDefaults): unknown {
+  if (input === undefined || input === null) return { ...defaults };
+  if (!isRecord(input)) return input;
+  return { ...defaults, ...Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)) };
+}
+
+/** Full parameters with defaults filled in: the pack's first, then the schema's (seed 2 when none is given: library calls stay reproducible). */
+export function parseParams(input: unknown, defaults: ParamDefaults = {}): GenerationParams {
+  const result = paramsSchema.safeParse(withDefaults(input, defaults));
   if (!result.success) throw toServiceError(result.error);
   return result.data;
 }
@@ -143,9 +159,9 @@ export function resolveSeed<T>(seed: T | undefined): T | number {
  * Parameters a client sent (every interface: A1111, OpenAI, jobs, WebSocket, CLI): as parseParams, but a missing
  * seed or -1 is drawn at random here, as A1111 does, so that the response and the image's metadata can say which.
  */
-export function parseRequestParams(input: unknown): GenerationParams {
+export function parseRequestParams(input: unknown, defaults: ParamDefaults = {}): GenerationParams {
   const body = input ?? {};
-  return parseParams(isRecord(body) ? { ...body, seed: resolveSeed(body['seed']) } : body);
+  return parseParams(isRecord(body) ? { ...body, seed: resolveSeed(body['seed']) } : body, defaults);
 }
 
 /** Optional fields a live update may clear by sending null. */

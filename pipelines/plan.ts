@@ -38,7 +38,7 @@ export interface Plan {
   readonly prompt: EncodedPrompt;
   /** The UNet that serves the request (pack, expert, merged adapters). */
   readonly variant: UnetVariant;
-  /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, adapters). */
+  /** Where the plan differs from the request, in words for the caller (clamped guidance, render size, a prompt cut at the text encoder's 77 tokens, adapters). */
   readonly notes: readonly string[];
   readonly runner: UnetRunner;
   /** The VAE that encodes and decodes the request's images, and which one it is. */
@@ -123,7 +123,7 @@ export async function planRequest(
   const urgency = defaults.urgency ?? 'interactive';
   const { prompt, variant } = await withUrgency({ class: urgency }, () => engine.prepare(params));
   const runner = runnersOf(engine, runners)(fit.size, variant);
-  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, urgency };
+  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...prompt.warnings, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, urgency };
 }
 
 /** The same plan at another frame size (a stream following its input's shape): only the size and runner change. */

@@ -9,21 +9,11 @@
  * pooled output of a prompt with a concept token is read at that token. Only the expert router reads it, and
  * requests with adapters never route (they run on the full UNet), so it is left as is.
  */
-import protobuf from 'protobufjs/minimal.js';
 import { ServiceError } from '../errors.ts';
 import { float32ToFloat16 } from '../runtime/float16.ts';
 import type { BundledEmbedding } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer } from './onnx-graph.ts';
-
-const { Reader, Writer } = protobuf;
-/** ModelProto.graph, GraphProto.initializer, TensorProto.dims / float_data / raw_data (onnx/onnx.proto). */
-const MODEL_GRAPH = 7;
-const GRAPH_INITIALIZER = 5;
-const TENSOR_DIMS = 1;
-const TENSOR_FLOAT_DATA = 4;
-const TENSOR_RAW_DATA = 9;
-const WIRE_VARINT = 0;
-const WIRE_LEN = 2;
+import { concat, initializerWithData, replaceGraphFields } from './onnx-rewrite.ts';
 
 /** Prompt words and the token ids that replace them. */
 export type ConceptTokenIds = ReadonlyMap<string, readonly number[]>;
@@ -47,37 +37,6 @@ export function tokenTable(index: OnnxGraphIndex, label = 'text_encoder'): OnnxI
   if (table.storage === 'external') throw new ServiceError('unsupported', `${label}: the token embedding table is in external data; concept tokens need it inside model.onnx`);
   if (table.dataType !== ONNX_FLOAT && table.dataType !== ONNX_FLOAT16) throw new ServiceError('unsupported', `${label}: token embedding table has ONNX data type ${table.dataType}; expected float32 or float16`);
   return table;
-}
-
-function lengthDelimited(field: number, body: Uint8Array): Uint8Array {
-  return Writer.create().uint32((field << 3) | WIRE_LEN).bytes(body).finish();
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** The table's TensorProto with new dims and values; every other field of it is copied as is. */
-function tensorWithRows(bytes: Uint8Array, table: OnnxInitializer, rows: number, values: Uint8Array): Uint8Array {
-  const kept: Uint8Array[] = [];
-  const r = Reader.create(bytes.subarray(0, table.field.end));
-  r.pos = table.field.start;
-  while (r.pos < table.field.end) {
-    const at = r.pos;
-    const tag = r.uint32();
-    r.skipType(tag & 7);
-    const field = tag >>> 3;
-    if (field !== TENSOR_DIMS && field !== TENSOR_RAW_DATA && field !== TENSOR_FLOAT_DATA) kept.push(bytes.subarray(at, r.pos));
-  }
-  const dims = Writer.create();
-  for (const d of [rows, table.dims[1]!]) dims.uint32((TENSOR_DIMS << 3) | WIRE_VARINT).int64(d);
-  return concat([dims.finish(), ...kept, lengthDelimited(TENSOR_RAW_DATA, values)]);
 }
 
 function tableValues(bytes: Uint8Array, table: OnnxInitializer, appended: Float32Array): Uint8Array {
@@ -107,8 +66,6 @@ export function addConceptTokens(bytes: Uint8Array, index: OnnxGraphIndex, embed
     ids.set(embedding.word, Array.from({ length: embedding.count }, (_, i) => next + i));
     next += embedding.count;
   }
-  const tensor = tensorWithRows(bytes, table, next, tableValues(bytes, table, appended));
-  const g = index.graph;
-  const graph = concat([bytes.subarray(g.start, table.field.tag), lengthDelimited(GRAPH_INITIALIZER, tensor), bytes.subarray(table.field.end, g.end)]);
-  return { bytes: concat([bytes.subarray(0, g.tag), lengthDelimited(MODEL_GRAPH, graph), bytes.subarray(g.end)]), ids };
+  const replacement = initializerWithData(bytes, table, tableValues(bytes, table, appended), [next, dim]);
+  return { bytes: replaceGraphFields(bytes, index, [{ range: table.field, replacement }]), ids };
 }

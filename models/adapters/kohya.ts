@@ -1,20 +1,34 @@
 /**
- * kohya LoRA files (REFERENCE §4) and their mapping onto an exported UNet.
- *   lora_unet_<module path with _>.lora_down.weight  [r, in] (Linear) or [r, in, kh, kw] (Conv)
- *   lora_unet_<module path with _>.lora_up.weight    [out, r] or [out, r, 1, 1]
- *   lora_unet_<module path with _>.alpha             scalar (absent: alpha = r)
- *   dW = weight * (alpha / r) * up @ down            [out, in] (Conv: [out, in * kh * kw])
- * ONNX node names from torch / optimum follow module paths: /down_blocks.1/attentions.0/.../attn1/to_q/MatMul.
- * Replacing "/" and "." by "_" gives `<key>_MatMul | _Gemm | _Conv`, the node whose weight input gets dW.
+ * kohya LoRA files (REFERENCE §4) and their mapping onto exported UNets and text encoders.
+ *   <prefix><module path with _>.lora_down.weight  [r, in] (Linear) or [r, in, kh, kw] (Conv)
+ *   <prefix><module path with _>.lora_up.weight    [out, r] or [out, r, 1, 1]
+ *   <prefix><module path with _>.alpha             scalar (absent: alpha = r)
+ *   dW = weight * (alpha / r) * up @ down           [out, in] (Conv: [out, in * kh * kw])
+ * Prefixes: lora_unet_ (UNet), lora_te_ (the text encoder), lora_te1_ / lora_te2_ (SDXL's two encoders).
+ * ONNX node names from torch / optimum follow module paths: /down_blocks.1/attentions.0/.../attn1/to_q/MatMul,
+ * /text_model/encoder/layers.0/self_attn/q_proj/MatMul. Replacing "/" and "." by "_" gives
+ * `<module>_MatMul | _Gemm | _Conv`, the node whose weight input gets dW. SDXL LoRAs from kohya's sd-scripts name
+ * UNet modules the LDM way (input_blocks_4_1_...); ldm-names.ts maps those onto the same nodes.
  * A file may also bundle learned token embeddings for its trigger words, under AUTOMATIC1111's keys
  *   bundle_emb.<word>.string_to_param.*              [n, D] (n vectors replace the word in a prompt)
  * (Mix-of-Show's ED-LoRA and textual inversion train these; see models/adapters/concept-tokens.ts).
  */
 import { ServiceError } from '../errors.ts';
+import { ldmAliases } from './ldm-names.ts';
 import type { OnnxGraphIndex, OnnxNode } from './onnx-graph.ts';
 import type { SafetensorsFile, Tensor } from './safetensors.ts';
 
 export const KOHYA_UNET_PREFIX = 'lora_unet_';
+
+/** The models a kohya file can patch. */
+export type LoraTarget = 'unet' | 'text_encoder' | 'text_encoder_2';
+/** Key prefixes and the model each patches (lora_te_ is SD 1.x/2.x's single encoder, lora_te1_ SDXL's first). */
+const PREFIXES: readonly (readonly [string, LoraTarget])[] = [
+  [KOHYA_UNET_PREFIX, 'unet'],
+  ['lora_te1_', 'text_encoder'],
+  ['lora_te2_', 'text_encoder_2'],
+  ['lora_te_', 'text_encoder'],
+];
 const DOWN = '.lora_down.weight';
 const UP = '.lora_up.weight';
 const ALPHA = '.alpha';
@@ -24,6 +38,9 @@ export const PATCHABLE_OPS = ['MatMul', 'Gemm', 'Conv'] as const;
 export interface LoraLayer {
   /** kohya key without suffix, e.g. lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q */
   readonly key: string;
+  /** The model it patches and the module key there, without the prefix (down_blocks_1_attentions_0_...). */
+  readonly target: LoraTarget;
+  readonly module: string;
   readonly rank: number;
   readonly alpha: number;
   /** [r, inFlat] row-major (Conv kernels flattened in, kh, kw). */
@@ -49,7 +66,7 @@ export interface KohyaAdapter {
   readonly layers: readonly LoraLayer[];
   /** Token embeddings bundled with the LoRA, sorted by word (none for most files). */
   readonly embeddings: readonly BundledEmbedding[];
-  /** Keys that are not UNet LoRA keys (text encoder LoRA, unknown tensors): ignored. */
+  /** Keys that are not LoRA keys of a known model (unknown tensors): ignored. */
   readonly ignored: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
 }
@@ -83,7 +100,7 @@ export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): Kohy
       continue;
     }
     const suffix = [DOWN, UP, ALPHA].find((s) => name.endsWith(s));
-    if (!name.startsWith(KOHYA_UNET_PREFIX) || !suffix) {
+    if (!PREFIXES.some(([p]) => name.startsWith(p)) || !suffix) {
       ignored.push(name);
       continue;
     }
@@ -111,8 +128,11 @@ export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): Kohy
     for (const [what, t] of [['lora_down', g.down], ['lora_up', g.up]] as const) {
       if (!t.data.every(Number.isFinite)) throw bad(label, `${key}.${what}.weight has non-finite values`);
     }
+    const [prefix, target] = PREFIXES.find(([p]) => key.startsWith(p))!;
     layers.push({
       key,
+      target,
+      module: key.slice(prefix.length),
       rank,
       alpha,
       down: g.down.data,
@@ -122,7 +142,7 @@ export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): Kohy
       kernel: conv ? [ds[2]!, ds[3]!] : undefined,
     });
   }
-  if (layers.length === 0) throw bad(label, 'no UNet LoRA weights (lora_unet_*.lora_down.weight / lora_up.weight)');
+  if (layers.length === 0) throw bad(label, 'no LoRA weights (lora_unet_* / lora_te_* .lora_down.weight and .lora_up.weight)');
   layers.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   embeddings.sort((a, b) => (a.word < b.word ? -1 : a.word > b.word ? 1 : 0));
   for (let i = 1; i < embeddings.length; i++) {
@@ -131,23 +151,42 @@ export function readKohyaAdapter(file: SafetensorsFile, label = 'adapter'): Kohy
   return { layers, embeddings, ignored, metadata: file.metadata };
 }
 
-/** kohya key of an ONNX node ("/a.0/b/MatMul" -> "lora_unet_a_0_b"), or undefined for other ops. */
-export function kohyaKeyOfNode(node: Pick<OnnxNode, 'name' | 'opType'>): string | undefined {
+/** The module path of a patchable node ("/a.0/b/MatMul" -> "a.0.b"), or undefined for other ops. */
+export function modulePathOfNode(node: Pick<OnnxNode, 'name' | 'opType'>): string | undefined {
   if (!(PATCHABLE_OPS as readonly string[]).includes(node.opType)) return undefined;
-  const flat = node.name.replace(/^\//, '').replace(/[/.]/g, '_');
-  const suffix = `_${node.opType}`;
-  if (!flat.endsWith(suffix)) return undefined;
-  return KOHYA_UNET_PREFIX + flat.slice(0, -suffix.length);
+  const suffix = `/${node.opType}`;
+  if (!node.name.endsWith(suffix)) return undefined;
+  return node.name.slice(0, -suffix.length).replace(/^\//, '').replace(/\//g, '.');
 }
 
-/** Every patchable node of a graph by its kohya key. */
-export function kohyaNodeTable(index: OnnxGraphIndex): Map<string, OnnxNode> {
+/** kohya key of an ONNX UNet node ("/a.0/b/MatMul" -> "lora_unet_a_0_b"), or undefined for other ops. */
+export function kohyaKeyOfNode(node: Pick<OnnxNode, 'name' | 'opType'>): string | undefined {
+  const path = modulePathOfNode(node);
+  return path === undefined ? undefined : kohyaKeyOfModule(path);
+}
+
+/**
+ * Every patchable node of a graph by its module key (module path with "_"); a UNet's nodes also under their LDM
+ * names (input_blocks_4_1_...), derived from the blocks the graph has.
+ */
+export function moduleNodeTable(index: OnnxGraphIndex): Map<string, OnnxNode> {
   const table = new Map<string, OnnxNode>();
+  const paths = new Map<string, OnnxNode>();
   for (const node of index.nodes) {
-    const key = kohyaKeyOfNode(node);
-    if (key && !table.has(key)) table.set(key, node);
+    const path = modulePathOfNode(node);
+    if (path === undefined || paths.has(path)) continue;
+    paths.set(path, node);
+    table.set(path.replace(/\./g, '_'), node);
+  }
+  for (const [alias, path] of ldmAliases([...paths.keys()])) {
+    if (!table.has(alias)) table.set(alias, paths.get(path)!);
   }
   return table;
+}
+
+/** Every patchable node of a UNet graph by its kohya key (lora_unet_...). */
+export function kohyaNodeTable(index: OnnxGraphIndex): Map<string, OnnxNode> {
+  return new Map([...moduleNodeTable(index)].map(([module, node]) => [KOHYA_UNET_PREFIX + module, node] as const));
 }
 
 /** The kohya key of a torch module path ("down_blocks.1.attentions.0.proj_in" -> "lora_unet_down_blocks_1_attentions_0_proj_in"). */

@@ -1,14 +1,20 @@
 /**
- * Merging LoRA adapters into an ONNX UNet's weights (REFERENCE §3, §4): W' = W + sum_i lambda_i (alpha_i / r_i) up_i @ down_i.
- * MatMul initializers are stored [in, out] (the exporter pre-transposes Linear weights), so they get dW^T;
- * Gemm (transB = 1) and Conv weights are [out, in(, kh, kw)] and get dW as is. The sum is accumulated in
- * float64 per initializer and rounded once. The result is a patched copy of the model bytes (nothing is
- * written to disk); the base bytes are never modified.
+ * Merging LoRA adapters into an ONNX model's weights (REFERENCE §3, §4): W' = W + sum_i lambda_i (alpha_i / r_i) up_i @ down_i,
+ * for the UNet or a text encoder (the layers whose target it is).
+ * MatMul initializers are stored [in, out] (the exporter pre-transposes Linear weights into anonymous
+ * onnx::MatMul_<n> initializers, found through the MatMul node's name), so they get dW^T; Gemm (transB = 1) and
+ * Conv weights are [out, in(, kh, kw)] and get dW as is. float32 and float16 weights; the sum is accumulated in
+ * float64 per initializer and rounded once. The result is a patched copy of the model bytes (nothing is written to
+ * disk; the base bytes are never modified): inline weights are patched in place, weights in external data are read
+ * from their file and stored inline in the copy, whose other external weights still come from the model's folder.
  */
+import { open } from 'node:fs/promises';
+import { resolve, sep } from 'node:path';
 import { ServiceError } from '../errors.ts';
 import { float16ToFloat32, float32ToFloat16 } from '../runtime/float16.ts';
-import { kohyaNodeTable, type KohyaAdapter, type LoraLayer } from './kohya.ts';
+import { moduleNodeTable, type KohyaAdapter, type LoraLayer, type LoraTarget } from './kohya.ts';
 import { ONNX_FLOAT, ONNX_FLOAT16, type OnnxGraphIndex, type OnnxInitializer, type OnnxNode } from './onnx-graph.ts';
+import { initializerWithData, replaceGraphFields, type GraphEdit } from './onnx-rewrite.ts';
 
 /** Relative overlap |B_i^T B_j|_F / (|B_i|_F |B_j|_F) above which two adapters are reported as sharing directions. */
 export const OVERLAP_TOLERANCE = 1e-3;
@@ -34,6 +40,16 @@ export interface MergeResult {
   readonly patched: number;
 }
 
+export interface MergeOptions {
+  /** The model whose layers are merged (default the UNet). */
+  readonly target?: LoraTarget;
+  /** The folder of the model file: external data is read from there. */
+  readonly externalDir?: string;
+}
+
+/** Patched weights stored inline above this size would push a model past protobuf's 2 GB limit. */
+const MAX_INLINED_BYTES = 1.5 * 2 ** 30;
+
 function product(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
 }
@@ -43,7 +59,7 @@ function product(dims: readonly number[]): number {
  * layer's key; throws 'model_invalid' when a node matches but the shapes do not (an adapter for another model).
  */
 export function resolveTarget(index: OnnxGraphIndex, table: ReadonlyMap<string, OnnxNode>, layer: LoraLayer, label: string): MergeTarget | undefined {
-  const node = table.get(layer.key);
+  const node = table.get(layer.module);
   if (!node) return undefined;
   const weightName = node.inputs[1] ?? '';
   let initializer = index.initializers.get(weightName);
@@ -69,8 +85,8 @@ export function resolveTarget(index: OnnxGraphIndex, table: ReadonlyMap<string, 
       `${label}: ${layer.key} has dW [${layer.outFeatures}, ${layer.inFeatures}${layer.kernel ? ` (${layer.kernel.join('x')} kernel)` : ''}] but ${node.name}'s weight ${initializer.name} is [${dims.join(', ')}]: the adapter was trained for another model`,
     );
   }
-  if (initializer.storage === 'external') {
-    throw new ServiceError('unsupported', `${label}: ${initializer.name} is stored as external data; merge adapters into a model with embedded weights`);
+  if (initializer.storage === 'external' && !initializer.external) {
+    throw new ServiceError('model_invalid', `${label}: ${initializer.name} is marked as external data but names no file`);
   }
   if (initializer.dataType !== ONNX_FLOAT && initializer.dataType !== ONNX_FLOAT16) {
     throw new ServiceError('unsupported', `${label}: ${initializer.name} has ONNX data type ${initializer.dataType}; only float32 and float16 weights can be merged`);
@@ -78,12 +94,12 @@ export function resolveTarget(index: OnnxGraphIndex, table: ReadonlyMap<string, 
   return { node, initializer, layout };
 }
 
-/** Checks an adapter against a graph: the layers it matches, the keys it does not, shape errors thrown. */
-export function matchAdapter(index: OnnxGraphIndex, adapter: KohyaAdapter, label: string): { matched: number; unmatched: string[] } {
-  const table = kohyaNodeTable(index);
+/** Checks an adapter's layers for one model against its graph: those it matches, the keys it does not, shape errors thrown. */
+export function matchAdapter(index: OnnxGraphIndex, adapter: KohyaAdapter, label: string, target: LoraTarget = 'unet'): { matched: number; unmatched: string[] } {
+  const table = moduleNodeTable(index);
   const unmatched: string[] = [];
   let matched = 0;
-  for (const layer of adapter.layers) {
+  for (const layer of adapter.layers.filter((l) => l.target === target)) {
     if (resolveTarget(index, table, layer, label)) matched++;
     else unmatched.push(layer.key);
   }
@@ -156,20 +172,72 @@ const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resol
 /** Layers merged between two yields (each a few hundred microseconds for tiny-shapes, ms for SD). */
 const LAYERS_PER_YIELD = 4;
 
+/** The external data file of an initializer, inside the model's folder (a path that leaves it is an error). */
+function externalFile(init: OnnxInitializer, dir: string | undefined, label: string): string {
+  if (dir === undefined) throw new ServiceError('unsupported', `${label}: ${init.name} is stored as external data and the model's folder is not known`);
+  const root = resolve(dir);
+  const path = resolve(root, init.external!.location);
+  if (!path.startsWith(root + sep)) throw new ServiceError('model_invalid', `${label}: external data of ${init.name} (${init.external!.location}) is outside the model's folder`);
+  return path;
+}
+
+async function readExternal(init: OnnxInitializer, dir: string | undefined, label: string, byteLength: number): Promise<Uint8Array> {
+  const path = externalFile(init, dir, label);
+  const { offset, length } = init.external!;
+  if (length !== 0 && length !== byteLength) throw new ServiceError('model_invalid', `${label}: ${init.name} has ${length} bytes of external data for ${byteLength}`);
+  const out = new Uint8Array(byteLength);
+  let file;
+  try {
+    file = await open(path, 'r');
+    const { bytesRead } = await file.read(out, 0, byteLength, offset);
+    if (bytesRead !== byteLength) throw new Error(`read ${bytesRead} of ${byteLength} bytes at offset ${offset}`);
+  } catch (cause) {
+    throw new ServiceError('model_invalid', `${label}: cannot read external data of ${init.name} from ${path}: ${(cause as Error).message}`, { cause });
+  } finally {
+    await file?.close();
+  }
+  return out;
+}
+
+/** W + delta in the initializer's own type (float32 or float16), as little-endian bytes. */
+function addDelta(current: Uint8Array, init: OnnxInitializer, delta: Float64Array, label: string): Uint8Array {
+  const view = new DataView(current.buffer, current.byteOffset, current.byteLength);
+  if (init.dataType === ONNX_FLOAT) {
+    if (current.length !== 4 * delta.length) throw new ServiceError('model_invalid', `${label}: ${init.name} holds ${current.length} bytes for ${delta.length} float32 values`);
+    const out = new Uint8Array(current.length);
+    const w = new DataView(out.buffer);
+    for (let i = 0; i < delta.length; i++) w.setFloat32(4 * i, view.getFloat32(4 * i, true) + delta[i]!, true);
+    return out;
+  }
+  if (current.length !== 2 * delta.length) throw new ServiceError('model_invalid', `${label}: ${init.name} holds ${current.length} bytes for ${delta.length} float16 values`);
+  const half = new Uint16Array(delta.length);
+  for (let i = 0; i < delta.length; i++) half[i] = view.getUint16(2 * i, true);
+  const values = float16ToFloat32(half);
+  for (let i = 0; i < delta.length; i++) values[i] = values[i]! + delta[i]!;
+  const merged = float32ToFloat16(values);
+  const out = new Uint8Array(current.length);
+  const w = new DataView(out.buffer);
+  for (let i = 0; i < delta.length; i++) w.setUint16(2 * i, merged[i]!, true);
+  return out;
+}
+
 /**
- * Merges weighted adapters into a copy of `base` (an ONNX model, `index` its graph index).
- * Yields to the event loop every few layers so streams keep running while a merge is computed.
+ * Merges weighted adapters' layers for one model (`options.target`, default the UNet) into a copy of `base`
+ * (an ONNX model, `index` its graph index). Yields to the event loop every few layers so streams keep running
+ * while a merge is computed.
  */
-export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, adapters: readonly WeightedAdapter[], label = 'unet'): Promise<MergeResult> {
+export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, adapters: readonly WeightedAdapter[], label = 'unet', options: MergeOptions = {}): Promise<MergeResult> {
   // 1. targets and float64 deltas per initializer
-  const table = kohyaNodeTable(index);
+  const target = options.target ?? 'unet';
+  const table = moduleNodeTable(index);
   const warnings: string[] = [];
   const deltas = new Map<string, { init: OnnxInitializer; delta: Float64Array }>();
   let merged = 0;
   for (const { name, weight, adapter } of adapters) {
     if (!Number.isFinite(weight)) throw new ServiceError('bad_request', `adapter ${name}: weight ${weight} is not a finite number`);
     const unmatched: string[] = [];
-    for (const layer of adapter.layers) {
+    const layers = adapter.layers.filter((l) => l.target === target);
+    for (const layer of layers) {
       const target = resolveTarget(index, table, layer, `adapter ${name}`);
       if (!target) {
         unmatched.push(layer.key);
@@ -182,32 +250,30 @@ export async function mergeAdapters(base: Uint8Array, index: OnnxGraphIndex, ada
     }
     if (unmatched.length > 0) {
       const shown = unmatched.slice(0, 3).join(', ');
-      warnings.push(`adapter ${name}: ${unmatched.length} of ${adapter.layers.length} keys match no node of ${label} and were skipped (${shown}${unmatched.length > 3 ? ', ...' : ''})`);
+      warnings.push(`adapter ${name}: ${unmatched.length} of ${layers.length} keys match no node of ${label} and were skipped (${shown}${unmatched.length > 3 ? ', ...' : ''})`);
     }
-    if (adapter.ignored.length > 0) warnings.push(`adapter ${name}: ${adapter.ignored.length} tensors are not UNet LoRA weights and were ignored`);
+    if (adapter.ignored.length > 0 && target === 'unet') warnings.push(`adapter ${name}: ${adapter.ignored.length} tensors are not LoRA weights of a known model and were ignored`);
     await yieldToEventLoop();
   }
   warnings.push(...overlapWarnings(adapters));
   await yieldToEventLoop();
-  // 2. patch a copy: same byte lengths, so the rest of the model is untouched
+  // 2. patch a copy: inline weights keep their byte lengths (patched in place); external ones become inline
   const bytes = base.slice();
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const edits: GraphEdit[] = [];
+  let inlined = 0;
   for (const { init, delta } of deltas.values()) {
-    if (init.dataType === ONNX_FLOAT) {
-      if (init.length !== 4 * delta.length) throw new ServiceError('model_invalid', `${label}: ${init.name} holds ${init.length} bytes for ${delta.length} float32 values`);
-      for (let i = 0; i < delta.length; i++) {
-        const at = init.offset + 4 * i;
-        view.setFloat32(at, view.getFloat32(at, true) + delta[i]!, true);
-      }
-    } else {
-      if (init.storage !== 'raw' || init.length !== 2 * delta.length) throw new ServiceError('model_invalid', `${label}: ${init.name} holds ${init.length} bytes for ${delta.length} float16 values`);
-      const half = new Uint16Array(delta.length);
-      for (let i = 0; i < delta.length; i++) half[i] = view.getUint16(init.offset + 2 * i, true);
-      const values = float16ToFloat32(half);
-      for (let i = 0; i < delta.length; i++) values[i] = values[i]! + delta[i]!;
-      const merged = float32ToFloat16(values);
-      for (let i = 0; i < delta.length; i++) view.setUint16(init.offset + 2 * i, merged[i]!, true);
+    const width = init.dataType === ONNX_FLOAT ? 4 : 2;
+    if (init.storage === 'external') {
+      inlined += width * delta.length;
+      if (inlined > MAX_INLINED_BYTES) throw new ServiceError('unsupported', `${label}: the adapters change more than ${MAX_INLINED_BYTES / 2 ** 30} GiB of weights stored as external data`);
+      const current = await readExternal(init, options.externalDir, label, width * delta.length);
+      edits.push({ range: init.field, replacement: initializerWithData(bytes, init, addDelta(current, init, delta, label)) });
+      await yieldToEventLoop();
+      continue;
     }
+    if (init.storage !== 'raw' && init.dataType !== ONNX_FLOAT) throw new ServiceError('model_invalid', `${label}: ${init.name} holds float16 values outside raw_data`);
+    bytes.set(addDelta(bytes.subarray(init.offset, init.offset + init.length), init, delta, label), init.offset);
   }
+  if (edits.length > 0) return { bytes: replaceGraphFields(bytes, index, edits), warnings, patched: deltas.size };
   return { bytes, warnings, patched: deltas.size };
 }

@@ -6,7 +6,8 @@
  * model (opsets, metadata, value infos, unknown extensions) is carried over byte for byte.
  * Field numbers from onnx/onnx.proto: ModelProto.graph = 7; GraphProto.node = 1, initializer = 5;
  * NodeProto.input = 1, output = 2, name = 3, op_type = 4, attribute = 5; AttributeProto.name = 1, i = 3;
- * TensorProto.dims = 1, data_type = 2, float_data = 4, name = 8, raw_data = 9, data_location = 14.
+ * TensorProto.dims = 1, data_type = 2, float_data = 4, name = 8, raw_data = 9, external_data = 13, data_location = 14;
+ * StringStringEntryProto.key = 1, value = 2.
  */
 import protobuf from 'protobufjs/minimal.js';
 import { ServiceError } from '../errors.ts';
@@ -28,6 +29,8 @@ export interface OnnxNode {
   readonly outputs: readonly string[];
   /** Gemm's transB (0 when absent). */
   readonly transB: number;
+  /** Where the NodeProto sits in the graph. */
+  readonly field: FieldRange;
 }
 
 export interface OnnxInitializer {
@@ -39,6 +42,8 @@ export interface OnnxInitializer {
   readonly length: number;
   /** 'raw' little-endian raw_data; 'float_data' packed floats (also little-endian); 'external' not in the bytes. */
   readonly storage: 'raw' | 'float_data' | 'external';
+  /** Where external data lives: a file beside the model, a byte offset and length (length 0: to the end of the file). */
+  readonly external?: { readonly location: string; readonly offset: number; readonly length: number } | undefined;
   /** Where the TensorProto sits in the graph: its field's first byte (the tag) and the message body. */
   readonly field: FieldRange;
 }
@@ -90,7 +95,7 @@ function parseAttribute(bytes: Uint8Array, start: number, end: number): { name: 
   return { name, i };
 }
 
-function parseNode(bytes: Uint8Array, start: number, end: number): OnnxNode {
+function parseNode(bytes: Uint8Array, { start, end }: FieldRange): Omit<OnnxNode, 'field'> {
   const r = Reader.create(bytes.subarray(0, end));
   r.pos = start;
   const inputs: string[] = [];
@@ -118,6 +123,24 @@ function parseNode(bytes: Uint8Array, start: number, end: number): OnnxNode {
   return { name, opType, inputs, outputs, transB };
 }
 
+function parseEntry(bytes: Uint8Array, start: number, end: number): [string, string] {
+  const r = Reader.create(bytes.subarray(0, end));
+  r.pos = start;
+  let key = '';
+  let value = '';
+  while (r.pos < end) {
+    const tag = r.uint32();
+    if ((tag & 7) !== WIRE_LEN) {
+      r.skipType(tag & 7);
+      continue;
+    }
+    const s = readLengthDelimited(r);
+    if (tag >>> 3 === 1) key = readString(bytes, s.start, s.end);
+    else if (tag >>> 3 === 2) value = readString(bytes, s.start, s.end);
+  }
+  return [key, value];
+}
+
 function parseTensor(bytes: Uint8Array, { start, end }: FieldRange): Omit<OnnxInitializer, 'field'> {
   const r = Reader.create(bytes.subarray(0, end));
   r.pos = start;
@@ -126,6 +149,7 @@ function parseTensor(bytes: Uint8Array, { start, end }: FieldRange): Omit<OnnxIn
   let name = '';
   let data: { offset: number; length: number; storage: 'raw' | 'float_data' } | undefined;
   let external = false;
+  const entries = new Map<string, string>();
   while (r.pos < end) {
     const tag = r.uint32();
     const field = tag >>> 3;
@@ -146,10 +170,18 @@ function parseTensor(bytes: Uint8Array, { start, end }: FieldRange): Omit<OnnxIn
     } else if (field === 4 && wire === WIRE_LEN) {
       const s = readLengthDelimited(r);
       data = { offset: s.start, length: s.end - s.start, storage: 'float_data' };
+    } else if (field === 13 && wire === WIRE_LEN) {
+      const s = readLengthDelimited(r);
+      const [key, value] = parseEntry(bytes, s.start, s.end);
+      entries.set(key, value);
     } else if (field === 14 && wire === WIRE_VARINT) external = r.int32() === DATA_LOCATION_EXTERNAL;
     else r.skipType(wire);
   }
-  if (external || !data) return { name, dims, dataType, offset: 0, length: 0, storage: 'external' };
+  if (external || !data) {
+    const location = entries.get('location');
+    const where = location === undefined ? undefined : { location, offset: Number(entries.get('offset') ?? 0), length: Number(entries.get('length') ?? 0) };
+    return { name, dims, dataType, offset: 0, length: 0, storage: 'external', external: where };
+  }
   return { name, dims, dataType, ...data };
 }
 
@@ -177,7 +209,7 @@ export function indexOnnxModel(bytes: Uint8Array, label = 'unet'): OnnxGraphInde
       const field = tag >>> 3;
       if ((tag & 7) === WIRE_LEN && (field === 1 || field === 5)) {
         const s = { tag: at, ...readLengthDelimited(r) };
-        if (field === 1) nodes.push(parseNode(bytes, s.start, s.end));
+        if (field === 1) nodes.push({ ...parseNode(bytes, s), field: s });
         else {
           const t = parseTensor(bytes, s);
           initializers.set(t.name, { ...t, field: s });

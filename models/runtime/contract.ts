@@ -64,6 +64,8 @@ export interface SessionOptions {
   readonly threads: number;
   /** Shown in errors: "unet", "vae_decoder", a file path. */
   readonly label: string;
+  /** For a model given as bytes: the folder its external data files are in (a model read from a path finds them itself). */
+  readonly externalDataDir?: string | undefined;
 }
 
 export const DEFAULT_SESSION_OPTIONS: SessionOptions = Object.freeze({ provider: 'cpu', threads: 0, label: 'model' });

@@ -6,7 +6,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { ServiceError } from '../errors.ts';
-import { ModelContract, feedDims, describeFeeds, DEFAULT_SESSION_OPTIONS, type DType, type Feed, type FeedData, type IoSpec, type Model, type Outputs, type Rgb8Tensor, type SessionOptions } from './contract.ts';
+import { ModelContract, feedDims, describeFeeds, DEFAULT_SESSION_OPTIONS, type DType, type Feed, type FeedData, type IoSpec, type Model, type Outputs, type Provider, type Rgb8Tensor, type SessionOptions } from './contract.ts';
 import { float16ToFloat32, float32ToFloat16 } from './float16.ts';
 import { planarToRgb8, rgb8ToPlanar } from './image-layout.ts';
 
@@ -20,12 +20,13 @@ export { PROVIDERS, DEFAULT_SESSION_OPTIONS, parseProvider, type Provider, type 
 const NO_SPINNING = Object.freeze({ session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
 
 /** onnxruntime's options for a session: the provider, all graph optimisations, the threads, no spinning. */
-export function ortSessionOptions({ provider, threads }: SessionOptions): ort.InferenceSession.SessionOptions {
+export function ortSessionOptions({ provider, threads, externalDataDir }: SessionOptions): ort.InferenceSession.SessionOptions {
+  const externalData = externalDataDir !== undefined ? { model_external_initializers_file_folder_path: externalDataDir } : {};
   return {
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
     ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
-    extra: NO_SPINNING,
+    extra: { session: { ...NO_SPINNING.session, ...externalData } },
   };
 }
 
@@ -74,7 +75,7 @@ export class OnnxModel extends ModelContract implements Model {
           ? await ort.InferenceSession.create(source, sessionOptions)
           : await ort.InferenceSession.create(source, sessionOptions);
     } catch (cause) {
-      throw describeLoadError(cause, label);
+      throw describeLoadError(cause, label, provider);
     }
     return new OnnxModel(session, specs(session.inputMetadata, label), specs(session.outputMetadata, label), label);
   }
@@ -114,8 +115,15 @@ export class OnnxModel extends ModelContract implements Model {
   }
 }
 
-function describeLoadError(cause: unknown, label: string): ServiceError {
+/** How to get the GPU providers: onnxruntime-node's install script fetches them from nuget.org (npm ci skips it here). */
+export const CUDA_INSTALL_HINT = 'reinstall onnxruntime-node with its CUDA 12 binaries (ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node; needs CUDA 12 and cuDNN 9)';
+
+function describeLoadError(cause: unknown, label: string, provider: Provider): ServiceError {
   const message = (cause as Error)?.message ?? String(cause);
+  // the CPU-only install lists cuda and tensorrt but lacks their libraries (libonnxruntime_providers_*.so)
+  if ((provider === 'cuda' || provider === 'tensorrt') && /libonnxruntime_providers_|Failed to load (shared )?librar/i.test(message)) {
+    return new ServiceError('unsupported', `${label}: execution provider "${provider}" is not installed: ${CUDA_INSTALL_HINT}. onnxruntime: ${message.split('\n')[0]!.slice(0, 300)}`, { cause });
+  }
   // e.g. "Could not find an implementation for NhwcConv(1) node with name ..." from GPU-only exports
   const op = /implementation for (\w+)\(/.exec(message)?.[1];
   if (op) return new ServiceError('unsupported', `${label}: operator ${op} has no kernel in this execution provider (${message})`, { cause });

@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { ServiceError } from '../../models/errors.ts';
 import { readImageText } from '../codecs/image.ts';
 import { parseInfotext } from '../infotext.ts';
-import { DEFAULT_STEPS, parseRequestParams, type GenerationParams } from '../params.ts';
+import { DEFAULT_STEPS, parseRequestParams, type GenerationParams, type ParamDefaults } from '../params.ts';
 
 export const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options]
   --image FILE        img2img from this image (else txt2img)
@@ -26,12 +26,12 @@ export const USAGE = `usage: npm run render -- --prompt TEXT --out FILE [options
   --aspect X          width / height (e.g. 1.7778 for 16:9) when --width and --height are not given: the largest
                       size with that shape within the model's pixels
   --fit F             crop | pad: an input image of another shape is centre-cropped or padded (default crop)
-  --steps N           denoising steps (default 4 for txt2img, 2 for img2img, folders and video)
+  --steps N           denoising steps (default: the pack's; LCM 4 for txt2img, 2 for img2img, folders and video; Turbo 1)
   --strength X        img2img strength in (0, 1] (default 0.5)
   --t-index-list L    raw indices on the 50-step LCM grid, e.g. 10,30 (overrides --steps and --strength)
   --seed N[:W]        seed (default: random, printed); repeat N:W to blend seeds; image i of --count uses seed + i
   --guidance X        guidance scale gamma (default 1.2; kept within the model's range unless --strict-guidance)
-  --cfg KIND          none | full | self | initialize (default self)
+  --cfg KIND          none | full | self | initialize (default: the pack's; self, Turbo none)
   --delta X           RCFG delta (default 1)
   --strict-guidance   take --guidance and --cfg as given
   --strict-size       render at --width x --height even outside the model's size range
@@ -139,7 +139,8 @@ async function fromImage(path: string): Promise<{ params: Record<string, unknown
  * The generation parameters the flags ask for (seed drawn when none is given), over the parameters of --from-png
  * when given. `fromImage`: an input image is given (img2img steps default).
  */
-export async function paramsFromFlags(values: CliValues, fromImageInput: boolean): Promise<{ params: GenerationParams; notes: readonly string[] }> {
+/** Parameters from the flags; `defaults` are the model pack's for what no flag (or --from-png image) gives (params.ts packParams). */
+export async function paramsFromFlags(values: CliValues, fromImageInput: boolean, defaults: ParamDefaults = {}): Promise<{ params: GenerationParams; notes: readonly string[] }> {
   const base = values['from-png'] ? await fromImage(values['from-png']) : { params: {}, notes: [] };
   const budget = values.budget === undefined || values.budget === 'auto' ? values.budget : number(values.budget, 'budget');
   const indices = values['t-index-list']?.split(/[\s,]+/).filter(Boolean).map((i) => number(i, 't-index-list')!);
@@ -168,7 +169,7 @@ export async function paramsFromFlags(values: CliValues, fromImageInput: boolean
     vae: values['tiny-vae'] ? 'tiny' : undefined,
   };
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
-  const merged: Record<string, unknown> = { steps: DEFAULT_STEPS[fromImageInput ? 'img2img' : 'txt2img'], ...base.params, ...given };
+  const merged: Record<string, unknown> = { steps: DEFAULT_STEPS[fromImageInput ? 'img2img' : 'txt2img'], ...defaults, ...base.params, ...given };
   // a new steps or strength asks for a new schedule: the image's raw t_index_list must not override it
   if (('steps' in given || 'strength' in given) && !('t_index_list' in given)) delete merged['t_index_list'];
   try {

@@ -20,7 +20,7 @@ import { Engine } from '../engine.ts';
 import { render } from '../generate.ts';
 import { writeInfotext } from '../infotext.ts';
 import { decodeImage, encodeImage, INPUT_FORMATS, type OutputFormat } from '../codecs/image.ts';
-import type { GenerationParams } from '../params.ts';
+import { packParams, type GenerationParams } from '../params.ts';
 import { planRequest, type Mode } from '../plan.ts';
 import { number, paramsFromFlags, readFlags, USAGE } from './render-args.ts';
 
@@ -125,12 +125,14 @@ export async function runRender(argv: readonly string[], options: RunOptions = {
   }
   const sources = [values.image, values['input-dir'], values.video].filter((v) => v !== undefined);
   if (sources.length > 1) throw new ServiceError('bad_request', 'give at most one of --image, --input-dir, --video');
-  const { params, notes } = await paramsFromFlags(values, sources.length === 1);
-  for (const note of notes) console.error(`note: ${note}`);
+  await paramsFromFlags(values, sources.length === 1); // flag errors before the model loads
   const count = number(values.count, 'count') ?? 1;
   if (!Number.isInteger(count) || count < 1) throw new ServiceError('bad_request', '--count must be a positive integer', { field: 'count' });
   const format = values.format === undefined ? undefined : formatOf(`x.${values.format}`, 'format');
   const engine = options.engine ?? (await Engine.load(values.model ?? EMBEDDED_PACK_DIR, { provider: parseProvider(values.provider ?? 'cpu'), threads: 0 }));
+  // steps and guidance no flag gives come from the pack (Turbo: 1 step, no guidance)
+  const { params, notes } = await paramsFromFlags(values, sources.length === 1, packParams(engine.pack.defaults, sources.length === 1 ? 'img2img' : 'txt2img'));
+  for (const note of notes) console.error(`note: ${note}`);
   if (values['input-dir']) await renderDirectory(engine, params, values['input-dir'], values.out, format);
   else if (values.video) await renderVideoFile(engine, params, values.video, values.out);
   else await renderImages(engine, params, values.out, values.image, count);

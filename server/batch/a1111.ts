@@ -11,9 +11,10 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
+import type { PackDefaults } from '../../models/pack-kinds.ts';
 import { readImageText } from '../../pipelines/codecs/image.ts';
 import { parseInfotext, SAMPLER, writeInfotext } from '../../pipelines/infotext.ts';
-import { DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
+import { MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, packParams, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
 import { parsePrompt, variationSeeds } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
@@ -137,6 +138,7 @@ function extraParams(request: Txt2ImgRequest): { values: Record<string, unknown>
 }
 
 function mapRequest(
+  defaults: PackDefaults,
   raw: Record<string, unknown>,
   request: Txt2ImgRequest,
   strength: number | undefined,
@@ -148,7 +150,7 @@ function mapRequest(
   if (count > MAX_IMAGES_PER_REQUEST) {
     throw new ServiceError('bad_request', `n_iter: batch_size x n_iter must be at most ${MAX_IMAGES_PER_REQUEST}, got ${count}`, { field: 'n_iter' });
   }
-  let steps = request.steps ?? DEFAULT_STEPS[mode];
+  let steps = request.steps ?? packParams(defaults, mode).steps;
   if (steps > MAX_STEPS) {
     notes.push(`steps ${steps} clamped to ${MAX_STEPS}: LCM needs only a few`);
     steps = MAX_STEPS;
@@ -173,6 +175,7 @@ function mapRequest(
       ...(tagged.length > 0 ? { adapters: tagged } : {}),
     },
     { guidance_scale: 'cfg_scale', strength: 'denoising_strength', seed: subseed !== undefined ? 'subseed' : 'seed', ...extra.fields },
+    packParams(defaults, mode),
   );
   const unsupported = [...Object.keys(raw).filter((k) => ignored.includes(k)), ...extra.unsupported];
   return { params, seed, count, notes, unsupported };
@@ -189,7 +192,7 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
       const img: Img2ImgRequest | undefined = mode === 'img2img' ? parseBody(img2imgSchema, raw) : undefined;
       const request: Txt2ImgRequest = img ?? parseBody(txt2imgSchema, raw);
       const ignored = mode === 'txt2img' ? [...UNSUPPORTED_COMMON, ...UNSUPPORTED_TXT2IMG] : [...UNSUPPORTED_COMMON, ...UNSUPPORTED_IMG2IMG];
-      const { params, seed, count, notes, unsupported } = mapRequest(raw, request, img?.denoising_strength, mode, ignored);
+      const { params, seed, count, notes, unsupported } = mapRequest(ctx.engine.pack.defaults, raw, request, img?.denoising_strength, mode, ignored);
       const plan = await ctx.plan(params, mode);
       // 2. decode init images at the size the model runs at
       const { size } = plan;

@@ -11,7 +11,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
-import { DEFAULT_STEPS, MAX_PROMPT_CHARS, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
+import { MAX_PROMPT_CHARS, packParams, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
 import type { Plan } from '../../pipelines/plan.ts';
 import { parsePrompt, type AdapterChoice } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
@@ -108,10 +108,9 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
       ...extensions,
       prompt,
       seed: resolveSeed(extensions['seed']),
-      steps: extensions['steps'] ?? DEFAULT_STEPS[mode === 'generations' ? 'txt2img' : 'img2img'],
       ...(adapters.length > 0 ? { adapters: [...adapters, ...listed] } : {}),
       ...size,
-    });
+    }, {}, packParams(ctx.engine.pack.defaults, mode === 'generations' ? 'txt2img' : 'img2img'));
   } catch (error) {
     // width/height errors are about the size field
     if (error instanceof ServiceError && (error.field === 'width' || error.field === 'height')) {

@@ -5,7 +5,7 @@
 import type { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { isRecord } from '../../models/files.ts';
-import { parseParams, type GenerationParams } from '../../pipelines/params.ts';
+import { parseParams, type GenerationParams, type ParamDefaults } from '../../pipelines/params.ts';
 import { decodeImage, type DecodedImage, type Fit } from '../../pipelines/codecs/image.ts';
 
 function fieldOf(issue: z.ZodIssue): string {
@@ -46,9 +46,9 @@ export function dropNulls(body: unknown): unknown {
  * under the request's name for it (`renames`: params field -> request field; adapters.1.weight is renamed by
  * its first part).
  */
-export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}): GenerationParams {
+export function mapParams(input: Record<string, unknown>, renames: Readonly<Record<string, string>> = {}, defaults: ParamDefaults = {}): GenerationParams {
   try {
-    return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
+    return parseParams(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)), defaults);
   } catch (error) {
     const [head = '', ...rest] = error instanceof ServiceError && error.field ? error.field.split('.') : [];
     if (!(error instanceof ServiceError) || !renames[head]) throw error;

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { ServiceError, toServiceError } from '../../models/errors.ts';
 import { decodeRgb8, encodeRgb8, probeImage, type Fit } from '../../pipelines/codecs/image.ts';
 import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelines/stream-pipeline.ts';
-import { parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
+import { packParams, parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
 import { errorMessage, type ClientMessage, type FrameMeta, type StartMessage } from './protocol.ts';
 import { StreamTargets } from './targets.ts';
@@ -129,7 +129,7 @@ export class StreamSession extends EventEmitter {
   }
 
   static async open(ctx: AppContext, start: StartMessage, sink: StreamSink): Promise<StreamSession> {
-    const params = parseRequestParams({ ...start.params });
+    const params = parseRequestParams({ ...start.params }, packParams(ctx.engine.pack.defaults, 'stream'));
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start);

@@ -37,14 +37,17 @@ const SECTIONS: [string, string, string][] = [
   ['adapters', 'adapters.ts', 'benchAdapters'],
   ['webrtc', 'webrtc.ts', 'benchWebrtc'],
   ['soak', 'soak.ts', 'benchSoak'],
+  // full-size model families: builds multi-GB packs and takes an hour; only with --only families
+  ['families', 'families.ts', 'benchFamilies'],
 ];
+const ON_REQUEST = new Set(['families']);
 
 if (values.help) {
   console.log(`npm run bench [-- options]
   --quick            shorter runs (about 5 minutes in all)
   --only a,b         only these sections (the others stay as they are in REPORT.md and report.json)
   --model DIR        another model pack (default: the embedded one)
-sections: ${SECTIONS.map(([name]) => name).join(', ')}`);
+sections: ${SECTIONS.map(([name]) => name).join(', ')} (${[...ON_REQUEST].join(', ')}: only when named)`);
   process.exit(0);
 }
 const unknown = only?.filter((name) => !SECTIONS.some(([s]) => s === name)) ?? [];
@@ -59,7 +62,7 @@ log(`Each comparison runs its cases interleaved (rotating order) for ${rounds} r
 const report: Record<string, unknown> = { started: started.toISOString(), quick: values.quick, model: engine.pack.name, machine: { cpus: cpus().length, model: cpus()[0]?.model, memory_gib: totalmem() / 2 ** 30, node: process.version } };
 
 for (const [name, file, fn] of SECTIONS) {
-  if (only && !only.includes(name)) continue;
+  if (only ? !only.includes(name) : ON_REQUEST.has(name)) continue;
   const path = join(HERE, file);
   if (!(await access(path).then(() => true, () => false))) {
     log(`\n## ${name}\n\nNot measured: ${file} is not in this build.`);

@@ -84,10 +84,10 @@ for (const file of ['README.md', 'server/batch/API.md', 'pipelines/cli/render.ts
 
 test('server/batch/API.md: every image-job body with a prompt draws it in every image (parsed by the jobs API schema)', async () => {
   const text = await readFile(join(ROOT, 'server/batch/API.md'), 'utf8');
-  const jobs = [...text.matchAll(/-d '(\{[^']*"prompt"[^']*\})'/g)].map((m) => parseJob(JSON.parse(m[1]!)));
+  const engine = await Engine.load(EMBEDDED_PACK_DIR);
+  const jobs = [...text.matchAll(/-d '(\{[^']*"prompt"[^']*\})'/g)].map((m) => parseJob(JSON.parse(m[1]!), engine.pack.defaults));
   const images = jobs.flatMap((j) => (j.kind === 'images' ? [j.request] : []));
   assert.ok(images.length > 0, 'no image-job examples found');
-  const engine = await Engine.load(EMBEDDED_PACK_DIR);
   for (const { params, count } of images) {
     const prompt = typeof params.prompt === 'string' ? params.prompt : params.prompt[0]!.text;
     for (const img of await txt2img(engine, params, count)) {

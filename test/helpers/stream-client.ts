@@ -34,8 +34,8 @@ export class StreamClient {
     });
   }
 
-  /** Opens a stream on the server at `url` (http://host:port); `token` when the server has an API key. */
-  static async connect(url: string, start: Record<string, unknown>, options: { token?: string } = {}): Promise<StreamClient> {
+  /** Opens a stream on the server at `url` (http://host:port); `token` when the server has an API key; `timeoutMs` for `started`. */
+  static async connect(url: string, start: Record<string, unknown>, options: { token?: string; timeoutMs?: number } = {}): Promise<StreamClient> {
     const ws = new WebSocket(url.replace(/^http/, 'ws') + '/v1/stream' + (options.token ? `?token=${encodeURIComponent(options.token)}` : ''));
     await new Promise<void>((ok, fail) => {
       ws.once('open', () => ok());
@@ -43,7 +43,7 @@ export class StreamClient {
     });
     const client = new StreamClient(ws);
     client.send({ type: 'start', ...start });
-    await client.until(() => client.started !== undefined || client.errors.length > 0, 20_000);
+    await client.until(() => client.started !== undefined || client.errors.length > 0, options.timeoutMs);
     if (!client.started) throw new Error(`stream did not start: ${JSON.stringify(client.errors)}`);
     return client;
   }
@@ -89,11 +89,11 @@ export class StreamClient {
   }
 
   /** Sends a frame and waits for the output that answers it (output count grows). */
-  async roundTrip(bytes: Buffer): Promise<ReceivedFrame> {
+  async roundTrip(bytes: Buffer, timeoutMs?: number): Promise<ReceivedFrame> {
     const before = this.frames.length;
     const errorsBefore = this.errors.length;
     this.sendFrame(bytes);
-    await this.until(() => this.frames.length > before || this.errors.length > errorsBefore);
+    await this.until(() => this.frames.length > before || this.errors.length > errorsBefore, timeoutMs);
     if (this.errors.length > errorsBefore) throw new Error(JSON.stringify(this.errors[this.errors.length - 1]));
     return this.frames[this.frames.length - 1]!;
   }

@@ -94,11 +94,11 @@ test('a tiny VAE (taesd_encoder/taesd_decoder) is loaded beside the full one, wi
   assert.equal((await loadPack(BASE_PACK)).tinyVae, undefined);
 });
 
-test('the pack kind comes from model_index.json; a known but unsupported kind says what the pack is', async () => {
+test('the pack kind comes from model_index.json; an SDXL pack without its second text encoder names what is missing', async () => {
   assert.equal((await loadPack(BASE_PACK)).kind.name, 'stable-diffusion');
   const dir = await copyPack();
   await writeFile(join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'ORTStableDiffusionXLPipeline' }));
-  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'unsupported' && /ORTStableDiffusionXLPipeline is a stable-diffusion-xl pack/.test(e.message));
+  await assert.rejects(loadPack(dir), (e: ServiceError) => e.code === 'model_invalid' && /missing text_encoder_2\/model\.onnx/.test(e.message));
 });
 
 test('every missing required component is named at once', async () => {

@@ -71,7 +71,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
         // 1. validate (a multipart form's fields arrive as text; a file means a video job)
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
-        const parsed = parseJob(body);
+        const parsed = parseJob(body, ctx.engine.pack.defaults);
         const id = newJobId();
         const dir = store.dir(id);
         const common = {

@@ -6,8 +6,10 @@
  * form fields (numbers and booleans are read as JSON).
  */
 import { z } from 'zod';
+import { isRecord } from '../../../models/files.ts';
+import type { PackDefaults } from '../../../models/pack-kinds.ts';
 import { DEFAULT_LANES } from '../../../pipelines/generate.ts';
-import { paramsSchema, parseRequestParams, RANDOM_SEED, type GenerationParams } from '../../../pipelines/params.ts';
+import { packParams, paramsSchema, parseRequestParams, withDefaults, RANDOM_SEED, type GenerationParams } from '../../../pipelines/params.ts';
 import { jsonOrText, parseBody } from '../validate.ts';
 
 /** Most images in one job (each job checkpoints per UNet batch, so a large one only takes long). */
@@ -79,9 +81,13 @@ function withSeed(params: Record<string, unknown>, seed: unknown): GenerationPar
   return parseRequestParams({ ...params, seed });
 }
 
-/** Validates a job body (JSON, or multipart fields already coerced). */
-export function parseJob(body: unknown): ParsedJob {
-  const kind = typeof body === 'object' && body !== null ? (body as { kind?: unknown }).kind : undefined;
+/**
+ * Validates a job body (JSON, or multipart fields already coerced). Absent steps and guidance are the pack's for
+ * streamed work (jobs take the stream's default steps, as the WebSocket does).
+ */
+export function parseJob(input: unknown, defaults: PackDefaults): ParsedJob {
+  const kind = typeof input === 'object' && input !== null ? (input as { kind?: unknown }).kind : undefined;
+  const body = isRecord(input) ? withDefaults(input, packParams(defaults, 'stream')) : input;
   if (kind === 'video') {
     const { kind: _kind, path, webhook: hook, seed: s, ...params } = parseBody(videoSchema, body);
     return { kind: 'video', params: withSeed(params, s), path, webhook: hook };

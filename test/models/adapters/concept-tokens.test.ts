@@ -112,7 +112,7 @@ test('store + engine: adapters with concept tokens get their text encoder on the
   const withAdapter = (prompt: string) => parseParams({ prompt, adapters: [{ name: 'heart', weight: 1 }] });
   const { prompt: viaConcept, variant } = await engine.prepare(withAdapter('a heart'));
   assert.deepEqual([...variant.text!.tokens], [['heart', [669]]]);
-  assert.equal(variant.text!.encoder.model.label, 'text_encoder+heart:1');
+  assert.equal(variant.text!.encoders[0]!.model.label, 'text_encoder+heart:1');
   const red = await engine.prepare(parseParams({ prompt: 'a red' }));
   assert.equal(red.variant.text, undefined);
   assert.deepEqual(viaConcept.cond, red.prompt.cond, '"heart" reads as the row it copies');

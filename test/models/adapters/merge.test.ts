@@ -129,12 +129,12 @@ test('keys that match no node are skipped with a warning; other tensors are igno
   const down = t.get('lora_unet_conv_in.lora_down.weight')!;
   t.set('lora_unet_no_such_block.lora_down.weight', { shape: [2, 3], data: new Float32Array(6) });
   t.set('lora_unet_no_such_block.lora_up.weight', { shape: [4, 2], data: new Float32Array(8) });
-  t.set('lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight', down);
+  t.set('text_encoder.layers.0.mlp.fc1.weight', down);
   const a = readKohyaAdapter(parseSafetensors(encodeSafetensors(t)), 'extra');
   const merged = await mergeAdapters(baseBytes, index, [{ name: 'extra', weight: 1, adapter: a }]);
   assert.equal(merged.patched, 50);
   assert.match(merged.warnings.join('\n'), /1 of 51 keys match no node of unet and were skipped \(lora_unet_no_such_block\)/);
-  assert.match(merged.warnings.join('\n'), /1 tensors are not UNet LoRA weights and were ignored/);
+  assert.match(merged.warnings.join('\n'), /1 tensors are not LoRA weights of a known model and were ignored/);
 });
 
 test('an adapter for another model (shapes do not fit) is a clear error and changes nothing', async () => {
@@ -159,5 +159,5 @@ test('inconsistent LoRA tensors are rejected when the adapter is read', () => {
   assert.throws(() => bad([[`${key}.lora_down.weight`, [2, 4]]]), /lora_unet_conv_in has no lora_up.weight/);
   assert.throws(() => bad([[`${key}.lora_down.weight`, [2, 4]], [`${key}.lora_up.weight`, [8, 3]]]), /rank 2 and lora_up rank 3 differ/);
   assert.throws(() => bad([[`${key}.lora_down.weight`, [2, 4, 3, 3]], [`${key}.lora_up.weight`, [8, 2]]]), /expected \[out, r, 1, 1\]/);
-  assert.throws(() => bad([['something_else', [1]]]), /no UNet LoRA weights/);
+  assert.throws(() => bad([['something_else', [1]]]), /no LoRA weights/);
 });

@@ -100,3 +100,25 @@ test('a merged UNet from the store (built and run on a worker of its own) predic
   await new Promise((resolve) => setTimeout(resolve, 300));
   await assert.rejects(unet.predict(rows, 8, 8), code('unavailable'));
 });
+
+test('merged variants are bounded by the bytes of weights they hold, not only by count (the newest always stays)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'adapters-'));
+  for (const n of ['fixture-a', 'fixture-b']) await copyFile(join(ADAPTERS, `${n}.safetensors`), join(dir, `${n}.safetensors`));
+  const unetBytes = (await readFile(UNET)).length;
+  // room for two merged UNets' weights, with a count limit that would allow four
+  const store = new AdapterStore(dir, { unet: UNET }, SESSIONS, 4, {}, undefined, 2.5 * unetBytes);
+  const a = await store.merged([{ name: 'fixture-a', weight: 1 }]);
+  assert.equal(a.weightBytes, unetBytes, 'a merged UNet holds the UNet\'s weights once');
+  await store.merged([{ name: 'fixture-b', weight: 1 }]);
+  assert.equal(store.mergedBytes, 2 * unetBytes);
+  assert.ok(store.ready([{ name: 'fixture-a', weight: 1 }]), 'two fit');
+  await store.merged([{ name: 'fixture-a', weight: 0.5 }]);
+  assert.equal(store.ready([{ name: 'fixture-a', weight: 1 }]), undefined, 'the least recently used is evicted by bytes');
+  assert.ok(store.ready([{ name: 'fixture-b', weight: 1 }]) && store.ready([{ name: 'fixture-a', weight: 0.5 }]));
+  assert.ok(store.mergedBytes <= 2.5 * unetBytes);
+  const tiny = new AdapterStore(dir, { unet: UNET }, SESSIONS, 4, {}, undefined, 1);
+  await tiny.merged([{ name: 'fixture-a', weight: 1 }]);
+  await tiny.merged([{ name: 'fixture-b', weight: 1 }]);
+  assert.ok(tiny.ready([{ name: 'fixture-b', weight: 1 }]), 'a budget smaller than one variant still keeps the newest');
+  assert.equal(tiny.ready([{ name: 'fixture-a', weight: 1 }]), undefined);
+});
