@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/contract.ts';
+import { DEFAULT_MIN_SHARE } from '../models/runtime/urgency.ts';
 import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
@@ -43,6 +44,11 @@ export interface ServerConfig {
   readonly rateLimitPerMinute: number;
   /** Most rows per UNet call across streams (calls grow only while the measured cost per row falls); 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /**
+   * Minimum share of worker time owed to interactive renders and to background jobs each while live streams keep
+   * the workers busy (models/runtime/urgency.ts); 0 lets live frames take everything.
+   */
+  readonly backgroundShare: number;
   /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
   readonly iceServers: readonly IceServer[];
 }
@@ -68,6 +74,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxUploadBytes: 200 * 1024 * 1024, // a few minutes of 720p H.264
   rateLimitPerMinute: 600,
   maxBatchRows: 16,
+  backgroundShare: DEFAULT_MIN_SHARE,
   iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
@@ -80,6 +87,12 @@ export function isLoopback(host: string): boolean {
 function int(value: string, name: string, min: number, max: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be an integer in ${min}..${max}, got "${value}"`, { field: name });
+  return n;
+}
+
+function fraction(value: string, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be a number in ${min}..${max}, got "${value}"`, { field: name });
   return n;
 }
 
@@ -101,6 +114,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'video-dir': { type: 'string', multiple: true },
       'max-streams': { type: 'string' },
       'max-batch-rows': { type: 'string' },
+      'background-share': { type: 'string' },
       'ice-servers': { type: 'string' },
       'ice-username': { type: 'string' },
       'ice-credential': { type: 'string' },
@@ -117,6 +131,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   }
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
+  const share = pick(values['background-share'], 'BACKGROUND_SHARE');
   const cors = pick(values.cors, 'CORS_ORIGINS');
   const videoDirs = values['video-dir'] ?? env['VIDEO_DIRS']?.split(':').filter(Boolean) ?? [];
   const config: ServerConfig = {
@@ -134,6 +149,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     videoDirs: videoDirs.map((p) => resolve(p)),
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
+    backgroundShare: share === undefined ? d.backgroundShare : fraction(share, 'background-share', 0, 0.5),
     iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   if (!isLoopback(config.host) && !config.apiKey) {

@@ -32,7 +32,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
   return async (job) => {
     const request = job.record.request as ImagesJobRequest;
     const { params, count, lanes, output_format: format } = request;
-    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img', 'job');
     job.record.notes = [...plan.notes];
     const { width, height } = plan.size;
     const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image', params.fit)).data : undefined;
@@ -79,7 +79,7 @@ export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths
       output: join(job.dir, VIDEO_RESULT),
       params: request.params,
       runners: ctx.runners,
-      defaults: ctx.defaults.batch,
+      defaults: ctx.defaults.job,
       signal: job.signal,
       onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
     });
