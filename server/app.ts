@@ -65,6 +65,11 @@ export async function startServer(
   const engine = options.engine ?? (await Engine.load(config.modelDir, { provider: config.provider, threads: config.threads, workers: config.workers }));
   const metrics = new Metrics(true);
   const ctx = createContext(config, engine, log, metrics);
+  // the model calls' queue: its share rule from the config, its waits and misses into the metrics
+  const dispatcher = engine.pack.sessions.dispatcher;
+  dispatcher?.setMinShare(config.backgroundShare);
+  const unobserve = dispatcher ? metrics.observeDispatcher(dispatcher) : () => undefined;
+  const unwatch = dispatcher ? ctx.capacity.watch(dispatcher) : () => undefined;
   const registry = new StreamRegistry(config.maxStreams, config.maxStreamsPerClient, engine.size({}));
   const extensions = (options.extensions ?? []).map((make) => make(ctx, registry));
 
@@ -73,7 +78,7 @@ export async function startServer(
   app.set('trust proxy', false);
   app.use(corsMiddleware(config));
   app.get('/health', (_req, res) => {
-    res.json({ status: ctx.draining ? 'draining' : 'ok', model: engine.pack.name, streams: registry.size, unet_queue: ctx.batcher.waiting });
+    res.json({ status: ctx.draining ? 'draining' : 'ok', model: engine.pack.name, streams: registry.size, unet_queue: ctx.batcher.waiting, capacity: ctx.capacity.snapshot() });
   });
   app.use(authMiddleware(config));
   app.use(rateLimit(config.rateLimitPerMinute));
@@ -118,6 +123,8 @@ export async function startServer(
         http.closeAllConnections();
       });
       wss.close();
+      unobserve();
+      unwatch();
       for (const ext of extensions) await ext.stop?.();
       if (ownEngine) await engine.close();
     })());

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/contract.ts';
+import { DEFAULT_MIN_SHARE } from '../models/runtime/urgency.ts';
 import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
@@ -53,6 +54,11 @@ export interface ServerConfig {
   readonly jobLockMs: number;
   /** A worker takes no new jobs while the machine has less free memory than this, MiB. */
   readonly minFreeMemoryMb: number;
+  /**
+   * Minimum share of worker time owed to interactive renders and to background jobs each while live streams keep
+   * the workers busy (models/runtime/urgency.ts); 0 lets live frames take everything.
+   */
+  readonly backgroundShare: number;
   /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
   readonly iceServers: readonly IceServer[];
 }
@@ -87,6 +93,7 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   // longer than the longest model call: a call blocks the event loop, and with it the lock's renewal
   jobLockMs: 30_000,
   minFreeMemoryMb: 256,
+  backgroundShare: DEFAULT_MIN_SHARE,
   iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
@@ -131,6 +138,12 @@ function clusterConfig(values: Record<string, string | boolean | string[] | unde
   };
 }
 
+function fraction(value: string, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be a number in ${min}..${max}, got "${value}"`, { field: name });
+  return n;
+}
+
 /** Reads flags (argv) over environment (env) over defaults, and checks that the result is safe. */
 export function loadConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const { values } = parseArgs({
@@ -154,6 +167,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'advertise-url': { type: 'string' },
       'job-lock-ms': { type: 'string' },
       'min-free-mb': { type: 'string' },
+      'background-share': { type: 'string' },
       'ice-servers': { type: 'string' },
       'ice-username': { type: 'string' },
       'ice-credential': { type: 'string' },
@@ -170,6 +184,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   }
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
+  const share = pick(values['background-share'], 'BACKGROUND_SHARE');
   const cors = pick(values.cors, 'CORS_ORIGINS');
   const videoDirs = values['video-dir'] ?? env['VIDEO_DIRS']?.split(':').filter(Boolean) ?? [];
   const config: ServerConfig = {
@@ -188,6 +203,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxStreams: maxStreams === undefined ? d.maxStreams : int(maxStreams, 'max-streams', 1, 1024),
     maxBatchRows: maxBatchRows === undefined ? d.maxBatchRows : int(maxBatchRows, 'max-batch-rows', 1, 256),
     ...clusterConfig(values, env),
+    backgroundShare: share === undefined ? d.backgroundShare : fraction(share, 'background-share', 0, 0.5),
     iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   if (!isLoopback(config.host) && !config.apiKey) {

@@ -188,7 +188,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          const params = await session.update(message.params);
+          const params = await session.update(message.params, message);
           sendJson(ws, { type: 'updated', params, notes: session.notes });
         } catch (error) {
           report(error);

@@ -31,6 +31,7 @@ const SECTIONS: [string, string, string][] = [
   ['latency', 'latency.ts', 'benchLatency'],
   ['aspect', 'aspect.ts', 'benchAspect'],
   ['batching', 'batching.ts', 'benchBatching'],
+  ['sched', 'sched.ts', 'benchSched'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],

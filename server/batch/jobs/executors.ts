@@ -25,7 +25,7 @@ export function imagesExecutor(ctx: AppContext): Executor {
   return async (job) => {
     const request = job.record.request as ImagesJobRequest;
     const { params, count, lanes, output_format: format } = request;
-    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img', 'job');
     job.record.notes = [...plan.notes];
     const { width, height } = plan.size;
     const init = request.init_file ? (await decodeBytes(await job.files.read(request.init_file), width, height, 'init_image', params.fit)).data : undefined;
@@ -75,7 +75,7 @@ export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths
         output: output.path,
         params: request.params,
         runners: ctx.runners,
-        defaults: ctx.defaults.batch,
+        defaults: ctx.defaults.job,
         signal: job.signal,
         onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
       });
