@@ -9,6 +9,7 @@
 import { availableParallelism } from 'node:os';
 import { ServiceError } from './errors.ts';
 import { DEFAULT_SESSION_OPTIONS, type Model, type Provider, type SessionOptions } from './runtime/contract.ts';
+import type { Dispatcher } from './runtime/dispatcher.ts';
 import { sharedPool, WorkerPool, type WorkerModel } from './runtime/worker-pool.ts';
 
 export type Role = 'text_encoder' | 'vae_encoder' | 'unet' | 'vae_decoder';
@@ -68,6 +69,11 @@ export class ModelSessions {
   /** Worker threads holding sessions (0: they run on the calling thread). */
   get workerCount(): number {
     return this.pool?.size ?? 0;
+  }
+
+  /** The queue these sessions' calls wait in (undefined: sessions run on the calling thread). */
+  get dispatcher(): Dispatcher | undefined {
+    return this.pool?.dispatcher;
   }
 
   /** Calls waiting for a worker (the dispatcher's queue). */

@@ -3,6 +3,7 @@
  * denoise; images of one request share UNet calls as lanes of one batch. Image j uses seed + j.
  */
 import { resizeImage } from './codecs/image.ts';
+import { withUrgency } from '../models/runtime/urgency.ts';
 import type { Engine } from './engine.ts';
 import { denoiseSequential } from './sequential.ts';
 import type { GenerationParams } from './params.ts';
@@ -40,9 +41,13 @@ function firstSeed(params: GenerationParams): number {
 
 /**
  * Renders `count` images of a plan: from noise (txt2img), or from encoded images (img2img: image j starts from
- * inits[j % inits.length], [3, H, W] at the plan's size).
+ * inits[j % inits.length], [3, H, W] at the plan's size). Every model call carries the plan's class.
  */
-export async function render(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] } = {}): Promise<GeneratedImage[]> {
+export function render(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] } = {}): Promise<GeneratedImage[]> {
+  return withUrgency({ class: plan.urgency }, () => renderPlan(engine, plan, count, options));
+}
+
+async function renderPlan(engine: Engine, plan: Plan, count: number, options: GenerateOptions & { inits?: readonly Float32Array[] }): Promise<GeneratedImage[]> {
   const { params, size, outputSize: out, coefficients: c, guidance: g, prompt, variant, runner, vae } = plan;
   const resized = out.width !== size.width || out.height !== size.height;
   const inits = options.inits && (await engine.encodeImages(options.inits, size, vae));
@@ -57,12 +62,19 @@ export async function render(engine: Engine, plan: Plan, count: number, options:
     const noise = engine.noise({ seed: shifted }, c.timesteps.length, n, size, true);
     const latents = Array.from({ length: n }, (_, j) => (inits ? inits[(start + j) % inits.length]! : new Float32Array(engine.latentSize(size))));
     const denoised = await denoiseSequential(latents, c, g, prompt, noise, runner);
-    const decoded = await engine.decodeLatents(denoised, size, vae);
+    // background work is decoded an image per call, so it holds the decoder's worker a short while at a time
+    const decoded = plan.urgency === 'background' ? await decodeOneByOne(engine, denoised, plan) : await engine.decodeLatents(denoised, size, vae);
     const images = resized ? await Promise.all(decoded.map((d) => resizeImage(d, size, out.width, out.height))) : decoded;
     images.forEach((data, j) => done.push({ data, width: out.width, height: out.height, seed: (firstSeed(params) + offset + j) % 2 ** 32, index: offset + j, variant }));
     options.onProgress?.(done.length, count);
   }
   return done;
+}
+
+async function decodeOneByOne(engine: Engine, latents: readonly Float32Array[], plan: Plan): Promise<Float32Array[]> {
+  const images: Float32Array[] = [];
+  for (const z of latents) images.push(...(await engine.decodeLatents([z], plan.size, plan.vae)));
+  return images;
 }
 
 /** Text to image: `count` images from pure noise at strength 1. */

@@ -28,7 +28,7 @@ function quote(value: string): string {
 }
 
 /** The infotext of image `image` of a plan, rendered by model `model`. */
-export function writeInfotext(plan: Plan, image: Pick<GeneratedImage, 'index' | 'width' | 'height' | 'variant'>, model: string): string {
+export function writeInfotext(plan: Plan, image: Pick<GeneratedImage, 'index' | 'width' | 'height'> & { readonly variant: Pick<GeneratedImage['variant'], 'expert' | 'relativeMacs' | 'adapters'> }, model: string): string {
   const { params, guidance, coefficients, mode } = plan;
   const shift = (s: number) => (s + image.index) % 2 ** 32;
   const seeds = typeof params.seed === 'number' ? [{ seed: shift(params.seed), weight: 1 }] : params.seed.map((s) => ({ seed: shift(s.seed), weight: s.weight }));

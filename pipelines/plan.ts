@@ -5,6 +5,7 @@
  * each live update and compares it with the old one to decide what to rebuild.
  */
 import type { Vae } from '../models/pack.ts';
+import { withUrgency, type CallClass } from '../models/runtime/urgency.ts';
 import type { UnetRunner } from './denoise-step.ts';
 import type { EncodedPrompt, Engine, Size, VaeChoice } from './engine.ts';
 import { chooseGuidance, type Flow } from './guidance-choice.ts';
@@ -45,6 +46,11 @@ export interface Plan {
   /** The VAE that encodes and decodes the request's images, and which one it is. */
   readonly vae: Vae;
   readonly vaeName: VaeChoice;
+  /**
+   * The class every model call of the request carries to the dispatcher (models/runtime/urgency.ts): live for a
+   * stream's frames, interactive for a synchronous render, background for a job.
+   */
+  readonly urgency: CallClass;
 }
 
 /** The runner factory a plan uses: the caller's (the server's batcher), else the engine's own. */
@@ -56,12 +62,14 @@ function runnersOf(engine: Engine, runners: RunnerFactory | undefined): RunnerFa
 export interface PlanDefaults {
   /** The VAE when `vae` is unset; the full one stands in when the pack has no tiny VAE. */
   readonly vae: VaeChoice;
+  /** The class of the request's model calls (Plan.urgency); unset: interactive. */
+  readonly urgency?: CallClass;
   /** The input's shape (width / height): the size follows it when the parameters set none (pipelines/aspect.ts). */
   readonly inputAspect?: number;
 }
 
-/** Batch renders, the CLI and video: the full VAE unless asked. */
-export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full' });
+/** Batch renders, the CLI and video: the full VAE unless asked; interactive (someone waits for the result). */
+export const BATCH_DEFAULTS: PlanDefaults = Object.freeze({ vae: 'full', urgency: 'interactive' });
 
 /** The part of a plan that needs no model run: sizes and guidance, and the notes on them. */
 export interface RequestFit {
@@ -113,8 +121,10 @@ export async function planRequest(
   // 2. schedule, VAE, prompt, UNet
   const coefficients = engine.coefficients(params, mode);
   const vae = engine.vae(params.vae ?? defaults.vae, params.vae !== undefined);
-  // last: the variant may hold a lease on a merged UNet, which the plan's release() gives back
-  const { prompt, variant } = await engine.prepare(params);
+  // last: the variant may hold a lease on a merged UNet, which the plan's release() gives back; the prompt's
+  // encoding is the request's first model call: it carries the request's class too
+  const urgency = defaults.urgency ?? 'interactive';
+  const { prompt, variant } = await withUrgency({ class: urgency }, () => engine.prepare(params));
   const runner = runnersOf(engine, runners)(fit.size, variant);
   let released = false;
   const release = () => {
@@ -122,7 +132,7 @@ export async function planRequest(
     released = true;
     variant.release?.();
   };
-  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...prompt.warnings, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, release };
+  return { ...fit, params, mode, flow, coefficients, prompt, variant, notes: [...fit.notes, ...prompt.warnings, ...variant.warnings], runner, vae: vae.vae, vaeName: vae.name, urgency, release };
 }
 
 /** The same plan at another frame size (a stream following its input's shape): only the size and runner change. */

@@ -14,6 +14,7 @@
  * (processInput) and updates apply in turns, so an update never lands between loading a frame and its entry.
  */
 import type { ImageInput } from '../models/components.ts';
+import { withUrgency, type Urgency } from '../models/runtime/urgency.ts';
 import type { Engine, Size, VaeChoice } from './engine.ts';
 import type { NoiseTable } from './denoise-step.ts';
 import { rgb8ToTensor, type Fit } from './codecs/image.ts';
@@ -52,6 +53,8 @@ export interface FrameResult<Tag = unknown> {
   readonly variant: UnetVariant;
   /** The VAE that encoded and decoded it. */
   readonly vae: VaeChoice;
+  /** Denoising steps it went through. */
+  readonly steps: number;
 }
 
 /** Float images made from outputs' bytes, so a repeated output (same bytes) gives the same array. */
@@ -88,6 +91,10 @@ const sameSize = (a: Size, b: Size) => a.width === b.width && a.height === b.hei
 
 export class StreamPipeline {
   private plan!: Plan;
+  /** The stream's own parameters (what updates change); the plan's may differ by the load valve's overrides. */
+  private own!: GenerationParams;
+  /** Parameters the load valve lays over the stream's own (pipelines/load-valve.ts); {} when not degraded. */
+  private overrides: Partial<GenerationParams> = {};
   private batch!: StreamBatch;
   /** The results of the newest frame that ran the models (a skipped frame repeats them). */
   private last: Promise<FrameResult[]> | undefined;
@@ -142,12 +149,14 @@ export class StreamPipeline {
   static async create(engine: Engine, params: GenerationParams, runners?: RunnerFactory, mode: Mode = 'img2img', defaults: PlanDefaults = BATCH_DEFAULTS): Promise<StreamPipeline> {
     const stream = new StreamPipeline(engine, params, runners, defaults);
     stream.plan = await planRequest(engine, params, mode, runners, defaults, 'stream');
+    stream.own = stream.plan.params;
     stream.rebuild();
     return stream;
   }
 
+  /** The stream's own parameters (without the load valve's overrides). */
   get params(): GenerationParams {
-    return this.plan.params;
+    return this.own;
   }
 
   /** The size the next frame runs at. */
@@ -196,23 +205,38 @@ export class StreamPipeline {
   update(update: unknown, when: Promise<unknown> = Promise.resolve()): Promise<GenerationParams> {
     const build = this.buildsVariant(update);
     if (build) this.variantBuilds++;
-    const run = this.updates.then(() => this.applyUpdate(update, when)).finally(() => build && this.variantBuilds--);
+    // the valve's overrides stay laid over the stream's new parameters
+    const run = this.updates.then(() => this.applyUpdate(mergeParams(this.own, update), this.overrides, when)).finally(() => build && this.variantBuilds--);
     this.updates = run.catch(() => undefined);
     return run;
   }
 
-  private async applyUpdate(update: unknown, when: Promise<unknown>): Promise<GenerationParams> {
+  /**
+   * Lays the load valve's parameters over the stream's own from the next frame on ({} restores the stream's
+   * plan), the way an update would; the stream's own parameters stay as they are.
+   */
+  degrade(overrides: Partial<GenerationParams>): Promise<GenerationParams> {
+    const run = this.updates.then(() => this.applyUpdate(this.own, overrides, Promise.resolve()));
+    this.updates = run.catch(() => undefined);
+    return run;
+  }
+
+  private async applyUpdate(own: GenerationParams, overrides: Partial<GenerationParams>, when: Promise<unknown>): Promise<GenerationParams> {
     // 1. plan the new parameters completely first: if any part fails, the stream keeps its old plan
-    const next = await planRequest(this.engine, mergeParams(this.plan.params, update), this.plan.mode, this.runners, this.planDefaults(), 'stream');
+    const planned = Object.keys(overrides).length === 0 ? own : mergeParams(own, overrides);
+    const next = await planRequest(this.engine, planned, this.plan.mode, this.runners, this.planDefaults(), 'stream');
     // 2. apply between frames, once the caller's turn has come; a plan never applied (the stream closed, the turn
     //    failed) lets its variant go
     let applied = false;
     try {
       await when;
       return await this.inTurn(() => {
-        if (this.closed) return next.params;
+        if (this.closed) return own;
         applied = true;
-        return this.apply(next);
+        this.apply(next);
+        this.own = own;
+        this.overrides = overrides;
+        return own;
       });
     } finally {
       if (!applied) next.release();
@@ -267,12 +291,12 @@ export class StreamPipeline {
    * the buffer). `entered` settles once the frame is in the pipeline (frames enter in call order; a load error
    * rejects both); `results` as process(). `handOver` as process().
    */
-  processInput<Tag>(load: FrameLoader, tag: Tag, aspect?: number, handOver = false): FrameEntry<Tag> {
+  processInput<Tag>(load: FrameLoader, tag: Tag, aspect?: number, handOver = false, timing: Omit<Urgency, 'class'> = {}): FrameEntry<Tag> {
     const turn = this.inTurn(async () => {
       if (aspect !== undefined && aspect !== this.inputAspect) this.followAspect(aspect);
       const frame = await load(this.plan.size, this.plan.params.fit);
       // wrapped: the turn ends when the frame has entered, not when its results are ready
-      return { results: this.process([frame], tag, handOver) };
+      return { results: this.process([frame], tag, handOver, timing) };
     });
     return { entered: turn.then(() => undefined), results: turn.then((t) => t.results) };
   }
@@ -281,9 +305,15 @@ export class StreamPipeline {
    * Processes one group of frame_buffer_size frames (at frameSize each) and returns the group that finished.
    * With one frame per group the similarity filter may skip the models entirely. `tag` (e.g. the input frame id)
    * comes back on the output that shows this frame. `handOver`: the caller is done with the frames (byte frames
-   * then move to the encoder's thread without a copy). Calls may overlap; results resolve in call order.
+   * then move to the encoder's thread without a copy). `timing`: the frame's deadline and the stream's frame
+   * interval, carried with the plan's class by every model call the frame makes (models/runtime/urgency.ts).
+   * Calls may overlap; results resolve in call order.
    */
-  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false): Promise<FrameResult<Tag>[]> {
+  process<Tag>(frames: readonly FrameInput[], tag?: Tag, handOver = false, timing: Omit<Urgency, 'class'> = {}): Promise<FrameResult<Tag>[]> {
+    return withUrgency({ ...timing, class: this.plan.urgency }, () => this.processFrames(frames, tag, handOver));
+  }
+
+  private processFrames<Tag>(frames: readonly FrameInput[], tag: Tag | undefined, handOver: boolean): Promise<FrameResult<Tag>[]> {
     const entered = this.plan;
     const { size, vae, vaeName } = entered;
     const batch = this.batch;
@@ -317,7 +347,7 @@ export class StreamPipeline {
     // 4. decode beside the next frame's step
     const decoded = step.then(async ({ source, variant, denoised }) => {
       const images = await this.engine.decodeToRgb8(denoised, size, vae);
-      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+      return images.map((rgb) => frameResult<Tag>({ source, rgb, width, height, skipped: false, similarity: undefined, variant, vae: vaeName, steps: batch.lag + 1 }));
     });
     const results = this.inOrder(decoded);
     this.last = results;
@@ -330,7 +360,11 @@ export class StreamPipeline {
   }
 
   /** txt2img streaming: every call denoises fresh noise (zeros in, the initial noise does the rest). */
-  async generate(): Promise<FrameResult[]> {
+  generate(timing: Omit<Urgency, 'class'> = {}): Promise<FrameResult[]> {
+    return withUrgency({ ...timing, class: this.plan.urgency }, () => this.generateFrame());
+  }
+
+  private async generateFrame(): Promise<FrameResult[]> {
     const entered = this.plan;
     const { size, vae, vaeName } = entered;
     const batch = this.batch;
@@ -343,7 +377,7 @@ export class StreamPipeline {
     this.steps = step.catch(() => undefined);
     const { variant, denoised } = await step;
     const images = await this.engine.decodeToRgb8(denoised, size, vae);
-    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName }));
+    return images.map((rgb) => frameResult({ source: undefined, rgb, width: size.width, height: size.height, skipped: false, similarity: undefined, variant, vae: vaeName, steps: batch.lag + 1 }));
   }
 
   /**

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { ServiceError } from '../models/errors.ts';
 import { EMBEDDED_PACK_DIR } from '../models/pack.ts';
 import { parseProvider, type Provider } from '../models/runtime/contract.ts';
+import { DEFAULT_MIN_SHARE } from '../models/runtime/urgency.ts';
 import { parseIceServers, type IceServer } from './webrtc/ice.ts';
 
 export interface ServerConfig {
@@ -66,9 +67,27 @@ export interface ServerConfig {
   readonly shutdownGraceMs: number;
   /** Most rows per UNet call across streams (calls grow only while the measured cost per row falls); 1 disables cross-stream batching. */
   readonly maxBatchRows: number;
+  /** Cluster mode (server/cluster/): the Redis every node shares. Unset: one process, no Redis. */
+  readonly redisUrl: string | undefined;
+  /** What a cluster node does: `api` (gateway: HTTP, relays streams, queues renders), `worker`, or `all`. */
+  readonly role: NodeRole;
+  /** The address other nodes reach this one at (gateways relay streams to it); default http://host:port. */
+  readonly advertiseUrl: string | undefined;
+  /** A worker that has not renewed its job lock for this long is taken for dead: its job runs elsewhere, ms. */
+  readonly jobLockMs: number;
+  /** A worker takes no new jobs while the machine has less free memory than this, MiB. */
+  readonly minFreeMemoryMb: number;
+  /**
+   * Minimum share of worker time owed to interactive renders and to background jobs each while live streams keep
+   * the workers busy (models/runtime/urgency.ts); 0 lets live frames take everything.
+   */
+  readonly backgroundShare: number;
   /** STUN/TURN servers for WebRTC peers; none = host candidates only (loopback/LAN). */
   readonly iceServers: readonly IceServer[];
 }
+
+export const NODE_ROLES = ['all', 'api', 'worker'] as const;
+export type NodeRole = (typeof NODE_ROLES)[number];
 
 export const TINY_VAE_USES = ['live', 'all', 'off'] as const;
 export type TinyVaeUse = (typeof TINY_VAE_USES)[number];
@@ -101,6 +120,13 @@ export const DEFAULT_CONFIG: ServerConfig = Object.freeze({
   maxQueuedJobsPerClient: 16,
   shutdownGraceMs: 10_000, // what process managers wait by default before SIGKILL (Docker 10 s, systemd 90 s)
   maxBatchRows: 16,
+  redisUrl: undefined,
+  role: 'all',
+  advertiseUrl: undefined,
+  // longer than the longest model call: a call blocks the event loop, and with it the lock's renewal
+  jobLockMs: 30_000,
+  minFreeMemoryMb: 256,
+  backgroundShare: DEFAULT_MIN_SHARE,
   iceServers: [], // host candidates reach loopback and LAN peers; NAT needs a STUN/TURN server given explicitly
 });
 
@@ -116,6 +142,41 @@ export function isLoopback(host: string): boolean {
 function int(value: string, name: string, min: number, max: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be an integer in ${min}..${max}, got "${value}"`, { field: name });
+  return n;
+}
+
+type ClusterFields = Pick<ServerConfig, 'redisUrl' | 'role' | 'advertiseUrl' | 'jobLockMs' | 'minFreeMemoryMb'>;
+
+/** The cluster's flags: a role or an advertised address without --redis is a mistake, not a silent no-op. */
+function clusterConfig(values: Record<string, string | boolean | string[] | undefined>, env: NodeJS.ProcessEnv): ClusterFields {
+  const flag = (name: string, variable: string): string | undefined => {
+    const v = values[name];
+    return typeof v === 'string' ? v : env[variable] || undefined;
+  };
+  const d = DEFAULT_CONFIG;
+  const redisUrl = flag('redis', 'REDIS_URL');
+  const role = flag('role', 'ROLE');
+  const advertiseUrl = flag('advertise-url', 'ADVERTISE_URL');
+  const lock = flag('job-lock-ms', 'JOB_LOCK_MS');
+  const free = flag('min-free-mb', 'MIN_FREE_MB');
+  if (role !== undefined && !(NODE_ROLES as readonly string[]).includes(role)) throw new ServiceError('bad_request', `--role must be one of ${NODE_ROLES.join(', ')}, got "${role}"`, { field: 'role' });
+  if (redisUrl === undefined && (role !== undefined || advertiseUrl !== undefined)) {
+    throw new ServiceError('bad_request', `--${role !== undefined ? 'role' : 'advertise-url'} needs --redis URL (or REDIS_URL): roles exist only in a cluster`, { field: 'redis' });
+  }
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ServiceError('bad_request', `--redis must be a redis:// or rediss:// URL, got "${redisUrl}"`, { field: 'redis' });
+  if (advertiseUrl !== undefined && !/^https?:\/\/[^/]+$/.test(advertiseUrl)) throw new ServiceError('bad_request', `--advertise-url must be http(s)://host:port, got "${advertiseUrl}"`, { field: 'advertise-url' });
+  return {
+    redisUrl,
+    role: (role as NodeRole | undefined) ?? d.role,
+    advertiseUrl,
+    jobLockMs: lock === undefined ? d.jobLockMs : int(lock, 'job-lock-ms', 1000, 3_600_000),
+    minFreeMemoryMb: free === undefined ? d.minFreeMemoryMb : int(free, 'min-free-mb', 0, 1 << 20),
+  };
+}
+
+function fraction(value: string, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ServiceError('bad_request', `--${name} must be a number in ${min}..${max}, got "${value}"`, { field: name });
   return n;
 }
 
@@ -142,6 +203,12 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
       'max-latent-area': { type: 'string' },
       'max-queued-jobs': { type: 'string' },
       'shutdown-grace': { type: 'string' },
+      redis: { type: 'string' },
+      role: { type: 'string' },
+      'advertise-url': { type: 'string' },
+      'job-lock-ms': { type: 'string' },
+      'min-free-mb': { type: 'string' },
+      'background-share': { type: 'string' },
       'ice-servers': { type: 'string' },
       'ice-username': { type: 'string' },
       'ice-credential': { type: 'string' },
@@ -158,6 +225,7 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
   }
   const maxStreams = pick(values['max-streams'], 'MAX_STREAMS');
   const maxBatchRows = pick(values['max-batch-rows'], 'MAX_BATCH_ROWS');
+  const share = pick(values['background-share'], 'BACKGROUND_SHARE');
   const cors = pick(values.cors, 'CORS_ORIGINS');
   const hosts = pick(values['allowed-hosts'], 'ALLOWED_HOSTS');
   const maxVariants = pick(values['max-variants'], 'MAX_VARIANTS');
@@ -186,6 +254,8 @@ export function loadConfig(argv: readonly string[] = process.argv.slice(2), env:
     maxLatentArea: maxArea === undefined ? d.maxLatentArea : int(maxArea, 'max-latent-area', 64, 2 ** 24),
     maxQueuedJobs: maxQueuedJobs === undefined ? d.maxQueuedJobs : int(maxQueuedJobs, 'max-queued-jobs', 1, 100_000),
     shutdownGraceMs: grace === undefined ? d.shutdownGraceMs : 1000 * int(grace, 'shutdown-grace', 0, 3600),
+    ...clusterConfig(values, env),
+    backgroundShare: share === undefined ? d.backgroundShare : fraction(share, 'background-share', 0, 0.5),
     iceServers: parseIceServers(pick(values['ice-servers'], 'ICE_SERVERS'), pick(values['ice-username'], 'ICE_USERNAME'), pick(values['ice-credential'], 'ICE_CREDENTIAL')),
   };
   checkKeyStrength(config);

@@ -1,4 +1,5 @@
 /** Prometheus metrics (prom-client), one registry per server so tests can run several servers in one process. */
+import type { Dispatcher } from '../models/runtime/dispatcher.ts';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export class Metrics {
@@ -37,10 +38,53 @@ export class Metrics {
   readonly expertFrames = new Counter({ name: 'sd_expert_frames_total', help: 'Frames and images served per UNet expert', labelNames: ['expert'] as const, registers: [this.registry] });
   readonly images = new Counter({ name: 'sd_images_total', help: 'Images rendered by the batch API', labelNames: ['endpoint'] as const, registers: [this.registry] });
 
+  readonly queueWait = new Histogram({
+    name: 'sd_queue_wait_seconds',
+    help: 'Time a model call waited for a worker, by class (live, interactive, background)',
+    labelNames: ['class'] as const,
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28],
+    registers: [this.registry],
+  });
+  readonly workerBusy = new Counter({
+    name: 'sd_worker_busy_seconds_total',
+    help: 'Worker time spent on model calls, by class (a rate of the background class is its throughput share)',
+    labelNames: ['class'] as const,
+    registers: [this.registry],
+  });
+  readonly callDeadlineMisses = new Counter({
+    name: 'sd_call_deadline_misses_total',
+    help: 'Model calls that ended after their deadline, by class',
+    labelNames: ['class'] as const,
+    registers: [this.registry],
+  });
+  readonly frameDeadlineMisses = new Counter({
+    name: 'sd_frame_deadline_misses_total',
+    help: 'Live frames sent later than their stream\'s latency budget (max_latency_ms, or two frame intervals)',
+    registers: [this.registry],
+  });
+
+  readonly degradations = new Counter({
+    name: 'sd_stream_degradations_total',
+    help: 'Load valve moves on live streams: direction down or up, kind of rung (filter, budget, steps)',
+    labelNames: ['direction', 'kind'] as const,
+    registers: [this.registry],
+  });
+
   private readonly outputTimes: number[] = [];
 
   constructor(defaultMetrics = false) {
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Counts a dispatcher's calls (queue wait, worker time, misses) until the returned function is called. */
+  observeDispatcher(dispatcher: Dispatcher): () => void {
+    return dispatcher.observe({
+      onStart: (e) => this.queueWait.observe({ class: e.class }, (e.startedAt - e.submittedAt) / 1000),
+      onEnd: (e) => {
+        this.workerBusy.inc({ class: e.class }, ((e.endedAt ?? e.startedAt) - e.startedAt) / 1000);
+        if (e.missed) this.callDeadlineMisses.inc({ class: e.class });
+      },
+    });
   }
 
   /** Records one sent frame for the fps gauge. */

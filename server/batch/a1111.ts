@@ -18,7 +18,7 @@ import { MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, packParams, resolveSee
 import { parsePrompt, variationSeeds } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { encodeResult, renderImages, requestSignal, timestamp, type RenderTracker } from './render.ts';
+import { encodeResult, requestSignal, timestamp, type Renderer, type RenderTracker } from './render.ts';
 import { base64Bytes, decodeBase64Image, dropNulls, mapParams, parseBody } from './validate.ts';
 import { refuseWhileDraining } from '../shutdown.ts';
 
@@ -182,7 +182,7 @@ function mapRequest(
   return { params, seed, count, notes, unsupported };
 }
 
-export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Router {
+export function a1111Router(ctx: AppContext, tracker: RenderTracker, renderer: Renderer): express.Router {
   const router = express.Router();
 
   const render = (mode: 'txt2img' | 'img2img') =>
@@ -205,7 +205,9 @@ export function a1111Router(ctx: AppContext, tracker: RenderTracker): express.Ro
           ? (await Promise.all(img.init_images.map((b64, i) => decodeBase64Image(b64, size.width, size.height, `init_images.${i}`, params.fit)))).map((d) => d.data)
           : undefined;
         // 3. render (progress visible on /sdapi/v1/progress)
-        images = await renderImages(ctx, {
+        images = await renderer.render({
+          params,
+          mode,
           plan,
           count,
           endpoint: `/sdapi/v1/${mode}`,

@@ -12,11 +12,11 @@ import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../models/errors.ts';
 import { MAX_PROMPT_CHARS, packParams, resolveSeed, type GenerationParams } from '../../pipelines/params.ts';
-import type { Plan } from '../../pipelines/plan.ts';
+import type { Mode, Plan } from '../../pipelines/plan.ts';
 import { parsePrompt, type AdapterChoice } from '../../pipelines/prompt-syntax.ts';
 import type { AppContext } from '../context.ts';
 import { asyncHandler } from '../http-errors.ts';
-import { encodeResult, renderImages, requestSignal, type RenderTracker } from './render.ts';
+import { encodeResult, requestSignal, type Renderer, type RenderTracker } from './render.ts';
 import type { ResultStore } from './results.ts';
 import { imageUpload } from './uploads.ts';
 import { decodeBytes, jsonOrText, mapParams, parseBody } from './validate.ts';
@@ -121,16 +121,17 @@ function toParams(request: ImagesRequest, ctx: AppContext, mode: 'generations' |
   }
 }
 
-export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore): express.Router {
+export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: ResultStore, renderer: Renderer): express.Router {
   const router = express.Router();
 
-  /** Renders a plan and answers; the plan is released once rendered (whatever happens). */
-  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, plan: Plan, inits: () => Promise<Float32Array[] | undefined>, endpoint: string) => {
+  /** Renders a request planned from `params` in `mode` and answers; the plan is released once rendered (whatever happens). */
+  const respond = async (req: express.Request, res: express.Response, request: ImagesRequest, planned: { params: GenerationParams; mode: Mode; plan: Plan }, inits: () => Promise<Float32Array[] | undefined>, endpoint: string) => {
+    const { plan } = planned;
     const progress = tracker.begin();
     let images;
     try {
       const init = await inits();
-      images = await renderImages(ctx, { plan, count: request.n, endpoint, signal: requestSignal(ctx, res), onStep: progress.step, ...(init ? { inits: init } : {}) });
+      images = await renderer.render({ ...planned, count: request.n, endpoint, signal: requestSignal(ctx, res), onStep: progress.step, ...(init ? { inits: init } : {}) });
     } finally {
       progress.end();
       plan.release();
@@ -154,7 +155,8 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
     asyncHandler(async (req, res) => {
       refuseWhileDraining(ctx.draining);
       const request = parseBody(generationsSchema, req.body);
-      await respond(req, res, request, await ctx.plan(toParams(request, ctx, 'generations'), 'txt2img'), () => Promise.resolve(undefined), '/v1/images/generations');
+      const params = toParams(request, ctx, 'generations');
+      await respond(req, res, request, { params, mode: 'txt2img', plan: await ctx.plan(params, 'txt2img') }, () => Promise.resolve(undefined), '/v1/images/generations');
     }),
   );
 
@@ -168,18 +170,23 @@ export function openaiRouter(ctx: AppContext, tracker: RenderTracker, results: R
       const files = req.files as Record<string, Express.Multer.File[]> | undefined;
       const uploads = [...(files?.['image'] ?? []), ...(files?.['image[]'] ?? [])];
       if (uploads.length === 0) throw new ServiceError('bad_request', 'image: is required (a PNG, JPEG or WebP file)', { field: 'image' });
-      const plan = await ctx.plan(toParams(request, ctx, 'edits'), 'img2img');
+      const params = toParams(request, ctx, 'edits');
+      const plan = await ctx.plan(params, 'img2img');
       const { width, height } = plan.size;
       const field = (i: number) => (uploads.length > 1 ? `image.${i}` : 'image');
       const inits = () => Promise.all(uploads.map(async (f, i) => (await decodeBytes(f.buffer, width, height, field(i), plan.params.fit)).data));
-      await respond(req, res, request, plan, inits, '/v1/images/edits');
+      await respond(req, res, request, { params, mode: 'img2img', plan }, inits, '/v1/images/edits');
     }),
   );
 
+  // from this node's folder, or (a cluster) from Redis: every node serves every result
   router.get(
     '/v1/images/results/:name',
     asyncHandler(async (req, res) => {
-      res.sendFile(String(req.params['name']), { root: await results.checked(String(req.params['name'])) });
+      const name = String(req.params['name']);
+      const found = await results.locate(name);
+      if ('path' in found) res.sendFile(found.path);
+      else res.type(name.slice(name.lastIndexOf('.'))).send(found.bytes);
     }),
   );
 

@@ -1,12 +1,15 @@
 /**
  * Whole-image renders for the batch endpoints: txt2img / img2img through the server's cross-stream UNet
  * batcher (ctx.runners), counted per endpoint, with step-level progress that /sdapi/v1/progress reports.
+ * The endpoints ask a Renderer: this node's engine (localRenderer), or a cluster's workers (cluster-renders.ts).
  */
 import { encodeImage, type OutputFormat } from '../../pipelines/codecs/image.ts';
 import { render, DEFAULT_LANES, type GeneratedImage } from '../../pipelines/generate.ts';
 import { writeInfotext } from '../../pipelines/infotext.ts';
 import type { UnetRunner } from '../../pipelines/denoise-step.ts';
-import type { Plan } from '../../pipelines/plan.ts';
+import type { GenerationParams } from '../../pipelines/params.ts';
+import type { Mode, Plan } from '../../pipelines/plan.ts';
+import type { UnetVariant } from '../../pipelines/variants.ts';
 import { ServiceError } from '../../models/errors.ts';
 import type { AppContext } from '../context.ts';
 
@@ -54,8 +57,34 @@ export async function renderImages(ctx: AppContext, request: RenderRequest): Pro
   return images;
 }
 
+/**
+ * An interactive render as an endpoint asks for it: planned here (sizes, infotext), and the parameters and mode
+ * the plan was made from (a cluster worker plans them again: the same plan, on its own engine).
+ */
+export interface ImagesRequest extends RenderRequest {
+  readonly params: GenerationParams;
+  readonly mode: Mode;
+}
+
+/** What an image tells of the UNet that made it (infotext, A1111's info): plain data a cluster worker can send. */
+export type VariantInfo = Pick<UnetVariant, 'expert' | 'relativeMacs' | 'adapters'>;
+
+/** A rendered image: [3, H, W] in [-1, 1], the seed and index it was drawn with, and its UNet. */
+export type RenderedImage = Pick<GeneratedImage, 'data' | 'width' | 'height' | 'seed' | 'index'> & { readonly variant: VariantInfo };
+
+export interface Renderer {
+  render(request: ImagesRequest): Promise<RenderedImage[]>;
+}
+
+/** Renders on this node, on the request's plan. */
+export function localRenderer(ctx: AppContext): Renderer {
+  return {
+    render: ({ params: _params, mode: _mode, ...request }) => renderImages(ctx, request),
+  };
+}
+
 /** An image's bytes with its generation parameters written in (a PNG text chunk; XMP and EXIF in JPEG and WebP). */
-export function encodeResult(ctx: AppContext, plan: Plan, image: GeneratedImage, format: OutputFormat, quality?: number): Promise<Buffer> {
+export function encodeResult(ctx: AppContext, plan: Plan, image: RenderedImage, format: OutputFormat, quality?: number): Promise<Buffer> {
   return encodeImage(image.data, image.width, image.height, format, quality, writeInfotext(plan, image, ctx.engine.pack.name));
 }
 

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { placeholderJpeg } from './placeholder.ts';
 import type { JpegSource } from './mjpeg.ts';
-import type { StreamSession } from './session.ts';
+import type { LiveStream } from './registry.ts';
 
 interface Size {
   readonly width: number;
@@ -16,7 +16,7 @@ interface Size {
 
 /** One name's output: its running stream's frames, else the placeholder. Emits 'jpeg' for viewers. */
 export class NamedOutput extends EventEmitter implements JpegSource {
-  session: StreamSession | undefined;
+  session: LiveStream | undefined;
   private placeholder: { bytes: Buffer; size: Size } | undefined;
 
   constructor(
@@ -67,12 +67,12 @@ export class StreamNames {
   }
 
   /** The running stream of this name, if any. */
-  running(name: string): StreamSession | undefined {
+  running(name: string): LiveStream | undefined {
     return this.outputs.get(name)?.session;
   }
 
   /** A named stream opened: its frames go to the name's viewers until it closes. */
-  attach(session: StreamSession): void {
+  attach(session: LiveStream): void {
     const name = session.name;
     if (name === undefined) return;
     const out = this.output(name);

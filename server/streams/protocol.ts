@@ -67,6 +67,18 @@ const outputSchema = z
   })
   .strict();
 
+/** A stream's timing targets (server/streams/targets.ts): the frame rate it wants and the latency it accepts. */
+const targetFields = {
+  target_fps: z.number().min(1).max(120).optional(),
+  max_latency_ms: z.number().int().min(10).max(10_000).optional(),
+};
+
+/** What the load valve (pipelines/load-valve.ts) may do to a stream: nothing (`degrade: false`), or down to a budget. */
+const valveFields = {
+  degrade: z.boolean().optional(),
+  min_budget: z.number().min(0).max(1).optional(),
+};
+
 export const clientMessageSchema = z.discriminatedUnion('type', [
   z
     .object({
@@ -79,9 +91,20 @@ export const clientMessageSchema = z.discriminatedUnion('type', [
       mode: z.enum(['img2img', 'txt2img']).default('img2img'),
       /** A name for stable output URLs (/v1/streams/by-name/NAME/mjpeg) that outlive the stream. */
       name: z.string().regex(STREAM_NAME, STREAM_NAME_RULE).optional(),
+      ...targetFields,
+      ...valveFields,
     })
     .strict(),
-  z.object({ type: z.literal('update'), params: z.record(z.string(), z.unknown()) }).strict(),
+  z
+    .object({
+      type: z.literal('update'),
+      params: z.record(z.string(), z.unknown()).default({}),
+      // null clears a target
+      target_fps: targetFields.target_fps.nullable(),
+      max_latency_ms: targetFields.max_latency_ms.nullable(),
+      ...valveFields,
+    })
+    .strict(),
   z.object({ type: z.literal('ack'), frames: z.number().int().min(1).max(64).default(1) }).strict(),
   z.object({ type: z.literal('stop') }).strict(),
   z.object({ type: z.literal('ping') }).strict(),
@@ -127,6 +150,8 @@ export interface FrameMeta {
   readonly height: number;
   readonly format: 'jpeg' | 'webp';
   readonly expert: string;
+  /** Denoising steps the frame went through (fewer than asked while the load valve has taken steps away). */
+  readonly steps: number;
   readonly adapters: readonly { name: string; weight: number }[];
   /** The VAE that encoded and decoded the frame: the pack's tiny one or the full one. */
   readonly vae: 'full' | 'tiny';

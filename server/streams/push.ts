@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { ServiceError } from '../../models/errors.ts';
 import { defaultFfmpeg } from '../../pipelines/codecs/ffmpeg.ts';
 import type { Logger } from '../log.ts';
-import type { StreamSession } from './session.ts';
+import type { LiveStream } from './registry.ts';
 
 /** Frame rate written into the H.264 stream; frames arrive at the stream's own pace. */
 const PUSH_FPS = 30;
@@ -42,7 +42,7 @@ export class OutputPush {
   private constructor(
     ffmpeg: string,
     readonly url: URL,
-    private readonly session: StreamSession,
+    private readonly session: LiveStream,
     private readonly log: Logger,
   ) {
     const container = url.protocol === 'srt:' ? 'mpegts' : 'flv';
@@ -64,7 +64,7 @@ export class OutputPush {
     session.once('close', () => this.stop());
   }
 
-  static async start(session: StreamSession, rawUrl: unknown, log: Logger): Promise<OutputPush> {
+  static async start(session: LiveStream, rawUrl: unknown, log: Logger): Promise<OutputPush> {
     const url = checkPushUrl(rawUrl);
     const { ffmpeg } = await defaultFfmpeg();
     return new OutputPush(ffmpeg, url, session, log);

@@ -5,8 +5,36 @@
  * before a size change.
  */
 import { ServiceError } from '../../models/errors.ts';
+import type { GenerationParams } from '../../pipelines/params.ts';
 import { StreamNames } from './names.ts';
-import type { StreamSession } from './session.ts';
+import type { StartMessage } from './protocol.ts';
+import type { RawOutput, StreamStats } from './session.ts';
+
+/**
+ * What the stream routes (MJPEG, snapshot, push) need of a stream: a session running here (session.ts), or a
+ * stream a cluster gateway relays to a worker (server/cluster/relay.ts).
+ */
+export interface LiveStream {
+  readonly id: string;
+  /** The name its stable URLs use (/v1/streams/by-name/NAME/...), if the start gave one. */
+  readonly name: string | undefined;
+  readonly start: StartMessage;
+  readonly size: { readonly width: number; readonly height: number };
+  readonly params: GenerationParams;
+  readonly stats: StreamStats;
+  /** The latest output as JPEG, if any. */
+  readonly latestJpeg: Buffer | undefined;
+  /** The latest output as JPEG for a snapshot (encoded on demand when none was made for it), if any. */
+  snapshot(): Promise<Buffer | undefined>;
+  /** Events: 'jpeg' (each output as JPEG), 'output' (each output as pixels, for WebRTC) and 'close'. */
+  on(event: 'jpeg', listener: (jpeg: Buffer) => void): unknown;
+  on(event: 'output', listener: (output: RawOutput) => void): unknown;
+  on(event: 'close', listener: () => void): unknown;
+  off(event: 'jpeg', listener: (jpeg: Buffer) => void): unknown;
+  off(event: 'output', listener: (output: RawOutput) => void): unknown;
+  off(event: 'close', listener: () => void): unknown;
+  once(event: 'close', listener: () => void): unknown;
+}
 
 /** A stream's hold on the registry: its place and its latent area. */
 export interface Reservation {
@@ -26,8 +54,8 @@ export interface StreamLimits {
 /** How long a client should wait before retrying a stream refused for lack of room, s. */
 const RETRY_AFTER_S = 5;
 
-export class StreamRegistry {
-  private readonly sessions = new Map<string, { session: StreamSession; client: string }>();
+export class StreamRegistry<S extends LiveStream = LiveStream> {
+  private readonly sessions = new Map<string, { session: S; client: string }>();
   private readonly held = new Set<{ client: string; area: number; name: string | undefined }>();
   /** Stable outputs by stream name. */
   readonly names: StreamNames;
@@ -76,7 +104,7 @@ export class StreamRegistry {
   }
 
   /** A stream that opened: listed until it closes, when its reservation is released. */
-  add(session: StreamSession, client: string, reservation: Reservation): void {
+  add(session: S, client: string, reservation: Reservation): void {
     this.sessions.set(session.id, { session, client });
     this.names.attach(session);
     session.once('close', () => {
@@ -85,7 +113,7 @@ export class StreamRegistry {
     });
   }
 
-  get(id: string): StreamSession {
+  get(id: string): S {
     const entry = this.sessions.get(id);
     if (!entry) throw new ServiceError('not_found', `no stream ${id}`);
     return entry.session;
@@ -95,7 +123,7 @@ export class StreamRegistry {
     return this.sessions.size;
   }
 
-  all(): StreamSession[] {
+  all(): S[] {
     return [...this.sessions.values()].map((e) => e.session);
   }
 

@@ -12,7 +12,9 @@ import { StreamPipeline, type FrameEntry, type FrameResult } from '../../pipelin
 import type { Engine } from '../../pipelines/engine.ts';
 import { mergeParams, packParams, parseRequestParams, type GenerationParams } from '../../pipelines/params.ts';
 import type { AppContext } from '../context.ts';
-import { errorMessage, type FrameMeta, type StartMessage } from './protocol.ts';
+import { errorMessage, type ClientMessage, type FrameMeta, type StartMessage } from './protocol.ts';
+import { StreamTargets } from './targets.ts';
+import { ladder, LoadValve, type ValveOptions } from '../../pipelines/load-valve.ts';
 import type { Reservation } from './registry.ts';
 
 export interface SentFrame {
@@ -123,6 +125,11 @@ export class StreamSession extends EventEmitter {
   private updatesWaiting = 0;
   /** The parameters the updates accepted so far ask for (for the latent area), while any is waiting. */
   private requested: GenerationParams | undefined;
+  /** Frame rate and latency targets: each frame's deadline for the model calls. */
+  readonly targets: StreamTargets;
+  /** Degrades the stream's plan when its frames miss their deadline, restores it when load falls. */
+  readonly valve: LoadValve;
+  private valveOptions: ValveOptions;
 
   private constructor(
     private readonly ctx: AppContext,
@@ -133,6 +140,9 @@ export class StreamSession extends EventEmitter {
   ) {
     super();
     this.credits = start.window;
+    this.targets = new StreamTargets(start);
+    this.valveOptions = { degrade: start.degrade ?? true, minBudget: start.min_budget ?? 0 };
+    this.valve = new LoadValve(this.rungs());
   }
 
   /** Opens a stream; `reservation` (the registry's) is resized before a size change and must fit. */
@@ -141,6 +151,12 @@ export class StreamSession extends EventEmitter {
     checkLive(params.frame_buffer_size);
     const pipeline = await StreamPipeline.create(ctx.engine, params, ctx.runners, start.mode, ctx.defaults.live);
     const session = new StreamSession(ctx, pipeline, sink, start, reservation);
+    try {
+      ctx.capacity.admit(start.target_fps, session.bottomUnits()); // refused: close 1013 with the reason
+    } catch (error) {
+      pipeline.close(); // its plan's hold on a merged UNet
+      throw error;
+    }
     if (start.mode === 'txt2img') queueMicrotask(() => void session.pump());
     return session;
   }
@@ -225,6 +241,7 @@ export class StreamSession extends EventEmitter {
 
   /** Latest-frame-wins: a frame still waiting is replaced (and counted as dropped). */
   private queueInput(input: PendingInput): void {
+    this.targets.arrived(input.receivedAt);
     const waiting = this.queue.findIndex((w) => w.kind === 'frame');
     if (waiting >= 0) {
       this.queue.splice(waiting, 1);
@@ -265,8 +282,9 @@ export class StreamSession extends EventEmitter {
    * adapters): frames keep flowing on the old one, and the change applies between frames once it is ready.
    * A stream with MAX_WAITING_UPDATES updates not answered yet is refused more (each may start an adapter
    * merge); a size that needs more latent area must fit the registry's before the update is accepted.
+   * New targets and valve settings (if the update gives any) apply with it.
    */
-  async update(params: Record<string, unknown>): Promise<GenerationParams> {
+  async update(params: Record<string, unknown>, targets: Partial<Extract<ClientMessage, { type: 'update' }>> = {}): Promise<GenerationParams> {
     if ('frame_buffer_size' in params) checkLive(params['frame_buffer_size']);
     if (this.updatesWaiting >= MAX_WAITING_UPDATES) {
       throw new ServiceError('rate_limited', `${MAX_WAITING_UPDATES} updates are still waiting or being applied: wait for \`updated\` before sending more`, { retryAfter: 1 });
@@ -274,7 +292,7 @@ export class StreamSession extends EventEmitter {
     this.reserveArea(params);
     this.updatesWaiting++;
     try {
-      return await this.applyInTurn(params);
+      return await this.applyInTurn(params, targets);
     } finally {
       this.updatesWaiting--;
       if (this.updatesWaiting === 0) this.fitArea();
@@ -309,7 +327,7 @@ export class StreamSession extends EventEmitter {
     if (area < reservation.area) reservation.resize(area);
   }
 
-  private async applyInTurn(params: Record<string, unknown>): Promise<GenerationParams> {
+  private async applyInTurn(params: Record<string, unknown>, targets: Partial<Extract<ClientMessage, { type: 'update' }>>): Promise<GenerationParams> {
     let done: Promise<GenerationParams>;
     let reached: Promise<void> = Promise.resolve();
     if (this.pipeline.buildsVariant(params)) done = this.pipeline.update(params);
@@ -328,12 +346,53 @@ export class StreamSession extends EventEmitter {
     };
     try {
       const applied = await done;
+      await this.retarget(targets);
       await answer();
       return applied;
     } catch (error) {
       await answer();
       throw error;
     }
+  }
+
+  /** New targets and valve settings; the valve's rungs follow the stream's parameters. */
+  private async retarget(targets: Partial<Extract<ClientMessage, { type: 'update' }>>): Promise<void> {
+    this.targets.update(targets);
+    this.valveOptions = { degrade: targets.degrade ?? this.valveOptions.degrade, minBudget: targets.min_budget ?? this.valveOptions.minBudget };
+    const level = this.valve.level;
+    this.valve.setRungs(this.rungs());
+    if (level > 0) await this.pipeline.degrade(this.valve.overrides); // the rungs of the new parameters
+  }
+
+  /** Cost units (steps x relative MACs) of one frame at the valve's bottom rung (server/admission.ts). */
+  bottomUnits(): number {
+    const bottom = this.rungs().at(-1)?.params ?? {};
+    const p = this.pipeline.params;
+    const steps = bottom.steps ?? p.t_index_list?.length ?? p.steps;
+    const budget = bottom.budget;
+    const costs = this.expertCosts();
+    const macs = typeof budget === 'number' ? Math.max(...costs.filter((c) => c <= budget), Math.min(...costs)) : this.pipeline.variant.relativeMacs;
+    return steps * macs;
+  }
+
+  private expertCosts(): number[] {
+    return this.ctx.engine.variants.experts?.experts.map((e) => e.relativeMacs) ?? [];
+  }
+
+  /** The load valve's rungs for the stream's parameters (pipelines/load-valve.ts). */
+  private rungs() {
+    return ladder(this.pipeline.params, this.expertCosts(), this.valveOptions);
+  }
+
+  /** A delivered frame's latency against the budget; a valve move re-plans the stream from the next frame. */
+  private judge(latencyMs: number): void {
+    const before = this.valve.kind;
+    const move = this.valve.observe(latencyMs, this.targets.budget);
+    if (!move) return;
+    const kind = move === 'down' ? this.valve.kind : before;
+    this.ctx.metrics.degradations.inc({ direction: move, kind: kind ?? 'none' });
+    this.ctx.log.info('load valve', { stream: this.id, direction: move, kind, level: this.valve.level });
+    this.pipeline.degrade(this.valve.overrides).catch((error: unknown) => this.ctx.log.warn('load valve re-plan failed', { stream: this.id, error: String(error) }));
   }
 
   close(): void {
@@ -421,7 +480,7 @@ export class StreamSession extends EventEmitter {
     }
     const load = async (size: { width: number; height: number }, fit: Fit) => (await decodeRgb8(bytes, size.width, size.height, { fit, info })).rgb;
     // a decoded frame is ours to hand over to the encoder's thread
-    return this.pipeline.processInput(load, input.id, info.width / info.height, true);
+    return this.pipeline.processInput(load, input.id, info.width / info.height, true, this.targets.timing(input.receivedAt));
   }
 
   /** Raw RGB already at the stream's size (it says nothing about the source's shape); stale after a size change. */
@@ -431,13 +490,13 @@ export class StreamSession extends EventEmitter {
       return rgb.data;
     };
     // a raw frame's buffer belongs to its transport: not handed over
-    return this.pipeline.processInput(load, input.id);
+    return this.pipeline.processInput(load, input.id, undefined, false, this.targets.timing(input.receivedAt));
   }
 
   private async generateOne(): Promise<void> {
     const started = performance.now();
     try {
-      const [result] = await this.pipeline.generate();
+      const [result] = await this.pipeline.generate(this.targets.current.target_fps !== undefined ? this.targets.timing(started) : {});
       if (this.closed || !result) return;
       this.queueOutput(result, null, started, started);
       await this.outputs; // txt2img paces itself on credits: wait until this output is delivered or held
@@ -456,7 +515,7 @@ export class StreamSession extends EventEmitter {
   }
 
   private async emitOutput(result: FrameResult, inputId: number | null, arrivedAt: number, started: number): Promise<void> {
-    const { rgb, width, height, skipped, variant, vae } = result;
+    const { rgb, width, height, skipped, variant, vae, steps } = result;
     this.lastFrame = { rgb, width, height };
     const { format, quality } = this.start.output;
     // A skipped frame repeats the previous output: reuse its bytes instead of encoding again.
@@ -480,11 +539,19 @@ export class StreamSession extends EventEmitter {
       height,
       format,
       expert: variant.expert,
+      steps,
       adapters: variant.adapters,
       vae,
     };
-    if (!skipped) this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
+    if (!skipped) {
+      this.ctx.metrics.expertFrames.inc({ expert: variant.expert });
+      if (inputId !== null) this.ctx.capacity.frameServed(steps, variant.relativeMacs);
+    }
     this.ctx.metrics.frameLatency.observe((now - arrivedAt) / 1000);
+    if (inputId !== null) {
+      if (now - arrivedAt > this.targets.budget) this.ctx.metrics.frameDeadlineMisses.inc();
+      this.judge(now - arrivedAt);
+    }
     this.ctx.metrics.frameProcessing.observe((now - started) / 1000);
     if (this.listenerCount('output') > 0) this.emit('output', { rgb, width, height, arrivedAt, meta } satisfies RawOutput);
     this.deliver({ meta, bytes });

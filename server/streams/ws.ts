@@ -65,16 +65,32 @@ class PendingSockets {
   }
 }
 
-export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry, limits: RateLimits): WebSocketServer {
+/**
+ * Takes an accepted stream socket (a session here, or a cluster gateway's relay). `release` gives back the
+ * socket's place among unstarted sockets (once it starts a stream; it is also given back when the socket closes).
+ */
+export type StreamSocketHandler = (ws: WebSocket, req: IncomingMessage, release: () => void) => void;
+
+/** The stream endpoint on this node: sessions run here. */
+export function localStreams(ctx: AppContext, registry: StreamRegistry): StreamSocketHandler {
+  return (ws, req, release) => handleConnection(ws, req, ctx, registry, release);
+}
+
+/**
+ * Serves stream WebSockets: by default /v1/stream runs sessions here; a cluster node passes its own table
+ * (a gateway relays /v1/stream to workers, which take them on an internal path).
+ */
+export function attachStreamServer(server: Server, ctx: AppContext, registry: StreamRegistry, limits: RateLimits, paths: Readonly<Record<string, StreamSocketHandler>> = { [STREAM_PATH]: localStreams(ctx, registry) }): WebSocketServer {
   // Frames up to 4x the limit are read and answered with a too_large error (the stream survives);
   // anything larger is cut off by ws itself with close code 1009.
   const wss = new WebSocketServer({ noServer: true, maxPayload: ctx.config.maxFrameBytes * 4 });
   const pending = new PendingSockets(ctx.config.maxPendingSockets, ctx.config.maxPendingSocketsPerClient);
 
   // 1. path, 2. Host and Origin, 3. rate limits, 4. key, 5. draining, 6. a place among unstarted sockets
-  const admit = async (req: IncomingMessage): Promise<() => void> => {
+  const admit = async (req: IncomingMessage): Promise<{ handler: StreamSocketHandler; release: () => void }> => {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-    if (path !== STREAM_PATH) throw new ServiceError('not_found', `no WebSocket at ${path}`);
+    const handler = paths[path];
+    if (!handler) throw new ServiceError('not_found', `no WebSocket at ${path}`);
     checkRequest(ctx.config, req, true);
     await limits.admitUpgrade(req);
     try {
@@ -84,13 +100,17 @@ export function attachStreamServer(server: Server, ctx: AppContext, registry: St
       throw error;
     }
     refuseWhileDraining(ctx.draining);
-    return pending.take(req.socket.remoteAddress ?? 'unknown');
+    return { handler, release: pending.take(req.socket.remoteAddress ?? 'unknown') };
   };
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy()); // a client gone during the checks must not crash the server
     admit(req).then(
-      (release) => wss.handleUpgrade(req, socket, head, (ws) => handleConnection(ws, req, ctx, registry, release)),
+      ({ handler, release }) =>
+        wss.handleUpgrade(req, socket, head, (ws) => {
+          ws.once('close', release);
+          handler(ws, req, release);
+        }),
       (error: unknown) => reject(socket, error instanceof ServiceError ? error : new ServiceError('internal', 'internal error', { cause: error })),
     );
   });
@@ -228,7 +248,7 @@ function handleConnection(ws: WebSocket, req: IncomingMessage, ctx: AppContext, 
       case 'update':
         if (!session) return report(new ServiceError('bad_request', 'send a start message first'));
         try {
-          const params = await session.update(message.params);
+          const params = await session.update(message.params, message);
           sendJson(ws, { type: 'updated', params, notes: session.notes });
         } catch (error) {
           report(error);

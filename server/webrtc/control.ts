@@ -57,7 +57,7 @@ export async function handleControl(session: StreamSession, sink: ChannelSink, t
   switch (message.type) {
     case 'update':
       try {
-        const params = await session.update(message.params);
+        const params = await session.update(message.params, message);
         sink.sendJson({ type: 'updated', params, notes: session.notes });
       } catch (error) {
         report(error);

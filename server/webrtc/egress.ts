@@ -10,7 +10,8 @@ import type { RTCPeerConnection, RTCRtpSender } from 'werift';
 import { ServiceError } from '../../models/errors.ts';
 import { defaultFfmpeg, type FfmpegPaths } from '../../pipelines/codecs/ffmpeg.ts';
 import type { AppContext } from '../context.ts';
-import type { RawOutput, StreamSession } from '../streams/session.ts';
+import type { LiveStream } from '../streams/registry.ts';
+import type { RawOutput } from '../streams/session.ts';
 import { addCandidates, answerOffer, createPeer } from './peer.ts';
 import { packetizeVp8 } from './rtp-frames.ts';
 import { startVp8Encoder, type Vp8Encoder } from './video-codec.ts';
@@ -27,7 +28,7 @@ interface Viewer {
 }
 
 export class StreamEgress {
-  private static readonly egresses = new WeakMap<StreamSession, StreamEgress>();
+  private static readonly egresses = new WeakMap<LiveStream, StreamEgress>();
   private readonly viewers = new Map<string, Viewer>();
   private encoder: { impl: Vp8Encoder; width: number; height: number; arrivals: number[] } | undefined;
   private lastKeyframeRequest = -Infinity;
@@ -40,14 +41,14 @@ export class StreamEgress {
 
   private constructor(
     private readonly ctx: AppContext,
-    private readonly session: StreamSession,
+    private readonly session: LiveStream,
     private readonly ffmpeg: FfmpegPaths,
   ) {
     session.once('close', () => void this.closeAll());
   }
 
   /** The stream's egress, created on first use. */
-  static async of(ctx: AppContext, session: StreamSession): Promise<StreamEgress> {
+  static async of(ctx: AppContext, session: LiveStream): Promise<StreamEgress> {
     const existing = StreamEgress.egresses.get(session);
     if (existing) return existing;
     const egress = new StreamEgress(ctx, session, await defaultFfmpeg());

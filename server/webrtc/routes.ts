@@ -13,7 +13,7 @@ import { originAllowed } from '../request-guards.ts';
 import { coerceFormFields } from '../batch/jobs/schema.ts';
 import type { AppContext } from '../context.ts';
 import { STREAM_NAME, STREAM_NAME_RULE } from '../streams/protocol.ts';
-import type { StreamRegistry } from '../streams/registry.ts';
+import type { LiveStream, StreamRegistry } from '../streams/registry.ts';
 import type { StreamSession } from '../streams/session.ts';
 import { whepPath } from './control.ts';
 import { StreamEgress } from './egress.ts';
@@ -61,7 +61,7 @@ function created(res: Response, location: string, answer: string, streamId: stri
  * The stream running under a name. A WHEP viewer is a connection to one stream: when the stream stops, the
  * viewer's track ends, and a player reconnects to the same URL for the next stream of that name.
  */
-function runningByName(registry: StreamRegistry, name: string): StreamSession {
+function runningByName(registry: StreamRegistry, name: string): LiveStream {
   if (!STREAM_NAME.test(name)) throw new ServiceError('bad_request', `stream name ${STREAM_NAME_RULE}`, { field: 'name' });
   const session = registry.names.running(name);
   if (!session) throw new ServiceError('not_found', `no stream named "${name}" is running (a WHEP player reconnects when it starts)`);
@@ -75,8 +75,15 @@ export interface WebrtcRoutes {
   close(): Promise<void>;
 }
 
-export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcRoutes {
+/**
+ * `whip: false` (a cluster gateway): no WebRTC ingest - its session would render where it lands, on the gateway,
+ * outside the cluster's placement and failover; WHEP still plays every stream of `registry`.
+ */
+export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry, options: { readonly whip?: boolean } = {}): WebrtcRoutes {
   const router = Router();
+  const ingest = () => {
+    if (options.whip === false) throw new ServiceError('unsupported', 'WebRTC ingest (WHIP) is not available on a cluster gateway: stream over the WebSocket /v1/stream, which the gateway places on a worker; WHEP plays every stream');
+  };
   const streams = new WebrtcStreams(ctx, registry);
   const text = express.text({ type: [SDP, SDP_FRAGMENT], limit: MAX_SDP_BYTES });
   const client = (req: Request) => req.socket.remoteAddress ?? 'unknown';
@@ -85,6 +92,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
   // A stream made ahead of its publisher: {"params": {...}, "output": {...}} -> its WHIP and WHEP URLs.
   router.post('/v1/streams', async (req, res) => {
     checkOrigin(ctx, req);
+    ingest();
     const body: unknown = req.body ?? {};
     if (!isRecord(body)) throw new ServiceError('bad_request', 'the body must be a JSON object {"params": {...}}');
     const stream = await streams.open(client(req), body);
@@ -95,6 +103,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
   // WHIP: a new stream from this offer, parameters from the query string or X-Stream-Params.
   router.post('/v1/whip', text, async (req, res) => {
     checkOrigin(ctx, req);
+    ingest();
     const offer = sdpBody(req, SDP);
     const query = new URL(req.originalUrl, 'http://localhost').searchParams;
     const params = { ...paramsFromQuery(query), ...headerParams(req) };
@@ -112,6 +121,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
   // WHIP onto a stream made by POST /v1/streams.
   router.post('/v1/whip/:id', text, async (req, res) => {
     checkOrigin(ctx, req);
+    ingest();
     const offer = sdpBody(req, SDP);
     const id = streams.get(req.params['id']!).session.id;
     created(res, `/v1/whip/${id}`, await streams.publish(id, offer), id);
@@ -132,7 +142,7 @@ export function webrtcRoutes(ctx: AppContext, registry: StreamRegistry): WebrtcR
   });
 
   // WHEP: any stream (WebRTC or WebSocket) by id, or by name while a stream of that name runs, to any number of viewers.
-  const play = async (req: Request, res: Response, session: StreamSession) => {
+  const play = async (req: Request, res: Response, session: LiveStream) => {
     checkOrigin(ctx, req);
     const offer = sdpBody(req, SDP);
     const egress = await StreamEgress.of(ctx, session);

@@ -35,16 +35,18 @@ export interface LiveBenchOptions {
 /** The acceptance settings of issue 19. */
 const PARAMS = { prompt: 'a large red circle in the centre on a blue background', steps: 2, strength: 0.6, guidance: 'self', similarity_threshold: 1 } as const;
 
-interface LoadResult {
+export interface LoadResult {
   readonly fps: number;
   readonly serverLatency: number[];
   readonly clientLatency: number[];
   readonly health: number[];
+  /** Outputs by the expert and steps they got (or skipped). */
+  readonly applied: Record<string, number>;
 }
 
 /** Runs ws-load.ts in a child process against `server`. */
-export function loadFromChild(server: RunningServer, streams: number, seconds: number, params: Record<string, unknown>, healthEveryMs = 0): Promise<LoadResult> {
-  const args = JSON.stringify({ url: server.url, streams, seconds, params, healthEveryMs });
+export function loadFromChild(server: RunningServer, streams: number, seconds: number, params: Record<string, unknown>, healthEveryMs = 0, more: { start?: Record<string, unknown>; sendFps?: number; warmupSeconds?: number } = {}): Promise<LoadResult> {
+  const args = JSON.stringify({ url: server.url, streams, seconds, params, healthEveryMs, ...more });
   const child = spawn(process.execPath, ['--import', 'tsx', join(HERE, 'ws-load.ts'), args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -54,7 +56,7 @@ export function loadFromChild(server: RunningServer, streams: number, seconds: n
     child.once('exit', (code) => {
       if (code !== 0) return fail(new Error(`ws-load exited ${code}: ${err.slice(-2000)}`));
       const r = JSON.parse(out.trim().split('\n').pop()!) as { outputs: number; seconds: number } & Omit<LoadResult, 'fps'>;
-      ok({ fps: r.outputs / r.seconds, serverLatency: r.serverLatency, clientLatency: r.clientLatency, health: r.health });
+      ok({ fps: r.outputs / r.seconds, serverLatency: r.serverLatency, clientLatency: r.clientLatency, health: r.health, applied: r.applied });
     }),
   );
 }

@@ -31,12 +31,14 @@ const SECTIONS: [string, string, string][] = [
   ['latency', 'latency.ts', 'benchLatency'],
   ['aspect', 'aspect.ts', 'benchAspect'],
   ['batching', 'batching.ts', 'benchBatching'],
+  ['sched', 'sched.ts', 'benchSched'],
   ['batch', 'batch.ts', 'benchBatch'],
   ['experts', 'experts.ts', 'benchExperts'],
   ['adapters', 'adapters.ts', 'benchAdapters'],
   ['webrtc', 'webrtc.ts', 'benchWebrtc'],
   ['soak', 'soak.ts', 'benchSoak'],
   ['limits', 'limits.ts', 'benchLimits'],
+  ['cluster', 'cluster.ts', 'benchCluster'],
   // full-size model families: builds multi-GB packs and takes an hour; only with --only families
   ['families', 'families.ts', 'benchFamilies'],
 ];

@@ -18,17 +18,23 @@ interface LoadArgs {
   readonly params: Record<string, unknown>;
   /** Probe GET /health every this many ms while the streams run (0: no probe). */
   readonly healthEveryMs?: number;
+  /** More fields of the start message (target_fps, max_latency_ms, degrade, min_budget). */
+  readonly start?: Record<string, unknown>;
+  /** Send frames at this rate, as a camera at a fixed rate does (the server keeps the latest), instead of one per output. */
+  readonly sendFps?: number;
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
 const window = args.window ?? 2;
 const size = typeof args.params['width'] === 'number' ? args.params['width'] : 128;
 const frames = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => shapeFrame({ x: 24 + i * 10, size })));
-const clients = await Promise.all(Array.from({ length: args.streams }, (_, i) => StreamClient.connect(args.url, { params: { ...args.params, seed: i + 1 }, window })));
+const clients = await Promise.all(Array.from({ length: args.streams }, (_, i) => StreamClient.connect(args.url, { ...args.start, params: { ...args.params, seed: i + 1 }, window })));
 
 const serverLatency: number[] = [];
 const clientLatency: number[] = [];
 const health: number[] = [];
+/** Outputs by what they got: "<expert>/<steps> steps" or "skipped" (the similarity filter repeated one). */
+const applied: Record<string, number> = {};
 let outputs = 0;
 let measuring = false;
 let running = true;
@@ -40,21 +46,27 @@ const streaming = clients.map(async (c, i) => {
     sentAt.push(performance.now());
     c.sendFrame(frames[k++ % frames.length]!);
   };
-  for (let j = 0; j < window; j++) send();
+  const paced = args.sendFps
+    ? setInterval(() => running && send(), 1000 / args.sendFps)
+    : undefined;
+  if (!paced) for (let j = 0; j < window; j++) send();
   while (running) {
     await c.until(() => c.frames.length > 0 || c.errors.length > 0, 60_000);
     if (c.errors.length > 0) throw new Error(JSON.stringify(c.errors[0]));
     const now = performance.now();
     const got = c.frames.splice(0);
     for (const f of got) {
-      if (running) send(); // one new frame per output: `window` stay in flight
+      if (running && !paced) send(); // one new frame per output: `window` stay in flight
       if (!measuring) continue;
       outputs++;
       serverLatency.push(f.meta.latency_ms);
+      const kind = f.meta.skipped ? 'skipped' : `${String(f.meta['expert'])}/${String(f.meta['steps'])} steps`;
+      applied[kind] = (applied[kind] ?? 0) + 1;
       const input = f.meta.input_id;
       if (input !== null && sentAt[input - 1] !== undefined) clientLatency.push(now - sentAt[input - 1]!);
     }
   }
+  clearInterval(paced);
 });
 
 const probing = (async () => {
@@ -77,4 +89,4 @@ const seconds = (performance.now() - t0) / 1000;
 running = false;
 await Promise.all([...streaming, probing]);
 await Promise.all(clients.map((c) => c.close()));
-console.log(JSON.stringify({ outputs, seconds, serverLatency, clientLatency, health }));
+console.log(JSON.stringify({ outputs, seconds, serverLatency, clientLatency, health, applied }));

@@ -17,12 +17,15 @@ export async function copyPack(source = BASE_PACK): Promise<string> {
 }
 
 /**
- * A pack that is `source` (linked, not copied) with its own VAE linked in again as the tiny VAE (taesd_*): the
- * loader runs a tiny VAE at scale factor 1, so on a pack whose scaling_factor is not 1 the two VAEs differ.
+ * A pack with a tiny VAE (taesd_*): `source` itself when it has one, else `source` (linked, not copied) with its
+ * own VAE linked in again as the tiny one: the loader runs a tiny VAE at scale factor 1, so on a pack whose
+ * scaling_factor is not 1 the two VAEs differ.
  */
 export async function linkPackWithTinyVae(source: string): Promise<string> {
+  const entries = await readdir(source);
+  if (entries.includes('taesd_encoder') && entries.includes('taesd_decoder')) return source;
   const dir = await mkdtemp(join(tmpdir(), 'pack-tiny-vae-'));
-  for (const entry of await readdir(source)) await symlink(join(source, entry), join(dir, entry));
+  for (const entry of entries) await symlink(join(source, entry), join(dir, entry));
   await symlink(join(source, 'vae_encoder'), join(dir, 'taesd_encoder'));
   await symlink(join(source, 'vae_decoder'), join(dir, 'taesd_decoder'));
   return dir;

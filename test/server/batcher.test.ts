@@ -13,6 +13,7 @@ import { txt2img, type GeneratedImage } from '../../pipelines/generate.ts';
 import { parseParams } from '../../pipelines/params.ts';
 import type { UnetRow } from '../../models/components.ts';
 import { FIXTURES, copyPack } from '../helpers/fixtures.ts';
+import { currentUrgency, withUrgency } from '../../models/runtime/urgency.ts';
 
 const dir = await copyPack();
 await cp(join(FIXTURES, 'experts'), join(dir, 'experts'), { recursive: true });
@@ -106,4 +107,100 @@ test('rows per call come from the measured cost table: a batch grows while the c
   // round 1 measures 2 rows and tries 4; round 2 finds 4 pays and tries 6; from round 3 on 6 is known not to pay
   assert.deepEqual(calls, [2, 4, 2, 2, 6, 2, 4, 2, 2, 4, 2]);
   assert.equal(batcher.costs.perRow('16x16|k', 4), 15 / 4);
+});
+
+// --- urgency (models/runtime/urgency.ts): the batcher orders and forms calls by the dispatcher's rule
+
+/** A runner whose calls finish when the test says, recording each call's rows and the urgency it carried. */
+function heldRunner(batcher: UnetBatcher) {
+  const calls: { rows: number[]; class: string; finish: () => void }[] = [];
+  const execute = (rows: readonly UnetRow[]) =>
+    new Promise<Float32Array[]>((resolve) => {
+      calls.push({ rows: rows.map((r) => r.sample[0]!), class: currentUrgency().class, finish: () => resolve(rows.map((r) => r.sample)) });
+    });
+  return { calls, runner: batcher.runner(engine.size({}), 'k', execute) };
+}
+const row = (v: number): UnetRow => ({ sample: Float32Array.of(v), timestep: 1, context: new Float32Array(1) });
+const settle = () => new Promise((r) => setImmediate(r));
+
+test('a live request leads the next call ahead of earlier background and interactive ones, lower classes never join a live call, and a live request starts beside a running lower-class call', async () => {
+  const batcher = new UnetBatcher(16, undefined, undefined, 0);
+  const { calls, runner } = heldRunner(batcher);
+  const busy = withUrgency({ class: 'live', deadline: 1 }, () => runner([row(0)])); // occupies the UNet
+  const done = [
+    withUrgency({ class: 'background' }, () => runner([row(1)])),
+    withUrgency({ class: 'interactive' }, () => runner([row(2)])),
+    withUrgency({ class: 'live', deadline: 10 }, () => runner([row(3)])),
+    withUrgency({ class: 'live', deadline: 5 }, () => runner([row(4)])),
+  ];
+  await settle();
+  calls[0]!.finish();
+  await busy;
+  await settle();
+  // both live rows lead (earliest deadline first); the interactive and background rows wait for their own calls
+  assert.deepEqual(calls[1]!.rows, [4, 3]);
+  assert.equal(calls[1]!.class, 'live');
+  calls[1]!.finish();
+  await settle();
+  assert.deepEqual(calls[2]!.rows, [2], 'interactive before background, each on its own call');
+  const late = withUrgency({ class: 'live', deadline: 20 }, () => runner([row(5)]));
+  await settle();
+  assert.deepEqual(calls[3]!.rows, [5], 'a live arrival starts beside the running interactive call (the dispatcher orders the two)');
+  assert.equal(calls.length, 4, 'the background request still waits');
+  calls[2]!.finish();
+  calls[3]!.finish();
+  await settle();
+  assert.deepEqual(calls[4]!.rows, [1]);
+  calls[4]!.finish();
+  await Promise.all([...done, late]);
+});
+
+test('a batch led by a class owed its share carries the live rows of its group and runs as live', async () => {
+  let t = 0;
+  const batcher = new UnetBatcher(16, undefined, () => t, 0.5);
+  const { calls, runner } = heldRunner(batcher);
+  const first = withUrgency({ class: 'live', deadline: 100 }, () => runner([row(0)]));
+  const bg = withUrgency({ class: 'background' }, () => runner([row(1)]));
+  const live = withUrgency({ class: 'live', deadline: 50 }, () => runner([row(2)]));
+  t = 10;
+  calls[0]!.finish(); // background has had 0 of 10 ms: owed, it leads; the live row of its group joins
+  await first;
+  await settle();
+  assert.deepEqual(calls[1]!.rows, [1, 2]);
+  assert.equal(calls[1]!.class, 'live', 'the call carries its most urgent member to the dispatcher');
+  calls[1]!.finish();
+  await Promise.all([bg, live]);
+});
+
+test('while live streams are active, a background request is cut into calls that fit half the tightest live interval by the cost table', async () => {
+  let t = 0;
+  const batcher = new UnetBatcher(16, undefined, () => t, 0);
+  const group = `${engine.size({}).latentHeight}x${engine.size({}).latentWidth}|k`;
+  // measured: 1 row 4 ms, 2 rows 6 ms, 4 rows 9 ms, 8 rows 16 ms
+  for (const [rows, ms] of [[1, 4], [2, 6], [4, 9], [8, 16]] as const) batcher.costs.record(group, rows, ms);
+  const sizes: number[] = [];
+  const runner = batcher.runner(engine.size({}), 'k', async (rows) => (sizes.push(rows.length), rows.map((r) => r.sample)));
+  const eight = Array.from({ length: 8 }, (_, i) => row(i));
+  // no live work: one call of all eight rows
+  const alone = await withUrgency({ class: 'background' }, () => runner(eight));
+  assert.deepEqual(sizes, [8]);
+  // a live stream at 50 fps (20 ms): background calls must fit 10 ms, so 4 rows (9 ms) per call
+  await withUrgency({ class: 'live', deadline: 40, interval: 20 }, () => runner([row(9)]));
+  sizes.length = 0;
+  const chunked = await withUrgency({ class: 'background' }, () => runner(eight));
+  assert.deepEqual(sizes, [4, 4]);
+  assert.deepEqual(chunked.map((e) => e[0]), alone.map((e) => e[0]), 'the rows come back whole and in order');
+  // at 120 fps (8.3 ms: 4.2 ms fits) one row per call
+  await withUrgency({ class: 'live', deadline: 40, interval: 1000 / 120 }, () => runner([row(9)]));
+  sizes.length = 0;
+  await withUrgency({ class: 'background' }, () => runner(eight));
+  assert.deepEqual(sizes, [1, 1, 1, 1, 1, 1, 1, 1]);
+  // an interactive render is not cut
+  sizes.length = 0;
+  await runner(eight);
+  assert.deepEqual(sizes, [8]);
+  t = 5000; // live work long gone: whole again
+  sizes.length = 0;
+  await withUrgency({ class: 'background' }, () => runner(eight));
+  assert.deepEqual(sizes, [8]);
 });

@@ -18,3 +18,12 @@ test('--workers and --threads: worker threads for the models and intra-op thread
   assert.equal(loadConfig(['--threads', '2'], {}).threads, 2);
   assert.throws(() => loadConfig(['--workers=-1'], {}), /--workers must be an integer in 0..64/);
 });
+
+test('--background-share: the minimum share owed to renders and jobs (default 0.05), a number in 0..0.5', () => {
+  assert.equal(loadConfig([], {}).backgroundShare, 0.05);
+  assert.equal(loadConfig(['--background-share', '0'], {}).backgroundShare, 0);
+  assert.equal(loadConfig([], { BACKGROUND_SHARE: '0.2' }).backgroundShare, 0.2);
+  for (const bad of ['0.6', '-0.1', 'x', '']) {
+    assert.throws(() => loadConfig([`--background-share=${bad}`], {}), (e: ServiceError) => e.code === 'bad_request' && e.field === 'background-share');
+  }
+});

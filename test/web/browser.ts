@@ -17,7 +17,7 @@ import type { ServerConfig } from '../../server/config.ts';
 import { createLogger } from '../../server/log.ts';
 import { a1111Router } from '../../server/batch/a1111.ts';
 import { createBatchApi } from '../../server/batch/index.ts';
-import { RenderTracker } from '../../server/batch/render.ts';
+import { localRenderer, RenderTracker } from '../../server/batch/render.ts';
 import { Engine } from '../../pipelines/engine.ts';
 import { BASE_PACK } from '../helpers/fixtures.ts';
 
@@ -109,7 +109,7 @@ const BATCH_EXTENSIONS: Record<BatchApiKind, ExtensionFactory[]> = {
       return { router: api.router, start: () => api.jobs.start(), drain: () => api.jobs.drain() };
     },
   ],
-  a1111: [(ctx) => ({ router: a1111Router(ctx, new RenderTracker()) })],
+  a1111: [(ctx) => ({ router: a1111Router(ctx, new RenderTracker(), localRenderer(ctx)) })],
   none: [],
 };
 

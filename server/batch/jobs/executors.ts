@@ -1,10 +1,10 @@
 /**
- * What a job does, per kind. Image jobs write image-NNNN.<ext> one UNet batch at a time (each file written
- * to a temporary name and renamed), so a resumed job keeps the images already written and renders the rest:
- * image j depends only on seed + j. Video jobs render the whole file again when resumed.
+ * What a job does, per kind. Image jobs write image-NNNN.<ext> one UNet batch at a time (each file stored
+ * whole or not at all), so a resumed job - after a restart, or on another worker of a cluster - keeps the images
+ * already written and renders the rest: image j depends only on seed + j. Video jobs render the whole file
+ * again when resumed.
  */
-import { readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { GenerationParams } from '../../../pipelines/params.ts';
 import type { Plan } from '../../../pipelines/plan.ts';
 import type { AppContext } from '../../context.ts';
 import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
@@ -12,7 +12,7 @@ import { resolveVideoPath } from '../paths.ts';
 import { encodeResult, renderImages } from '../render.ts';
 import { decodeBytes } from '../validate.ts';
 import { renderVideo } from '../../../pipelines/video.ts';
-import type { Executor, RunningJob } from './manager.ts';
+import type { Executor, RunningJob } from './run.ts';
 import type { ImagesJobRequest, VideoJobRequest } from './schema.ts';
 
 /** The name of result image `index`. */
@@ -22,18 +22,11 @@ export function imageName(index: number, format: ImagesJobRequest['output_format
 
 export const VIDEO_RESULT = 'output.mp4';
 
-async function isFile(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isFile(),
-    () => false,
-  );
-}
-
 export function imagesExecutor(ctx: AppContext): Executor {
   return async (job) => {
     const request = job.record.request as ImagesJobRequest;
     const { params } = request;
-    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img');
+    const plan = await ctx.plan(params, request.init_file ? 'img2img' : 'txt2img', 'job');
     job.record.notes = [...plan.notes];
     try {
       await renderJob(ctx, job, plan);
@@ -48,11 +41,12 @@ async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<
   const request = job.record.request as ImagesJobRequest;
   const { count, lanes, output_format: format } = request;
   const { width, height } = plan.size;
-  const init = request.init_file ? (await decodeBytes(await readFile(join(job.dir, request.init_file)), width, height, 'init_image', request.params.fit)).data : undefined;
-  // 1. keep what an earlier run already wrote (on disk: a crash may have come before job.json was saved)
+  const init = request.init_file ? (await decodeBytes(await job.files.read(request.init_file), width, height, 'init_image', request.params.fit)).data : undefined;
+  // 1. keep what an earlier run already wrote (the files: a crash may have come before the record was saved)
   let done = 0;
-  while (done < count && (await isFile(join(job.dir, imageName(done, format))))) done++;
+  while (done < count && (await job.files.has(imageName(done, format)))) done++;
   job.record.results = Array.from({ length: done }, (_, i) => imageName(i, format));
+  if (done > 0) job.progress(done / count, { resumed_from: done });
   // 2. the rest, one UNet batch at a time
   for (let start = done; start < count; start += lanes) {
     job.signal.throwIfAborted();
@@ -69,9 +63,7 @@ async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<
     });
     for (const [j, image] of images.entries()) {
       const name = imageName(start + j, format);
-      const tmp = join(job.dir, `${name}.partial`);
-      await writeFile(tmp, await encodeResult(ctx, plan, image, format));
-      await rename(tmp, join(job.dir, name));
+      await job.files.write(name, await encodeResult(ctx, plan, image, format));
       job.record.results.push(name);
     }
     job.progress((start + n) / count, { images: start + n });
@@ -82,19 +74,30 @@ async function renderJob(ctx: AppContext, job: RunningJob, plan: Plan): Promise<
 export function videoExecutor(ctx: AppContext, ffmpeg: () => Promise<FfmpegPaths>): Executor {
   return async (job) => {
     const request = job.record.request as VideoJobRequest;
-    // the folder rules are checked again: the configuration may have changed since the job was accepted
-    const input = 'path' in request.source ? await resolveVideoPath(ctx.config.videoDirs, request.source.path) : join(job.dir, request.source.upload);
+    // the folder rules are checked again: the configuration (or the node) may have changed since the job was accepted
+    const upload = 'upload' in request.source ? await job.files.input(request.source.upload) : undefined;
+    const input = 'path' in request.source ? await resolveVideoPath(ctx.config.videoDirs, request.source.path) : upload!.path;
     job.record.results = [];
-    const stats = await renderVideo(ctx.engine, {
-      ffmpeg: await ffmpeg(),
-      input,
-      output: join(job.dir, VIDEO_RESULT),
-      params: request.params,
-      runners: ctx.runners,
-      defaults: ctx.defaults.batch,
-      signal: job.signal,
-      onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
-    });
+    const output = await job.files.output(VIDEO_RESULT);
+    let stats;
+    try {
+      stats = await renderVideo(ctx.engine, {
+        ffmpeg: await ffmpeg(),
+        input,
+        output: output.path,
+        params: request.params,
+        runners: ctx.runners,
+        defaults: ctx.defaults.job,
+        signal: job.signal,
+        onProgress: (frames, expected, s) => job.progress(Math.min(frames / expected, 0.99), { ...s }),
+      });
+    } catch (error) {
+      await output.discard();
+      throw error;
+    } finally {
+      await upload?.release();
+    }
+    await output.commit();
     const { info: _info, ...summary } = stats;
     job.record.stats = { ...summary };
     job.record.results = [VIDEO_RESULT];

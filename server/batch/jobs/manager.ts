@@ -1,27 +1,38 @@
 /**
- * The job queue: accepted jobs run one at a time, in the order they were accepted, through the executor of
- * their kind. Every change of state is persisted (JobStore) before it is reported, so a restart loses no
+ * The single-node job queue: accepted jobs run one at a time, in the order they were accepted, through the
+ * executor of their kind (run.ts). Every change of state is persisted (JobStore) before it is reported, so a restart loses no
  * accepted job: start() resumes jobs that were queued or running. Cancel aborts a running job (its
  * ffmpeg is killed); drain() stops a running job without failing it, so the next start resumes it.
  */
-import { ServiceError, toServiceError } from '../../../models/errors.ts';
+import { ServiceError } from '../../../models/errors.ts';
 import type { Logger } from '../../log.ts';
-import { redactText } from '../../log.ts';
-import { deliverWebhook, DEFAULT_WEBHOOK_OPTIONS, type WebhookOptions } from '../webhook.ts';
-import { BROKEN_JOBS_DIR, FINISHED, type JobRecord, type JobStatus, type JobStore } from './store.ts';
 import { refuseWhileDraining } from '../../shutdown.ts';
+import { deliverWebhook, DEFAULT_WEBHOOK_OPTIONS, type WebhookOptions } from '../webhook.ts';
+import { CANCEL, DRAIN, finishJob, jobView, runJob, type Executor } from './run.ts';
+import { BROKEN_JOBS_DIR, FINISHED, type JobRecord, type JobStore } from './store.ts';
 
-export interface RunningJob {
-  readonly record: JobRecord;
-  readonly dir: string;
-  readonly signal: AbortSignal;
-  /** Reports progress 0..1 (saved at most every progressSaveMs) and optional stats. */
-  progress(fraction: number, stats?: Record<string, number | boolean>): void;
-  /** Persists the record now (after adding results). */
-  save(): Promise<void>;
+/**
+ * A job queue as the HTTP routes see it: the single-node JobManager below, or a cluster's BullMQ queue
+ * (cluster-jobs.ts). Records are read through it, so any API node answers for any job.
+ */
+export interface Jobs {
+  readonly store: JobStore;
+  /** Takes and runs jobs from now on (and resumes what an earlier run left). */
+  start(): Promise<void>;
+  /** Throws rate_limited when the queue, or the client's share of it, is full (checked before an upload is read). */
+  admit?(client: string | undefined): void;
+  /** Persists a new job, then queues it; `client` is who asked (fairness between clients). */
+  submit(record: JobRecord, client: string): Promise<JobRecord>;
+  get(id: string): Promise<JobRecord>;
+  /** Newest first. */
+  list(): Promise<JobRecord[]>;
+  /** Cancels a queued or running job; a finished one is a conflict. */
+  cancel(id: string): Promise<JobRecord>;
+  /** Deletes a finished job with its files; a queued or running one is a conflict. */
+  remove(id: string): Promise<JobRecord>;
+  /** No new jobs; a running job is interrupted and left to resume. */
+  drain(): Promise<void>;
 }
-
-export type Executor = (job: RunningJob) => Promise<void>;
 
 export interface JobManagerOptions {
   /** Finished jobs older than this are deleted at start (and hourly): 7 days. */
@@ -51,36 +62,13 @@ const QUEUE_RETRY_S = 30;
 /** How often finished jobs past retention are looked for while running. */
 const PRUNE_INTERVAL_MS = 3600 * 1000;
 
-const DRAIN = 'drain';
-const CANCEL = 'cancel';
-
-export interface JobView {
-  id: string;
-  kind: JobRecord['kind'];
-  status: JobStatus;
-  progress: number;
-  eta_seconds: number | null;
-  created_at: string;
-  started_at: string | null;
-  completed_at: string | null;
-  urls: string[];
-  error: JobRecord['error'];
-  stats: JobRecord['stats'];
-  webhook: { status: string; attempts: number; last_error: string | null } | null;
-  request: unknown;
-  notes: string[];
-}
-
 interface Running {
   readonly id: string;
   readonly controller: AbortController;
   readonly done: Promise<void>;
-  /** Wall time and progress when this run started (for the ETA). */
-  readonly since: number;
-  readonly fromProgress: number;
 }
 
-export class JobManager {
+export class JobManager implements Jobs {
   private readonly records = new Map<string, JobRecord>();
   /** Jobs deleted by remove(): a late save (a webhook's outcome) must not bring their folder back. */
   private readonly removed = new Set<string>();
@@ -105,9 +93,9 @@ export class JobManager {
   async start(): Promise<void> {
     if (this.started) return;
     await this.store.init();
-    const records = await this.store.scan((name, what, error) => {
+    const records = await this.store.scan((name, error, what) => {
       if (what === 'deleted') this.log.info('deleted a job folder without job.json (a request that died before its job was saved)', { job: name });
-      else this.log.warn(`moved a job folder with an unreadable job.json to ${BROKEN_JOBS_DIR}/`, { job: name, error: String(error) });
+      else this.log.warn(what === 'moved' ? `moved a job folder with an unreadable job.json to ${BROKEN_JOBS_DIR}/` : 'skipping an unreadable job', { job: name, error: String(error) });
     }, performance.timeOrigin);
     const removed = await this.prune(records);
     for (const record of records.sort((a, b) => a.created_at.localeCompare(b.created_at))) {
@@ -143,8 +131,11 @@ export class JobManager {
     }
   }
 
-  /** Persists a new job, then queues it (the queue limits are checked again: admit() and submit() may be apart). */
-  async submit(record: JobRecord): Promise<JobRecord> {
+  /**
+   * Persists a new job, then queues it (first come, first served on one node; the queue limits are checked
+   * again: admit() and submit() may be apart).
+   */
+  async submit(record: JobRecord, _client?: string): Promise<JobRecord> {
     refuseWhileDraining(this.draining, 'the server is shutting down: no new jobs');
     this.admit(record.client);
     this.reserving.push(record.client); // between this check and the record being listed: concurrent submits count it
@@ -159,20 +150,24 @@ export class JobManager {
     return record;
   }
 
-  get(id: string): JobRecord {
+  async get(id: string): Promise<JobRecord> {
+    return this.record(id);
+  }
+
+  private record(id: string): JobRecord {
     const record = this.records.get(id);
     if (!record) throw new ServiceError('not_found', `no job ${id}`, { field: 'id' });
     return record;
   }
 
   /** Every job, newest first (ties by id, so that pages are stable). */
-  list(): JobRecord[] {
+  async list(): Promise<JobRecord[]> {
     return [...this.records.values()].sort((a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id));
   }
 
   /** Cancels a queued or running job; a finished one is a conflict (remove() deletes it). */
   async cancel(id: string): Promise<JobRecord> {
-    const record = this.get(id);
+    const record = this.record(id);
     if (FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} already ${record.status}`, { field: 'id' });
     if (this.running?.id === id) {
       this.running.controller.abort(CANCEL);
@@ -180,13 +175,14 @@ export class JobManager {
       return record;
     }
     this.queue.splice(this.queue.indexOf(id), 1);
-    await this.finish(record, 'canceled');
+    await finishJob(record, 'canceled', null, (r) => this.persist(r));
+    this.notify(record);
     return record;
   }
 
   /** Deletes a finished job: its record and its folder (inputs and results). A queued or running one is a conflict. */
   async remove(id: string): Promise<JobRecord> {
-    const record = this.get(id);
+    const record = this.record(id);
     if (!FINISHED.includes(record.status)) throw new ServiceError('conflict', `job ${id} is ${record.status}: cancel it first`, { field: 'id' });
     this.records.delete(id);
     this.removed.add(id);
@@ -208,36 +204,6 @@ export class JobManager {
     await Promise.race([Promise.all(this.deliveries), new Promise((r) => setTimeout(r, this.options.drainTimeoutMs).unref())]);
   }
 
-  /** The public view of a job; result URLs are absolute on `base` (scheme://host). */
-  view(record: JobRecord, base: string = record.base_url): JobView {
-    return {
-      id: record.id,
-      kind: record.kind,
-      status: record.status,
-      progress: record.progress,
-      eta_seconds: this.eta(record),
-      created_at: record.created_at,
-      started_at: record.started_at,
-      completed_at: record.completed_at,
-      urls: record.results.map((name) => `${base}/v1/jobs/${record.id}/results/${name}`),
-      error: record.error,
-      stats: record.stats,
-      webhook: record.webhook ? { status: record.webhook.status, attempts: record.webhook.attempts, last_error: record.webhook.last_error && redactText(record.webhook.last_error) } : null,
-      request: record.request,
-      notes: record.notes ?? [],
-    };
-  }
-
-  private eta(record: JobRecord): number | null {
-    if (record.status === 'succeeded') return 0;
-    const run = this.running;
-    if (record.status !== 'processing' || run?.id !== record.id) return null;
-    const gained = record.progress - run.fromProgress;
-    if (gained <= 0) return null;
-    const seconds = (performance.now() - run.since) / 1000;
-    return Math.round(((seconds / gained) * (1 - record.progress)) * 10) / 10;
-  }
-
   private persist(record: JobRecord): Promise<void> {
     const next = this.saving.then(() => (this.removed.has(record.id) ? undefined : this.store.save(record)));
     this.saving = next.catch((error: unknown) => this.log.error('cannot save job', { job: record.id, error: String(error) }));
@@ -250,65 +216,28 @@ export class JobManager {
     if (id === undefined) return;
     const record = this.records.get(id)!;
     const controller = new AbortController();
-    const since = performance.now();
-    const done = this.run(record, controller.signal).finally(() => {
-      this.running = undefined;
-      this.pump();
-    });
-    this.running = { id, controller, done, since, fromProgress: record.progress };
-  }
-
-  private async run(record: JobRecord, signal: AbortSignal): Promise<void> {
-    // 1. mark it running (persisted: a crash from here on resumes it)
-    record.status = 'processing';
-    record.started_at ??= new Date().toISOString();
-    await this.persist(record);
-    let lastSave = performance.now();
-    const job: RunningJob = {
-      record,
-      dir: this.store.dir(record.id),
-      signal,
-      progress: (fraction, stats) => {
-        record.progress = Math.max(0, Math.min(1, fraction));
-        if (stats) record.stats = { ...record.stats, ...stats };
-        if (performance.now() - lastSave < this.options.progressSaveMs) return;
-        lastSave = performance.now();
-        void this.persist(record).catch(() => undefined);
-      },
-      save: () => this.persist(record),
-    };
-    // 2. run it; an abort is a cancel or a drain, anything else a failure
-    try {
-      await this.executors[record.kind](job);
-      record.progress = 1;
-      await this.finish(record, 'succeeded');
-    } catch (error) {
-      if (signal.aborted && signal.reason === DRAIN) {
-        record.status = 'starting';
-        await this.persist(record);
-        this.log.info('job interrupted by shutdown; it resumes at the next start', { job: record.id, progress: record.progress });
-      } else if (signal.aborted) {
-        await this.finish(record, 'canceled');
-      } else {
-        const e = toServiceError(error);
-        if (e.status >= 500) this.log.error('job failed', { job: record.id, code: e.code, error: String((error as Error)?.stack ?? error) });
-        await this.finish(record, 'failed', { code: e.code, message: e.message });
-      }
-    }
-  }
-
-  private async finish(record: JobRecord, status: JobStatus, error: JobRecord['error'] = null): Promise<void> {
-    record.status = status;
-    record.error = error;
-    record.completed_at = new Date().toISOString();
-    await this.persist(record);
-    this.notify(record);
+    const done = runJob(record, {
+      executor: this.executors[record.kind],
+      files: this.store.files(id),
+      signal: controller.signal,
+      persist: (r) => this.persist(r),
+      progressSaveMs: this.options.progressSaveMs,
+      log: this.log,
+    })
+      .then((outcome) => {
+        if (outcome === 'finished') this.notify(record);
+      })
+      .finally(() => {
+        this.running = undefined;
+        this.pump();
+      });
+    this.running = { id, controller, done };
   }
 
   private notify(record: JobRecord): void {
     const hook = record.webhook;
     if (!hook) return;
-    const delivery = deliverWebhook(hook.url, this.view(record), this.options.webhook).then(async (result) => {
+    const delivery = deliverWebhook(hook.url, jobView(record), this.options.webhook).then(async (result) => {
       hook.status = result.ok ? 'delivered' : 'failed';
       hook.attempts += result.attempts;
       hook.last_error = result.error;

@@ -7,8 +7,7 @@
  *   DELETE /v1/jobs/:id                  cancel a queued or running job; a finished one is deleted with its files
  *   GET    /v1/jobs/:id/results/:file    a result file
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import express from 'express';
 import { z } from 'zod';
 import { ServiceError } from '../../../models/errors.ts';
@@ -19,7 +18,8 @@ import type { FfmpegPaths } from '../../../pipelines/codecs/ffmpeg.ts';
 import { resolveVideoPath } from '../paths.ts';
 import { videoExtension, videoUpload } from '../uploads.ts';
 import { decodeBase64Image, parseBody } from '../validate.ts';
-import type { JobManager } from './manager.ts';
+import type { Jobs } from './manager.ts';
+import { jobView } from './run.ts';
 import { coerceFormFields, parseJob, type ImagesJobRequest, type VideoJobRequest } from './schema.ts';
 import { FINISHED, JOB_STATUSES, newJobId, isJobId, type JobRecord, type JobStatus } from './store.ts';
 import { refuseWhileDraining } from '../../shutdown.ts';
@@ -58,7 +58,7 @@ function baseUrl(req: express.Request): string {
   return `${req.protocol}://${req.get('host')}`;
 }
 
-export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Promise<FfmpegPaths>): express.Router {
+export function jobsRouter(ctx: AppContext, jobs: Jobs, ffmpeg: () => Promise<FfmpegPaths>): express.Router {
   const router = express.Router();
   const store = jobs.store;
 
@@ -68,7 +68,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
     (req, _res, next) => {
       try {
         refuseWhileDraining(ctx.draining, 'the server is shutting down: no new jobs');
-        jobs.admit(req.socket.remoteAddress);
+        jobs.admit?.(req.socket.remoteAddress);
         next();
       } catch (error) {
         next(error);
@@ -83,8 +83,13 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
         const multipart = typeof req.is('multipart/form-data') === 'string';
         const body = multipart ? coerceFormFields({ kind: 'video', ...(req.body as Record<string, unknown>) }) : req.body;
         const parsed = parseJob(body, ctx.engine.pack.defaults);
+        const provider = parsed.kind === 'images' ? parsed.request.provider : parsed.provider;
+        // one node runs on its own provider; a cluster queues the job for workers of the one asked for
+        if (provider !== undefined && ctx.config.redisUrl === undefined && provider !== ctx.config.provider) {
+          throw new ServiceError('bad_request', `provider: this server runs on ${ctx.config.provider}, not ${provider}`, { field: 'provider' });
+        }
         const id = newJobId();
-        const dir = store.dir(id);
+        const files = store.files(id);
         const common = {
           version: 1 as const,
           id,
@@ -107,10 +112,7 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
           const init = parsed.initImage;
           if (init) await decodeBase64Image(init, size.width, size.height, 'init_image');
           const request: ImagesJobRequest = { ...parsed.request, init_file: init ? INIT_IMAGE_FILE : null };
-          if (init) {
-            await mkdir(dir, { recursive: true });
-            await writeFile(join(dir, INIT_IMAGE_FILE), Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
-          }
+          if (init) await files.write(INIT_IMAGE_FILE, Buffer.from(init.replace(/^data:[\w/+.-]+;base64,/, ''), 'base64'));
           record = { ...common, kind: 'images', request, webhook: webhookState(parsed.webhook), notes: [...notes] };
         } else {
           // 2b. a video: an upload or an allowed server-side path, and an ffmpeg to read it
@@ -126,52 +128,50 @@ export function jobsRouter(ctx: AppContext, jobs: JobManager, ffmpeg: () => Prom
             source = { path };
           } else {
             const name = `input.${videoExtension(upload!.originalname)}`;
-            await mkdir(dir, { recursive: true });
-            await rename(upload!.path, join(dir, name));
+            await files.move(name, upload!.path);
             source = { upload: name };
           }
-          record = { ...common, kind: 'video', request: { params: parsed.params, source }, webhook: webhookState(parsed.webhook), notes: [...notes] };
+          record = { ...common, kind: 'video', request: { params: parsed.params, source, ...(provider ? { provider } : {}) }, webhook: webhookState(parsed.webhook), notes: [...notes] };
         }
         // 3. persisted before it is acknowledged
-        await jobs.submit(record).catch(async (error: unknown) => {
-          await rm(dir, { recursive: true, force: true });
+        await jobs.submit(record, req.socket.remoteAddress ?? 'unknown').catch(async (error: unknown) => {
+          await store.remove(id);
           throw error;
         });
-        res.status(201).location(`/v1/jobs/${id}`).json(jobs.view(record, baseUrl(req)));
+        res.status(201).location(`/v1/jobs/${id}`).json(jobView(record, baseUrl(req)));
       } finally {
         if (upload) await rm(upload.path, { force: true });
       }
     }),
   );
 
-  router.get('/v1/jobs', (req, res) => {
+  router.get('/v1/jobs', async (req, res) => {
     const query = parseBody(listQuery, { ...req.query });
     const after = query.cursor === undefined ? () => true : afterCursor(query.cursor);
-    const matching = jobs.list().filter((r) => (query.status === undefined || r.status === query.status) && after(r));
+    const matching = (await jobs.list()).filter((r) => (query.status === undefined || r.status === query.status) && after(r));
     const page = matching.slice(0, query.limit);
     const more = matching.length > page.length;
-    res.json({ jobs: page.map((r) => jobs.view(r, baseUrl(req))), next_cursor: more ? cursorOf(page.at(-1)!) : null });
+    res.json({ jobs: page.map((r) => jobView(r, baseUrl(req))), next_cursor: more ? cursorOf(page.at(-1)!) : null });
   });
 
-  router.get('/v1/jobs/:id', (req, res) => {
-    res.json(jobs.view(jobs.get(jobId(req.params['id'])), baseUrl(req)));
+  router.get('/v1/jobs/:id', async (req, res) => {
+    res.json(jobView(await jobs.get(jobId(req.params['id'])), baseUrl(req)));
   });
 
-  router.delete(
-    '/v1/jobs/:id',
-    asyncHandler(async (req, res) => {
-      const id = jobId(req.params['id']);
-      // a queued or running job is canceled (and kept); a finished one is deleted with its files
-      if (!FINISHED.includes(jobs.get(id).status)) res.json(jobs.view(await jobs.cancel(id), baseUrl(req)));
-      else res.json({ ...jobs.view(await jobs.remove(id), baseUrl(req)), urls: [], deleted: true });
-    }),
-  );
+  router.delete('/v1/jobs/:id', async (req, res) => {
+    const id = jobId(req.params['id']);
+    // a queued or running job is canceled (and kept); a finished one is deleted with its files
+    if (!FINISHED.includes((await jobs.get(id)).status)) res.json(jobView(await jobs.cancel(id), baseUrl(req)));
+    else res.json({ ...jobView(await jobs.remove(id), baseUrl(req)), urls: [], deleted: true });
+  });
 
-  router.get('/v1/jobs/:id/results/:file', (req, res, next) => {
-    const record = jobs.get(jobId(req.params['id']));
+  router.get('/v1/jobs/:id/results/:file', async (req, res, next) => {
+    const record = await jobs.get(jobId(req.params['id']));
     const file = String(req.params['file']);
     if (!record.results.includes(file)) throw new ServiceError('not_found', `job ${record.id} has no result ${file}`, { field: 'file' });
-    res.sendFile(file, { root: store.dir(record.id) }, (error) => error && next(error));
+    const found = await store.files(record.id).locate(file);
+    if ('path' in found) res.sendFile(found.path, (error) => error && next(error));
+    else res.type(file.slice(file.lastIndexOf('.'))).send(found.bytes);
   });
 
   return router;

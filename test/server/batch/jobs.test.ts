@@ -12,6 +12,7 @@ import { encodeImage } from '../../../pipelines/codecs/image.ts';
 import { parseParams } from '../../../pipelines/params.ts';
 import type { UnetRunner } from '../../../pipelines/denoise-step.ts';
 import { fixtureEngine, getJson, postJson, startServer, tempDir, waitForJob, type Json, type TestServer } from './helpers.ts';
+import type { FileJobStore } from '../../../server/batch/jobs/store.ts';
 
 let server: TestServer;
 before(async () => {
@@ -148,7 +149,7 @@ test('cancel: a queued job and a running job end canceled; DELETE on a finished 
     assert.equal(again.status, 200);
     assert.equal(((await again.json()) as Json).deleted, true);
     assert.equal((await getJson(`${held.url}/v1/jobs/${running.body.id}`)).status, 404);
-    assert.deepEqual(await readdir(held.api.manager.store.root), [queued.body.id], 'the deleted job\'s folder is gone; the canceled one is kept');
+    assert.deepEqual(await readdir((held.api.manager.store as FileJobStore).root), [queued.body.id], 'the deleted job\'s folder is gone; the canceled one is kept');
   } finally {
     release();
     await held.close();
@@ -234,6 +235,8 @@ test('invalid job requests: 4xx with a message naming the field', async () => {
     [{ kind: 'images', webhook: 'ftp://example.invalid/x' }, 'webhook', 400],
     [{ kind: 'images', webhook: 'not a url' }, 'webhook', 400],
     [{ kind: 'images', init_image: '@@@' }, 'init_image', 400],
+    [{ kind: 'images', provider: 'quantum' }, 'provider', 400],
+    [{ kind: 'images', provider: 'cuda' }, 'provider', 400], // one node runs on its own provider (cpu) only
     [{ kind: 'video' }, 'video', 400],
     [{ kind: 'video', path: '/etc/passwd' }, 'path', 403],
   ];
@@ -438,6 +441,6 @@ test('DELETE on a succeeded job removes the job and its files', async () => {
   assert.deepEqual((({ deleted, status, urls }) => ({ deleted, status, urls }))((await res.json()) as Json), { deleted: true, status: 'succeeded', urls: [] });
   assert.equal((await getJson(`${server.url}/v1/jobs/${job.id}`)).status, 404);
   assert.equal((await fetch(job.urls[0])).status, 404);
-  assert.ok(!(await readdir(server.api.manager.store.root)).includes(job.id), 'its folder is gone');
+  assert.ok(!(await readdir((server.api.manager.store as FileJobStore).root)).includes(job.id), 'its folder is gone');
   assert.equal((await fetch(`${server.url}/v1/jobs/${job.id}`, { method: 'DELETE' })).status, 404);
 });
