@@ -70,7 +70,8 @@ async function longRender(url: string, images: number, side: number): Promise<{ 
   const r = await fetch(`${url}/sdapi/v1/txt2img`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ prompt: 'a large red circle in the centre on a blue background', batch_size: 1, n_iter: images, width: side, height: side, steps: 4 }),
+    // strict_size: the size asked for, not the model's own (a 512 x 512 render must really be large to be long)
+    body: JSON.stringify({ prompt: 'a large red circle in the centre on a blue background', batch_size: 1, n_iter: images, width: side, height: side, steps: 4, override_settings: { strict_size: true } }),
   });
   const body = (await r.json()) as { images?: string[] };
   return { status: r.status, retryAfter: r.headers.get('retry-after'), images: body.images?.length ?? 0 };

@@ -89,7 +89,7 @@ async function allFinished(base: string, ids: readonly string[]): Promise<Json[]
 
 /** The same jobs on a single node (no Redis): the bytes the cluster must reproduce. */
 async function singleNodeResults(bodies: readonly object[]): Promise<Buffer[][]> {
-  const server = await startSingleNode({ port: 0, dataDir: await tempDir('single-') }, { engine: await Engine.load(EMBEDDED_PACK_DIR), extensions: [(ctx) => createBatchApi(ctx)] });
+  const server = await startSingleNode({ port: 0, dataDir: await tempDir('single-'), maxQueuedJobs: 100, maxQueuedJobsPerClient: 100 }, { engine: await Engine.load(EMBEDDED_PACK_DIR), extensions: [(ctx) => createBatchApi(ctx)] });
   try {
     const ids: string[] = [];
     for (const body of bodies) ids.push((await post(`${server.url}/v1/jobs`, body)).id);
