@@ -50,7 +50,7 @@ export async function benchSched({ engine, quick, log }: SchedBenchOptions): Pro
   const seconds = quick ? 4 : 8;
   const quiet = createLogger({}, 'error');
   const server = await startServer(
-    { port: 0, maxStreams: 16, maxStreamsPerClient: 16, rateLimitPerMinute: 0, dataDir: await mkdtemp(join(tmpdir(), 'bench-sched-')) },
+    { port: 0, maxStreams: 16, maxStreamsPerClient: 16, maxPendingSocketsPerClient: 16, rateLimitPerMinute: 0, dataDir: await mkdtemp(join(tmpdir(), 'bench-sched-')) },
     { engine, log: quiet, extensions: [(ctx) => createBatchApi(ctx)] },
   );
   const results: Record<string, unknown> = {};
